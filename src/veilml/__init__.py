@@ -1,0 +1,29 @@
+"""veilml: machine learning on encrypted data, compiled to TFHE with concrete-python.
+
+``import veilml`` is light: scikit-learn, concrete and torch load only when a model needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["Configuration", "DecisionTreeClassifier", "DecisionTreeRegressor", "__version__"]
+
+_LAZY = {
+    "DecisionTreeClassifier": "veilml.models",
+    "DecisionTreeRegressor": "veilml.models",
+    "Configuration": "veilml.compiler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'veilml' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,36 @@
+"""The integer IR, its analyses and interpreter, and its lowering to concrete-python.
+
+Nothing here knows what a tree or a transformer is. ``concrete`` is imported only when a graph is
+compiled or a configuration converted.
+"""
+
+from .configuration import Configuration, GPUUnavailableError
+from .encodings import InputEncoding
+from .interpreter import evaluate
+from .ir import Graph, GraphBuilder, IRError, Node, Ops
+from .lowering import CircuitReport, CompiledGraph, compile_graph
+from .ranges import Range, bit_width, infer_ranges
+from .serialize import graph_from_bytes, graph_hash, graph_to_bytes, load_graph, save_graph
+
+__all__ = [
+    "CircuitReport",
+    "CompiledGraph",
+    "Configuration",
+    "GPUUnavailableError",
+    "Graph",
+    "GraphBuilder",
+    "IRError",
+    "InputEncoding",
+    "Node",
+    "Ops",
+    "Range",
+    "bit_width",
+    "compile_graph",
+    "evaluate",
+    "graph_from_bytes",
+    "graph_hash",
+    "graph_to_bytes",
+    "infer_ranges",
+    "load_graph",
+    "save_graph",
+]

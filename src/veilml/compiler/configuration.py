@@ -1,0 +1,115 @@
+"""Compilation settings: the few knobs that matter, mapped onto ``concrete.fhe.Configuration``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+__all__ = ["Configuration", "GPUUnavailableError"]
+
+
+class GPUUnavailableError(RuntimeError):
+    """``device="cuda"`` was asked for but the installed concrete-python cannot use a GPU."""
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """How a graph is compiled to a TFHE circuit.
+
+    Attributes:
+        p_error: error probability of each programmable bootstrap (None: derived from
+            ``global_p_error``).
+        global_p_error: error probability of a whole circuit run.
+        rounding: ``"exact"`` rounding of low bits, or ``"approximate"`` (cheaper, off by one
+            near rounding boundaries).
+        loop_parallelize / dataflow_parallelize: concrete's CPU parallelism settings.
+        device: ``"cpu"``, or ``"cuda"`` to run bootstraps on a GPU (needs a GPU build of
+            concrete-python and a visible CUDA device).
+        compress_input_ciphertexts / compress_evaluation_keys: smaller ciphertexts and keys on the
+            wire, at a small cost in encryption time.
+        security_level: bits of security of the parameters (128 by default).
+        insecure_key_cache: a directory where concrete caches keys across runs. Unsafe: for
+            tests only; it turns on concrete's unsafe features.
+        show_progress: concrete's progress bar while compiling.
+        extra: any other ``concrete.fhe.Configuration`` keyword, passed through unchanged.
+    """
+
+    p_error: float | None = None
+    global_p_error: float | None = 1e-5
+    rounding: Literal["exact", "approximate"] = "exact"
+    loop_parallelize: bool = True
+    dataflow_parallelize: bool = False
+    device: Literal["cpu", "cuda"] = "cpu"
+    compress_input_ciphertexts: bool = False
+    compress_evaluation_keys: bool = False
+    security_level: int = 128
+    insecure_key_cache: str | Path | None = None
+    show_progress: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.rounding not in ("exact", "approximate"):
+            raise ValueError(f"rounding must be 'exact' or 'approximate', got {self.rounding!r}")
+        for name in ("p_error", "global_p_error"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1) or None, got {value!r}")
+        if self.security_level not in (128, 132):
+            raise ValueError(f"security_level must be 128 or 132, got {self.security_level!r}")
+
+    def fork(self, **changes: Any) -> Configuration:
+        """A copy with some fields changed."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TypeError(f"unknown Configuration fields {sorted(unknown)}; known: {sorted(known)}")
+        return replace(self, **changes)
+
+    def to_concrete(self) -> Any:
+        """The equivalent ``concrete.fhe.Configuration`` (imports concrete)."""
+        from concrete import fhe
+        from concrete.fhe.compilation.configuration import SecurityLevel
+
+        if self.device == "cuda":
+            check_gpu()
+        options: dict[str, Any] = {
+            "p_error": self.p_error,
+            "global_p_error": self.global_p_error,
+            "rounding_exactness": fhe.Exactness.EXACT if self.rounding == "exact" else fhe.Exactness.APPROXIMATE,
+            "loop_parallelize": self.loop_parallelize,
+            "dataflow_parallelize": self.dataflow_parallelize,
+            "use_gpu": self.device == "cuda",
+            "compress_input_ciphertexts": self.compress_input_ciphertexts,
+            "compress_evaluation_keys": self.compress_evaluation_keys,
+            "security_level": SecurityLevel(self.security_level),
+            "show_progress": self.show_progress,
+            "fhe_simulation": True,
+        }
+        if self.insecure_key_cache is not None:
+            options.update(
+                enable_unsafe_features=True,
+                use_insecure_key_cache=True,
+                insecure_key_cache_location=str(self.insecure_key_cache),
+            )
+        options.update(self.extra)
+        return fhe.Configuration(**options)
+
+
+def check_gpu() -> None:
+    """Raise :class:`GPUUnavailableError` unless concrete can run bootstraps on a GPU here."""
+    from concrete import compiler
+
+    if not compiler.check_gpu_enabled():
+        raise GPUUnavailableError(
+            "device='cuda' needs a GPU build of concrete-python, and the installed one has no GPU "
+            "support; install the GPU wheel of concrete-python on a machine with CUDA, or use "
+            "device='cpu'"
+        )
+    if not compiler.check_gpu_available():
+        raise GPUUnavailableError(
+            "device='cuda': concrete-python has GPU support but sees no CUDA device; check the "
+            "driver and CUDA_VISIBLE_DEVICES, or use device='cpu'"
+        )

@@ -1,0 +1,211 @@
+"""Lowering of the integer IR to a concrete-python circuit, and the report of what it costs."""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .configuration import Configuration
+from .interpreter import evaluate
+from .ir import Graph, Node, Ops
+from .ranges import Range, infer_ranges
+
+__all__ = ["CircuitReport", "CompiledGraph", "compile_graph", "to_concrete_function"]
+
+_CMP = {"le": operator.le, "lt": operator.lt, "ge": operator.ge, "gt": operator.gt, "eq": operator.eq, "ne": operator.ne}
+
+
+def _lut(fhe: Any, node: Node, x: Any) -> Any:
+    table, offset = node.arg
+    last = len(table) - 1
+    return fhe.univariate(lambda v: table[np.clip(v - offset, 0, last)])(x)
+
+
+def _round(fhe: Any, node: Node, x: Any) -> Any:
+    lsbs, mode = node.arg
+    if mode == "round":
+        return fhe.round_bit_pattern(x, lsbs_to_remove=lsbs)
+    return fhe.truncate_bit_pattern(x, lsbs_to_remove=lsbs)
+
+
+# How each op is written with concrete-python's traced numpy; ``fhe`` is the concrete.fhe module.
+LOWER: dict[Ops, Callable[..., Any]] = {
+    Ops.CONST: lambda fhe, n: np.ascontiguousarray(n.arg),
+    Ops.GATHER: lambda fhe, n, x: x[np.asarray(n.arg, dtype=np.int64)],
+    Ops.ADD: lambda fhe, n, a, b: a + b,
+    Ops.SUB: lambda fhe, n, a, b: a - b,
+    Ops.MUL: lambda fhe, n, a, c: a * c,
+    Ops.MATMUL: lambda fhe, n, x: x @ np.ascontiguousarray(n.arg),
+    Ops.SUM: lambda fhe, n, x: np.sum(x, keepdims=True),
+    Ops.CMP: lambda fhe, n, x, c: _CMP[n.arg](x, c),
+    Ops.LUT: _lut,
+    Ops.ROUND: _round,
+    Ops.ASSUME: lambda fhe, n, x: x,
+    Ops.OUTPUT: lambda fhe, n, x: x,
+}
+
+
+def to_concrete_function(graph: Graph, ranges: Sequence[Range] | None = None) -> Callable[..., Any]:
+    """A function of one sample that concrete can trace, with one parameter per graph input.
+
+    Each encrypted value is hinted with the bit width inferred from the declared input ranges,
+    so the circuit stays exact on any valid input, not only on those of the inputset.
+    """
+    from concrete import fhe
+
+    ranges = infer_ranges(graph) if ranges is None else ranges
+    encrypted = graph.encrypted()
+    names = graph.input_names()
+
+    def function(*args: Any, **kwargs: Any) -> Any:
+        feed = iter(list(args) + [kwargs[name] for name in names[len(args) :]])
+        values: list[Any] = []
+        for i, node in enumerate(graph.nodes):
+            if node.op is Ops.INPUT:
+                value = next(feed)
+            else:
+                value = LOWER[node.op](fhe, node, *(values[s] for s in node.src))
+            if encrypted[i]:
+                value = fhe.hint(value, bit_width=ranges[i].bit_width)
+            values.append(value)
+        results = tuple(values[i] for i in graph.outputs)
+        return results[0] if len(results) == 1 else results
+
+    function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    )
+    function.__name__ = "veilml_graph"
+    return function
+
+
+@dataclass(frozen=True)
+class CircuitReport:
+    """Deterministic cost figures of a compiled circuit (from concrete's statistics)."""
+
+    pbs_count: int
+    max_bit_width: int
+    complexity: float
+    pbs_by_precision: dict[int, int]
+    key_switch_count: int
+    secret_key_bytes: int
+    bootstrap_key_bytes: int
+    keyswitch_key_bytes: int
+    input_bytes: int
+    output_bytes: int
+    p_error: float
+    global_p_error: float
+
+    @property
+    def evaluation_key_bytes(self) -> int:
+        return self.bootstrap_key_bytes + self.keyswitch_key_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evaluation_key_bytes"] = self.evaluation_key_bytes
+        return d
+
+    def __str__(self) -> str:
+        by_precision = ", ".join(f"{k}-bit: {v}" for k, v in sorted(self.pbs_by_precision.items()))
+        return (
+            f"PBS: {self.pbs_count} ({by_precision or 'none'}); max precision: {self.max_bit_width} bits; "
+            f"complexity: {self.complexity:.3g}; evaluation keys: {self.evaluation_key_bytes / 2**20:.1f} MiB; "
+            f"input: {self.input_bytes / 2**10:.0f} KiB, output: {self.output_bytes / 2**10:.0f} KiB"
+        )
+
+
+def _pbs_by_precision(circuit: Any) -> dict[int, int]:
+    """Table lookups per input bit width, read off concrete's assigned graph."""
+    counts: dict[int, int] = {}
+    for node in circuit.graph.graph.nodes:
+        if node.converted_to_table_lookup:
+            width = node.inputs[0].dtype.bit_width
+            counts[width] = counts.get(width, 0) + int(np.prod(node.output.shape))
+    return counts
+
+
+def make_report(circuit: Any) -> CircuitReport:
+    stats = circuit.statistics
+    return CircuitReport(
+        pbs_count=int(stats["programmable_bootstrap_count"]),
+        max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
+        complexity=float(stats["complexity"]),
+        pbs_by_precision=_pbs_by_precision(circuit),
+        key_switch_count=int(stats["key_switch_count"]),
+        secret_key_bytes=int(stats["size_of_secret_keys"]),
+        bootstrap_key_bytes=int(stats["size_of_bootstrap_keys"]),
+        keyswitch_key_bytes=int(stats["size_of_keyswitch_keys"]),
+        input_bytes=int(stats["size_of_inputs"]),
+        output_bytes=int(stats["size_of_outputs"]),
+        p_error=float(stats["p_error"]),
+        global_p_error=float(stats["global_p_error"]),
+    )
+
+
+def _corner_samples(graph: Graph) -> list[list[np.ndarray]]:
+    """All-low and all-high samples of the declared input ranges, so signs are seen by concrete."""
+    lows = [graph.nodes[i].arg[1] for i in graph.inputs]
+    highs = [graph.nodes[i].arg[2] for i in graph.inputs]
+    return [lows, highs]
+
+
+class CompiledGraph:
+    """A graph together with its concrete circuit."""
+
+    def __init__(self, graph: Graph, circuit: Any, configuration: Configuration) -> None:
+        self.graph = graph
+        self.circuit = circuit
+        self.configuration = configuration
+        self.report = make_report(circuit)
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.graph.inputs)
+
+    def simulate(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """concrete's simulation of the circuit on a batch (one call per sample)."""
+        inputs = [np.asarray(x, dtype=np.int64) for x in inputs]
+        n = inputs[0].shape[0]
+        rows: list[tuple[np.ndarray, ...]] = []
+        for r in range(n):
+            out = self.circuit.simulate(*(np.ascontiguousarray(x[r]) for x in inputs))
+            rows.append(out if isinstance(out, tuple) else (out,))
+        return [np.stack([np.asarray(row[k]).reshape(-1) for row in rows]) for k in range(len(rows[0]))]
+
+    def __repr__(self) -> str:
+        return f"CompiledGraph({len(self.graph)} nodes; {self.report})"
+
+
+def compile_graph(
+    graph: Graph,
+    inputset: Iterable[Sequence[np.ndarray]] | Sequence[np.ndarray],
+    configuration: Configuration | None = None,
+) -> CompiledGraph:
+    """Compile ``graph`` to a concrete circuit.
+
+    ``inputset``: either one (n_samples, size) array per graph input, or an iterable of
+    per-sample tuples. Every sample is checked by the interpreter first (range and shape).
+    """
+    from concrete import fhe
+
+    configuration = configuration or Configuration()
+    graph.verify()
+    batches = [np.asarray(x, dtype=np.int64) for x in inputset]
+    if len(batches) != len(graph.inputs) or any(b.ndim != 2 for b in batches):
+        raise ValueError(
+            f"inputset must be one (n_samples, size) array per graph input ({len(graph.inputs)})"
+        )
+    evaluate(graph, batches)  # raises with a clear message on bad shapes or out-of-range values
+    samples = [list(row) for row in zip(*batches)] + _corner_samples(graph)
+    samples = [[np.ascontiguousarray(x) for x in s] for s in samples]
+    if len(graph.inputs) == 1:
+        samples_for_concrete: list[Any] = [s[0] for s in samples]
+    else:
+        samples_for_concrete = [tuple(s) for s in samples]
+    function = to_concrete_function(graph)
+    compiler = fhe.Compiler(function, {name: "encrypted" for name in graph.input_names()})
+    circuit = compiler.compile(samples_for_concrete, configuration.to_concrete())
+    return CompiledGraph(graph, circuit, configuration)

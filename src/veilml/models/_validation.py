@@ -1,0 +1,56 @@
+"""Input checks shared by the estimators: each error says what came in and how to fix it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_X", "check_fhe_mode"]
+
+
+def check_X(X: Any, n_features: int | None, who: str) -> np.ndarray:
+    """A finite float64 (n_samples, n_features) array, or a clear error."""
+    if hasattr(X, "to_numpy"):  # pandas / polars frames
+        X = X.to_numpy()
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        try:
+            X = X.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"X must be numeric, got dtype {X.dtype}; encode categorical or text columns as "
+                "numbers first (for example with sklearn.preprocessing.OrdinalEncoder)"
+            ) from None
+    if X.ndim == 1:
+        raise ValueError(
+            f"{who} expects a 2-D array (n_samples, n_features), got a 1-D array of shape {X.shape}; "
+            "use X.reshape(1, -1) for one sample or X.reshape(-1, 1) for one feature"
+        )
+    if X.ndim != 2:
+        raise ValueError(f"{who} expects a 2-D array (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{who} got X with 0 samples; pass at least one row")
+    X = X.astype(np.float64, copy=False)
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {who} was fitted with {n_features}; "
+            "pass the same columns, in the same order, as in fit"
+        )
+    if not np.all(np.isfinite(X)):
+        nan_cols = sorted(set(np.where(np.isnan(X))[1].tolist()))
+        inf_cols = sorted(set(np.where(np.isinf(X))[1].tolist()))
+        if nan_cols:
+            raise ValueError(
+                f"X contains NaN in column(s) {nan_cols[:10]}; impute missing values first "
+                "(for example with sklearn.impute.SimpleImputer)"
+            )
+        raise ValueError(f"X contains infinite values in column(s) {inf_cols[:10]}; replace or clip them first")
+    return X
+
+
+def check_fhe_mode(fhe: Any) -> str:
+    modes = ("disable", "simulate", "execute")
+    if fhe not in modes:
+        raise ValueError(f"fhe must be one of {modes}, got {fhe!r}")
+    return fhe

@@ -1,0 +1,187 @@
+"""Uniform affine quantizers: the one place where floats become integers and back.
+
+``q = clip(round(x / scale) + zero_point, qmin, qmax)`` and ``x ~= (q - zero_point) * scale``.
+Scale and zero point are per tensor (``axis=None``) or per slice along one axis (per feature,
+per channel, per row), calibrated from data (min/max) or from a known range.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["QuantizationRangeWarning", "UniformQuantizer", "dynamic_quantize"]
+
+
+class QuantizationRangeWarning(UserWarning):
+    """Values fell outside the calibrated range and were clipped."""
+
+
+def _integer_range(n_bits: int, signed: bool, symmetric: bool) -> tuple[int, int]:
+    if signed:
+        qmax = 2 ** (n_bits - 1) - 1
+        # A symmetric signed grid drops the lowest code so that -qmax..qmax is balanced.
+        return (-qmax if symmetric else -qmax - 1), qmax
+    return 0, 2**n_bits - 1
+
+
+@dataclass(frozen=True, eq=False)
+class UniformQuantizer:
+    """A fitted uniform affine quantizer.
+
+    Attributes:
+        n_bits: number of bits of the integer codes.
+        signed: codes in ``[-2**(n-1), 2**(n-1) - 1]`` if True, else ``[0, 2**n - 1]``.
+        scale: float array, one value per slice along ``axis`` (a scalar array if ``axis`` is None).
+        zero_point: integer array of the same shape as ``scale``.
+        axis: the axis that carries the per-slice parameters, or None for per-tensor.
+        symmetric: zero point is 0 and the signed grid is balanced.
+    """
+
+    n_bits: int
+    signed: bool
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+    symmetric: bool = False
+
+    # ----------------------------------------------------------------------------------- building
+    @classmethod
+    def from_range(
+        cls,
+        low: Any,
+        high: Any,
+        n_bits: int,
+        *,
+        signed: bool = False,
+        symmetric: bool = False,
+        axis: int | None = None,
+    ) -> UniformQuantizer:
+        """Quantizer whose grid spans ``[low, high]`` (arrays give one grid per slice of ``axis``)."""
+        if not isinstance(n_bits, (int, np.integer)) or n_bits < 1:
+            raise ValueError(f"n_bits must be a positive integer, got {n_bits!r}")
+        if symmetric and not signed and n_bits < 2:
+            raise ValueError("a symmetric quantizer needs n_bits >= 2")
+        low = np.asarray(low, dtype=np.float64)
+        high = np.asarray(high, dtype=np.float64)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            raise ValueError("cannot calibrate a quantizer on NaN or infinite values")
+        if np.any(high < low):
+            raise ValueError("quantizer range has high < low")
+        qmin, qmax = _integer_range(int(n_bits), signed, symmetric)
+        if symmetric:
+            amax = np.maximum(np.abs(low), np.abs(high))
+            scale = amax / qmax
+            scale = np.where(scale > 0, scale, 1.0)
+            zero_point = np.zeros_like(scale, dtype=np.int64)
+        else:
+            width = high - low
+            # A constant slice gets a unit step that maps the constant exactly onto qmin.
+            scale = np.where(width > 0, width / (qmax - qmin), np.maximum(np.abs(low), 1.0))
+            zero_point = (qmin - np.round(low / scale)).astype(np.int64)
+        return cls(int(n_bits), bool(signed), scale, zero_point, axis, bool(symmetric))
+
+    @classmethod
+    def calibrate(
+        cls,
+        data: Any,
+        n_bits: int,
+        *,
+        signed: bool = False,
+        symmetric: bool = False,
+        axis: int | None = None,
+    ) -> UniformQuantizer:
+        """Quantizer calibrated on the min/max of ``data`` (per slice along ``axis`` if given)."""
+        data = np.asarray(data, dtype=np.float64)
+        if data.size == 0:
+            raise ValueError("cannot calibrate a quantizer on an empty array")
+        reduce = None if axis is None else tuple(i for i in range(data.ndim) if i != axis % data.ndim)
+        return cls.from_range(
+            np.min(data, axis=reduce),
+            np.max(data, axis=reduce),
+            n_bits,
+            signed=signed,
+            symmetric=symmetric,
+            axis=axis,
+        )
+
+    # ----------------------------------------------------------------------------------- using
+    @property
+    def qmin(self) -> int:
+        return _integer_range(self.n_bits, self.signed, self.symmetric)[0]
+
+    @property
+    def qmax(self) -> int:
+        return _integer_range(self.n_bits, self.signed, self.symmetric)[1]
+
+    def _broadcast(self, values: np.ndarray, ndim: int) -> np.ndarray:
+        if self.axis is None or values.ndim == 0:
+            return values
+        shape = [1] * ndim
+        shape[self.axis % ndim] = -1
+        return values.reshape(shape)
+
+    def quantize(self, x: Any, *, warn: bool = True) -> np.ndarray:
+        """Integer codes of ``x`` (int64), clipped to the grid; warns when anything was clipped."""
+        x = np.asarray(x, dtype=np.float64)
+        scale = self._broadcast(self.scale, x.ndim)
+        zero_point = self._broadcast(self.zero_point, x.ndim)
+        q = np.round(x / scale) + zero_point
+        clipped = np.count_nonzero((q < self.qmin) | (q > self.qmax))
+        if clipped and warn:
+            warnings.warn(
+                f"{clipped} value(s) were outside the calibrated range and were clipped to it; "
+                "calibrate on data that covers the values you predict on to avoid it",
+                QuantizationRangeWarning,
+                stacklevel=2,
+            )
+        return np.clip(q, self.qmin, self.qmax).astype(np.int64)
+
+    def dequantize(self, q: Any) -> np.ndarray:
+        """Float values of integer codes ``q``."""
+        q = np.asarray(q, dtype=np.float64)
+        scale = self._broadcast(self.scale, q.ndim)
+        zero_point = self._broadcast(self.zero_point, q.ndim)
+        return (q - zero_point) * scale
+
+    # ----------------------------------------------------------------------------------- storage
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (arrays as lists)."""
+        return {
+            "n_bits": self.n_bits,
+            "signed": self.signed,
+            "scale": np.asarray(self.scale).tolist(),
+            "zero_point": np.asarray(self.zero_point).tolist(),
+            "axis": self.axis,
+            "symmetric": self.symmetric,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UniformQuantizer:
+        return cls(
+            int(d["n_bits"]),
+            bool(d["signed"]),
+            np.asarray(d["scale"], dtype=np.float64),
+            np.asarray(d["zero_point"], dtype=np.int64),
+            d["axis"],
+            bool(d.get("symmetric", False)),
+        )
+
+    def __repr__(self) -> str:
+        where = "per-tensor" if self.axis is None else f"per-axis {self.axis} ({np.size(self.scale)})"
+        kind = "signed" if self.signed else "unsigned"
+        return f"UniformQuantizer({self.n_bits} bits, {kind}, {where})"
+
+
+def dynamic_quantize(
+    x: Any, n_bits: int = 8, *, axis: int = 0, signed: bool = True, symmetric: bool = False
+) -> tuple[np.ndarray, UniformQuantizer]:
+    """Quantize ``x`` with parameters computed from ``x`` itself, one grid per slice of ``axis``.
+
+    This is per-row (per-token) dynamic quantization when ``axis=0`` on a 2-D activation.
+    """
+    quantizer = UniformQuantizer.calibrate(x, n_bits, signed=signed, symmetric=symmetric, axis=axis)
+    return quantizer.quantize(x, warn=False), quantizer

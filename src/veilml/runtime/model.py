@@ -1,0 +1,132 @@
+"""A compiled model as the runtime sees it: pre-processing, one graph, post-processing.
+
+``FHEModel`` is model-family agnostic: trees (and later LoRA layers) produce one, and every
+execution mode goes through it, so ``disable``, ``simulate`` and ``execute`` see the very same
+integers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ..compiler import CompiledGraph, Configuration, Graph, InputEncoding, compile_graph, evaluate
+from ..quantization import UniformQuantizer
+from .client import FHEClient
+from .server import FHEServer
+
+__all__ = ["FHE_MODES", "FHEModel", "NotCompiledError"]
+
+FHE_MODES = ("disable", "simulate", "execute")
+
+
+class NotCompiledError(ValueError, AttributeError):
+    """An FHE mode was asked for before the model was compiled."""
+
+
+@dataclass
+class FHEModel:
+    """Client-side quantization and encoding, the integer graph, client-side dequantization.
+
+    ``output_combine`` is a clear integer matrix the client applies to the decrypted integers
+    before dequantizing (for example to recombine digits); ``output_bias`` is a public float added
+    after dequantization (for example a boosting base score); ``warn_on_clip=False`` silences the clipping warning where clipping is harmless.
+    """
+
+    input_quantizer: UniformQuantizer
+    encoding: InputEncoding
+    graph: Graph
+    output_quantizer: UniformQuantizer
+    output_bias: np.ndarray | None = None
+    output_combine: np.ndarray | None = None
+    warn_on_clip: bool = True
+    compiled: CompiledGraph | None = None
+    last_latencies: list[float] = field(default_factory=list)
+    _client: FHEClient | None = field(default=None, repr=False)
+    _server: FHEServer | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.graph.inputs) != 1 or len(self.graph.outputs) != 1:
+            raise ValueError("an FHEModel graph has exactly one input and one output")
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        """What the client encrypts for float rows ``X``: quantized, then encoded."""
+        return self.encoding.encode(self.input_quantizer.quantize(X, warn=self.warn_on_clip))
+
+    def decode(self, integers: np.ndarray) -> np.ndarray:
+        """Float outputs of the circuit's integer outputs."""
+        if self.output_combine is not None:
+            integers = np.asarray(integers, dtype=np.int64) @ self.output_combine
+        values = self.output_quantizer.dequantize(integers)
+        return values if self.output_bias is None else values + self.output_bias
+
+    # ----------------------------------------------------------------------------------- compile
+    def compile(self, X: np.ndarray, configuration: Configuration | None = None) -> CompiledGraph:
+        """Compile with an inputset made of the encoded, quantized rows of ``X``."""
+        encoded = self.encode(X)
+        self.compiled = compile_graph(self.graph, [encoded], configuration)
+        self._client = self._server = None
+        return self.compiled
+
+    def _require_compiled(self, fhe: str) -> CompiledGraph:
+        if self.compiled is None:
+            raise NotCompiledError(
+                f"fhe={fhe!r} needs a compiled model; call 'compile(X)' with representative data first"
+            )
+        return self.compiled
+
+    # ----------------------------------------------------------------------------------- sides
+    def client(self) -> FHEClient:
+        """The client of this compiled model (keys generated on first use, then kept)."""
+        compiled = self._require_compiled("execute")
+        if self._client is None:
+            self._client = FHEClient(
+                compiled.circuit.client.specs,
+                self.encode,
+                self.decode,
+                key_cache=compiled.configuration.insecure_key_cache,
+            )
+        return self._client
+
+    def server(self) -> FHEServer:
+        compiled = self._require_compiled("execute")
+        if self._server is None:
+            self._server = FHEServer(compiled.circuit.server)
+        return self._server
+
+    # ----------------------------------------------------------------------------------- run
+    def run_integers(
+        self, X: np.ndarray, fhe: Literal["disable", "simulate", "execute"] = "disable", *, progress: bool | None = None
+    ) -> np.ndarray:
+        """Integer outputs (n_samples, n_outputs) of float rows ``X`` in the given mode."""
+        if fhe not in FHE_MODES:
+            raise ValueError(f"fhe must be one of {FHE_MODES}, got {fhe!r}")
+        encoded = self.encode(X)
+        if fhe == "disable":
+            return evaluate(self.graph, [encoded])[0]
+        compiled = self._require_compiled(fhe)
+        if fhe == "simulate":
+            return compiled.simulate([encoded])[0]
+        return self._execute(encoded, progress)
+
+    def _execute(self, encoded: np.ndarray, progress: bool | None) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        client, server = self.client(), self.server()
+        if not client.has_keys:
+            client.keygen()
+        keys = client.evaluation_keys()
+        rows, self.last_latencies = [], []
+        for row in tqdm(encoded, desc="FHE execute", unit="row", disable=not progress if progress is not None else None):
+            start = time.perf_counter()
+            result = server.run(client.encrypt_encoded(row), keys)
+            rows.append(client.decrypt_integers(result))
+            self.last_latencies.append(time.perf_counter() - start)
+        return np.stack(rows) if rows else np.zeros((0, self.graph.nodes[self.graph.outputs[0]].size), np.int64)
+
+    def run(self, X: np.ndarray, fhe: Literal["disable", "simulate", "execute"] = "disable", **kwargs: Any) -> np.ndarray:
+        """Dequantized outputs of float rows ``X``."""
+        return self.decode(self.run_integers(X, fhe, **kwargs))
