@@ -26,8 +26,9 @@ class Configuration:
         loop_parallelize / dataflow_parallelize: concrete's CPU parallelism settings.
         device: ``"cpu"``, or ``"cuda"`` to run bootstraps on a GPU (needs a GPU build of
             concrete-python and a visible CUDA device).
-        compress_input_ciphertexts / compress_evaluation_keys: smaller ciphertexts and keys on the
-            wire, at a small cost in encryption time.
+        compress_input_ciphertexts / compress_evaluation_keys: seeded, compressed ciphertexts
+            and keys on the wire (on by default: a thermometer-encoded row of breast cancer is
+            22 MiB uncompressed, 45 KiB compressed; results are unchanged).
         security_level: bits of security of the parameters (128 by default).
         insecure_key_cache: a directory where concrete caches keys across runs. Unsafe: for
             tests only; it turns on concrete's unsafe features.
@@ -41,8 +42,8 @@ class Configuration:
     loop_parallelize: bool = True
     dataflow_parallelize: bool = False
     device: Literal["cpu", "cuda"] = "cpu"
-    compress_input_ciphertexts: bool = False
-    compress_evaluation_keys: bool = False
+    compress_input_ciphertexts: bool = True
+    compress_evaluation_keys: bool = True
     security_level: int = 128
     insecure_key_cache: str | Path | None = None
     show_progress: bool = False

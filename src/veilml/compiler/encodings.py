@@ -2,7 +2,8 @@
 
 The encoding is part of a compiled model (a model compiled for thermometer inputs cannot take raw
 ones). Both encodings here depend only on the input's shape and precision, never on the model's
-parameters, so encrypting them tells the server nothing and the client learns nothing of the model.
+parameters: the encoding itself tells the client nothing about the model (the quantizer applied
+before it is a separate, per-model object).
 
 - ``identity``: the quantized value itself, one ciphertext per feature.
 - ``thermometer``: bit ``k`` of feature ``f`` is ``[q_f >= qmin + k]`` for ``k = 1 .. 2**n_bits - 1``.

@@ -88,12 +88,23 @@ class Graph:
             flags.append(node.op is Ops.INPUT or any(flags[s] for s in node.src))
         return flags
 
+    def live(self) -> set[int]:
+        """Indices of the nodes that some output depends on."""
+        live = set(self.outputs)
+        for i in reversed(range(len(self.nodes))):
+            if i in live:
+                live.update(self.nodes[i].src)
+        return live
+
     def count(self, op: Ops) -> int:
         return sum(node.op is op for node in self.nodes)
 
     def verify(self) -> Graph:
-        """Check the IR rules; raise :class:`IRError` naming the first broken one."""
+        """Check the IR rules and that ranges can be inferred; raise :class:`IRError` if not."""
+        from .ranges import infer_ranges
+
         verify(self)
+        infer_ranges(self)
         return self
 
     def __len__(self) -> int:
@@ -118,13 +129,6 @@ def _check(cond: bool, index: int, node: Node, why: str) -> None:
 def verify(graph: Graph) -> None:  # noqa: C901 - one flat table of rules reads best
     """The IR spec: each rule is one line."""
     encrypted = graph.encrypted()
-    if not graph.inputs:
-        raise IRError("IR verification failed: the graph has no INPUT node")
-    if not graph.outputs:
-        raise IRError("IR verification failed: the graph has no OUTPUT node")
-    names = graph.input_names()
-    if len(set(names)) != len(names):
-        raise IRError(f"IR verification failed: duplicate input names {names}")
     for i, n in enumerate(graph.nodes):
         _check(isinstance(n.op, Ops), i, n, "unknown op")
         _check(all(0 <= s < i for s in n.src), i, n, "sources must be earlier nodes")
@@ -168,6 +172,17 @@ def verify(graph: Graph) -> None:  # noqa: C901 - one flat table of rules reads 
             _check(encrypted[n.src[0]], i, n, "outputs must be encrypted values")
         if n.op not in (Ops.INPUT, Ops.CONST, Ops.ADD, Ops.SUB):
             _check(not n.src or encrypted[n.src[0]], i, n, "first operand must be encrypted")
+    if not graph.inputs:
+        raise IRError("IR verification failed: the graph has no INPUT node")
+    if not graph.outputs:
+        raise IRError("IR verification failed: the graph has no OUTPUT node")
+    names = graph.input_names()
+    if len(set(names)) != len(names):
+        raise IRError(f"IR verification failed: duplicate input names {names}")
+    live = graph.live()
+    unused = [graph.nodes[i].arg[0] for i in graph.inputs if i not in live]
+    if unused:
+        raise IRError(f"IR verification failed: input(s) {unused} reach no output; remove them")
 
 
 class GraphBuilder:

@@ -12,7 +12,7 @@ import numpy as np
 from .configuration import Configuration
 from .interpreter import evaluate
 from .ir import Graph, Node, Ops
-from .ranges import Range, infer_ranges
+from .ranges import Range, bit_width, infer_ranges
 
 __all__ = ["CircuitReport", "CompiledGraph", "compile_graph", "to_concrete_function"]
 
@@ -25,11 +25,21 @@ def _lut(fhe: Any, node: Node, x: Any) -> Any:
     return fhe.univariate(lambda v: table[np.clip(v - offset, 0, last)])(x)
 
 
-def _round(fhe: Any, node: Node, x: Any) -> Any:
+def _round(fhe: Any, node: Node, x: Any, source: Range) -> Any:
+    """Round or truncate low bits, on a non-negative value.
+
+    concrete-python 2.11 rounds some signed ranges wrongly (seen: [-1, 4] rounds 1 to 4), so a
+    signed value is first shifted up by a multiple of 2**lsbs, which commutes with the rounding.
+    """
     lsbs, mode = node.arg
+    shift = -(int(source.low.min()) >> lsbs) << lsbs if source.signed else 0
+    if shift:
+        x = fhe.hint(x + shift, bit_width=bit_width(0, int(source.high.max()) + shift))
     if mode == "round":
-        return fhe.round_bit_pattern(x, lsbs_to_remove=lsbs)
-    return fhe.truncate_bit_pattern(x, lsbs_to_remove=lsbs)
+        x = fhe.round_bit_pattern(x, lsbs_to_remove=lsbs)
+    else:
+        x = fhe.truncate_bit_pattern(x, lsbs_to_remove=lsbs)
+    return x - shift if shift else x
 
 
 # How each op is written with concrete-python's traced numpy; ``fhe`` is the concrete.fhe module.
@@ -43,7 +53,7 @@ LOWER: dict[Ops, Callable[..., Any]] = {
     Ops.SUM: lambda fhe, n, x: np.sum(x, keepdims=True),
     Ops.CMP: lambda fhe, n, x, c: _CMP[n.arg](x, c),
     Ops.LUT: _lut,
-    Ops.ROUND: _round,
+    Ops.ROUND: _round,  # also receives the source's Range
     Ops.ASSUME: lambda fhe, n, x: x,
     Ops.OUTPUT: lambda fhe, n, x: x,
 }
@@ -67,6 +77,8 @@ def to_concrete_function(graph: Graph, ranges: Sequence[Range] | None = None) ->
         for i, node in enumerate(graph.nodes):
             if node.op is Ops.INPUT:
                 value = next(feed)
+            elif node.op is Ops.ROUND:
+                value = _round(fhe, node, values[node.src[0]], ranges[node.src[0]])
             else:
                 value = LOWER[node.op](fhe, node, *(values[s] for s in node.src))
             if encrypted[i]:

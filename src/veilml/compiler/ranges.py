@@ -55,6 +55,10 @@ def _round_range(node: Node, x: Range) -> Range:
     from .interpreter import round_bits
 
     lsbs, mode = node.arg
+    if lsbs >= x.bit_width:
+        raise IRError(
+            f"ROUND removes {lsbs} bit(s) of a {x.bit_width}-bit value; remove fewer bits than the value has"
+        )
     return Range(round_bits(x.low, lsbs, mode), round_bits(x.high, lsbs, mode))
 
 

@@ -1,6 +1,6 @@
 """Uniform affine quantizers: the one place where floats become integers and back.
 
-``q = clip(round(x / scale) + zero_point, qmin, qmax)`` and ``x ~= (q - zero_point) * scale``.
+``q = clip(round(x / scale + zero_point), qmin, qmax)`` and ``x ~= (q - zero_point) * scale``.
 Scale and zero point are per tensor (``axis=None``) or per slice along one axis (per feature,
 per channel, per row), calibrated from data (min/max) or from a known range.
 """
@@ -36,7 +36,9 @@ class UniformQuantizer:
         n_bits: number of bits of the integer codes.
         signed: codes in ``[-2**(n-1), 2**(n-1) - 1]`` if True, else ``[0, 2**n - 1]``.
         scale: float array, one value per slice along ``axis`` (a scalar array if ``axis`` is None).
-        zero_point: integer array of the same shape as ``scale``.
+        zero_point: array of the same shape as ``scale``; integer (so that 0.0 is exactly on
+            the grid) except for grids placed on purpose between known values, such as a tree's
+            thresholds.
         axis: the axis that carries the per-slice parameters, or None for per-tensor.
         symmetric: zero point is 0 and the signed grid is balanced.
     """
@@ -108,6 +110,18 @@ class UniformQuantizer:
             axis=axis,
         )
 
+    @classmethod
+    def from_cut_points(cls, cuts: list[Any], n_bits: int, *, axis: int = 1) -> UniformQuantizer:
+        """Unsigned per-slice grids whose bucket boundaries fall on, or next to, given cut points.
+
+        ``cuts[i]`` are the values where slice ``i`` is compared (a tree's thresholds on feature
+        ``i``). When every cut sits on a boundary between two codes, comparing codes is exactly
+        comparing values; the grid's step is chosen to place the inner cuts as close to boundaries
+        as ``n_bits`` allows. The zero point is then fractional.
+        """
+        scales, zero_points = zip(*(_grid_for_cuts(np.unique(np.asarray(c, dtype=np.float64)), n_bits) for c in cuts))
+        return cls(int(n_bits), False, np.asarray(scales), np.asarray(zero_points), axis)
+
     # ----------------------------------------------------------------------------------- using
     @property
     def qmin(self) -> int:
@@ -129,7 +143,7 @@ class UniformQuantizer:
         x = np.asarray(x, dtype=np.float64)
         scale = self._broadcast(self.scale, x.ndim)
         zero_point = self._broadcast(self.zero_point, x.ndim)
-        q = np.round(x / scale) + zero_point
+        q = np.round(x / scale + zero_point)
         clipped = np.count_nonzero((q < self.qmin) | (q > self.qmax))
         if clipped and warn:
             warnings.warn(
@@ -165,7 +179,7 @@ class UniformQuantizer:
             int(d["n_bits"]),
             bool(d["signed"]),
             np.asarray(d["scale"], dtype=np.float64),
-            np.asarray(d["zero_point"], dtype=np.int64),
+            _as_integers_if_whole(np.asarray(d["zero_point"], dtype=np.float64)),
             d["axis"],
             bool(d.get("symmetric", False)),
         )
@@ -174,6 +188,33 @@ class UniformQuantizer:
         where = "per-tensor" if self.axis is None else f"per-axis {self.axis} ({np.size(self.scale)})"
         kind = "signed" if self.signed else "unsigned"
         return f"UniformQuantizer({self.n_bits} bits, {kind}, {where})"
+
+
+def _grid_for_cuts(cuts: np.ndarray, n_bits: int) -> tuple[float, float]:
+    """(scale, zero_point) putting cuts[0] and cuts[-1] on code boundaries, inner cuts nearest."""
+    levels = 2**n_bits
+    if not np.all(np.isfinite(cuts)):
+        raise ValueError("cut points must be finite")
+    if cuts.size < 2:  # zero or one cut: any grid is exact; centre the cut
+        scale = max(abs(float(cuts[0])) if cuts.size else 1.0, 1e-12) / levels
+        return scale, (levels - 1) / 2 - (float(cuts[0]) / scale if cuts.size else 0.0)
+    span = float(cuts[-1] - cuts[0])
+    best: tuple[tuple[bool, float], int] | None = None
+    for steps in range(cuts.size - 1, levels - 1):  # steps between the first and last cut
+        position = (cuts - cuts[0]) * (steps / span)
+        distinct = np.unique(np.round(position)).size == cuts.size
+        miss = float(np.max(np.abs(position - np.round(position)))) * span / steps
+        key = (not distinct, miss)
+        if best is None or key < best[0]:
+            best = (key, steps)
+    steps = best[1]
+    scale = span / steps
+    first_boundary = (levels - 2 - steps) // 2 + 0.5  # centred, at least half a code inside
+    return scale, first_boundary - float(cuts[0]) / scale
+
+
+def _as_integers_if_whole(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.int64) if np.all(values == np.round(values)) else values
 
 
 def dynamic_quantize(

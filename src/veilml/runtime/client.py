@@ -53,11 +53,13 @@ class FHEClient:
         self.encode = encode
         self.decode = decode
         self._client = fhe.Client(client_specs, keyset_cache_directory=key_cache)
+        self._evaluation_keys: bytes | None = None
 
     # ----------------------------------------------------------------------------------- keys
     def keygen(self, *, seed: int | None = None, force: bool = False) -> None:
         """Generate the secret and evaluation keys (once; ``force`` makes new ones)."""
         self._client.keygen(force=force, secret_seed=seed)
+        self._evaluation_keys = None
 
     @property
     def has_keys(self) -> bool:
@@ -67,7 +69,9 @@ class FHEClient:
         """The public evaluation keys, serialized: this is what a server needs, and all it gets."""
         if not self.has_keys:
             self.keygen()
-        return self._client.evaluation_keys.serialize()
+        if self._evaluation_keys is None:  # serialized once per key set: servers cache by identity
+            self._evaluation_keys = self._client.evaluation_keys.serialize()
+        return self._evaluation_keys
 
     def save_keys(self, path: str | Path) -> Path:
         """Write all keys (secret included) to ``path`` with mode 0600."""
@@ -83,6 +87,7 @@ class FHEClient:
         if path.stat().st_mode & 0o077:
             raise PermissionError(f"{path} is readable by other users; run 'chmod 600 {path}' first")
         self._client.keys = fhe.Keys.deserialize(path.read_bytes())
+        self._evaluation_keys = None
 
     # ----------------------------------------------------------------------------------- data
     def encrypt_encoded(self, encoded_row: np.ndarray) -> bytes:

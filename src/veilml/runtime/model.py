@@ -113,14 +113,15 @@ class FHEModel:
         return self._execute(encoded, progress)
 
     def _execute(self, encoded: np.ndarray, progress: bool | None) -> np.ndarray:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         client, server = self.client(), self.server()
         if not client.has_keys:
             client.keygen()
         keys = client.evaluation_keys()
         rows, self.last_latencies = [], []
-        for row in tqdm(encoded, desc="FHE execute", unit="row", disable=not progress if progress is not None else None):
+        show = None if progress is None else not progress  # None: shown on a terminal only
+        for row in tqdm(encoded, desc="FHE execute", unit="row", disable=show):
             start = time.perf_counter()
             result = server.run(client.encrypt_encoded(row), keys)
             rows.append(client.decrypt_integers(result))

@@ -18,7 +18,8 @@ class FHEServer:
     def _evaluation_keys(self, evaluation_keys: bytes) -> Any:
         from concrete import fhe
 
-        if evaluation_keys is not self._keys_blob:  # deserialize once per key set
+        if evaluation_keys is not self._keys_blob and evaluation_keys != self._keys_blob:
+            # deserialize once per key set
             self._keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
             self._keys_blob = evaluation_keys
         return self._keys

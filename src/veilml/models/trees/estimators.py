@@ -39,22 +39,6 @@ _TREE_PARAMS = (
 )
 
 
-def quantizer_from_thresholds(ensemble: TreeEnsemble, n_bits: int) -> UniformQuantizer:
-    """Per-feature grid spanning the model's own thresholds, when no data is at hand.
-
-    The smallest and largest threshold of each feature land about one step inside the grid, so
-    clipping values beyond them changes no comparison.
-    """
-    steps = 2**n_bits - 3
-    low, high = np.zeros(ensemble.n_features), np.ones(ensemble.n_features)
-    for f, thresholds in enumerate(ensemble.thresholds_by_feature()):
-        if thresholds.size:
-            tmin, tmax = thresholds.min(), thresholds.max()
-            scale = (tmax - tmin) / steps if tmax > tmin else max(abs(tmin), 1.0)
-            low[f], high[f] = tmin - scale, tmax + 2 * scale
-    return UniformQuantizer.from_range(low, high, n_bits, axis=1)
-
-
 class _EncryptedTree(BaseEstimator):
     """What the classifier and the regressor share: fitting, conversion, compilation, running."""
 
@@ -92,8 +76,11 @@ class _EncryptedTree(BaseEstimator):
     def from_fitted(cls, model: Any, X: Any = None, n_bits: int = 6, **params: Any) -> _EncryptedTree:
         """Wrap an already trained float scikit-learn tree.
 
-        Inputs are quantized on the min/max of ``X`` when given; otherwise on the range of the
-        model's own thresholds (values beyond it are clipped, which changes no comparison).
+        Inputs are quantized on the min/max of ``X`` when given. Without data, each feature gets
+        a grid whose code boundaries fall on (or next to) the model's own thresholds on that
+        feature, so that comparing codes reproduces the float comparisons; values beyond the
+        outermost thresholds are clipped, which changes no comparison. Such a grid is derived
+        from the thresholds: whoever holds the client-side quantizer can read their range.
         """
         expected = cls._sklearn_name
         if type(model).__name__ != expected:
@@ -107,7 +94,7 @@ class _EncryptedTree(BaseEstimator):
             X = check_X(X, ensemble.n_features, f"the {expected}")
             quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         else:
-            quantizer = quantizer_from_thresholds(ensemble, n_bits)
+            quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
         estimator._set_fitted(model, quantizer, thresholds_are_codes=False, warn_on_clip=X is not None)
         return estimator
 
