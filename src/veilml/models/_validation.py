@@ -6,35 +6,42 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_X", "check_fhe_mode"]
+__all__ = ["check_X", "check_y"]
 
 
 def check_X(X: Any, n_features: int | None, who: str) -> np.ndarray:
     """A finite float64 (n_samples, n_features) array, or a clear error."""
     if hasattr(X, "to_numpy"):  # pandas / polars frames
         X = X.to_numpy()
+    if hasattr(X, "toarray") or hasattr(X, "tocsr"):
+        raise TypeError(
+            "Sparse data was passed, but dense data is required: call X.toarray() first "
+            "(encrypted trees read every feature of every row anyway)"
+        )
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
         try:
             X = X.astype(np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as error:
             raise TypeError(
-                f"X must be numeric, got dtype {X.dtype}; encode categorical or text columns as "
-                "numbers first (for example with sklearn.preprocessing.OrdinalEncoder)"
+                f"X must be numeric, got dtype {X.dtype} ({error}); encode categorical or text "
+                "columns as numbers first (for example with sklearn.preprocessing.OrdinalEncoder)"
             ) from None
     if X.ndim == 1:
         raise ValueError(
-            f"{who} expects a 2-D array (n_samples, n_features), got a 1-D array of shape {X.shape}; "
-            "use X.reshape(1, -1) for one sample or X.reshape(-1, 1) for one feature"
+            f"{who} expects a 2-D array (n_samples, n_features), got a 1-D array of shape {X.shape}. "
+            "Reshape your data: X.reshape(1, -1) for one sample, X.reshape(-1, 1) for one feature"
         )
     if X.ndim != 2:
         raise ValueError(f"{who} expects a 2-D array (n_samples, n_features), got shape {X.shape}")
     if X.shape[0] == 0:
-        raise ValueError(f"{who} got X with 0 samples; pass at least one row")
+        raise ValueError(f"{who} got X with 0 sample(s) (shape={X.shape}); pass at least one row")
+    if X.shape[1] == 0:
+        raise ValueError(f"{who} got 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
     X = X.astype(np.float64, copy=False)
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(
-            f"X has {X.shape[1]} features, but {who} was fitted with {n_features}; "
+            f"X has {X.shape[1]} features, but {who} is expecting {n_features} features as input; "
             "pass the same columns, in the same order, as in fit"
         )
     if not np.all(np.isfinite(X)):
@@ -49,8 +56,11 @@ def check_X(X: Any, n_features: int | None, who: str) -> np.ndarray:
     return X
 
 
-def check_fhe_mode(fhe: Any) -> str:
-    modes = ("disable", "simulate", "execute")
-    if fhe not in modes:
-        raise ValueError(f"fhe must be one of {modes}, got {fhe!r}")
-    return fhe
+def check_y(y: Any) -> np.ndarray:
+    """Targets as a 1-D array where they are one column (with scikit-learn's warning)."""
+    from sklearn.utils.validation import column_or_1d
+
+    if y is None:
+        raise ValueError("this estimator requires y to be passed, but the target y is None")
+    y = np.asarray(y)
+    return column_or_1d(y, warn=True) if y.ndim == 2 and y.shape[1] == 1 else y

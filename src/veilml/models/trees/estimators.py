@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from ...compiler import Configuration
 from ...quantization import UniformQuantizer
 from ...runtime import FHEModel
-from .._validation import check_X
+from .._validation import check_X, check_y
 from .ensemble import TreeEnsemble
 from .lowering import lower_ensemble
 from .supported import to_ensemble
@@ -68,7 +68,7 @@ class _EncryptedTree(BaseEstimator):
         X = check_X(X, None, type(self).__name__)
         quantizer = UniformQuantizer.calibrate(X, self.n_bits, axis=1)
         model = self._sklearn_class()(**self._tree_params())
-        model.fit(quantizer.quantize(X, warn=False), y, sample_weight=sample_weight)
+        model.fit(quantizer.quantize(X, warn=False), check_y(y), sample_weight=sample_weight)
         self._set_fitted(model, quantizer, thresholds_are_codes=True, warn_on_clip=True)
         return self
 
@@ -203,7 +203,8 @@ class DecisionTreeClassifier(ClassifierMixin, _EncryptedTree):
 
     def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Class labels: the class with the highest encrypted score."""
-        return self.classes_[np.argmax(self.predict_proba(X, fhe), axis=1)]
+        proba = self.predict_proba(X, fhe)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class DecisionTreeRegressor(RegressorMixin, _EncryptedTree):
