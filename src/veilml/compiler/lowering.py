@@ -96,7 +96,11 @@ def to_concrete_function(graph: Graph, ranges: Sequence[Range] | None = None) ->
 
 @dataclass(frozen=True)
 class CircuitReport:
-    """Deterministic cost figures of a compiled circuit (from concrete's statistics)."""
+    """Deterministic cost figures of a compiled circuit (from concrete's statistics).
+
+    Key and ciphertext sizes are concrete's uncompressed figures; with compression on (the
+    default) the serialized evaluation keys are several times smaller.
+    """
 
     pbs_count: int
     max_bit_width: int
@@ -124,7 +128,7 @@ class CircuitReport:
         by_precision = ", ".join(f"{k}-bit: {v}" for k, v in sorted(self.pbs_by_precision.items()))
         return (
             f"PBS: {self.pbs_count} ({by_precision or 'none'}); max precision: {self.max_bit_width} bits; "
-            f"complexity: {self.complexity:.3g}; evaluation keys: {self.evaluation_key_bytes / 2**20:.1f} MiB; "
+            f"complexity: {self.complexity:.3g}; evaluation keys (uncompressed): {self.evaluation_key_bytes / 2**20:.1f} MiB; "
             f"input: {self.input_bytes / 2**10:.0f} KiB, output: {self.output_bytes / 2**10:.0f} KiB"
         )
 
