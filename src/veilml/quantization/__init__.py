@@ -1,5 +1,15 @@
-"""Uniform quantization shared by every model family (trees now, LoRA layers later)."""
+"""Uniform quantization shared by every model family: trees and remotely computed linear layers."""
 
+from .linear import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
 from .quantizer import QuantizationRangeWarning, UniformQuantizer, dynamic_quantize
 
-__all__ = ["QuantizationRangeWarning", "UniformQuantizer", "dynamic_quantize"]
+__all__ = [
+    "QuantizationRangeWarning",
+    "QuantizedWeight",
+    "UniformQuantizer",
+    "backward_input",
+    "backward_output",
+    "dynamic_quantize",
+    "forward_output",
+    "quantize_rows",
+]

@@ -1,0 +1,165 @@
+"""Encrypted linear layers: ``x_q @ M`` for encrypted integer rows ``x_q`` and a clear integer matrix ``M``.
+
+A backend has two halves that only exchange bytes, so that the same code runs in one process or
+across an HTTP worker:
+
+- :class:`LinearServer` (the worker, one per matrix): holds ``M``, publishes ``setup()`` (public
+  data the client needs to encrypt for it), and ``run``s encrypted rows with evaluation keys.
+- :class:`ClientSession` (the data owner, one per session and backend): holds every secret key;
+  ``register``s each matrix from its setup and returns the evaluation keys to send for it,
+  ``encrypt``s integer rows and ``decrypt``s results.
+
+Integer semantics are the contract: ``decrypt(run(encrypt(x_q)))`` equals ``x_q @ M`` exactly for
+exact backends, and within the backend's documented ``error_bound`` otherwise.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+__all__ = [
+    "BACKENDS",
+    "ClientSession",
+    "LinearBackend",
+    "LinearServer",
+    "MatrixSpec",
+    "get_backend",
+    "pack_frames",
+    "unpack_frames",
+]
+
+
+def pack_frames(frames: list[bytes]) -> bytes:
+    """Length-prefixed concatenation: a u32 count, then each frame as a u64 length and its bytes."""
+    parts = [struct.pack("<I", len(frames))]
+    for frame in frames:
+        parts += [struct.pack("<Q", len(frame)), frame]
+    return b"".join(parts)
+
+
+def unpack_frames(data: bytes) -> list[bytes]:
+    """The frames of :func:`pack_frames`; a clear ValueError on truncated or padded data."""
+    view = memoryview(data)
+    if len(view) < 4:
+        raise ValueError("truncated frame header")
+    (count,) = struct.unpack_from("<I", view, 0)
+    offset, frames = 4, []
+    for _ in range(count):
+        if offset + 8 > len(view):
+            raise ValueError("truncated frame length")
+        (size,) = struct.unpack_from("<Q", view, offset)
+        offset += 8
+        if offset + size > len(view):
+            raise ValueError("truncated frame")
+        frames.append(bytes(view[offset : offset + size]))
+        offset += size
+    if offset != len(view):
+        raise ValueError("trailing bytes after the last frame")
+    return frames
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """What both sides agree on for one matrix: its shape and the input precision."""
+
+    rows: int  # d_in: length of an input row
+    cols: int  # d_out: length of an output row
+    input_bits: int  # inputs are unsigned integers in [0, 2**input_bits - 1]
+
+    def check_input(self, x_q: np.ndarray) -> np.ndarray:
+        x_q = np.asarray(x_q)
+        if x_q.ndim != 2 or x_q.shape[1] != self.rows:
+            raise ValueError(f"expected integer rows of shape (n, {self.rows}), got {x_q.shape}")
+        if x_q.dtype.kind not in "iu":
+            raise TypeError(f"expected integer codes, got dtype {x_q.dtype}")
+        if x_q.size and (x_q.min() < 0 or x_q.max() >= 2**self.input_bits):
+            raise ValueError(f"codes must be in [0, {2**self.input_bits - 1}] for {self.input_bits}-bit inputs")
+        return np.ascontiguousarray(x_q, dtype=np.int64)
+
+
+class LinearServer(abc.ABC):
+    """The worker's half for one clear integer matrix ``M`` (rows, cols)."""
+
+    def __init__(self, matrix: np.ndarray, input_bits: int) -> None:
+        matrix = np.ascontiguousarray(matrix, dtype=np.int64)  # a transposed view breaks concrete
+        if matrix.ndim != 2:
+            raise ValueError(f"expected a 2-D matrix, got shape {matrix.shape}")
+        self.matrix = matrix
+        self.spec = MatrixSpec(matrix.shape[0], matrix.shape[1], input_bits)
+
+    @abc.abstractmethod
+    def setup(self) -> bytes:
+        """Public data the client needs to register this matrix (may be empty)."""
+
+    @abc.abstractmethod
+    def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
+        """The encrypted product of the encrypted rows in ``ciphertext`` with ``M``."""
+
+
+class ClientSession(abc.ABC):
+    """The data owner's half for every matrix of a session; the only holder of secret keys."""
+
+    #: True when one evaluation key serves every matrix (send it once per worker)
+    keys_shared_across_matrices: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.specs: dict[str, MatrixSpec] = {}
+
+    @abc.abstractmethod
+    def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
+        """Prepare keys for matrix ``name``; return the evaluation keys its server needs."""
+
+    @abc.abstractmethod
+    def encrypt(self, name: str, x_q: np.ndarray) -> bytes:
+        """Encrypt integer rows (n, rows) for matrix ``name``."""
+
+    @abc.abstractmethod
+    def decrypt(self, name: str, result: bytes) -> np.ndarray:
+        """Decrypt a result into integer rows (n, cols) (int64)."""
+
+    def spec(self, name: str) -> MatrixSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise KeyError(f"matrix {name!r} is not registered in this session; call register() first") from None
+
+
+class LinearBackend(abc.ABC):
+    """A named pair of factories."""
+
+    name: ClassVar[str]
+    exact: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def server(self, matrix: np.ndarray, input_bits: int) -> LinearServer: ...
+
+    @abc.abstractmethod
+    def session(self) -> ClientSession: ...
+
+    def error_bound(self, spec: MatrixSpec, matrix_abs_max: int) -> float:
+        """Largest absolute error of one output integer (0 for exact backends)."""
+        return 0.0
+
+
+# name -> "module:Class", loaded on first use so that each backend's dependency stays optional
+BACKENDS: dict[str, str] = {
+    "simulate": "veilml.runtime.linear.simulate:SimulateBackend",
+    "concrete": "veilml.runtime.linear.concrete:ConcreteBackend",
+    "glwe": "veilml.runtime.linear.glwe:GLWEBackend",
+}
+
+
+def get_backend(name: str | LinearBackend, **options: object) -> LinearBackend:
+    """The backend called ``name`` (``"simulate"``, ``"concrete"`` or ``"glwe"``)."""
+    if isinstance(name, LinearBackend):
+        return name
+    if name not in BACKENDS:
+        raise ValueError(f"unknown encrypted-linear backend {name!r}; choose one of {sorted(BACKENDS)}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)

@@ -1,0 +1,285 @@
+"""The remote-linear protocol: a worker holds weights, a client sends encrypted quantized rows.
+
+- :class:`Worker` (transport-agnostic worker core): quantizes each weight once, builds one backend
+  server per (layer, direction) — ``forward`` multiplies by ``q``, ``backward`` by ``q.T`` — keeps
+  the evaluation keys each session registers, and runs requests. It never holds a secret key.
+- :class:`LocalTransport`: calls a Worker in-process. An HTTP transport with the same four
+  methods lives in :mod:`veilml.runtime.remote`.
+- :class:`EncryptedLinearExecutor` (client side): per-row quantization, encryption, decryption,
+  zero-point correction and rescaling; the only holder of secret keys.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from ...quantization import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
+from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec, get_backend
+
+__all__ = ["DIRECTIONS", "EncryptedLinearExecutor", "LayerInfo", "LocalTransport", "Transport", "Worker", "WorkerError"]
+
+DIRECTIONS = ("forward", "backward")
+
+
+class WorkerError(Exception):
+    """A request the worker refuses; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, eq=False)
+class LayerInfo:
+    """Public description of one remote layer: enough for the client to correct and rescale.
+
+    ``weight_scale``, ``col_sums`` and ``row_sums`` are aggregates of the quantized weight (one
+    number per output channel or input feature), not the weight itself.
+    """
+
+    name: str
+    d_in: int
+    d_out: int
+    input_bits: int
+    weight_bits: int
+    weight_scale: np.ndarray
+    col_sums: np.ndarray
+    row_sums: np.ndarray
+    bias: np.ndarray | None = None
+
+    def spec(self, direction: str) -> MatrixSpec:
+        if direction == "forward":
+            return MatrixSpec(self.d_in, self.d_out, self.input_bits)
+        return MatrixSpec(self.d_out, self.d_in, self.input_bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "input_bits": self.input_bits,
+            "weight_bits": self.weight_bits,
+            "weight_scale": self.weight_scale.tolist(),
+            "col_sums": self.col_sums.tolist(),
+            "row_sums": self.row_sums.tolist(),
+            "bias": None if self.bias is None else self.bias.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerInfo:
+        return cls(
+            d["name"],
+            int(d["d_in"]),
+            int(d["d_out"]),
+            int(d["input_bits"]),
+            int(d["weight_bits"]),
+            np.asarray(d["weight_scale"], dtype=np.float64),
+            np.asarray(d["col_sums"], dtype=np.int64),
+            np.asarray(d["row_sums"], dtype=np.int64),
+            None if d.get("bias") is None else np.asarray(d["bias"], dtype=np.float64),
+        )
+
+
+class Transport(Protocol):
+    """How a client reaches workers: the same four calls in-process or over HTTP."""
+
+    backend: str
+
+    def layers(self) -> dict[str, LayerInfo]: ...
+
+    def setup(self, layer: str, direction: str) -> bytes: ...
+
+    def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None: ...
+
+    def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes: ...
+
+
+@dataclass
+class Worker:
+    """Holds frozen base weights and answers encrypted per-layer requests.
+
+    Args:
+        weights: layer name -> float weight (d_in, d_out), oriented so that the layer computes
+            ``x @ W`` (GPT-2 ``Conv1D`` as stored; ``nn.Linear`` weights transposed).
+        biases: optional layer name -> (d_out,) bias, published to clients (added in the clear).
+        backend: ``"simulate"``, ``"concrete"`` or ``"glwe"`` (or a backend object).
+        weight_bits / input_bits: precision of the quantized weights and of the client's rows.
+        max_rows: largest number of rows accepted in one request.
+    """
+
+    weights: Mapping[str, np.ndarray]
+    biases: Mapping[str, np.ndarray] = field(default_factory=dict)
+    backend: str | LinearBackend = "simulate"
+    weight_bits: int = 8
+    input_bits: int = 8
+    max_rows: int = 4096
+    infos: dict[str, LayerInfo] = field(init=False)
+    servers: dict[tuple[str, str], LinearServer] = field(init=False)
+    session_keys: dict[tuple[str, str, str], bytes] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._backend = get_backend(self.backend)
+        self.backend = self._backend.name
+        self.infos, self.servers = {}, {}
+        self._lock = threading.Lock()
+        for name, weight in self.weights.items():
+            quantized = QuantizedWeight.from_float(np.asarray(weight, dtype=np.float64), self.weight_bits)
+            bias = self.biases.get(name)
+            self.infos[name] = LayerInfo(
+                name,
+                quantized.q.shape[0],
+                quantized.q.shape[1],
+                self.input_bits,
+                self.weight_bits,
+                quantized.scale,
+                quantized.col_sums,
+                quantized.row_sums,
+                None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1),
+            )
+            self.servers[(name, "forward")] = self._backend.server(quantized.q, self.input_bits)
+            self.servers[(name, "backward")] = self._backend.server(np.ascontiguousarray(quantized.q.T), self.input_bits)
+
+    def layers(self) -> dict[str, LayerInfo]:
+        return dict(self.infos)
+
+    def _server(self, layer: str, direction: str) -> LinearServer:
+        if direction not in DIRECTIONS:
+            raise WorkerError(400, f"unknown direction {direction!r}; use 'forward' or 'backward'")
+        if layer not in self.infos:
+            raise WorkerError(404, f"this worker does not serve layer {layer!r}; it serves {sorted(self.infos)}")
+        return self.servers[(layer, direction)]
+
+    def setup(self, layer: str, direction: str) -> bytes:
+        return self._server(layer, direction).setup()
+
+    def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None:
+        self._server(layer, direction)
+        with self._lock:
+            self.session_keys[(session, layer, direction)] = evaluation_keys
+
+    def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes:
+        server = self._server(layer, direction)
+        keys = self.session_keys.get((session, layer, direction))
+        if keys is None:
+            raise WorkerError(
+                401, f"session {session[:8]}… has registered no evaluation key for {layer}/{direction}; register first"
+            )
+        try:
+            return server.run(ciphertext, keys)
+        except (ValueError, TypeError) as error:
+            raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
+        except RuntimeError as error:  # concrete raises RuntimeError on ciphertexts of other keys or shapes
+            raise WorkerError(400, f"the worker could not run {layer}/{direction} on this ciphertext: {error}") from None
+
+
+@dataclass
+class LocalTransport:
+    """Calls a :class:`Worker` in this process (tests, the simulate backend, single machines)."""
+
+    worker: Worker
+
+    @property
+    def backend(self) -> str:
+        return str(self.worker.backend)
+
+    def layers(self) -> dict[str, LayerInfo]:
+        return self.worker.layers()
+
+    def setup(self, layer: str, direction: str) -> bytes:
+        return self.worker.setup(layer, direction)
+
+    def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None:
+        self.worker.register(session, layer, direction, evaluation_keys)
+
+    def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes:
+        return self.worker.run(session, layer, direction, ciphertext)
+
+
+class EncryptedLinearExecutor:
+    """Client side of remote linear layers over one or more transports (workers).
+
+    ``forward(name, x)`` returns ``x @ W (+ bias)`` and ``backward(name, g)`` returns ``g @ W.T``,
+    both as float64 arrays, computed by the worker on encrypted per-row-quantized codes. Keys
+    are generated and registered lazily, once per layer and direction.
+
+    Attributes:
+        bytes_sent / bytes_received: payload bytes exchanged with workers (ciphertexts and keys).
+    """
+
+    def __init__(self, transports: Transport | list[Transport], backend: str | LinearBackend | None = None, **backend_options: Any) -> None:
+        transports = transports if isinstance(transports, list) else [transports]
+        names = {t.backend for t in transports}
+        if backend is None and len(names) != 1:
+            raise ValueError(f"workers use different backends {sorted(names)}; they must agree")
+        self._backend = get_backend(backend or names.pop(), **backend_options)
+        if any(t.backend != self._backend.name for t in transports):
+            raise ValueError(f"every worker must use the {self._backend.name!r} backend")
+        self.session_id = secrets.token_hex(16)
+        self.session: ClientSession = self._backend.session()
+        self.routes: dict[str, Transport] = {}
+        self.infos: dict[str, LayerInfo] = {}
+        for transport in transports:
+            for name, info in transport.layers().items():
+                if name in self.routes:
+                    raise ValueError(f"layer {name!r} is served by two workers; give each worker its own layers")
+                self.routes[name], self.infos[name] = transport, info
+        self._registered: set[tuple[str, str]] = set()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def backend(self) -> LinearBackend:
+        return self._backend
+
+    def layer(self, name: str) -> LayerInfo:
+        try:
+            return self.infos[name]
+        except KeyError:
+            raise KeyError(f"no worker serves layer {name!r}; served layers: {sorted(self.infos)}") from None
+
+    def _key(self, name: str, direction: str) -> str:
+        return f"{name}/{direction}"
+
+    def _ensure_registered(self, name: str, direction: str) -> None:
+        if (name, direction) in self._registered:
+            return
+        info, transport = self.layer(name), self.routes[name]
+        setup = transport.setup(name, direction)
+        keys = self.session.register(self._key(name, direction), info.spec(direction), setup)
+        transport.register(self.session_id, name, direction, keys)
+        self.bytes_sent += len(keys)
+        self._registered.add((name, direction))
+
+    def _remote_product(self, name: str, direction: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Quantize rows, have the worker multiply them, return (integer product, scales, zeros)."""
+        self._ensure_registered(name, direction)
+        info = self.layer(name)
+        codes, scale, zero = quantize_rows(rows, info.input_bits)
+        key = self._key(name, direction)
+        ciphertext = self.session.encrypt(key, codes)
+        result = self.routes[name].run(self.session_id, name, direction, ciphertext)
+        self.bytes_sent += len(ciphertext)
+        self.bytes_received += len(result)
+        return self.session.decrypt(key, result), scale, zero
+
+    def forward(self, name: str, x: np.ndarray) -> np.ndarray:
+        info = self.layer(name)
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != info.d_in:
+            raise ValueError(f"layer {name!r} takes rows of {info.d_in} features, got shape {x.shape}")
+        product, scale, zero = self._remote_product(name, "forward", x)
+        y = forward_output(product, scale, zero, info.weight_scale, info.col_sums)
+        return y if info.bias is None else y + info.bias[None, :]
+
+    def backward(self, name: str, g: np.ndarray) -> np.ndarray:
+        info = self.layer(name)
+        g = np.asarray(g, dtype=np.float64)
+        if g.ndim != 2 or g.shape[1] != info.d_out:
+            raise ValueError(f"layer {name!r} takes gradient rows of {info.d_out} features, got shape {g.shape}")
+        product, scale, zero = self._remote_product(name, "backward", backward_input(g, info.weight_scale))
+        return backward_output(product, scale, zero, info.row_sums)

@@ -1,0 +1,63 @@
+"""The reference backend: the integer computation, without encryption (fast)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec
+
+__all__ = ["SimulateBackend", "pack_integers", "unpack_integers"]
+
+
+def pack_integers(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(values, dtype=np.int64), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def unpack_integers(data: bytes) -> np.ndarray:
+    try:
+        values = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"not a packed integer array: {error}") from None
+    if values.dtype != np.int64 or values.ndim != 2:
+        raise ValueError(f"expected a 2-D int64 array, got {values.dtype} with shape {values.shape}")
+    return values
+
+
+class SimulateServer(LinearServer):
+    def setup(self) -> bytes:
+        return b""
+
+    def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
+        x_q = self.spec.check_input(unpack_integers(ciphertext))
+        return pack_integers(x_q @ self.matrix)
+
+
+class SimulateSession(ClientSession):
+    keys_shared_across_matrices = True
+
+    def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
+        self.specs[name] = spec
+        return b""
+
+    def encrypt(self, name: str, x_q: np.ndarray) -> bytes:
+        return pack_integers(self.spec(name).check_input(x_q))
+
+    def decrypt(self, name: str, result: bytes) -> np.ndarray:
+        values = unpack_integers(result)
+        if values.shape[1] != self.spec(name).cols:
+            raise ValueError(f"result for {name!r} has {values.shape[1]} columns, expected {self.spec(name).cols}")
+        return values
+
+
+class SimulateBackend(LinearBackend):
+    name = "simulate"
+
+    def server(self, matrix: np.ndarray, input_bits: int) -> LinearServer:
+        return SimulateServer(matrix, input_bits)
+
+    def session(self) -> ClientSession:
+        return SimulateSession()
