@@ -151,7 +151,7 @@ def main() -> int:
     sides = {
         "Concrete-ML 1.9": cml,
         "veilml": ours,
-        f"veilml at Concrete-ML's global p_error": same_error,
+        "veilml at Concrete-ML's global p_error": same_error,
     }
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
     (RESULTS / "trees.json").write_text(json.dumps({"machine": machine, "sides": sides}, indent=2, default=str) + "\n")

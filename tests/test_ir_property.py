@@ -1,7 +1,6 @@
 """For random small graphs and inputs: interpreter == deserialized interpreter == concrete simulation."""
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import r2_score
 from sklearn.tree import DecisionTreeClassifier as FloatTreeClassifier
 from sklearn.tree import DecisionTreeRegressor as FloatTreeRegressor
 

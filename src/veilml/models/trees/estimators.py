@@ -18,7 +18,6 @@ from ...compiler import Configuration
 from ...quantization import UniformQuantizer
 from ...runtime import FHEModel
 from .._validation import check_X, check_y
-from .ensemble import TreeEnsemble
 from .lowering import lower_ensemble
 from .supported import to_ensemble
 
