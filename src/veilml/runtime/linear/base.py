@@ -99,7 +99,13 @@ class LinearServer(abc.ABC):
 
     @abc.abstractmethod
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
-        """The encrypted product of the encrypted rows in ``ciphertext`` with ``M``."""
+        """The encrypted product of the encrypted rows in ``ciphertext`` with ``M``.
+
+        Must be safe to call from several threads at once (a worker serves sessions in parallel).
+        """
+
+    def check_keys(self, evaluation_keys: bytes) -> None:
+        """Raise ValueError if ``evaluation_keys`` cannot be this server's keys (checked at registration)."""
 
 
 class ClientSession(abc.ABC):

@@ -31,19 +31,23 @@ class ConcreteServer(LinearServer):
         rng = np.random.default_rng(0)
         inputset = rng.integers(0, 2**input_bits, size=(8, self.spec.rows))
         configuration = configuration or Configuration(compress_input_ciphertexts=True)
-        self.compiled = compile_graph(matmul_graph(self.matrix, input_bits), [inputset], configuration)
-        self._server = self.compiled.circuit.server
-        self._keys: tuple[bytes, Any] | None = None
+        circuit = compile_graph(matmul_graph(self.matrix, input_bits), [inputset], configuration).circuit
+        self._server = circuit.server  # the circuit's key-less client object is not kept
+        self._setup = circuit.client.specs.serialize()
 
     def setup(self) -> bytes:
-        return self.compiled.circuit.client.specs.serialize()
+        return self._setup
+
+    def check_keys(self, evaluation_keys: bytes) -> None:
+        from concrete import fhe
+
+        fhe.EvaluationKeys.deserialize(evaluation_keys)
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
         from concrete import fhe
 
-        if self._keys is None or self._keys[0] != evaluation_keys:
-            self._keys = (evaluation_keys, fhe.EvaluationKeys.deserialize(evaluation_keys))
-        keys = self._keys[1]
+        # Leveled circuits have tiny evaluation keys: deserializing per call keeps runs thread-safe.
+        keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
         results = []
         for frame in unpack_frames(ciphertext):
             value = fhe.Value.deserialize(frame)

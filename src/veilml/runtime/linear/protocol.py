@@ -147,23 +147,36 @@ class Worker:
     def layers(self) -> dict[str, LayerInfo]:
         return dict(self.infos)
 
-    def _server(self, layer: str, direction: str) -> LinearServer:
+    def check(self, layer: str, direction: str) -> LinearServer:
+        """The server of ``layer``/``direction``; WorkerError 400 or 404 if there is none."""
         if direction not in DIRECTIONS:
             raise WorkerError(400, f"unknown direction {direction!r}; use 'forward' or 'backward'")
         if layer not in self.infos:
-            raise WorkerError(404, f"this worker does not serve layer {layer!r}; it serves {sorted(self.infos)}")
+            served = sorted(self.infos)
+            shown = served if len(served) <= 20 else served[:20] + [f"... {len(served) - 20} more (GET /layers)"]
+            raise WorkerError(404, f"this worker does not serve layer {layer!r}; it serves {shown}")
         return self.servers[(layer, direction)]
 
     def setup(self, layer: str, direction: str) -> bytes:
-        return self._server(layer, direction).setup()
+        return self.check(layer, direction).setup()
 
     def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None:
-        self._server(layer, direction)
+        try:
+            self.check(layer, direction).check_keys(evaluation_keys)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise WorkerError(400, f"these are not evaluation keys for {layer}/{direction}: {error}") from None
         with self._lock:
             self.session_keys[(session, layer, direction)] = evaluation_keys
 
+    def forget(self, session: str, layer: str | None = None, direction: str | None = None) -> None:
+        """Drop a session's evaluation keys (all of them, or one matrix's)."""
+        with self._lock:
+            for key in [k for k in self.session_keys if k[0] == session]:
+                if (layer is None or key[1] == layer) and (direction is None or key[2] == direction):
+                    del self.session_keys[key]
+
     def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes:
-        server = self._server(layer, direction)
+        server = self.check(layer, direction)
         keys = self.session_keys.get((session, layer, direction))
         if keys is None:
             raise WorkerError(

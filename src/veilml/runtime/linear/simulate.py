@@ -20,8 +20,8 @@ def pack_integers(values: np.ndarray) -> bytes:
 def unpack_integers(data: bytes) -> np.ndarray:
     try:
         values = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise ValueError(f"not a packed integer array: {error}") from None
+    except Exception as error:  # numpy raises EOFError, SyntaxError, ... on garbage
+        raise ValueError(f"not a packed integer array ({type(error).__name__}: {error})") from None
     if values.dtype != np.int64 or values.ndim != 2:
         raise ValueError(f"expected a 2-D int64 array, got {values.dtype} with shape {values.shape}")
     return values
@@ -30,6 +30,10 @@ def unpack_integers(data: bytes) -> np.ndarray:
 class SimulateServer(LinearServer):
     def setup(self) -> bytes:
         return b""
+
+    def check_keys(self, evaluation_keys: bytes) -> None:
+        if evaluation_keys:
+            raise ValueError("the simulate backend takes no evaluation keys (an empty body)")
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
         x_q = self.spec.check_input(unpack_integers(ciphertext))

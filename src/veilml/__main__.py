@@ -1,0 +1,7 @@
+"""``python -m veilml``: the ``veilml`` command line."""
+
+import sys
+
+from veilml.cli import main
+
+sys.exit(main())

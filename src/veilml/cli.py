@@ -1,0 +1,266 @@
+"""The ``veilml`` command line (also ``python -m veilml``).
+
+Commands:
+    worker   serve a model's base linear layers to private LoRA clients, on encrypted activations
+
+Imports stay inside the commands so that ``veilml --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["build_parser", "main", "serve"]
+
+BACKEND_CHOICES = ("simulate", "concrete", "glwe")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class CommandError(Exception):
+    """A command that cannot go on; printed as ``veilml <command>: error: ...`` with exit status 1."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _bits(text: str) -> int:
+    value = _positive_int(text)
+    if not 2 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"expected a bit width from 2 to 16, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {value}")
+    return value
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the absent ones."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from veilml import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="veilml",
+        description="veilml: machine learning on encrypted data (TFHE with concrete-python).",
+    )
+    parser.add_argument("--version", action="version", version=f"veilml {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker",
+        help="serve a model's base linear layers on encrypted activations (private LoRA fine-tuning)",
+        description=(
+            "Serve the frozen base-model linear layers of a model over HTTP. Clients "
+            "(veilml.runtime.remote.HTTPTransport + EncryptedLinearExecutor) send evaluation keys and "
+            "encrypted, quantized activations; the worker multiplies them by its quantized weights and "
+            "returns encrypted results. It never receives a secret key. It has no authentication or TLS "
+            "of its own: keep it on loopback or a private network, or put it behind a proxy that adds them."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    worker.add_argument(
+        "--weights",
+        required=True,
+        metavar="PATH",
+        help=(
+            "a Hugging Face model directory (or .gguf file), or a .safetensors file written by "
+            "veilml.models.lora.weights.save_remote_weights"
+        ),
+    )
+    worker.add_argument(
+        "--layers",
+        nargs="+",
+        action="extend",
+        metavar="PATTERN",
+        help=(
+            "serve only the linear layers whose names match these shell-style patterns, e.g. '*.attn.c_attn' "
+            "(repeatable; default: the attention and MLP projections)"
+        ),
+    )
+    worker.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="simulate",
+        help="encrypted-linear backend; 'simulate' computes in the clear (testing only, NOT private)",
+    )
+    worker.add_argument("--weight-bits", type=_bits, default=8, metavar="BITS", help="bits of the quantized weights")
+    worker.add_argument("--input-bits", type=_bits, default=8, metavar="BITS", help="bits of the clients' quantized activations")
+    worker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    worker.add_argument("--port", type=_port, default=8765, metavar="PORT", help="TCP port to listen on")
+    worker.add_argument(
+        "--max-payload-mb",
+        type=_positive_float,
+        default=256.0,
+        metavar="N",
+        help="largest request body (evaluation keys or ciphertext) in MiB; larger requests get HTTP 413",
+    )
+    worker.add_argument(
+        "--max-key-mb",
+        type=_positive_float,
+        default=2048.0,
+        metavar="N",
+        help="evaluation-key memory in MiB for all sessions; the least recently used sessions are evicted beyond it",
+    )
+    worker.add_argument(
+        "--max-sessions",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="most client sessions whose keys are kept; the least recently used are evicted beyond it",
+    )
+    worker.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default="info",
+        help="uvicorn's log level",
+    )
+    worker.set_defaults(handler=_worker_command)
+    return parser
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(
+    worker: Any,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    max_payload_bytes: int | None = None,
+    max_key_bytes: int | None = None,
+    max_sessions: int | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve ``worker`` (a :class:`~veilml.runtime.linear.protocol.Worker`) with uvicorn until stopped."""
+    try:
+        import uvicorn
+
+        from veilml.runtime.service import create_app
+    except ImportError as error:
+        raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
+
+    options = {
+        "max_payload_bytes": max_payload_bytes,
+        "max_key_bytes": max_key_bytes,
+        "max_sessions": max_sessions,
+    }
+    app = create_app(worker, **{k: v for k, v in options.items() if v is not None})
+    infos = worker.layers()
+    print(
+        f"veilml worker: {len(infos)} layer{'s' * (len(infos) != 1)}, backend {worker.backend}, "
+        f"{worker.weight_bits}-bit weights, {worker.input_bits}-bit inputs",
+        flush=True,
+    )
+    shown = sorted(infos)
+    for name in shown[:50]:
+        print(f"  {name}  ({infos[name].d_in} -> {infos[name].d_out})", flush=True)
+    if len(shown) > 50:
+        print(f"  … and {len(shown) - 50} more (GET /layers)", flush=True)
+    if worker.backend == "simulate":
+        print("veilml worker: WARNING: the simulate backend computes in the clear; use it for testing only", flush=True)
+    if host not in LOOPBACK:
+        print(
+            f"veilml worker: WARNING: listening on {host}, beyond this machine, without authentication or TLS",
+            flush=True,
+        )
+    print(f"veilml worker: listening on {_url(host, port)} (GET /health, GET /layers)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _worker_command(args: argparse.Namespace) -> int:
+    path = args.weights
+    if not os.path.exists(path):
+        raise CommandError(
+            f"--weights {path!r} does not exist; give a Hugging Face model directory or a .safetensors file"
+        )
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
+    try:
+        from veilml.models.lora.weights import load_remote_weights
+    except ImportError as error:
+        raise CommandError(f"loading model weights needs the LoRA dependencies ({error}); install torch and transformers") from None
+
+    print(f"veilml worker: loading {path}", flush=True)
+    try:  # the loader's own default patterns when --layers is not given
+        loaded = load_remote_weights(path, args.layers) if args.layers else load_remote_weights(path)
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        raise CommandError(f"cannot load the weights of {path}: {error}") from None
+    if not loaded:
+        raise CommandError(f"no linear layer of {path} matches {args.layers}; widen --layers")
+
+    from veilml.runtime.linear.protocol import Worker
+
+    weights = {name: w for name, (w, _) in loaded.items()}
+    biases = {name: b for name, (_, b) in loaded.items() if b is not None}
+    if args.backend != "simulate":
+        print(f"veilml worker: preparing {2 * len(weights)} {args.backend} circuits (forward and backward)…", flush=True)
+    try:
+        worker = Worker(weights, biases, backend=args.backend, weight_bits=args.weight_bits, input_bits=args.input_bits)
+    except ImportError as error:
+        raise CommandError(f"the {args.backend} backend is not available here ({error}); choose another --backend") from None
+    except ValueError as error:
+        raise CommandError(f"cannot prepare the layers: {error}") from None
+    serve(
+        worker,
+        host=args.host,
+        port=args.port,
+        max_payload_bytes=int(args.max_payload_mb * 2**20),
+        max_key_bytes=int(args.max_key_mb * 2**20),
+        max_sessions=args.max_sessions,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``veilml`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except CommandError as error:
+        print(f"veilml {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
