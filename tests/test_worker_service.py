@@ -314,7 +314,8 @@ def test_worker_keeps_exactly_the_evaluation_keys_sent() -> None:
         executor.forward(name, rng.normal(size=(3, d_in)))
         executor.backward(name, rng.normal(size=(3, d_out)))
     sent = recording.keys
-    assert set(sent) == {(executor.session_id, n, d) for n in (QKV, FC) for d in ("forward", "backward")}
+    # the simulate backend's (empty) keys serve every matrix: sent once per worker
+    assert set(sent) == {(executor.session_id, "*", "*")}
     assert worker.session_keys == sent and all(type(k) is bytes for k in worker.session_keys.values())
     assert [body for body in wire if body] == [body for body in recording.bodies if body]
     assert not _reaches(worker, lambda obj: isinstance(obj, type(executor.session)))

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .linear.protocol import LayerInfo, WorkerError
+from .linear.protocol import ALL, LayerInfo, WorkerError
 
 __all__ = ["HTTPTransport", "RemoteWorkerError"]
 
@@ -103,13 +103,14 @@ class HTTPTransport:
             return self._post(session, layer, direction, "run", ciphertext).content
         except RemoteWorkerError as error:
             with self._lock:
-                keys = self._keys.get((session, layer, direction))
+                scope = (session, layer, direction) if (session, layer, direction) in self._keys else (session, ALL, ALL)
+                keys = self._keys.get(scope)
             if error.status != 401 or keys is None:
                 raise
         # the worker lost this session's keys (restart or eviction): same worker? then send them again
         logger.info("%s lost the keys of %s/%s; registering them again", self.url, layer, direction)
         self._check_same_worker()
-        self._post(session, layer, direction, "keys", keys)
+        self._post(*scope, "keys", keys)
         self.reregistrations += 1
         return self._post(session, layer, direction, "run", ciphertext).content
 
@@ -155,7 +156,10 @@ class HTTPTransport:
                 "send fewer rows per call, or restart the worker with a larger --max-payload-mb",
                 self.url,
             )
-        path = f"/sessions/{_segment(session)}/layers/{_segment(layer)}/{_segment(direction)}/{action}"
+        if layer == direction == ALL:
+            path = f"/sessions/{_segment(session)}/{action}"
+        else:
+            path = f"/sessions/{_segment(session)}/layers/{_segment(layer)}/{_segment(direction)}/{action}"
         return self._request("POST", path, content=body, headers={"content-type": OCTET_STREAM})
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

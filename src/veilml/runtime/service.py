@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .linear.protocol import Worker, WorkerError
+from .linear.protocol import ALL, Worker, WorkerError
 
 __all__ = ["DEFAULT_MAX_KEY_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES", "DEFAULT_MAX_SESSIONS", "SESSION_ID", "create_app"]
 
@@ -48,7 +48,7 @@ OCTET_STREAM = "application/octet-stream"
 
 _ENDPOINTS = (
     "GET /health, GET /layers, GET /layers/{layer}/{direction}/setup, "
-    "POST /sessions/{session}/layers/{layer}/{direction}/keys, "
+    "POST /sessions/{session}/keys, POST /sessions/{session}/layers/{layer}/{direction}/keys, "
     "POST /sessions/{session}/layers/{layer}/{direction}/run"
 )
 
@@ -219,6 +219,14 @@ def create_app(
         worker.check(layer, direction)
         data = await run_in_threadpool(worker.setup, layer, direction)
         return Response(data, media_type=OCTET_STREAM)
+
+    @app.post("/sessions/{session}/keys", status_code=204)
+    async def register_shared(session: str, request: Request) -> Response:
+        """Evaluation keys that serve every matrix of this worker (backends with one key per session)."""
+        _check_session(session)
+        keys = await _read_body(request, max_payload_bytes)
+        await run_in_threadpool(memory.register, session, ALL, ALL, keys)
+        return Response(status_code=204)
 
     @app.post("/sessions/{session}/layers/{layer:path}/{direction}/keys", status_code=204)
     async def register(session: str, layer: str, direction: str, request: Request) -> Response:

@@ -21,9 +21,10 @@ import numpy as np
 from ...quantization import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
 from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec, get_backend
 
-__all__ = ["DIRECTIONS", "EncryptedLinearExecutor", "LayerInfo", "LocalTransport", "Transport", "Worker", "WorkerError"]
+__all__ = ["ALL", "DIRECTIONS", "EncryptedLinearExecutor", "LayerInfo", "LocalTransport", "Transport", "Worker", "WorkerError"]
 
 DIRECTIONS = ("forward", "backward")
+ALL = "*"  # layer and direction of evaluation keys that serve every matrix of a worker
 
 
 class WorkerError(Exception):
@@ -161,8 +162,10 @@ class Worker:
         return self.check(layer, direction).setup()
 
     def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None:
+        """Keep a session's evaluation keys for one matrix, or for all (``layer == direction == ALL``)."""
         try:
-            self.check(layer, direction).check_keys(evaluation_keys)
+            server = next(iter(self.servers.values())) if layer == direction == ALL else self.check(layer, direction)
+            server.check_keys(evaluation_keys)
         except (ValueError, TypeError, RuntimeError) as error:
             raise WorkerError(400, f"these are not evaluation keys for {layer}/{direction}: {error}") from None
         with self._lock:
@@ -177,7 +180,7 @@ class Worker:
 
     def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes:
         server = self.check(layer, direction)
-        keys = self.session_keys.get((session, layer, direction))
+        keys = self.session_keys.get((session, layer, direction), self.session_keys.get((session, ALL, ALL)))
         if keys is None:
             raise WorkerError(
                 401, f"session {session[:8]}… has registered no evaluation key for {layer}/{direction}; register first"
@@ -242,6 +245,7 @@ class EncryptedLinearExecutor:
                     raise ValueError(f"layer {name!r} is served by two workers; give each worker its own layers")
                 self.routes[name], self.infos[name] = transport, info
         self._registered: set[tuple[str, str]] = set()
+        self._shared_keys_sent: set[int] = set()  # transports holding this session's shared keys
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -264,8 +268,13 @@ class EncryptedLinearExecutor:
         info, transport = self.layer(name), self.routes[name]
         setup = transport.setup(name, direction)
         keys = self.session.register(self._key(name, direction), info.spec(direction), setup)
-        transport.register(self.session_id, name, direction, keys)
-        self.bytes_sent += len(keys)
+        if not self.session.keys_shared_across_matrices:
+            transport.register(self.session_id, name, direction, keys)
+            self.bytes_sent += len(keys)
+        elif id(transport) not in self._shared_keys_sent:  # one key for every matrix: send it once
+            transport.register(self.session_id, ALL, ALL, keys)
+            self._shared_keys_sent.add(id(transport))
+            self.bytes_sent += len(keys)
         self._registered.add((name, direction))
 
     def _remote_product(self, name: str, direction: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
