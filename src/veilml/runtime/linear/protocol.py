@@ -279,8 +279,11 @@ class EncryptedLinearExecutor:
 
     def _remote_product(self, name: str, direction: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Quantize rows, have the worker multiply them, return (integer product, scales, zeros)."""
-        self._ensure_registered(name, direction)
         info = self.layer(name)
+        if rows.shape[0] == 0:  # nothing to send
+            cols = info.spec(direction).cols
+            return np.zeros((0, cols), np.int64), np.zeros(0), np.zeros(0, np.int64)
+        self._ensure_registered(name, direction)
         codes, scale, zero = quantize_rows(rows, info.input_bits)
         key = self._key(name, direction)
         ciphertext = self.session.encrypt(key, codes)

@@ -1,0 +1,151 @@
+"""Private LoRA fine-tuning: the cost of the encrypted linear layers, measured side by side.
+
+    .venv/bin/python benchmarks/lora.py [--shapes 64 256 1024 2048] [--backends simulate concrete glwe]
+
+1. Per backend and square shape d: one row (one token) of ``x @ W`` with W (d, d), 8-bit inputs
+   and weights: server time, client encrypt / decrypt time, bytes on the wire each way, evaluation
+   key bytes, and the worker's one-off setup (compilation) time.
+2. One full training step of the tiny GPT-2 model (batch 4 x 32 tokens) per backend, every base
+   matmul going through the backend (in-process worker), against float training.
+3. The share of weights and of linear-layer FLOPs that stay on the client, for the tiny model and
+   for SmolLM2-135M's architecture (from its configuration; no weights needed).
+
+Writes ``benchmarks/results/lora.json`` and ``benchmarks/results/lora.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def matmul_row(backend_name: str, d: int, seed: int = 0) -> dict:
+    """One token through a (d, d) layer: times and bytes."""
+    from veilml.runtime.linear import get_backend
+
+    rng = np.random.default_rng(seed)
+    matrix = rng.integers(-127, 128, size=(d, d))
+    x = rng.integers(0, 256, size=(1, d))
+    backend = get_backend(backend_name)
+    start = time.perf_counter()
+    server = backend.server(matrix, 8)
+    setup_time = time.perf_counter() - start
+    session = backend.session()
+    start = time.perf_counter()
+    keys = session.register("m", server.spec, server.setup())
+    keygen_time = time.perf_counter() - start
+    start = time.perf_counter()
+    ciphertext = session.encrypt("m", x)
+    encrypt_time = time.perf_counter() - start
+    start = time.perf_counter()
+    result = server.run(ciphertext, keys)
+    run_time = time.perf_counter() - start
+    start = time.perf_counter()
+    product = session.decrypt("m", result)
+    decrypt_time = time.perf_counter() - start
+    exact = x @ matrix
+    return {
+        "backend": backend_name,
+        "d": d,
+        "setup_s": setup_time,
+        "keygen_s": keygen_time,
+        "encrypt_s": encrypt_time,
+        "run_s": run_time,
+        "decrypt_s": decrypt_time,
+        "bytes_up": len(ciphertext),
+        "bytes_down": len(result),
+        "evaluation_key_bytes": len(keys),
+        "max_abs_error": int(np.abs(product - exact).max()),
+        "max_abs_value": int(np.abs(exact).max()),
+    }
+
+
+def training_steps(backends: list[str], steps: int = 1) -> list[dict]:
+    """Time of full training steps on the tiny model, float and per backend (filled in below)."""
+    from lora_measures import time_training_step
+
+    return [time_training_step(backend, steps=steps) for backend in [None, *backends]]
+
+
+def client_share() -> list[dict]:
+    from lora_measures import client_share_of_model
+
+    return client_share_of_model()
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def matmul_table(rows: list[dict]) -> str:
+    lines = [
+        "| backend | d | worker setup (s) | encrypt (s) | worker run (s) | decrypt (s) | up | down | eval. keys | max abs error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['backend']} | {r['d']} | {r['setup_s']:.2f} | {r['encrypt_s']:.3f} | {r['run_s']:.3f} | {r['decrypt_s']:.3f} | "
+            f"{human(r['bytes_up'])} | {human(r['bytes_down'])} | {human(r['evaluation_key_bytes'])} | "
+            f"{r['max_abs_error']} (of {r['max_abs_value']:.2e}) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", type=int, nargs="+", default=[64, 256, 1024, 2048])
+    parser.add_argument("--backends", nargs="+", default=["simulate", "concrete", "glwe"])
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    rows = []
+    for backend in args.backends:
+        for d in args.shapes:
+            print(f"matmul {backend} d={d} ...", file=sys.stderr, flush=True)
+            rows.append(matmul_row(backend, d))
+    training = [] if args.skip_training else training_steps(args.backends)
+    shares = client_share()
+    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
+    (RESULTS / "lora.json").write_text(
+        json.dumps({"machine": machine, "matmul": rows, "training_step": training, "client_share": shares}, indent=2) + "\n"
+    )
+    text = [
+        "# Private LoRA: encrypted linear layers\n",
+        f"`python benchmarks/lora.py {' '.join(sys.argv[1:])}` on {machine['cpu_count']} cores ({machine['platform']}), one run.\n",
+        "## One token through a (d, d) layer, 8-bit inputs and weights\n",
+        matmul_table(rows),
+        "",
+    ]
+    if training:
+        text += ["## One training step of the tiny GPT-2 (every base matmul through the backend)\n"]
+        text += ["| backend | seconds per step | vs float | loss | bytes up | bytes down |", "|---|---|---|---|---|---|"]
+        base = training[0]["seconds_per_step"]
+        for t in training:
+            text.append(
+                f"| {t['backend']} | {t['seconds_per_step']:.3f} | {t['seconds_per_step'] / base:.1f}x | {t['loss']:.4f} | "
+                f"{human(t.get('bytes_up', 0))} | {human(t.get('bytes_down', 0))} |"
+            )
+        text.append("")
+    text += ["## What stays on the client\n", "| model | weights on the client | linear FLOPs on the client |", "|---|---|---|"]
+    for s in shares:
+        text.append(f"| {s['model']} | {s['client_weight_share']:.1%} | {s['client_flop_share']:.1%} |")
+    (RESULTS / "lora.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

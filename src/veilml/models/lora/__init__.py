@@ -1,0 +1,82 @@
+"""Private LoRA fine-tuning: the client trains adapters, workers compute the frozen linear layers.
+
+The data owner keeps the data, tokenizer, adapters, embeddings, norms, softmax, activations, LM
+head, loss and optimizer. Workers hold the frozen projection weights and compute ``x @ W`` (forward)
+and ``g @ W.T`` (backward) on encrypted per-row-quantized rows (see
+:mod:`veilml.runtime.linear.protocol`). Typical use::
+
+    from veilml.models.lora import LoraTrainer, local_executor, remote_linear_weights, tiny_gpt2
+
+    model = tiny_gpt2()
+    executor = local_executor(remote_linear_weights(model), backend="simulate")
+    trainer = LoraTrainer(model, executor=executor, max_steps=200)
+    trainer.train(batches)
+
+Needs the ``lora`` extra (torch, transformers, peft, safetensors); nothing heavy loads until a name
+below is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "DEFAULT_REMOTE_PATTERNS",
+    "ByteTokenizer",
+    "LoraTrainer",
+    "RemoteLinear",
+    "TrainOutput",
+    "TrainerState",
+    "default_lora_config",
+    "find_remote_layers",
+    "load_corpus",
+    "load_remote_weights",
+    "local_executor",
+    "make_batches",
+    "outsource_linear_layers",
+    "remote_layer_names",
+    "remote_linear_weights",
+    "save_remote_weights",
+    "smollm2",
+    "tiny_gpt2",
+    "tiny_llama",
+    "unwrap_peft",
+]
+
+_LAZY = {
+    "DEFAULT_REMOTE_PATTERNS": ".weights",
+    "find_remote_layers": ".weights",
+    "load_remote_weights": ".weights",
+    "remote_linear_weights": ".weights",
+    "save_remote_weights": ".weights",
+    "unwrap_peft": ".weights",
+    "RemoteLinear": ".remote",
+    "outsource_linear_layers": ".remote",
+    "remote_layer_names": ".remote",
+    "local_executor": ".workers",
+    "ByteTokenizer": ".tiny",
+    "load_corpus": ".tiny",
+    "make_batches": ".tiny",
+    "smollm2": ".tiny",
+    "tiny_gpt2": ".tiny",
+    "tiny_llama": ".tiny",
+    "LoraTrainer": ".trainer",
+    "TrainOutput": ".trainer",
+    "TrainerState": ".trainer",
+    "default_lora_config": ".trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        try:
+            module = importlib.import_module(_LAZY[name], __name__)
+        except ImportError as error:
+            raise ImportError(f"veilml.models.lora.{name} needs the lora extra: pip install 'veilml[lora]' ({error})") from error
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

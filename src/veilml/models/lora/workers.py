@@ -1,0 +1,24 @@
+"""Workers in this process, for tests, demos and single machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...runtime.linear.protocol import EncryptedLinearExecutor, LocalTransport, Worker
+from .weights import RemoteWeights
+
+__all__ = ["local_executor"]
+
+
+def local_executor(weights: RemoteWeights, backend: str = "simulate", **worker_options: Any) -> EncryptedLinearExecutor:
+    """An executor over one in-process :class:`Worker` holding ``weights`` (from :func:`remote_linear_weights`).
+
+    ``worker_options`` go to :class:`Worker` (``weight_bits``, ``input_bits``...).
+    """
+    worker = Worker(
+        weights={name: weight for name, (weight, _) in weights.items()},
+        biases={name: bias for name, (_, bias) in weights.items() if bias is not None},
+        backend=backend,
+        **worker_options,
+    )
+    return EncryptedLinearExecutor(LocalTransport(worker))
