@@ -93,6 +93,9 @@ from .base import (
 
 __all__ = ["GLWEBackend", "GLWEServer", "GLWESession", "GLWESetup", "plan_row_blocks"]
 
+# what parsing a forged or truncated JSON document can raise
+_MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError)
+
 SETUP_FORMAT = "veilml-glwe-setup/1"
 CIPHERTEXT_FORMAT = "veilml-glwe-ct/1"
 RESULT_FORMAT = "veilml-glwe-result/1"
@@ -273,13 +276,7 @@ class GLWESetup:
             blocks = tuple((int(a), int(b)) for a, b in d["blocks"])
             col_sums = np.asarray(d["col_sums"], dtype=np.int64).reshape(-1)
             params = _canonical_params(d["crypto_params"])
-        except (
-            ValueError,
-            KeyError,
-            TypeError,
-            UnicodeDecodeError,
-            AttributeError,
-        ) as error:
+        except _MALFORMED as error:
             raise ValueError(f"not a GLWE setup from a 'glwe' worker ({error})") from None
         edges = [0] + [b for _, b in blocks]
         if (
@@ -304,13 +301,7 @@ def _read_header(frame: bytes, fmt: str) -> dict[str, int]:
         if d.get("format") != fmt:
             raise ValueError(f"format {d.get('format')!r}")
         return {k: int(d[k]) for k in ("n", "blocks", "rows")}
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        UnicodeDecodeError,
-        AttributeError,
-    ) as error:
+    except _MALFORMED as error:
         raise ValueError(f"expected a {fmt} message ({error})") from None
 
 
