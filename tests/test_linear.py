@@ -128,3 +128,17 @@ def test_matrix_spec_checks_codes():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown encrypted-linear backend 'tfhe'"):
         get_backend("tfhe")
+
+
+def test_several_workers_each_serve_a_subset_of_layers():
+    weights = {f"layer{i}": rng.normal(size=(8, 6)) for i in range(3)}
+    first = Worker({k: weights[k] for k in ("layer0", "layer1")})
+    second = Worker({"layer2": weights["layer2"]})
+    executor = EncryptedLinearExecutor([LocalTransport(first), LocalTransport(second)])
+    single = EncryptedLinearExecutor(LocalTransport(Worker(weights)))
+    x = rng.normal(size=(2, 8))
+    for name in weights:
+        assert np.array_equal(executor.forward(name, x), single.forward(name, x))
+    assert {k[0] for k in first.session_keys} == {k[0] for k in second.session_keys} == {executor.session_id}
+    with pytest.raises(ValueError, match="served by two workers"):
+        EncryptedLinearExecutor([LocalTransport(first), LocalTransport(Worker({"layer0": weights["layer0"]}))])
