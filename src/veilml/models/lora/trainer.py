@@ -188,7 +188,7 @@ class LoraTrainer:
     ) -> TrainOutput:
         """Run optimizer steps until ``max_steps``; ``resume_from_checkpoint=True`` resumes from the
         latest checkpoint in ``output_dir`` (a path resumes from that checkpoint)."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         if len(train_data) == 0:
             raise ValueError("train_data holds no batch")
