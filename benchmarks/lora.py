@@ -70,10 +70,16 @@ def matmul_row(backend_name: str, d: int, seed: int = 0) -> dict:
 
 
 def training_steps(backends: list[str], steps: int = 1) -> list[dict]:
-    """Time of full training steps on the tiny model, float and per backend (filled in below)."""
+    """Seconds per training step of the tiny model (1 layer, 32 wide, 8 tokens), float and per backend."""
     from lora_measures import time_training_step
 
-    return [time_training_step(backend, steps=steps) for backend in [None, *backends]]
+    return [time_training_step(backend, steps=steps, seq_len=8, batch_size=1) for backend in [None, *backends]]
+
+
+def glwe_check(steps: int) -> dict:
+    from lora_measures import glwe_steps_against_simulate
+
+    return glwe_steps_against_simulate(steps)
 
 
 def client_share() -> list[dict]:
@@ -117,10 +123,12 @@ def main() -> int:
             print(f"matmul {backend} d={d} ...", file=sys.stderr, flush=True)
             rows.append(matmul_row(backend, d))
     training = [] if args.skip_training else training_steps(args.backends)
+    glwe = glwe_check(3) if "glwe" in args.backends and not args.skip_training else None
     shares = client_share()
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
     (RESULTS / "lora.json").write_text(
-        json.dumps({"machine": machine, "matmul": rows, "training_step": training, "client_share": shares}, indent=2) + "\n"
+        json.dumps({"machine": machine, "matmul": rows, "training_step": training, "glwe_steps": glwe, "client_share": shares}, indent=2)
+        + "\n"
     )
     text = [
         "# Private LoRA: encrypted linear layers\n",
@@ -139,6 +147,17 @@ def main() -> int:
                 f"{human(t.get('bytes_up', 0))} | {human(t.get('bytes_down', 0))} |"
             )
         text.append("")
+    if glwe:
+        text += [
+            "## Three training steps: glwe against simulate, from the same start\n",
+            f"losses simulate {[round(v, 5) for v in glwe['simulate']['losses']]}, "
+            f"glwe {[round(v, 5) for v in glwe['glwe']['losses']]} "
+            f"(largest relative difference {glwe['max_relative_loss_difference']:.2e}); "
+            f"{glwe['glwe']['products']} glwe products, largest integer error {glwe['glwe']['max_abs_error']} "
+            f"against a documented bound of {glwe['glwe']['max_bound']:.0f}: "
+            f"{'all within' if glwe['glwe']['within_bound'] else 'NOT all within'} the bound.",
+            "",
+        ]
     text += ["## What stays on the client\n", "| model | weights on the client | linear FLOPs on the client |", "|---|---|---|"]
     for s in shares:
         text.append(f"| {s['model']} | {s['client_weight_share']:.1%} | {s['client_flop_share']:.1%} |")

@@ -88,3 +88,57 @@ def client_share_of_model(r: int = 8) -> list[dict[str, Any]]:
             model = build()
         rows.append(_share(name, model, r))
     return rows
+
+
+def glwe_steps_against_simulate(steps: int = 3, *, seq_len: int = 8, batch_size: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Train ``steps`` steps through the ``glwe`` backend and through ``simulate`` from the same start.
+
+    Every glwe product is checked against the exact integer product of the same codes (the worker
+    is in this process, so its quantized matrices are at hand) and its documented error bound.
+    """
+    import numpy as np
+
+    from veilml.runtime.linear import get_backend
+
+    batches = make_batches(load_corpus("train"), seq_len=seq_len, batch_size=batch_size)[:steps]
+    results: dict[str, Any] = {"steps": steps, "rows_per_request": seq_len * batch_size}
+    for backend in ("simulate", "glwe"):
+        model = tiny_gpt2(seed=seed, **BENCH_MODEL)
+        executor = local_executor(remote_linear_weights(model), backend)
+        worker = executor.routes[next(iter(executor.routes))].worker
+        worst = {"max_abs_error": 0, "max_bound": 0.0, "products": 0, "within_bound": True}
+        if backend == "glwe":
+            session, codes = executor.session, {}
+            encrypt, decrypt = session.encrypt, session.decrypt
+
+            def recording_encrypt(key: str, x_q: Any, encrypt: Any = encrypt) -> bytes:
+                codes[key] = np.asarray(x_q)
+                return encrypt(key, x_q)
+
+            def checking_decrypt(key: str, result: bytes, decrypt: Any = decrypt) -> Any:
+                product = decrypt(key, result)
+                layer, direction = key.rsplit("/", 1)
+                server = worker.servers[(layer, direction)]
+                exact = codes[key] @ server.matrix
+                bound = get_backend("glwe").error_bound(server.spec, int(np.abs(server.matrix).max()))
+                error = int(np.abs(product - exact).max())
+                worst["max_abs_error"] = max(worst["max_abs_error"], error)
+                worst["max_bound"] = max(worst["max_bound"], bound)
+                worst["products"] += 1
+                worst["within_bound"] &= error <= bound
+                return product
+
+            session.encrypt, session.decrypt = recording_encrypt, checking_decrypt
+        trainer = LoraTrainer(model, executor=executor, max_steps=steps, learning_rate=1e-2, logging_steps=1, progress=False, seed=seed)
+        started = time.perf_counter()
+        trainer.train(batches)
+        results[backend] = {
+            "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+            "seconds": time.perf_counter() - started,
+            "bytes_up": executor.bytes_sent,
+            "bytes_down": executor.bytes_received,
+            **(worst if backend == "glwe" else {}),
+        }
+    sim, glwe = results["simulate"]["losses"], results["glwe"]["losses"]
+    results["max_relative_loss_difference"] = max(abs(a - b) / abs(a) for a, b in zip(sim, glwe))
+    return results
