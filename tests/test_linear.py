@@ -142,3 +142,12 @@ def test_several_workers_each_serve_a_subset_of_layers():
     assert {k[0] for k in first.session_keys} == {k[0] for k in second.session_keys} == {executor.session_id}
     with pytest.raises(ValueError, match="served by two workers"):
         EncryptedLinearExecutor([LocalTransport(first), LocalTransport(Worker({"layer0": weights["layer0"]}))])
+
+
+def test_worker_refuses_too_many_rows():
+    worker = Worker({"a": rng.normal(size=(8, 4))}, max_rows=3)
+    executor = EncryptedLinearExecutor(LocalTransport(worker))
+    executor.forward("a", rng.normal(size=(3, 8)))
+    with pytest.raises(WorkerError, match="4 rows in one request, over this worker's limit of 3") as error:
+        executor.forward("a", rng.normal(size=(4, 8)))
+    assert error.value.status == 413

@@ -104,6 +104,10 @@ class LinearServer(abc.ABC):
         Must be safe to call from several threads at once (a worker serves sessions in parallel).
         """
 
+    def request_rows(self, ciphertext: bytes) -> int | None:
+        """Rows in a request, read cheaply from its framing (None if the backend cannot tell)."""
+        return None
+
     def check_keys(self, evaluation_keys: bytes) -> None:
         """Raise ValueError if ``evaluation_keys`` cannot be this server's keys (checked at registration)."""
 

@@ -38,6 +38,9 @@ class ConcreteServer(LinearServer):
     def setup(self) -> bytes:
         return self._setup
 
+    def request_rows(self, ciphertext: bytes) -> int | None:
+        return len(unpack_frames(ciphertext))  # one frame per row
+
     def check_keys(self, evaluation_keys: bytes) -> None:
         from concrete import fhe
 

@@ -186,6 +186,9 @@ class Worker:
                 401, f"session {session[:8]}… has registered no evaluation key for {layer}/{direction}; register first"
             )
         try:
+            rows = server.request_rows(ciphertext)
+            if rows is not None and rows > self.max_rows:
+                raise WorkerError(413, f"{rows} rows in one request, over this worker's limit of {self.max_rows}; send fewer rows per request")
             return server.run(ciphertext, keys)
         except (ValueError, TypeError) as error:
             raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None

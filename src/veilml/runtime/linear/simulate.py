@@ -44,6 +44,9 @@ class SimulateServer(LinearServer):
     def setup(self) -> bytes:
         return b""
 
+    def request_rows(self, ciphertext: bytes) -> int | None:
+        return unpack_integers(ciphertext).shape[0]
+
     def check_keys(self, evaluation_keys: bytes) -> None:
         if evaluation_keys:
             raise ValueError("the simulate backend takes no evaluation keys (an empty body)")
