@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from .interpreter import round_bits
 from .ir import Graph, IRError, Node, Ops
 
 __all__ = ["Range", "bit_width", "infer_ranges"]
@@ -52,8 +53,6 @@ def _lut_range(node: Node, x: Range) -> Range:
 
 
 def _round_range(node: Node, x: Range) -> Range:
-    from .interpreter import round_bits
-
     lsbs, mode = node.arg
     if lsbs >= x.bit_width:
         raise IRError(

@@ -120,28 +120,30 @@ class _EncryptedTree(BaseEstimator):
             self.classes_ = model.classes_
 
     # ----------------------------------------------------------------------------------- FHE
+    def _fitted_input(self, X: Any) -> np.ndarray:
+        """``X`` checked against the fitted model (NotFittedError first, then shape and values)."""
+        check_is_fitted(self)
+        return check_X(X, self.n_features_in_, type(self).__name__)
+
     def compile(self, X: Any, configuration: Configuration | None = None, **options: Any) -> _EncryptedTree:
         """Compile the FHE circuit with an inputset made of the rows of ``X``.
 
         ``options`` override fields of ``configuration`` (for example ``p_error=...``,
         ``device="cuda"``). The circuit's cost figures are then in ``report_``.
         """
-        check_is_fitted(self)
-        X = check_X(X, self.n_features_in_, type(self).__name__)
+        X = self._fitted_input(X)
         configuration = (configuration or Configuration()).fork(**options)
         self.report_ = self.fhe_model_.compile(X, configuration).report
         return self
 
     def decision_scores(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Dequantized model outputs (class scores or regression values), (n_samples, n_outputs)."""
-        check_is_fitted(self)
-        X = check_X(X, self.n_features_in_, type(self).__name__)
+        X = self._fitted_input(X)  # before touching fhe_model_: NotFittedError comes first
         return self.fhe_model_.run(X, fhe)
 
     def predict_integers(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """The raw integers the circuit returns: the exact oracle between FHE modes."""
-        check_is_fitted(self)
-        X = check_X(X, self.n_features_in_, type(self).__name__)
+        X = self._fitted_input(X)
         return self.fhe_model_.run_integers(X, fhe)
 
 
