@@ -76,11 +76,10 @@ class RemoteLinear(nn.Module):
         # C-contiguous float64 rows at the boundary: concrete misreads strided arrays
         rows = np.ascontiguousarray(tensor.detach().to(device="cpu", dtype=torch.float64).reshape(-1, width_in).numpy())
         run = self.executor.forward if direction == "forward" else self.executor.backward
-        if rows.shape[0] == 0:  # nothing to send; the protocol cannot quantize zero rows
-            out = np.zeros((0, width_out))
-        else:
-            chunks = [run(self.name, np.ascontiguousarray(rows[i : i + self.max_rows])) for i in range(0, rows.shape[0], self.max_rows)]
-            out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        # at least one call, so that zero rows come back as a (0, width_out) array from the executor
+        starts = range(0, max(rows.shape[0], 1), self.max_rows)
+        chunks = [run(self.name, np.ascontiguousarray(rows[i : i + self.max_rows])) for i in starts]
+        out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         result = torch.from_numpy(np.ascontiguousarray(out)).to(device=tensor.device, dtype=tensor.dtype)
         return result.reshape(*tensor.shape[:-1], width_out)
 
