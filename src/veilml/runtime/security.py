@@ -1,0 +1,336 @@
+"""Client-side check that a server's concrete crypto parameters reach a given security level.
+
+A client that generates keys from client specs sent by a server trusts whatever parameters they
+contain: a hostile server can shrink the LWE dimension or zero the noise, and then decrypt
+everything the client encrypts. :func:`check_client_specs` reads the specs as plain JSON (no
+concrete import) before keygen and refuses them unless every encryption under a secret key that
+they describe (ciphertexts, bootstrap keys, keyswitch keys, packing keyswitch keys) lies on the
+secure side of concrete's own security curve. Anything it cannot assess is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "InsecureParametersError",
+    "check_client_specs",
+    "check_lwe",
+    "meets_security",
+    "required_stddev_log2",
+]
+
+MODULUS_LOG2 = 64
+
+
+@dataclass(frozen=True)
+class _Curve:
+    slope: float
+    bias: float
+    min_dimension: int
+
+
+# Concrete's security curves for binary secret keys and q = 2^64: a (dimension n, noise stddev s
+# relative to the torus) pair gives the level's security when n >= min_dimension and
+# log2(s) >= max(slope * n + bias, 2 - 64), the second term keeping the noise above the two lowest
+# bits of the 64-bit modulus. Source: zama-ai/concrete,
+# tools/parameter-curves/concrete-security-curves-rust/src/gaussian/curves_gen.rs and
+# security_weights.rs (the optimizer's curves), identical to concrete-security-curves-cpp's
+# curves.gen.h; 128 bits since commit eba61f20c (June 2024), 132 bits since 4d6afba9d (Dec 2024).
+# The same four doubles are in the libConcretelangRuntime shipped with concrete-python 2.11.0.
+_CURVES: dict[int, _Curve] = {
+    128: _Curve(slope=-0.025696778711484593, bias=2.675931372549016, min_dimension=450),
+    132: _Curve(slope=-0.024891456582633045, bias=2.65734593837534, min_dimension=450),
+}
+
+# concrete writes variance = 2^(2 * curve(n)) as a double; allow for that rounding, no more.
+_ROUNDING_BITS = 1e-9
+
+_REFUSE = "refuse this server: it may be trying to read your data"
+_UINT32_MAX = 2**32 - 1
+
+
+class InsecureParametersError(ValueError):
+    """The server's crypto parameters are below the required security, or cannot be assessed."""
+
+
+def _curve(security_bits: int) -> tuple[int, _Curve]:
+    """The lowest tabulated curve at or above ``security_bits`` (conservative for lower levels)."""
+    if isinstance(security_bits, bool) or not isinstance(security_bits, int) or security_bits <= 0:
+        raise ValueError(f"security_bits must be a positive integer, got {security_bits!r}")
+    for bits in sorted(_CURVES):
+        if bits >= security_bits:
+            return bits, _CURVES[bits]
+    raise ValueError(f"no security curve for {security_bits} bits; the highest available is {max(_CURVES)}")
+
+
+def required_stddev_log2(dimension: int, security_bits: int = 128) -> float:
+    """Smallest log2(noise stddev) that reaches ``security_bits`` at ``dimension`` (inf below the minimal dimension)."""
+    _, curve = _curve(security_bits)
+    if dimension < curve.min_dimension:
+        return math.inf
+    return max(curve.slope * dimension + curve.bias, 2.0 - MODULUS_LOG2)
+
+
+def meets_security(dimension: int, stddev_log2: float, security_bits: int = 128) -> bool:
+    """Whether a binary-key LWE/GLWE encryption with this key dimension and noise reaches ``security_bits``."""
+    required = required_stddev_log2(dimension, security_bits)
+    return not math.isnan(stddev_log2) and stddev_log2 >= required - _ROUNDING_BITS
+
+
+def _fmt_log2(value: float) -> str:
+    return "2^-inf" if value == -math.inf else f"2^{value:.2f}"
+
+
+def check_lwe(dimension: int, variance: float, what: str, min_security_bits: int = 128) -> None:
+    """Raise :class:`InsecureParametersError` unless (key ``dimension``, noise ``variance``) is secure.
+
+    ``variance`` is relative to the torus, as in concrete's specs; ``what`` names the encryption.
+    """
+    bits, curve = _curve(min_security_bits)
+    if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 0:
+        raise InsecureParametersError(f"cannot assess {what}: its key dimension {dimension!r} is not an integer; {_REFUSE}")
+    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not (math.isfinite(variance) and variance >= 0):
+        raise InsecureParametersError(
+            f"cannot assess {what}: its noise variance {variance!r} is not a finite non-negative number; {_REFUSE}"
+        )
+    stddev_log2 = 0.5 * math.log2(variance) if variance > 0 else -math.inf
+    if meets_security(dimension, stddev_log2, bits):
+        return
+    if dimension < curve.min_dimension:
+        need = f"a key dimension of at least {curve.min_dimension}"
+    else:
+        need = f"noise stddev of at least {_fmt_log2(required_stddev_log2(dimension, bits))} at this dimension"
+    raise InsecureParametersError(
+        f"the server's crypto parameters are insecure: {what} uses a secret key of dimension {dimension} with "
+        f"noise stddev {_fmt_log2(stddev_log2)}, but concrete's {bits}-bit security curve (binary key, 2^64 modulus) "
+        f"requires {need}, so this is below the {min_security_bits} bits this client requires; {_REFUSE}, or have it "
+        f"compile its circuits with concrete's security_level={bits} (the default is 128)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict reading of the specs' JSON
+
+
+def _malformed(where: str, problem: str) -> InsecureParametersError:
+    return InsecureParametersError(
+        f"cannot assess the server's client specs: {where} {problem}; {_REFUSE} "
+        "(genuine specs are the unedited JSON of concrete-python's circuit.client.specs.serialize())"
+    )
+
+
+def _fields(obj: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """``obj`` as a JSON object with all ``required`` keys and nothing outside ``required + optional``."""
+    if not isinstance(obj, dict):
+        raise _malformed(where, f"should be a JSON object, got {type(obj).__name__}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise _malformed(where, f"lacks {', '.join(missing)}")
+    unknown = sorted(set(obj) - set(required) - set(optional))
+    if unknown:
+        raise _malformed(where, f"has unknown field(s) {', '.join(unknown)}")
+    return obj
+
+
+def _uint(obj: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int:
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _UINT32_MAX:
+        raise _malformed(f"{where}.{key}", f"should be an integer in [{minimum}, 2^32), got {value!r}")
+    return value
+
+
+def _variance(obj: Mapping[str, Any], where: str) -> float:
+    value = obj["variance"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise _malformed(f"{where}.variance", f"should be a finite non-negative number, got {value!r}")
+    return float(value)
+
+
+def _list(obj: Any, where: str, nonempty: bool = False) -> list[Any]:
+    if not isinstance(obj, list) or (nonempty and not obj):
+        raise _malformed(where, "should be a " + ("non-empty " if nonempty else "") + "JSON list")
+    return obj
+
+
+def _expect(obj: Mapping[str, Any], key: str, where: str, allowed: tuple[Any, ...], what: str) -> None:
+    if obj[key] not in allowed:
+        raise _malformed(f"{where}.{key}", f"is {obj[key]!r}, but only {what} can be assessed")
+
+
+def _native_modulus(obj: Mapping[str, Any], where: str) -> None:
+    modulus = _fields(obj["modulus"], f"{where}.modulus", ("modulus",))
+    if modulus["modulus"] != {"native": {}}:
+        raise _malformed(f"{where}.modulus", f"is {modulus['modulus']!r}, but only the native 2^64 modulus can be assessed")
+
+
+def _common_params(params: Mapping[str, Any], where: str) -> None:
+    _expect(params, "integerPrecision", where, (MODULUS_LOG2,), "64-bit integers")
+    _expect(params, "keyType", where, ("binary",), "binary keys")
+    _native_modulus(params, where)
+
+
+def _decomposition(params: Mapping[str, Any], where: str) -> None:
+    levels, base_log = _uint(params, "levelCount", where, 1), _uint(params, "baseLog", where, 1)
+    if levels * base_log > MODULUS_LOG2:
+        raise _malformed(where, f"decomposes {levels} x {base_log} bits, more than the {MODULUS_LOG2}-bit modulus")
+
+
+def _glwe_size(params: Mapping[str, Any], where: str) -> int:
+    glwe, poly = _uint(params, "glweDimension", where, 1), _uint(params, "polynomialSize", where, 1)
+    if poly & (poly - 1):
+        raise _malformed(f"{where}.polynomialSize", f"is {poly}, not a power of two")
+    return glwe * poly
+
+
+def _strict_json(text: str | bytes) -> Any:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise _malformed("a JSON object", f"repeats a key ({sorted(k for k in set(keys) if keys.count(k) > 1)})")
+        return dict(pairs)
+
+    def no_constants(name: str) -> Any:
+        raise _malformed("the JSON", f"contains {name}")
+
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _malformed("the data", f"is not UTF-8 text ({exc})") from None
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except InsecureParametersError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise _malformed("the data", f"is not valid JSON ({exc})") from None
+
+
+def _specs_text(specs: Any) -> str | bytes:
+    if isinstance(specs, (bytes, str)):
+        return specs
+    if isinstance(specs, (bytearray, memoryview)):
+        return bytes(specs)
+    serialize: Callable[[], Any] | None = getattr(specs, "serialize", None)
+    if callable(serialize):
+        return _specs_text(serialize())
+    raise TypeError(f"client specs should be bytes, str or have .serialize(), got {type(specs).__name__}")
+
+
+def check_client_specs(specs: bytes | str | Any, min_security_bits: int = 128) -> None:
+    """Refuse client specs (concrete's serialized ``ClientSpecs``) below ``min_security_bits``.
+
+    Checks every encryption under a secret key that the specs describe, against concrete's curve
+    for binary keys and the 2^64 modulus, and that every key id and key dimension they name agree.
+    Raises :class:`InsecureParametersError` on insecure, inconsistent or unassessable specs.
+    """
+    _curve(min_security_bits)  # a bad requirement is the caller's error, raised first
+    root = _fields(_strict_json(_specs_text(specs)), "the specs", ("keyset", "circuits"), ("tfhers_specs",))
+    _check_no_tfhers(root.get("tfhers_specs"))
+
+    def lwe(dimension: int, variance: float, what: str) -> None:
+        check_lwe(dimension, variance, what, min_security_bits)
+
+    keyset = _fields(
+        root["keyset"], "keyset", ("lweSecretKeys", "lweBootstrapKeys", "lweKeyswitchKeys", "packingKeyswitchKeys")
+    )
+    keys: dict[int, int] = {}
+    for i, entry in enumerate(_list(keyset["lweSecretKeys"], "keyset.lweSecretKeys", nonempty=True)):
+        where = f"keyset.lweSecretKeys[{i}]"
+        key = _fields(entry, where, ("id", "params"))
+        params = _fields(key["params"], f"{where}.params", ("lweDimension", "integerPrecision", "keyType"))
+        _expect(params, "integerPrecision", f"{where}.params", (MODULUS_LOG2,), "64-bit integers")
+        _expect(params, "keyType", f"{where}.params", ("binary",), "binary keys")
+        key_id = _uint(key, "id", where)
+        if key_id in keys:
+            raise _malformed(where, f"repeats key id {key_id}")
+        keys[key_id] = _uint(params, "lweDimension", f"{where}.params", 1)
+
+    def key_dim(key_id: int, claimed: int | None, where: str) -> int:
+        if key_id not in keys:
+            raise InsecureParametersError(
+                f"the server's client specs are inconsistent: {where} names secret key {key_id}, which the keyset "
+                f"does not define (keys: {sorted(keys)}); {_REFUSE}"
+            )
+        if claimed is not None and claimed != keys[key_id]:
+            raise InsecureParametersError(
+                f"the server's client specs are inconsistent: {where} claims dimension {claimed} for secret key "
+                f"{key_id}, whose dimension is {keys[key_id]}; {_REFUSE}"
+            )
+        return keys[key_id]
+
+    def evaluation_keys(name: str, params_fields: tuple[str, ...]) -> list[tuple[str, Mapping[str, Any], int, int]]:
+        """(where, params, input key id, output key id) for each well-formed key of one kind."""
+        out, seen = [], set()
+        for i, entry in enumerate(_list(keyset[name], f"keyset.{name}")):
+            where = f"keyset.{name}[{i}]"
+            info = _fields(entry, where, ("id", "inputId", "outputId", "params", "compression"))
+            _expect(info, "compression", where, ("none", "seed"), "uncompressed or seeded keys")
+            if _uint(info, "id", where) in seen:
+                raise _malformed(where, f"repeats id {info['id']}")
+            seen.add(info["id"])
+            params = _fields(info["params"], f"{where}.params", params_fields)
+            _common_params(params, f"{where}.params")
+            _decomposition(params, f"{where}.params")
+            out.append((where, params, _uint(info, "inputId", where), _uint(info, "outputId", where)))
+        return out
+
+    # Each evaluation key encrypts its input key under its output key: a GLWE key of dimension
+    # glweDimension * polynomialSize (bootstrap, packing keyswitch) or an LWE key (keyswitch).
+    common = ("levelCount", "baseLog", "variance", "integerPrecision", "modulus", "keyType", "inputLweDimension")
+    glwe = ("glweDimension", "polynomialSize")
+    for name, label, extra in (
+        ("lweBootstrapKeys", "bootstrap key", glwe),
+        ("lweKeyswitchKeys", "keyswitch key", ("outputLweDimension",)),
+        ("packingKeyswitchKeys", "packing keyswitch key", glwe + ("innerLweDimension",)),
+    ):
+        for where, params, in_id, out_id in evaluation_keys(name, common + extra):
+            at = f"{where}.params"
+            key_dim(in_id, _uint(params, "inputLweDimension", at, 1), f"{where} (input)")
+            if "innerLweDimension" in params:
+                _uint(params, "innerLweDimension", at)
+            if "outputLweDimension" in params:
+                size = key_dim(out_id, _uint(params, "outputLweDimension", at, 1), f"{where} (output)")
+            else:
+                size = key_dim(out_id, _glwe_size(params, at), f"{where} (output GLWE key, glweDimension x polynomialSize)")
+            lwe(size, _variance(params, at), f"{label} {where} (encryption under key {out_id})")
+
+    for c, entry in enumerate(_list(root["circuits"], "circuits", nonempty=True)):
+        circuit = _fields(entry, f"circuits[{c}]", ("inputs", "outputs", "name"))
+        for side in ("inputs", "outputs"):
+            for g, gate in enumerate(_list(circuit[side], f"circuits[{c}].{side}")):
+                where = f"circuits[{c}].{side}[{g}]"
+                type_info = _fields(gate, where, ("rawInfo", "typeInfo"))["typeInfo"]
+                if not isinstance(type_info, dict) or len(type_info) != 1:
+                    raise _malformed(f"{where}.typeInfo", "should hold exactly one of lweCiphertext, plaintext, index")
+                kind, body = next(iter(type_info.items()))
+                if kind in ("plaintext", "index"):
+                    continue  # a clear value: nothing encrypted
+                if kind != "lweCiphertext":
+                    raise _malformed(f"{where}.typeInfo", f"has unknown kind {kind!r}")
+                where += ".typeInfo.lweCiphertext"
+                optional = ("abstractShape", "concreteShape", "encoding")
+                ct = _fields(body, where, ("encryption", "integerPrecision", "compression"), optional)
+                _expect(ct, "integerPrecision", where, (MODULUS_LOG2,), "64-bit integers")
+                _expect(ct, "compression", where, ("none", "seed"), "uncompressed or seeded ciphertexts")
+                enc = _fields(ct["encryption"], f"{where}.encryption", ("keyId", "variance", "lweDimension", "modulus"))
+                _native_modulus(enc, f"{where}.encryption")
+                key_id = _uint(enc, "keyId", f"{where}.encryption")
+                size = key_dim(key_id, _uint(enc, "lweDimension", f"{where}.encryption", 1), where)
+                label = f"{side[:-1]} {g} of circuit {circuit['name']!r} (LWE encryption under key {key_id})"
+                lwe(size, _variance(enc, f"{where}.encryption"), label)
+
+
+def _check_no_tfhers(tfhers: Any) -> None:
+    """TFHE-rs interop carries its own parameters, which this check does not assess: allow only empty entries."""
+    if tfhers is None:
+        return
+    fields = ("input_types_per_func", "output_types_per_func", "input_shapes_per_func", "output_shapes_per_func")
+    for name, per_func in _fields(tfhers, "tfhers_specs", (), fields).items():
+        if not isinstance(per_func, dict) or any(
+            not isinstance(entries, list) or any(e is not None for e in entries) for entries in per_func.values()
+        ):
+            raise _malformed(f"tfhers_specs.{name}", "describes TFHE-rs values, whose parameters this check does not assess")
