@@ -1,6 +1,6 @@
 """Private LoRA fine-tuning: the cost of the encrypted linear layers, measured side by side.
 
-    .venv/bin/python benchmarks/lora.py [--shapes 64 256 1024 2048] [--backends simulate concrete glwe]
+    .venv/bin/python benchmarks/lora.py [--shapes 64 256 1024 2048] [--backends clear concrete glwe]
 
 1. Per backend and square shape d: one row (one token) of ``x @ W`` with W (d, d), 8-bit inputs
    and weights: server time, client encrypt / decrypt time, bytes on the wire each way, evaluation
@@ -77,9 +77,9 @@ def training_steps(backends: list[str], steps: int = 1) -> list[dict]:
 
 
 def glwe_check(steps: int) -> dict:
-    from lora_measures import glwe_steps_against_simulate
+    from lora_measures import glwe_steps_against_clear
 
-    return glwe_steps_against_simulate(steps)
+    return glwe_steps_against_clear(steps)
 
 
 def client_share() -> list[dict]:
@@ -113,7 +113,7 @@ def matmul_table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", type=int, nargs="+", default=[64, 256, 1024, 2048])
-    parser.add_argument("--backends", nargs="+", default=["simulate", "concrete", "glwe"])
+    parser.add_argument("--backends", nargs="+", default=["clear", "concrete", "glwe"])
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -149,8 +149,8 @@ def main() -> int:
         text.append("")
     if glwe:
         text += [
-            "## Three training steps: glwe against simulate, from the same start\n",
-            f"losses simulate {[round(v, 5) for v in glwe['simulate']['losses']]}, "
+            "## Three training steps: glwe against clear, from the same start\n",
+            f"losses clear {[round(v, 5) for v in glwe['clear']['losses']]}, "
             f"glwe {[round(v, 5) for v in glwe['glwe']['losses']]} "
             f"(largest relative difference {glwe['max_relative_loss_difference']:.2e}); "
             f"{glwe['glwe']['products']} glwe products, largest integer error {glwe['glwe']['max_abs_error']} "

@@ -90,8 +90,8 @@ def client_share_of_model(r: int = 8) -> list[dict[str, Any]]:
     return rows
 
 
-def glwe_steps_against_simulate(steps: int = 3, *, seq_len: int = 8, batch_size: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Train ``steps`` steps through the ``glwe`` backend and through ``simulate`` from the same start.
+def glwe_steps_against_clear(steps: int = 3, *, seq_len: int = 8, batch_size: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Train ``steps`` steps through the ``glwe`` backend and through ``clear`` from the same start.
 
     Every glwe product is checked against the exact integer product of the same codes (the worker
     is in this process, so its quantized matrices are at hand) and its documented error bound.
@@ -102,7 +102,7 @@ def glwe_steps_against_simulate(steps: int = 3, *, seq_len: int = 8, batch_size:
 
     batches = make_batches(load_corpus("train"), seq_len=seq_len, batch_size=batch_size)[:steps]
     results: dict[str, Any] = {"steps": steps, "rows_per_request": seq_len * batch_size}
-    for backend in ("simulate", "glwe"):
+    for backend in ("clear", "glwe"):
         model = tiny_gpt2(seed=seed, **BENCH_MODEL)
         executor = local_executor(remote_linear_weights(model), backend)
         worker = executor.routes[next(iter(executor.routes))].worker
@@ -139,6 +139,6 @@ def glwe_steps_against_simulate(steps: int = 3, *, seq_len: int = 8, batch_size:
             "bytes_down": executor.bytes_received,
             **(worst if backend == "glwe" else {}),
         }
-    sim, glwe = results["simulate"]["losses"], results["glwe"]["losses"]
+    sim, glwe = results["clear"]["losses"], results["glwe"]["losses"]
     results["max_relative_loss_difference"] = max(abs(a - b) / abs(a) for a, b in zip(sim, glwe))
     return results

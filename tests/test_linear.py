@@ -1,11 +1,11 @@
-"""Remote linear layers: quantization math, the simulate and concrete backends, the worker core."""
+"""Remote linear layers: quantization math, the clear and concrete backends, the worker core and its sessions."""
 
 import numpy as np
 import pytest
 
 from veilml.quantization import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
 from veilml.runtime.linear import MatrixSpec, get_backend, pack_frames, unpack_frames
-from veilml.runtime.linear.protocol import EncryptedLinearExecutor, LocalTransport, Worker, WorkerError
+from veilml.runtime.linear.protocol import EncryptedLinearExecutor, InsecureBackendError, LocalTransport, Worker, WorkerError
 
 rng = np.random.default_rng(0)
 
@@ -54,7 +54,7 @@ def test_frames_round_trip_and_reject_garbage():
             unpack_frames(bad)
 
 
-@pytest.mark.parametrize("name", ["simulate", "concrete"])
+@pytest.mark.parametrize("name", ["clear", "concrete"])
 def test_backends_compute_exact_integer_products(name):
     M = rng.integers(-127, 128, size=(24, 16))
     backend = get_backend(name)
@@ -79,35 +79,46 @@ def test_non_contiguous_weights_and_rows_give_the_same_products():
     assert np.array_equal(session.decrypt("m", server.run(session.encrypt("m", x), keys)), x @ M.T)
 
 
-def test_concrete_equals_simulate_through_the_executor():
+def test_concrete_equals_clear_through_the_executor():
     W, b = rng.normal(size=(16, 12)), rng.normal(size=12)
     x, g = rng.normal(size=(3, 16)), rng.normal(size=(3, 12))
     outputs = {}
-    for name in ("simulate", "concrete"):
-        executor = EncryptedLinearExecutor(LocalTransport(Worker({"layer": W}, {"layer": b}, backend=name)))
+    for name in ("clear", "concrete"):
+        executor = EncryptedLinearExecutor(LocalTransport(Worker({"layer": W}, {"layer": b}, backend=name)), backend=name)
         outputs[name] = executor.forward("layer", x), executor.backward("layer", g)
-    assert np.array_equal(outputs["simulate"][0], outputs["concrete"][0])
-    assert np.array_equal(outputs["simulate"][1], outputs["concrete"][1])
-    assert np.allclose(outputs["simulate"][0], x @ W + b, atol=0.05 * np.abs(x @ W).max())
+    assert np.array_equal(outputs["clear"][0], outputs["concrete"][0])
+    assert np.array_equal(outputs["clear"][1], outputs["concrete"][1])
+    assert np.allclose(outputs["clear"][0], x @ W + b, atol=0.05 * np.abs(x @ W).max())
+
+
+def clear_executor(worker: Worker) -> EncryptedLinearExecutor:
+    return EncryptedLinearExecutor(LocalTransport(worker), backend="clear")
 
 
 def test_worker_errors_and_what_it_holds():
-    worker = Worker({"a": rng.normal(size=(8, 4))})
-    executor = EncryptedLinearExecutor(LocalTransport(worker))
+    worker = Worker({"a": rng.normal(size=(8, 4))}, backend="clear")
+    transport = LocalTransport(worker)
+    executor = EncryptedLinearExecutor(transport, backend="clear")
     executor.forward("a", rng.normal(size=(2, 8)))
+    (session,) = executor.sessions
+    secret = transport._secrets[session]
     # the worker holds weights, public layer data and evaluation keys: nothing that decrypts
-    assert set(worker.session_keys) == {(executor.session_id, "*", "*")}  # one (empty) key for all matrices
+    assert set(worker.session_keys) == {(session, "*", "*")}  # one (empty) key for all matrices
     with pytest.raises(WorkerError, match="does not serve layer 'b'") as error:
-        worker.run(executor.session_id, "b", "forward", b"")
+        worker.run(session, secret, "b", "forward", b"")
     assert error.value.status == 404
     with pytest.raises(WorkerError, match="unknown direction") as error:
         worker.setup("a", "sideways")
     assert error.value.status == 400
+    with pytest.raises(WorkerError, match="unknown session") as error:
+        worker.run("0" * 32, secret, "a", "forward", b"")
+    assert error.value.status == 401 and error.value.code == "unknown-session"
+    other = worker.open_session()
     with pytest.raises(WorkerError, match="registered no evaluation key") as error:
-        worker.run("0" * 32, "a", "forward", b"")
-    assert error.value.status == 401
+        worker.run(other.id, other.secret, "a", "forward", b"")
+    assert error.value.status == 401 and error.value.code == "no-keys"
     with pytest.raises(WorkerError, match="bad ciphertext") as error:
-        worker.run(executor.session_id, "a", "forward", b"garbage")
+        worker.run(session, secret, "a", "forward", b"garbage")
     assert error.value.status == 400
     with pytest.raises(ValueError, match="takes rows of 8 features"):
         executor.forward("a", rng.normal(size=(2, 7)))
@@ -132,22 +143,202 @@ def test_unknown_backend():
 
 def test_several_workers_each_serve_a_subset_of_layers():
     weights = {f"layer{i}": rng.normal(size=(8, 6)) for i in range(3)}
-    first = Worker({k: weights[k] for k in ("layer0", "layer1")})
-    second = Worker({"layer2": weights["layer2"]})
-    executor = EncryptedLinearExecutor([LocalTransport(first), LocalTransport(second)])
-    single = EncryptedLinearExecutor(LocalTransport(Worker(weights)))
+    first = Worker({k: weights[k] for k in ("layer0", "layer1")}, backend="clear")
+    second = Worker({"layer2": weights["layer2"]}, backend="clear")
+    executor = EncryptedLinearExecutor([LocalTransport(first), LocalTransport(second)], backend="clear")
+    single = clear_executor(Worker(weights, backend="clear"))
     x = rng.normal(size=(2, 8))
     for name in weights:
         assert np.array_equal(executor.forward(name, x), single.forward(name, x))
-    assert {k[0] for k in first.session_keys} == {k[0] for k in second.session_keys} == {executor.session_id}
+    assert [{k[0] for k in first.session_keys}, {k[0] for k in second.session_keys}] == [{s} for s in executor.sessions]
     with pytest.raises(ValueError, match="served by two workers"):
-        EncryptedLinearExecutor([LocalTransport(first), LocalTransport(Worker({"layer0": weights["layer0"]}))])
+        EncryptedLinearExecutor(
+            [LocalTransport(first), LocalTransport(Worker({"layer0": weights["layer0"]}, backend="clear"))], backend="clear"
+        )
 
 
 def test_worker_refuses_too_many_rows():
-    worker = Worker({"a": rng.normal(size=(8, 4))}, max_rows=3)
-    executor = EncryptedLinearExecutor(LocalTransport(worker))
+    worker = Worker({"a": rng.normal(size=(8, 4))}, max_rows=3, backend="clear")
+    executor = clear_executor(worker)
     executor.forward("a", rng.normal(size=(3, 8)))
     with pytest.raises(WorkerError, match="4 rows in one request, over this worker's limit of 3") as error:
         executor.forward("a", rng.normal(size=(4, 8)))
     assert error.value.status == 413
+
+
+# -- finding 2: plaintext is never a default, and never silent -----------------------------------------
+
+
+def test_worker_defaults_to_an_encrypting_backend():
+    assert Worker({"a": rng.normal(size=(4, 2))}).backend == "concrete"
+
+
+def test_client_refuses_a_plaintext_worker_unless_it_asks_for_plaintext():
+    worker = Worker({"a": rng.normal(size=(8, 4))}, backend="clear")
+    with pytest.raises(InsecureBackendError, match="UNENCRYPTED.*backend='clear'"):
+        EncryptedLinearExecutor(LocalTransport(worker))  # as the README's client is written
+    assert not worker.sessions  # refused before anything was sent
+    x = rng.normal(size=(2, 8))
+    assert clear_executor(worker).forward("a", x).shape == (2, 4)  # an explicit choice works
+    with pytest.raises(ValueError, match="now called 'clear'"):
+        get_backend("simulate")
+
+
+# -- finding 3: sessions belong to their client ---------------------------------------------------------
+
+
+def test_a_session_cannot_be_used_or_rekeyed_without_its_secret():
+    worker = Worker({"a": rng.normal(size=(8, 4))}, backend="clear")
+    victim, attacker = worker.open_session(), worker.open_session()
+    assert victim.id != attacker.id and victim.secret != attacker.secret and len(victim.secret) >= 32
+    assert victim.secret not in repr(victim) and victim.secret.encode() not in repr(worker.sessions).encode()
+    worker.register(victim.id, victim.secret, "*", "*", b"")
+    for secret in (attacker.secret, None, ""):
+        with pytest.raises(WorkerError, match="belongs to another client") as error:
+            worker.register(victim.id, secret, "a", "forward", b"")
+        assert error.value.status == 403
+        with pytest.raises(WorkerError, match="belongs to another client"):
+            worker.run(victim.id, secret, "a", "forward", b"")
+    worker.register(victim.id, victim.secret, "*", "*", b"")  # the same keys again: a harmless retry
+    assert worker.session_keys == {(victim.id, "*", "*"): b""}
+
+
+def test_registered_keys_cannot_be_replaced_even_by_their_owner(monkeypatch):
+    from veilml.runtime.linear.clear import ClearServer
+
+    monkeypatch.setattr(ClearServer, "check_keys", lambda self, keys: None)  # any bytes count as keys here
+    worker = Worker({"a": rng.normal(size=(8, 4))}, backend="clear")
+    grant = worker.open_session()
+    worker.register(grant.id, grant.secret, "a", "forward", b"first")
+    with pytest.raises(WorkerError, match="cannot be replaced: open a new session") as error:
+        worker.register(grant.id, grant.secret, "a", "forward", b"second")
+    assert error.value.status == 409 and worker.session_keys == {(grant.id, "a", "forward"): b"first"}
+
+
+# -- finding 1: the client does not trust the worker's crypto parameters ---------------------------------
+
+
+class TamperedSetup:
+    """A transport to an honest worker, except that the setup it hands over is edited on the way."""
+
+    def __init__(self, inner: LocalTransport, edit) -> None:
+        self.inner, self.edit, self.backend, self.registered = inner, edit, inner.backend, []
+
+    def layers(self):
+        return self.inner.layers()
+
+    def setup(self, layer, direction):
+        return self.edit(self.inner.setup(layer, direction))
+
+    def open_session(self):
+        return self.inner.open_session()
+
+    def register(self, session, layer, direction, keys):
+        self.registered.append(keys)
+        self.inner.register(session, layer, direction, keys)
+
+    def run(self, session, layer, direction, ciphertext):
+        return self.inner.run(session, layer, direction, ciphertext)
+
+
+def _toy_parameters(setup: bytes) -> bytes:
+    import json
+
+    specs = json.loads(setup)
+    specs["keyset"]["lweSecretKeys"][0]["params"]["lweDimension"] = 16
+    for value in specs["circuits"][0]["inputs"] + specs["circuits"][0]["outputs"]:
+        value["typeInfo"]["lweCiphertext"]["encryption"].update(lweDimension=16, variance=0.0)
+    return json.dumps(specs).encode()
+
+
+def test_client_refuses_a_worker_that_hands_it_toy_parameters(tmp_path):
+    from veilml.runtime.linear.concrete import ConcreteBackend
+    from veilml.runtime.security import InsecureParametersError
+
+    backend = ConcreteBackend(cache_dir=tmp_path)
+    worker = Worker({"a": rng.normal(size=(8, 4))}, backend=backend)
+    tampered = TamperedSetup(LocalTransport(worker), _toy_parameters)
+    executor = EncryptedLinearExecutor(tampered)
+    with pytest.raises(InsecureParametersError, match="dimension 16.*refuse this server"):
+        executor.forward("a", rng.normal(size=(1, 8)))
+    assert tampered.registered == [] and not executor.session._clients  # no key was made, nothing was sent
+    shape = TamperedSetup(LocalTransport(worker), lambda setup: setup.replace(b'"dimensions": [8]', b'"dimensions": [9]', 1))
+    with pytest.raises(ValueError, match="refuse this worker"):
+        EncryptedLinearExecutor(shape).forward("a", rng.normal(size=(1, 8)))
+    honest = EncryptedLinearExecutor(LocalTransport(worker))
+    x = rng.normal(size=(2, 8))
+    assert np.array_equal(honest.forward("a", x), clear_executor(Worker({"a": worker.weights["a"]}, backend="clear")).forward("a", x))
+
+
+# -- finding 4: untrusted bytes are checked before native code, and native work is bounded -----------------
+
+
+def test_concrete_worker_refuses_tampered_or_foreign_bytes_and_keeps_serving(tmp_path):
+    from veilml.runtime.envelope import unpack_envelope
+    from veilml.runtime.linear.concrete import ConcreteBackend
+
+    backend = ConcreteBackend(cache_dir=tmp_path)
+    W = rng.normal(size=(8, 4))
+    worker = Worker({"a": W, "b": rng.normal(size=(4, 8))}, backend=backend)
+    transport = LocalTransport(worker)
+    executor = EncryptedLinearExecutor(transport)
+    reference = clear_executor(Worker({"a": W}, backend="clear"))
+    x = rng.normal(size=(2, 8))
+    assert np.array_equal(executor.forward("a", x), reference.forward("a", x))
+    (session,) = executor.sessions
+    secret = transport._secrets[session]
+    codes = rng.integers(0, 256, size=(1, 8))
+    good = executor.session.encrypt("a/forward", codes)
+    (frame,) = unpack_frames(good)
+    header_size = len(frame) - len(unpack_envelope(frame, "ciphertext").payload)
+    flipped = bytearray(frame)
+    flipped[header_size + 20] ^= 0x10  # a bit of concrete's own header: it once made a worker spin for minutes
+    cases = [
+        (pack_frames([bytes(flipped)]), "layout"),
+        (pack_frames([frame[:-8]]), "announces a payload"),
+        (pack_frames([frame[header_size:]]), "not a veilml envelope"),
+    ]
+    executor.forward("b", rng.normal(size=(1, 4)))  # registers b
+    cases.append((executor.session.encrypt("b/forward", rng.integers(0, 256, size=(1, 4))), "another model"))
+    for body, words in cases:
+        with pytest.raises(WorkerError, match=words) as error:
+            worker.run(session, secret, "a", "forward", body)
+        assert error.value.status == 400
+    # a computation that overruns its time limit is stopped in its isolated process: one error, the worker goes on
+    server = worker.servers[("a", "forward")]
+    server._run_timeout = 1e-4
+    with pytest.raises(WorkerError, match="did not finish within") as error:
+        worker.run(session, secret, "a", "forward", good)
+    assert error.value.status == 400
+    server._run_timeout = None
+    assert np.array_equal(executor.session.decrypt("a/forward", worker.run(session, secret, "a", "forward", good)), codes @ server.matrix)
+
+
+def test_concrete_circuits_are_cached_on_disk(tmp_path):
+    from veilml.runtime.linear.concrete import ConcreteBackend
+
+    M = rng.integers(-127, 128, size=(6, 5))
+    first = ConcreteBackend(cache_dir=tmp_path).server(M, 8)
+    (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert sorted(p.name for p in entry.iterdir()) == ["client.specs.json", "layout.bin", "manifest.json", "server.zip"]
+    second = ConcreteBackend(cache_dir=tmp_path).server(M, 8)  # a restart: loaded, not compiled
+    assert second.setup() == first.setup() and second.circuit.directory == entry
+    (entry / "layout.bin").write_bytes(b"tampered")  # a corrupt entry is compiled again, never loaded
+    third = ConcreteBackend(cache_dir=tmp_path).server(M, 8)
+    assert third.circuit.layout == first.circuit.layout
+
+
+def test_concrete_sessions_never_share_or_store_secret_keys(tmp_path):
+    """Finding 6: the concrete key cache wrote secret keys 0644 and handed one key to several sessions."""
+    from veilml.runtime.linear.concrete import ConcreteBackend
+
+    backend = ConcreteBackend(cache_dir=tmp_path)
+    server = backend.server(rng.integers(-127, 128, size=(6, 5)), 8)
+    before = {p for p in tmp_path.rglob("*")}
+    keys = []
+    for _ in range(2):
+        session = backend.session()
+        session.register("m", server.spec, server.setup())
+        keys.append(session._clients["m"].keys.serialize())
+    assert keys[0] != keys[1]  # a fresh secret key per session
+    assert {p for p in tmp_path.rglob("*")} == before  # and none written anywhere under the cache

@@ -21,7 +21,7 @@ rng = np.random.default_rng(0)
 @pytest.fixture(scope="module")
 def backend(key_cache):
     # keygen takes ~10 s; the key cache lets every session of this module reuse one key pair
-    return GLWEBackend(key_cache=key_cache)
+    return GLWEBackend(insecure_key_cache=key_cache)
 
 
 @pytest.fixture(scope="module")
@@ -200,16 +200,53 @@ def test_wrong_shapes_and_messages_give_clear_errors(backend, session):
     assert session.decrypt("m", server.run(session.encrypt("m", np.zeros((0, 12), np.int64)), keys)).shape == (0, 5)
 
 
-def test_float_forward_backward_through_the_worker_matches_simulate(backend):
+def test_float_forward_backward_through_the_worker_matches_clear(backend):
     W, bias = rng.normal(size=(16, 12)), rng.normal(size=12)
     x, g = rng.normal(size=(3, 16)), rng.normal(size=(3, 12))
     results = {}
-    for name in ("simulate", "glwe"):
+    for name in ("clear", "glwe"):
         chosen = backend if name == "glwe" else name
         worker = Worker({"fc": W}, biases={"fc": bias}, backend=chosen)
         executor = EncryptedLinearExecutor(LocalTransport(worker), backend=chosen)
         results[name] = executor.forward("fc", x), executor.backward("fc", g)
-    for approx, reference in zip(results["glwe"], results["simulate"]):
+    for approx, reference in zip(results["glwe"], results["clear"]):
         relative = np.linalg.norm(approx - reference) / np.linalg.norm(reference)
         assert 0 < relative < 1e-2, relative
     assert np.linalg.norm(results["glwe"][0] - x @ W - bias) / np.linalg.norm(x @ W + bias) < 0.05
+
+
+def test_keys_are_checked_and_bound_to_the_parameters(backend, session):
+    """Finding 3: the glwe server accepted any bytes as a key; a junk key gave its session a permanent 400."""
+    from veilml.runtime.linear.protocol import WorkerError
+
+    server = backend.server(rng.integers(-127, 128, size=(6, 4)), 8)
+    keys = session.register("bound", server.spec, server.setup())
+    server.check_keys(keys)  # the session's own key passes
+    header, key = unpack_frames(keys)
+    described = json.loads(header)
+    for junk, words in [
+        (b"junk", "truncated"),
+        (pack_frames([b"{}", key]), "veilml-glwe-key"),
+        (pack_frames([json.dumps({**described, "params": "0" * 16}).encode(), key]), "other crypto parameters"),
+        (pack_frames([header, key[:1000]]), "its header says"),
+        (pack_frames([json.dumps({**described, "bytes": 1000}).encode(), key[:1000]]), "could not deserialize"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            server.check_keys(junk)
+    worker = Worker({"fc": rng.normal(size=(6, 4))}, backend=backend)
+    grant = worker.open_session()
+    with pytest.raises(WorkerError, match="not evaluation keys") as error:
+        worker.register(grant.id, grant.secret, "*", "*", b"junk")
+    assert error.value.status == 400 and not worker.session_keys
+
+
+def test_requests_over_max_rows_are_refused(backend):
+    """Finding 5: glwe requests skipped max_rows (5 rows were served with max_rows=2)."""
+    from veilml.runtime.linear.protocol import WorkerError
+
+    worker = Worker({"fc": rng.normal(size=(6, 4))}, backend=backend, max_rows=2)
+    executor = EncryptedLinearExecutor(LocalTransport(worker), backend=backend)
+    assert executor.forward("fc", rng.normal(size=(2, 6))).shape == (2, 4)
+    with pytest.raises(WorkerError, match="5 rows in one request, over this worker's limit of 2") as error:
+        executor.forward("fc", rng.normal(size=(5, 6)))
+    assert error.value.status == 413

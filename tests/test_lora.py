@@ -1,4 +1,4 @@
-"""Private LoRA fine-tuning on a tiny offline GPT-2: remote layers on the simulate backend vs float."""
+"""Private LoRA fine-tuning on a tiny offline GPT-2: remote layers on the clear backend vs float."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_save_and_load_remote_weights(tmp_path):
         load_remote_weights(path, "*.attn.*")
 
 
-# (a) gradients through the simulate backend -------------------------------------------------------
+# (a) gradients through the clear backend -------------------------------------------------------
 
 
 def test_lora_gradients_match_float(data):
@@ -130,7 +130,7 @@ def test_lora_gradients_match_float(data):
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     remote = copy.deepcopy(reference)
-    outsource_linear_layers(remote, local_executor(remote_linear_weights(reference), weight_bits=8, input_bits=8))
+    outsource_linear_layers(remote, local_executor(remote_linear_weights(reference), "clear", weight_bits=8, input_bits=8))
 
     batch = train[0]
     losses = []
@@ -147,21 +147,21 @@ def test_lora_gradients_match_float(data):
     assert not remote_grads
     worst = min(cosines, key=cosines.get)
     print(f"\n{len(cosines)} LoRA tensors; cosine min {cosines[worst]:.5f} ({worst}), mean {np.mean(list(cosines.values())):.5f}; "
-          f"loss float {losses[0]:.5f} simulate {losses[1]:.5f}")
+          f"loss float {losses[0]:.5f} clear {losses[1]:.5f}")
     assert len(cosines) == 16 and all(".lora_" in name for name in cosines)
     assert cosines[worst] >= 0.99, f"{worst}: cosine {cosines[worst]}"
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
-# (b) fine-tuning through the simulate backend --------------------------------------------------
+# (b) fine-tuning through the clear backend --------------------------------------------------
 
 
-def test_simulate_fine_tuning_matches_float(data):
+def test_clear_fine_tuning_matches_float(data):
     train, evaluation = data
     results = {}
-    for mode in ("float", "simulate"):
+    for mode in ("float", "clear"):
         model = tiny_gpt2(**TINY)
-        executor = None if mode == "float" else local_executor(remote_linear_weights(model), weight_bits=8, input_bits=8)
+        executor = None if mode == "float" else local_executor(remote_linear_weights(model), "clear", weight_bits=8, input_bits=8)
         trainer = LoraTrainer(model, executor=executor, max_steps=200, learning_rate=1e-2, seed=0, progress=False)
         before = trainer.evaluate(evaluation)["eval_loss"]
         started = time.perf_counter()
@@ -169,9 +169,9 @@ def test_simulate_fine_tuning_matches_float(data):
         per_step = (time.perf_counter() - started) / 200
         results[mode] = (before, trainer.evaluate(evaluation)["eval_loss"], per_step)
     print("\n" + "; ".join(f"{m}: eval loss {b:.4f} -> {a:.4f}, {1000 * t:.1f} ms/step" for m, (b, a, t) in results.items()))
-    float_loss, simulate_loss = results["float"][1], results["simulate"][1]
+    float_loss, clear_loss = results["float"][1], results["clear"][1]
     assert float_loss < 0.8 * results["float"][0], "float LoRA did not learn: the comparison would say nothing"
-    assert abs(simulate_loss - float_loss) <= 0.03 * float_loss
+    assert abs(clear_loss - float_loss) <= 0.03 * float_loss
 
 
 # (c) the client holds none of the outsourced weights -------------------------------------------
@@ -184,7 +184,7 @@ def test_client_holds_no_outsourced_weight():
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     embeddings = model.get_input_embeddings().weight
 
-    names = outsource_linear_layers(model, local_executor(weights))
+    names = outsource_linear_layers(model, local_executor(weights, "clear"))
     assert names == list(weights) == remote_layer_names(model)
     for name, (weight, bias) in weights.items():
         layer = unwrap_peft(model).get_submodule(name)  # the PEFT LoRA layer
@@ -207,7 +207,7 @@ def test_client_holds_no_outsourced_weight():
 def test_outsourcing_checks_before_changing_anything():
     model = peft_gpt2()
     weights = remote_linear_weights(model)
-    partial = local_executor({n: w for n, w in weights.items() if ".attn." in n})
+    partial = local_executor({n: w for n, w in weights.items() if ".attn." in n}, "clear")
     with pytest.raises(ValueError, match="do not serve"):
         outsource_linear_layers(model, partial)
     assert remote_layer_names(model) == []
@@ -243,7 +243,7 @@ def test_saved_adapters_load_back_with_peft(data, tmp_path):
 def test_adapters_of_a_remote_model_load_into_a_float_one(data, tmp_path):
     train, _ = data
     model = tiny_gpt2(**TINY)
-    trainer = LoraTrainer(model, executor=local_executor(remote_linear_weights(model)), max_steps=2, progress=False)
+    trainer = LoraTrainer(model, executor=local_executor(remote_linear_weights(model), "clear"), max_steps=2, progress=False)
     trainer.train(train)
     trainer.save_adapters(tmp_path)
     loaded = peft.PeftModel.from_pretrained(tiny_gpt2(**TINY), tmp_path)
@@ -280,7 +280,7 @@ def test_resume_after_a_crash_is_bit_exact(data, tmp_path):
         return LoraTrainer(
             model,
             lora_config=default_lora_config(model, lora_dropout=0.1),
-            executor=local_executor(remote_linear_weights(model)),
+            executor=local_executor(remote_linear_weights(model), "clear"),
             max_steps=7,
             gradient_accumulation_steps=2,
             lr_scheduler_type="linear",
@@ -336,7 +336,7 @@ class ContiguityCheck:
 def test_non_contiguous_inputs_give_the_same_results():
     weights = remote_linear_weights(tiny_gpt2(**TINY))
     name = "transformer.h.0.mlp.c_fc"
-    executor = ContiguityCheck(local_executor(weights))
+    executor = ContiguityCheck(local_executor(weights, "clear"))
     layer = RemoteLinear(name, executor, 32, 128, max_rows=7)  # several requests per call
 
     strided = torch.randn(32, 3, 10).permute(2, 1, 0)  # (10, 3, 32), not contiguous
@@ -361,7 +361,7 @@ def test_non_contiguous_inputs_give_the_same_results():
 
 
 def test_remote_linear_checks_shapes():
-    executor = local_executor(remote_linear_weights(tiny_gpt2(**TINY)))
+    executor = local_executor(remote_linear_weights(tiny_gpt2(**TINY)), "clear")
     with pytest.raises(ValueError, match="worker serves"):
         RemoteLinear("transformer.h.0.mlp.c_fc", executor, 32, 64)
     with pytest.raises(KeyError, match="no worker serves"):
@@ -375,12 +375,12 @@ def test_remote_linear_checks_shapes():
 def test_llama_style_model_trains_remotely(data):
     train, _ = data
     losses = {}
-    for mode in ("float", "simulate"):
+    for mode in ("float", "clear"):
         model = tiny_llama(hidden_size=32, max_position_embeddings=SEQ)
-        executor = None if mode == "float" else local_executor(remote_linear_weights(model))
+        executor = None if mode == "float" else local_executor(remote_linear_weights(model), "clear")
         trainer = LoraTrainer(model, executor=executor, max_steps=3, learning_rate=1e-2, progress=False)
         losses[mode] = trainer.train(train).training_loss
         if executor is not None:
             assert len(trainer.remote_layers) == 2 * 7
             assert isinstance(unwrap_peft(trainer.model).get_submodule("model.layers.0.self_attn.q_proj").base_layer, RemoteLinear)
-    assert losses["simulate"] == pytest.approx(losses["float"], rel=0.01)
+    assert losses["clear"] == pytest.approx(losses["float"], rel=0.01)

@@ -25,7 +25,8 @@ from veilml.runtime.linear.protocol import (
     LocalTransport,
     Worker,
 )
-from veilml.runtime.linear.simulate import pack_integers
+from veilml.runtime.linear.clear import pack_integers
+from veilml.runtime.envelope import unpack_envelope
 from veilml.runtime.remote import HTTPTransport, RemoteWorkerError
 from veilml.runtime.service import create_app
 
@@ -43,7 +44,7 @@ from veilml.runtime.linear.protocol import Worker
 data = np.load(sys.argv[1])
 weights = {k[2:]: data[k] for k in data.files if k.startswith("w:")}
 biases = {k[2:]: data[k] for k in data.files if k.startswith("b:")}
-worker = Worker(weights, biases, backend="simulate")
+worker = Worker(weights, biases, backend="clear")
 delay = float(os.environ.get("VEILML_TEST_RUN_DELAY", "0"))
 if delay:  # a slow worker, to be killed in the middle of a run
     run = worker.run
@@ -51,7 +52,9 @@ if delay:  # a slow worker, to be killed in the middle of a run
         time.sleep(delay)
         return run(*args)
     worker.run = slow_run
-serve(worker, host="127.0.0.1", port=int(sys.argv[2]), max_payload_bytes=int(sys.argv[3]), log_level="warning")
+options = {"max_inflight_bytes": int(os.environ.get("VEILML_TEST_INFLIGHT", str(2**30))),
+           "read_timeout": float(os.environ.get("VEILML_TEST_READ_TIMEOUT", "30"))}
+serve(worker, host="127.0.0.1", port=int(sys.argv[2]), max_payload_bytes=int(sys.argv[3]), log_level="info", **options)
 """
 
 
@@ -62,9 +65,13 @@ def make_weights(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.nda
     return weights, biases
 
 
-def local_executor(seed: int = 0, backend: str = "simulate") -> EncryptedLinearExecutor:
+def local_executor(seed: int = 0, backend: str = "clear") -> EncryptedLinearExecutor:
     weights, biases = make_weights(seed)
-    return EncryptedLinearExecutor(LocalTransport(Worker(weights, biases, backend=backend)))
+    return EncryptedLinearExecutor(LocalTransport(Worker(weights, biases, backend=backend)), backend=backend)
+
+
+def clear_worker(weights, biases=None, **options) -> Worker:
+    return Worker(weights, biases or {}, backend="clear", **options)
 
 
 def free_port() -> int:
@@ -76,7 +83,7 @@ def free_port() -> int:
 class WorkerProcess:
     """A worker started as its own Python process on loopback."""
 
-    def __init__(self, directory: Path, port: int, delay: float = 0.0) -> None:
+    def __init__(self, directory: Path, port: int, delay: float = 0.0, **env: str) -> None:
         self.directory, self.port, self.url = directory, port, f"http://127.0.0.1:{port}"
         script, weights_file = directory / "worker.py", directory / "weights.npz"
         if not script.exists():
@@ -85,7 +92,7 @@ class WorkerProcess:
             arrays = {f"w:{k}": v for k, v in weights.items()} | {f"b:{k}": v for k, v in biases.items()}
             np.savez(weights_file, **arrays)
         self.log = directory / f"worker-{time.monotonic_ns()}.log"
-        env = dict(os.environ, VEILML_TEST_RUN_DELAY=str(delay))
+        env = dict(os.environ, VEILML_TEST_RUN_DELAY=str(delay), **env)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(script), str(weights_file), str(port), str(MAX_PAYLOAD)],
@@ -127,8 +134,15 @@ def remote(worker_dir: Path):
     process.kill()
 
 
-def post(url: str, body: bytes, **kwargs) -> httpx.Response:
-    return httpx.post(url, content=body, headers={"content-type": "application/octet-stream"}, timeout=10, **kwargs)
+def post(url: str, body: bytes, secret: str | None = None, **kwargs) -> httpx.Response:
+    headers = {"content-type": "application/octet-stream"} | ({"x-veilml-session-secret": secret} if secret else {})
+    return httpx.post(url, content=body, headers=headers, timeout=10, **kwargs)
+
+
+def open_session(url: str) -> tuple[str, str]:
+    response = httpx.post(f"{url}/sessions", timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["session"], response.json()["secret"]
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -137,8 +151,8 @@ def post(url: str, body: bytes, **kwargs) -> httpx.Response:
 def test_http_results_equal_local_bit_exact(remote: WorkerProcess) -> None:
     rng = np.random.default_rng(1)
     with HTTPTransport(remote.url) as transport:
-        assert transport.backend == "simulate"
-        over_http, local = EncryptedLinearExecutor(transport), local_executor()
+        assert transport.backend == "clear"
+        over_http, local = EncryptedLinearExecutor(transport, backend="clear"), local_executor()
         for info_http, info_local in zip(transport.layers().values(), local.infos.values(), strict=True):
             assert info_http.to_dict() == info_local.to_dict()
         for _ in range(2):
@@ -157,9 +171,9 @@ def test_http_results_equal_local_bit_exact(remote: WorkerProcess) -> None:
 
 def test_health_and_layers_describe_the_worker(remote: WorkerProcess) -> None:
     health = httpx.get(remote.url + "/health").json()
-    assert health["status"] == "ok" and health["backend"] == "simulate" and health["layers"] == 2
+    assert health["status"] == "ok" and health["backend"] == "clear" and health["layers"] == 2
     document = httpx.get(remote.url + "/layers").json()
-    assert document["backend"] == "simulate" and document["input_bits"] == 8 and document["weight_bits"] == 8
+    assert document["backend"] == "clear" and document["input_bits"] == 8 and document["weight_bits"] == 8
     assert document["max_payload_bytes"] == MAX_PAYLOAD and document["fingerprint"] == health["fingerprint"]
     assert set(document["layers"]) == {QKV, FC}
     assert document["layers"][QKV]["d_in"] == 24 and document["layers"][QKV]["d_out"] == 32
@@ -170,8 +184,9 @@ def test_health_and_layers_describe_the_worker(remote: WorkerProcess) -> None:
 
 
 def test_bad_requests_get_their_status_and_a_clear_message(remote: WorkerProcess) -> None:
-    url, session = remote.url, "ab" * 16
-    assert post(f"{url}/sessions/{session}/layers/{QKV}/forward/keys", b"").status_code == 204
+    url = remote.url
+    session, secret = open_session(url)
+    assert post(f"{url}/sessions/{session}/layers/{QKV}/forward/keys", b"", secret).status_code == 204
 
     def check(response: httpx.Response, status: int, *words: str) -> None:
         assert response.status_code == status, response.text
@@ -180,47 +195,52 @@ def test_bad_requests_get_their_status_and_a_clear_message(remote: WorkerProcess
             assert word in detail, detail
 
     check(httpx.get(f"{url}/layers/nope/forward/setup"), 404, "'nope'", QKV)
-    check(post(f"{url}/sessions/{session}/layers/nope/forward/run", b"x"), 404, "does not serve layer 'nope'")
+    check(post(f"{url}/sessions/{session}/layers/nope/forward/run", b"x", secret), 404, "does not serve layer 'nope'")
     check(httpx.get(f"{url}/layers/{QKV}/sideways/setup"), 400, "'sideways'", "'forward' or 'backward'")
-    check(post(f"{url}/sessions/{session}/layers/{QKV}/sideways/keys", b""), 400, "'forward' or 'backward'")
+    check(post(f"{url}/sessions/{session}/layers/{QKV}/sideways/keys", b"", secret), 400, "'forward' or 'backward'")
     run = f"{url}/sessions/{session}/layers/{QKV}/forward/run"
-    check(post(run, b"garbage"), 400, "bad ciphertext", "not a packed integer array")
-    check(post(run, b""), 400, "empty ciphertext")
+    check(post(run, b"garbage", secret), 400, "bad ciphertext", "not a packed integer array")
+    check(post(run, b"", secret), 400, "empty ciphertext")
     corrupted = bytearray(pack_integers(np.zeros((2, 24))))
     corrupted[100] ^= 8  # a '(' in the .npy header: numpy raises a tokenizer error, not a ValueError
-    check(post(run, bytes(corrupted)), 400, "bad ciphertext", "TokenError")
-    check(post(run, pack_integers(np.zeros((2, 25)))), 400, "bad ciphertext", "(n, 24)", "(2, 25)")
-    check(post(run, pack_integers(np.full((1, 24), 256))), 400, "[0, 255]")
-    check(post(run, pack_integers(np.zeros((2, 3, 4)))), 400, "2-D")
-    check(post(f"{url}/sessions/{'cd' * 16}/layers/{QKV}/forward/run", pack_integers(np.zeros((1, 24)))), 401, "register")
-    check(post(f"{url}/sessions/NOT-HEX/layers/{QKV}/forward/run", b""), 400, "hex")
-    check(post(f"{url}/sessions/{'a' * 200}/layers/{QKV}/forward/run", b""), 400, "16 to 128")
-    check(post(run, b"\0" * (MAX_PAYLOAD + 1)), 413, f"limit of {MAX_PAYLOAD} bytes", "--max-payload-mb")
-    chunked = post(run, iter([b"\0" * 4096] * (MAX_PAYLOAD // 4096 + 1)))  # no Content-Length: counted as read
+    check(post(run, bytes(corrupted), secret), 400, "bad ciphertext", "TokenError")
+    check(post(run, pack_integers(np.zeros((2, 25))), secret), 400, "bad ciphertext", "(n, 24)", "(2, 25)")
+    check(post(run, pack_integers(np.full((1, 24), 256)), secret), 400, "[0, 255]")
+    check(post(run, pack_integers(np.zeros((2, 3, 4))), secret), 400, "2-D")
+    check(post(f"{url}/sessions/{'cd' * 16}/layers/{QKV}/forward/run", pack_integers(np.zeros((1, 24))), secret), 401, "unknown session")
+    check(post(run, pack_integers(np.zeros((1, 24))), "not-the-secret"), 403, "belongs to another client")
+    check(post(run, pack_integers(np.zeros((1, 24)))), 403, "belongs to another client")
+    check(post(f"{url}/sessions/NOT-HEX/layers/{QKV}/forward/run", b"", secret), 400, "hex")
+    check(post(f"{url}/sessions/{'a' * 200}/layers/{QKV}/forward/run", b"", secret), 400, "16 to 128")
+    check(post(run, b"\0" * (MAX_PAYLOAD + 1), secret), 413, f"limit of {MAX_PAYLOAD} bytes", "--max-payload-mb")
+    chunked = post(run, iter([b"\0" * 4096] * (MAX_PAYLOAD // 4096 + 1)), secret)  # no Content-Length: counted as read
     check(chunked, 413, "more than", "fewer rows")
     check(httpx.get(f"{url}/nowhere"), 404, "/health")
     check(httpx.delete(f"{url}/layers"), 405, "DELETE")
-    assert post(run, pack_integers(np.zeros((1, 24), np.int64))).status_code == 200  # still serving
+    assert post(run, pack_integers(np.zeros((1, 24), np.int64)), secret).status_code == 200  # still serving
 
 
 def test_transport_raises_the_workers_refusals(remote: WorkerProcess) -> None:
     with HTTPTransport(remote.url, backoff=5.0) as transport:  # a 4xx must not be retried: no 5 s waits
         start = time.monotonic()
         transport.layers()
+        session = transport.open_session()
         for call, status, words in [
             (lambda: transport.setup("nope", "forward"), 404, "does not serve layer 'nope'"),
             (lambda: transport.setup(QKV, "sideways"), 400, "'forward' or 'backward'"),
-            (lambda: transport.run("ef" * 16, QKV, "forward", pack_integers(np.zeros((1, 24)))), 401, "register"),
+            (lambda: transport.run(session, QKV, "forward", pack_integers(np.zeros((1, 24)))), 401, "register"),
         ]:
             with pytest.raises(RemoteWorkerError, match=words) as error:
                 call()
             assert error.value.status == status
-        transport.register("ef" * 16, QKV, "forward", b"")
+        transport.register(session, QKV, "forward", b"")
         for body, words in [(b"garbage", "not a packed integer array"), (pack_integers(np.zeros((2, 23))), r"\(n, 24\)")]:
             with pytest.raises(RemoteWorkerError, match=words) as error:
-                transport.run("ef" * 16, QKV, "forward", body)
+                transport.run(session, QKV, "forward", body)
             assert error.value.status == 400
-        executor = EncryptedLinearExecutor(transport)
+        with pytest.raises(KeyError, match="not opened by this transport"):
+            transport.run("ab" * 16, QKV, "forward", b"x")
+        executor = EncryptedLinearExecutor(transport, backend="clear")
         with pytest.raises(RemoteWorkerError, match="over the worker's limit") as error:  # checked before sending
             executor.forward(QKV, np.ones((MAX_PAYLOAD // 8 // 24 + 1, 24)))
         assert error.value.status == 413
@@ -232,6 +252,9 @@ def test_transport_retries_5xx_and_connection_errors_then_gives_up() -> None:
     statuses = iter([503, 500])
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/sessions":
+            return httpx.Response(201, json={"session": "ab" * 16, "secret": "s" * 43})
+        assert request.headers["x-veilml-session-secret"] == "s" * 43
         calls.append(request.url.path)
         if len(calls) == 1:
             raise httpx.ConnectError("refused", request=request)
@@ -239,7 +262,7 @@ def test_transport_retries_5xx_and_connection_errors_then_gives_up() -> None:
         return httpx.Response(status, json={"detail": "busy"} if status != 200 else None, content=None if status != 200 else b"out")
 
     transport = HTTPTransport("http://worker", backoff=0.0, client=httpx.Client(transport=httpx.MockTransport(handler)))
-    assert transport.run("ab" * 16, "l", "forward", b"in") == b"out"
+    assert transport.run(transport.open_session(), "l", "forward", b"in") == b"out"
     assert len(calls) == 4 and transport.retries_done == 3
     down = HTTPTransport(
         "http://worker",
@@ -264,6 +287,9 @@ class RecordingTransport:
 
     def layers(self):
         return self.inner.layers()
+
+    def open_session(self):
+        return self.inner.open_session()
 
     def setup(self, layer, direction):
         return self.inner.setup(layer, direction)
@@ -305,17 +331,17 @@ def _reaches(obj, found, seen=None) -> bool:
 
 def test_worker_keeps_exactly_the_evaluation_keys_sent() -> None:
     weights, biases = make_weights()
-    worker = Worker(weights, biases)
+    worker = clear_worker(weights, biases)
     transport, wire = _in_process(worker)
     recording = RecordingTransport(transport)
-    executor = EncryptedLinearExecutor(recording)
+    executor = EncryptedLinearExecutor(recording, backend="clear")
     rng = np.random.default_rng(2)
     for name, d_in, d_out in ((QKV, 24, 32), (FC, 32, 16)):
         executor.forward(name, rng.normal(size=(3, d_in)))
         executor.backward(name, rng.normal(size=(3, d_out)))
     sent = recording.keys
-    # the simulate backend's (empty) keys serve every matrix: sent once per worker
-    assert set(sent) == {(executor.session_id, "*", "*")}
+    # the clear backend's (empty) keys serve every matrix: sent once per worker
+    assert set(sent) == {(executor.sessions[0], "*", "*")}
     assert worker.session_keys == sent and all(type(k) is bytes for k in worker.session_keys.values())
     assert [body for body in wire if body] == [body for body in recording.bodies if body]
     assert not _reaches(worker, lambda obj: isinstance(obj, type(executor.session)))
@@ -330,7 +356,7 @@ def test_concrete_worker_holds_no_secret_key() -> None:
     transport, wire = _in_process(worker)
     recording = RecordingTransport(transport)
     executor = EncryptedLinearExecutor(recording)
-    reference = EncryptedLinearExecutor(LocalTransport(Worker({"tiny": worker.weights["tiny"]})))  # simulate
+    reference = EncryptedLinearExecutor(LocalTransport(clear_worker({"tiny": worker.weights["tiny"]})), backend="clear")
     x, g = rng.normal(size=(2, 8)), rng.normal(size=(1, 6))
     np.testing.assert_array_equal(executor.forward("tiny", x), reference.forward("tiny", x))  # exact backend
     np.testing.assert_array_equal(executor.backward("tiny", g), reference.backward("tiny", g))
@@ -349,10 +375,11 @@ def test_concrete_worker_holds_no_secret_key() -> None:
         secrets_ += [key.serialize() for key in keyset.get_client_keys().get_secret_keys()]
         assert _key_material(secrets_[-1]) in keyset.serialize()  # the search below finds the key where it is
     for stored in worker.session_keys.values():
-        keys = fhe.EvaluationKeys.deserialize(stored)  # what the worker can make of them: server keys only
+        payload = unpack_envelope(stored, "evaluation-keys").payload
+        keys = fhe.EvaluationKeys.deserialize(payload)  # what the worker can make of them: server keys only
         assert keys._fields == ("server_keyset",) and not hasattr(keys.server_keyset, "get_client_keys")
         with pytest.raises(RuntimeError):  # not a key set holding secret keys: nothing to decrypt with
-            fhe.Keys.deserialize(stored)
+            fhe.Keys.deserialize(payload)
     for secret in secrets_:
         assert len(secret) > 1000
         body = _key_material(secret)
@@ -373,8 +400,8 @@ def test_worker_killed_mid_run_and_restarted(worker_dir: Path) -> None:
     slow = WorkerProcess(worker_dir, port, delay=1.0)
     restarted = None
     try:
-        transport = HTTPTransport(slow.url, retries=8, backoff=0.1)
-        executor, local = EncryptedLinearExecutor(transport), local_executor()
+        transport = HTTPTransport(slow.url, backoff=0.1)
+        executor, local = EncryptedLinearExecutor(transport, backend="clear"), local_executor()
         rng = np.random.default_rng(4)
         x1, x2, g = rng.normal(size=(2, 24)), rng.normal(size=(3, 24)), rng.normal(size=(2, 32))
         np.testing.assert_array_equal(executor.forward(QKV, x1), local.forward(QKV, x1))  # registers the keys
@@ -406,62 +433,70 @@ def test_worker_killed_mid_run_and_restarted(worker_dir: Path) -> None:
 
 def test_evicted_session_reregisters_transparently() -> None:
     weights, biases = make_weights()
-    worker = Worker(weights, biases)
+    worker = clear_worker(weights, biases)
     app_client = TestClient(create_app(worker, max_sessions=1))
     first = HTTPTransport("http://testserver", backoff=0.0, client=app_client)
     second = HTTPTransport("http://testserver", backoff=0.0, client=app_client)
-    a, b, local = EncryptedLinearExecutor(first), EncryptedLinearExecutor(second), local_executor()
+    a, b = EncryptedLinearExecutor(first, backend="clear"), EncryptedLinearExecutor(second, backend="clear")
+    local = local_executor()
     x = np.random.default_rng(5).normal(size=(2, 32))
     a.forward(FC, x)
-    b.forward(FC, x)  # evicts a's keys
-    assert {key[0] for key in worker.session_keys} == {b.session_id}
+    b.forward(FC, x)  # opening b's session evicts a's
+    assert set(worker.sessions) == {b.sessions[0]}
     np.testing.assert_array_equal(a.forward(FC, x), local.forward(FC, x))
-    assert first.reregistrations == 1 and {key[0] for key in worker.session_keys} == {a.session_id}
+    assert first.reregistrations == 1 and first.reopened_sessions == 1 and len(worker.sessions) == 1
+    assert a.sessions[0] not in worker.sessions  # the worker knows a's new session under a new id
 
 
 def test_garbage_evaluation_keys_are_refused_at_registration() -> None:
     weights, biases = make_weights()
-    client = TestClient(create_app(Worker(weights, biases)))
-    response = client.post(f"/sessions/{1:032x}/layers/{FC}/forward/keys", content=b"not keys")
+    client = TestClient(create_app(clear_worker(weights, biases)))
+    grant = client.post("/sessions").json()
+    response = client.post(
+        f"/sessions/{grant['session']}/layers/{FC}/forward/keys", content=b"not keys", headers={"x-veilml-session-secret": grant["secret"]}
+    )
     assert response.status_code == 400 and "not evaluation keys" in response.json()["detail"]
 
 
 def test_key_memory_bound_evicts_oldest_sessions(monkeypatch) -> None:
-    from veilml.runtime.linear.simulate import SimulateServer
+    from veilml.runtime.linear.clear import ClearServer
     from veilml.runtime.service import create_app as make
 
-    monkeypatch.setattr(SimulateServer, "check_keys", lambda self, keys: None)  # any bytes count as keys here
+    monkeypatch.setattr(ClearServer, "check_keys", lambda self, keys: None)  # any bytes count as keys here
     weights, biases = make_weights()
-    worker = Worker(weights, biases)
+    worker = clear_worker(weights, biases)
     client = TestClient(make(worker, max_key_bytes=100))
-    for i, size in enumerate([40, 40, 40]):
-        assert client.post(f"/sessions/{i:032x}/layers/{FC}/forward/keys", content=b"k" * size).status_code == 204
-    assert sorted(s for s, _, _ in worker.session_keys) == [f"{1:032x}", f"{2:032x}"]
-    response = client.post(f"/sessions/{3:032x}/layers/{FC}/forward/keys", content=b"k" * 101)
+    grants = [client.post("/sessions").json() for _ in range(4)]
+    for grant, size in zip(grants, [40, 40, 40]):
+        url = f"/sessions/{grant['session']}/layers/{FC}/forward/keys"
+        assert client.post(url, content=b"k" * size, headers={"x-veilml-session-secret": grant["secret"]}).status_code == 204
+    assert sorted(s for s, _, _ in worker.session_keys) == sorted(g["session"] for g in grants[1:3])
+    url = f"/sessions/{grants[3]['session']}/layers/{FC}/forward/keys"
+    response = client.post(url, content=b"k" * 101, headers={"x-veilml-session-secret": grants[3]["secret"]})
     assert response.status_code == 413 and "--max-key-mb" in response.json()["detail"]
 
 
 def test_restarted_worker_with_other_weights_is_refused() -> None:
     weights, biases = make_weights()
-    transport = HTTPTransport("http://testserver", backoff=0.0, client=TestClient(create_app(Worker(weights, biases))))
-    executor = EncryptedLinearExecutor(transport)
+    transport = HTTPTransport("http://testserver", backoff=0.0, client=TestClient(create_app(clear_worker(weights, biases))))
+    executor = EncryptedLinearExecutor(transport, backend="clear")
     executor.forward(FC, np.ones((1, 32)))
     other, other_biases = make_weights(seed=9)
-    transport._client = TestClient(create_app(Worker(other, other_biases)))  # "restarted" with another model
+    transport._client = TestClient(create_app(clear_worker(other, other_biases)))  # "restarted" with another model
     with pytest.raises(RemoteWorkerError, match="different layers or weights") as error:
         executor.forward(FC, np.ones((1, 32)))
     assert error.value.status == 409
 
 
 def test_layer_names_with_slashes_route() -> None:
-    worker = Worker({"blocks/0/attn.c_proj": np.eye(16)})
-    executor = EncryptedLinearExecutor(HTTPTransport("http://testserver", client=TestClient(create_app(worker))))
+    worker = clear_worker({"blocks/0/attn.c_proj": np.eye(16)})
+    executor = EncryptedLinearExecutor(HTTPTransport("http://testserver", client=TestClient(create_app(worker))), backend="clear")
     x = np.random.default_rng(6).normal(size=(2, 16))
     np.testing.assert_array_equal(executor.forward("blocks/0/attn.c_proj", x), local_forward(worker, "blocks/0/attn.c_proj", x))
 
 
 def local_forward(worker: Worker, name: str, x: np.ndarray) -> np.ndarray:
-    return EncryptedLinearExecutor(LocalTransport(worker)).forward(name, x)
+    return EncryptedLinearExecutor(LocalTransport(worker), backend="clear").forward(name, x)
 
 
 # -- the command line ------------------------------------------------------------------------------------
@@ -499,7 +534,7 @@ def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
     log = tmp_path / "cli.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "veilml", "worker", "--weights", str(file), "--layers", "*.q_proj", "--port", str(port)],
+            [sys.executable, "-m", "veilml", "worker", "--weights", str(file), "--layers", "*.q_proj", "--port", str(port), "--backend", "clear"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -517,9 +552,9 @@ def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
             time.sleep(0.05)
         with HTTPTransport(url) as transport:
             assert set(transport.layers()) == {QKV}
-            executor = EncryptedLinearExecutor(transport)
+            executor = EncryptedLinearExecutor(transport, backend="clear")
             stored = {QKV: weights[QKV].astype(np.float32)}  # the file holds float32
-            local = EncryptedLinearExecutor(LocalTransport(Worker(stored, {QKV: biases[QKV].astype(np.float32)})))
+            local = EncryptedLinearExecutor(LocalTransport(clear_worker(stored, {QKV: biases[QKV].astype(np.float32)})), backend="clear")
             x = np.random.default_rng(7).normal(size=(2, 24))
             np.testing.assert_array_equal(executor.forward(QKV, x), local.forward(QKV, x))
         text = log.read_text()
@@ -527,3 +562,88 @@ def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+# -- hostile peers against a real worker process (issue 6) ------------------------------------------------
+
+
+def test_readme_client_refuses_a_plaintext_worker_over_http(remote: WorkerProcess) -> None:
+    """Finding 2: a client written as in the README sent plain codes to a 'simulate' worker, silently."""
+    from veilml.runtime.linear.protocol import InsecureBackendError
+
+    with HTTPTransport(remote.url) as transport:
+        with pytest.raises(InsecureBackendError, match="UNENCRYPTED"):
+            EncryptedLinearExecutor(transport)
+    out = _cli("worker", "--help")
+    assert "default: concrete" in " ".join(out.stdout.split())
+
+
+def test_another_client_cannot_take_over_a_session_and_ids_stay_out_of_the_log(remote: WorkerProcess) -> None:
+    """Finding 3: anyone could overwrite a session's keys; session ids appeared in the access log."""
+    with HTTPTransport(remote.url) as transport:
+        victim = EncryptedLinearExecutor(transport, backend="clear")
+        x = np.random.default_rng(8).normal(size=(2, 32))
+        expected = local_executor().forward(FC, x)
+        np.testing.assert_array_equal(victim.forward(FC, x), expected)
+        session, secret = transport._sessions[victim.sessions[0]]
+        _, other_secret = open_session(remote.url)
+        for path in (f"/sessions/{session}/keys", f"/sessions/{session}/layers/{FC}/forward/keys"):
+            for attacker in (other_secret, None):
+                response = post(remote.url + path, b"junk", attacker)
+                assert response.status_code == 403 and response.json()["code"] == "forbidden", response.text
+        run = f"{remote.url}/sessions/{session}/layers/{FC}/forward/run"
+        assert post(run, pack_integers(np.zeros((1, 32))), other_secret).status_code == 403
+        np.testing.assert_array_equal(victim.forward(FC, x), expected)  # the victim is unaffected
+        assert transport.reregistrations == 0
+    log = remote.log.read_text()
+    assert "POST /sessions/{session}/layers/" in log  # the access log is there, redacted
+    assert session not in log and session[:8] not in log and secret not in log and other_secret not in log
+
+
+def test_stalled_uploads_are_capped_timed_out_and_freed(worker_dir: Path) -> None:
+    """Finding 5: stalled uploads had no read timeout and no cap across requests, and were not freed."""
+    cap = 4 * MAX_PAYLOAD
+    worker = WorkerProcess(worker_dir, free_port(), VEILML_TEST_INFLIGHT=str(cap), VEILML_TEST_READ_TIMEOUT="1")
+    sockets = []
+    try:
+        session, secret = open_session(worker.url)
+        path = f"/sessions/{session}/layers/{FC}/forward/run"
+        for _ in range(6):  # each announces ~MAX_PAYLOAD bytes, sends 1000 and stalls
+            s = socket.create_connection(("127.0.0.1", worker.port))
+            s.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\n"
+                f"x-veilml-session-secret: {secret}\r\ncontent-length: {MAX_PAYLOAD - 10}\r\n\r\n".encode() + b"\0" * 1000
+            )
+            sockets.append(s)
+        answers = [_read_status(s) for s in sockets]  # every stalled request is answered by the worker itself
+        assert sorted(answers) == [408] * 4 + [503] * 2, answers  # 4 fit under the cap, 2 were refused at once
+        assert httpx.get(worker.url + "/health").json()["bytes_in_flight"] == 0  # all freed
+        with HTTPTransport(worker.url) as transport:  # and a well-behaved client is served
+            x = np.ones((1, 32))
+            np.testing.assert_array_equal(EncryptedLinearExecutor(transport, backend="clear").forward(FC, x), local_executor().forward(FC, x))
+    finally:
+        for s in sockets:
+            s.close()
+        worker.kill()
+
+
+def _read_status(s: socket.socket) -> int:
+    s.settimeout(20)
+    head = s.recv(64)
+    return int(head.split()[1])
+
+
+def test_access_token_decides_who_may_query() -> None:
+    weights, biases = make_weights()
+    token = "t" * 43
+    client = TestClient(create_app(clear_worker(weights, biases), access_token=token))
+    assert client.get("/health").status_code == 200  # liveness stays open
+    refused = client.get("/layers")
+    assert refused.status_code == 401 and refused.json()["code"] == "access-token" and refused.headers["www-authenticate"] == "Bearer"
+    assert client.post("/sessions", headers={"authorization": "Bearer " + "u" * 43}).status_code == 403
+    transport = HTTPTransport("http://testserver", backoff=0.0, access_token=token, client=client)
+    x = np.ones((2, 32))
+    np.testing.assert_array_equal(EncryptedLinearExecutor(transport, backend="clear").forward(FC, x), local_executor().forward(FC, x))
+    with pytest.raises(RemoteWorkerError, match="access token") as error:
+        HTTPTransport("http://testserver", backoff=0.0, client=client).layers()
+    assert error.value.status == 401

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["build_parser", "main", "serve"]
 
-BACKEND_CHOICES = ("simulate", "concrete", "glwe")
+BACKEND_CHOICES = ("concrete", "glwe", "clear")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve the frozen base-model linear layers of a model over HTTP. Clients "
             "(veilml.runtime.remote.HTTPTransport + EncryptedLinearExecutor) send evaluation keys and "
             "encrypted, quantized activations; the worker multiplies them by its quantized weights and "
-            "returns encrypted results. It never receives a secret key. It has no authentication or TLS "
-            "of its own: keep it on loopback or a private network, or put it behind a proxy that adds them."
+            "returns encrypted results. It never receives a secret key. Each client session is protected by a "
+            "secret of its own; --access-token-file decides who may query at all (anyone who can query can "
+            "recover the quantized weights). It has no TLS of its own: keep it on loopback or a private "
+            "network, or put it behind a proxy that adds TLS."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -111,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
-        default="simulate",
-        help="encrypted-linear backend; 'simulate' computes in the clear (testing only, NOT private)",
+        default="concrete",
+        help=(
+            "encrypted-linear backend: 'concrete' (exact), 'glwe' (approximate, compact), or 'clear' "
+            "(plaintext: the worker sees the clients' data; testing only, clients must ask for it too)"
+        ),
     )
     worker.add_argument("--weight-bits", type=_bits, default=8, metavar="BITS", help="bits of the quantized weights")
     worker.add_argument("--input-bits", type=_bits, default=8, metavar="BITS", help="bits of the clients' quantized activations")
@@ -140,6 +145,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="most client sessions whose keys are kept; the least recently used are evicted beyond it",
     )
     worker.add_argument(
+        "--max-inflight-mb",
+        type=_positive_float,
+        default=1024.0,
+        metavar="N",
+        help="request-body MiB held at once over all requests; beyond it requests get HTTP 503 (retry)",
+    )
+    worker.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="seconds a request body may stall before the request is dropped (HTTP 408)",
+    )
+    worker.add_argument(
+        "--run-timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="S",
+        help="seconds one encrypted computation may take before it is stopped (concrete backend: it runs isolated)",
+    )
+    worker.add_argument(
+        "--circuit-cache",
+        metavar="DIR",
+        help="where compiled circuits are kept, so that a restart does not compile again (default: ~/.cache/veilml/circuits)",
+    )
+    worker.add_argument(
+        "--access-token-file",
+        metavar="PATH",
+        help="a file holding the access token clients must send (Authorization: Bearer); readable by its owner only",
+    )
+    worker.add_argument(
         "--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
         default="info",
@@ -161,8 +197,14 @@ def serve(
     max_key_bytes: int | None = None,
     max_sessions: int | None = None,
     log_level: str = "info",
+    **app_options: Any,
 ) -> None:
-    """Serve ``worker`` (a :class:`~veilml.runtime.linear.protocol.Worker`) with uvicorn until stopped."""
+    """Serve ``worker`` (a :class:`~veilml.runtime.linear.protocol.Worker`) with uvicorn until stopped.
+
+    ``app_options`` go to :func:`veilml.runtime.service.create_app` (``max_inflight_bytes``,
+    ``read_timeout``, ``access_token``). uvicorn's access log is off: it would print session ids; the
+    app logs requests itself with the ids removed.
+    """
     try:
         import uvicorn
 
@@ -175,7 +217,8 @@ def serve(
         "max_key_bytes": max_key_bytes,
         "max_sessions": max_sessions,
     }
-    app = create_app(worker, **{k: v for k, v in options.items() if v is not None})
+    app = create_app(worker, **{k: v for k, v in options.items() if v is not None}, **app_options)
+    _log_to_stderr(log_level)
     infos = worker.layers()
     print(
         f"veilml worker: {len(infos)} layer{'s' * (len(infos) != 1)}, backend {worker.backend}, "
@@ -187,15 +230,40 @@ def serve(
         print(f"  {name}  ({infos[name].d_in} -> {infos[name].d_out})", flush=True)
     if len(shown) > 50:
         print(f"  … and {len(shown) - 50} more (GET /layers)", flush=True)
-    if worker.backend == "simulate":
-        print("veilml worker: WARNING: the simulate backend computes in the clear; use it for testing only", flush=True)
+    if worker.backend == "clear":
+        print("veilml worker: WARNING: the clear backend computes on plaintext; use it for testing only", flush=True)
     if host not in LOOPBACK:
         print(
-            f"veilml worker: WARNING: listening on {host}, beyond this machine, without authentication or TLS",
+            f"veilml worker: WARNING: listening on {host}, beyond this machine, without TLS"
+            + ("" if app_options.get("access_token") else " and without an access token (--access-token-file)"),
             flush=True,
         )
     print(f"veilml worker: listening on {_url(host, port)} (GET /health, GET /layers)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _log_to_stderr(level: str) -> None:
+    """Show veilml's own log records (the redacted access log, evictions) like uvicorn's, on stderr."""
+    import logging
+
+    logger = logging.getLogger("veilml")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+def _read_token(path: str) -> str:
+    from veilml.runtime.client import read_private_file
+
+    try:
+        token = read_private_file(path).decode().strip()
+    except (OSError, PermissionError, UnicodeDecodeError) as error:
+        raise CommandError(f"cannot read the access token from {path}: {error}") from None
+    if len(token) < 16:
+        raise CommandError(f"the access token in {path} is shorter than 16 characters; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
 
 
 def _worker_command(args: argparse.Namespace) -> int:
@@ -226,10 +294,15 @@ def _worker_command(args: argparse.Namespace) -> int:
 
     weights = {name: w for name, (w, _) in loaded.items()}
     biases = {name: b for name, (_, b) in loaded.items() if b is not None}
-    if args.backend != "simulate":
+    token = _read_token(args.access_token_file) if args.access_token_file else None
+    if args.backend != "clear":
         print(f"veilml worker: preparing {2 * len(weights)} {args.backend} circuits (forward and backward)…", flush=True)
     try:
-        worker = Worker(weights, biases, backend=args.backend, weight_bits=args.weight_bits, input_bits=args.input_bits)
+        from veilml.runtime.linear import get_backend
+
+        options = {"run_timeout": args.run_timeout, "cache_dir": args.circuit_cache} if args.backend == "concrete" else {}
+        backend = get_backend(args.backend, **options)
+        worker = Worker(weights, biases, backend=backend, weight_bits=args.weight_bits, input_bits=args.input_bits)
     except ImportError as error:
         raise CommandError(f"the {args.backend} backend is not available here ({error}); choose another --backend") from None
     except ValueError as error:
@@ -242,6 +315,9 @@ def _worker_command(args: argparse.Namespace) -> int:
         max_key_bytes=int(args.max_key_mb * 2**20),
         max_sessions=args.max_sessions,
         log_level=args.log_level,
+        max_inflight_bytes=int(args.max_inflight_mb * 2**20),
+        read_timeout=args.read_timeout,
+        access_token=token,
     )
     return 0
 

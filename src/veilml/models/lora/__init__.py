@@ -8,7 +8,7 @@ and ``g @ W.T`` (backward) on encrypted per-row-quantized rows (see
     from veilml.models.lora import LoraTrainer, local_executor, remote_linear_weights, tiny_gpt2
 
     model = tiny_gpt2()
-    executor = local_executor(remote_linear_weights(model), backend="simulate")
+    executor = local_executor(remote_linear_weights(model), backend="clear")
     trainer = LoraTrainer(model, executor=executor, max_steps=200)
     trainer.train(batches)
 

@@ -10,10 +10,12 @@ from .weights import RemoteWeights
 __all__ = ["local_executor"]
 
 
-def local_executor(weights: RemoteWeights, backend: str = "simulate", **worker_options: Any) -> EncryptedLinearExecutor:
+def local_executor(weights: RemoteWeights, backend: str, **worker_options: Any) -> EncryptedLinearExecutor:
     """An executor over one in-process :class:`Worker` holding ``weights`` (from :func:`remote_linear_weights`).
 
-    ``worker_options`` go to :class:`Worker` (``weight_bits``, ``input_bits``...).
+    ``backend`` is named by the caller, for both sides: ``"clear"`` (the exact integer protocol on
+    plaintext, for experiments in one process), ``"concrete"`` or ``"glwe"``. ``worker_options`` go to
+    :class:`Worker` (``weight_bits``, ``input_bits``...).
     """
     worker = Worker(
         weights={name: weight for name, (weight, _) in weights.items()},
@@ -21,4 +23,4 @@ def local_executor(weights: RemoteWeights, backend: str = "simulate", **worker_o
         backend=backend,
         **worker_options,
     )
-    return EncryptedLinearExecutor(LocalTransport(worker))
+    return EncryptedLinearExecutor(LocalTransport(worker), backend=backend)

@@ -104,9 +104,13 @@ class LinearServer(abc.ABC):
         Must be safe to call from several threads at once (a worker serves sessions in parallel).
         """
 
-    def request_rows(self, ciphertext: bytes) -> int | None:
-        """Rows in a request, read cheaply from its framing (None if the backend cannot tell)."""
-        return None
+    @abc.abstractmethod
+    def request_rows(self, ciphertext: bytes) -> int:
+        """Rows in a request, read cheaply from its framing before any native code sees it.
+
+        Raises ValueError on framing that cannot be read; the worker refuses requests over its
+        ``max_rows`` with this count, so every backend must answer it.
+        """
 
     def check_keys(self, evaluation_keys: bytes) -> None:
         """Raise ValueError if ``evaluation_keys`` cannot be this server's keys (checked at registration)."""
@@ -145,6 +149,8 @@ class LinearBackend(abc.ABC):
 
     name: ClassVar[str]
     exact: ClassVar[bool] = True
+    #: False for a backend that sends the client's codes in plaintext (only ``clear``)
+    encrypts: ClassVar[bool] = True
 
     @abc.abstractmethod
     def server(self, matrix: np.ndarray, input_bits: int) -> LinearServer: ...
@@ -159,16 +165,21 @@ class LinearBackend(abc.ABC):
 
 # name -> "module:Class", loaded on first use so that each backend's dependency stays optional
 BACKENDS: dict[str, str] = {
-    "simulate": "veilml.runtime.linear.simulate:SimulateBackend",
+    "clear": "veilml.runtime.linear.clear:ClearBackend",
     "concrete": "veilml.runtime.linear.concrete:ConcreteBackend",
     "glwe": "veilml.runtime.linear.glwe:GLWEBackend",
 }
 
 
 def get_backend(name: str | LinearBackend, **options: object) -> LinearBackend:
-    """The backend called ``name`` (``"simulate"``, ``"concrete"`` or ``"glwe"``)."""
+    """The backend called ``name`` (``"concrete"``, ``"glwe"``, or ``"clear"`` for plaintext)."""
     if isinstance(name, LinearBackend):
         return name
+    if name == "simulate":
+        raise ValueError(
+            "the plaintext encrypted-linear backend is now called 'clear' (in veilml 'simulate' means concrete's "
+            "simulation of a circuit); use backend='clear', knowing that it sends data unencrypted"
+        )
     if name not in BACKENDS:
         raise ValueError(f"unknown encrypted-linear backend {name!r}; choose one of {sorted(BACKENDS)}")
     module, cls = BACKENDS[name].split(":")

@@ -4,18 +4,44 @@ The worker compiles one circuit per matrix: an encrypted row in, ``row @ M`` out
 bootstrapping, hence no bootstrap keys and an exact result). Each input element is one LWE
 ciphertext (sent compressed); each output element is one uncompressed LWE ciphertext (~12 KiB).
 Output bit widths come from the IR's range inference, so every valid input is exact.
+
+Hostile peers on both sides:
+
+- The client does not trust the circuit description a worker hands it: before making a key it
+  checks that every encryption the specs ask for reaches 128-bit security by concrete's own
+  security curves (:func:`veilml.runtime.security.check_client_specs`), and that the circuit takes
+  and returns the shapes of its layer. Rebuilding the circuit on the client instead is not
+  possible: the parameters depend on the weights, which the client does not have.
+- The worker does not trust the bytes a client sends: keys and ciphertexts come in veilml envelopes
+  bound to the circuit (its client-specs fingerprint) and must have the circuit's byte layout
+  (:mod:`veilml.runtime.validation`) before concrete sees them; the computation itself runs in an
+  isolated child process with a time limit (:mod:`veilml.runtime.isolation`), so a crash or a stall
+  in native code fails one request, not the worker.
+- Compiled circuits are cached on disk (:mod:`veilml.runtime.circuits`), so a worker restarts in
+  seconds and serves exactly the circuits its clients already hold keys for.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...compiler import Configuration, GraphBuilder, compile_graph
+from ...compiler import Configuration, GraphBuilder
+from ..circuits import CachedCircuit, CircuitCache
+from ..envelope import check_key_id, check_model, key_id, pack_envelope, specs_fingerprint, unpack_envelope
+from ..isolation import IsolatedRunner
+from ..security import check_client_specs
 from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec, pack_frames, unpack_frames
 
-__all__ = ["ConcreteBackend"]
+__all__ = ["ConcreteBackend", "ConcreteServer", "ConcreteSession", "matmul_graph"]
+
+#: largest serialized evaluation keys accepted (a leveled circuit's are 64 bytes)
+MAX_KEY_BYTES = 1 << 20
 
 
 def matmul_graph(matrix: np.ndarray, input_bits: int):
@@ -25,80 +51,186 @@ def matmul_graph(matrix: np.ndarray, input_bits: int):
     return g.build()
 
 
+# -- in the isolated child process ---------------------------------------------------------------------
+
+_LOADED: OrderedDict[str, Any] = OrderedDict()  # server path -> concrete Server, in the child
+
+
+def _run_rows(server_path: str, evaluation_keys: bytes, rows: list[bytes]) -> list[bytes]:
+    """Run the circuit at ``server_path`` on each serialized row (in an isolated child process)."""
+    from concrete import fhe
+
+    server = _LOADED.get(server_path)
+    if server is None:
+        server = _LOADED[server_path] = fhe.Server.load(server_path)
+        while len(_LOADED) > 64:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(server_path)
+    keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
+    return [server.run(fhe.Value.deserialize(row), evaluation_keys=keys).serialize() for row in rows]
+
+
+# -- the worker's half ------------------------------------------------------------------------------------
+
+
 class ConcreteServer(LinearServer):
-    def __init__(self, matrix: np.ndarray, input_bits: int, configuration: Configuration | None = None) -> None:
+    def __init__(
+        self,
+        matrix: np.ndarray,
+        input_bits: int,
+        configuration: Configuration | None = None,
+        cache: CircuitCache | None = None,
+        runner: IsolatedRunner | None = None,
+        run_timeout: float | None = None,
+    ) -> None:
         super().__init__(matrix, input_bits)
         rng = np.random.default_rng(0)
         inputset = rng.integers(0, 2**input_bits, size=(8, self.spec.rows))
         configuration = configuration or Configuration(compress_input_ciphertexts=True)
-        circuit = compile_graph(matmul_graph(self.matrix, input_bits), [inputset], configuration).circuit
-        self._server = circuit.server  # the circuit's key-less client object is not kept
-        self._setup = circuit.client.specs.serialize()
+        self.circuit: CachedCircuit = (cache or CircuitCache()).get(matmul_graph(self.matrix, input_bits), [inputset], configuration)
+        self._runner = runner
+        self._run_timeout = run_timeout
 
     def setup(self) -> bytes:
-        return self._setup
+        return self.circuit.client_specs
 
-    def request_rows(self, ciphertext: bytes) -> int | None:
+    def request_rows(self, ciphertext: bytes) -> int:
         return len(unpack_frames(ciphertext))  # one frame per row
 
-    def check_keys(self, evaluation_keys: bytes) -> None:
-        from concrete import fhe
+    def _keys(self, evaluation_keys: bytes) -> tuple[str, bytes]:
+        """(key id, concrete's bytes) of an evaluation-key envelope made for this circuit."""
+        envelope = unpack_envelope(evaluation_keys, "evaluation-keys", max_bytes=MAX_KEY_BYTES)
+        check_model(envelope, self.circuit.fingerprint)
+        check_key_id(envelope, key_id(envelope.payload))
+        self.circuit.layout.evaluation_keys.check(envelope.payload, "these evaluation keys", "send the keys this circuit's client made")
+        return envelope.key_id, envelope.payload
 
-        fhe.EvaluationKeys.deserialize(evaluation_keys)
+    def check_keys(self, evaluation_keys: bytes) -> None:
+        self._keys(evaluation_keys)
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
-        from concrete import fhe
-
-        # Leveled circuits have tiny evaluation keys: deserializing per call keeps runs thread-safe.
-        keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
-        results = []
+        identity, keys = self._keys(evaluation_keys)
+        template = self.circuit.layout.inputs[0]
+        rows = []
         for frame in unpack_frames(ciphertext):
-            value = fhe.Value.deserialize(frame)
-            results.append(self._server.run(value, evaluation_keys=keys).serialize())
-        return pack_frames(results)
+            envelope = unpack_envelope(frame, "ciphertext", max_bytes=template.length + 4096)
+            check_model(envelope, self.circuit.fingerprint)
+            check_key_id(envelope, identity)
+            template.check(envelope.payload, "this ciphertext", "send rows encrypted for this layer")
+            rows.append(envelope.payload)
+        runner = self._runner or shared_runner()
+        results = runner.run(_run_rows, str(self.circuit.server_path), keys, rows, timeout=self._run_timeout)
+        fingerprint = self.circuit.fingerprint
+        return pack_frames([pack_envelope("result", r, fingerprint=fingerprint, key_id=identity) for r in results])
+
+
+_SHARED: IsolatedRunner | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_runner() -> IsolatedRunner:
+    """The process-wide isolated runner of concrete computations (two child processes)."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = IsolatedRunner(processes=2, timeout=300.0, name="veilml-concrete")
+        return _SHARED
+
+
+# -- the client's half -----------------------------------------------------------------------------------
+
+
+def _check_circuit_shape(specs: bytes, spec: MatrixSpec, name: str) -> None:
+    """Refuse a circuit that does not take a row of ``spec.rows`` and return ``spec.cols`` values."""
+    try:
+        (circuit,) = json.loads(specs)["circuits"]
+        (given,), (returned,) = circuit["inputs"], circuit["outputs"]
+        shapes = [tuple(v["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"]) for v in (given, returned)]
+        width = given["typeInfo"]["lweCiphertext"]["encoding"]["integer"]["width"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"the worker's circuit for {name!r} is not a one-input, one-output matmul ({error})") from None
+    if shapes != [(spec.rows,), (spec.cols,)] or width < spec.input_bits:
+        raise ValueError(
+            f"the worker's circuit for {name!r} takes {shapes[0]} and returns {shapes[1]} ({width}-bit inputs), but the "
+            f"layer is ({spec.rows},) -> ({spec.cols},) with {spec.input_bits}-bit inputs; refuse this worker"
+        )
 
 
 class ConcreteSession(ClientSession):
-    def __init__(self, key_cache: str | None = None) -> None:
+    """Fresh keys per session and matrix, in memory only (never written, never shared)."""
+
+    def __init__(self, min_security_bits: int = 128) -> None:
         super().__init__()
-        self._key_cache = key_cache
+        self.min_security_bits = min_security_bits
         self._clients: dict[str, Any] = {}
+        self._ids: dict[str, tuple[str, str]] = {}  # name -> (specs fingerprint, key id)
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
         from concrete import fhe
 
-        client = fhe.Client(fhe.ClientSpecs.deserialize(setup), keyset_cache_directory=self._key_cache)
+        check_client_specs(setup, self.min_security_bits)  # before any key is made from them
+        _check_circuit_shape(setup, spec, name)
+        client = fhe.Client(fhe.ClientSpecs.deserialize(setup))
         client.keygen()
-        self._clients[name] = client
+        keys = client.evaluation_keys.serialize()
+        ids = (specs_fingerprint(setup), key_id(keys))
+        self._clients[name], self._ids[name] = client, ids
         self.specs[name] = spec
-        return client.evaluation_keys.serialize()
+        return pack_envelope("evaluation-keys", keys, fingerprint=ids[0], key_id=ids[1])
 
     def _client(self, name: str) -> Any:
         self.spec(name)
         return self._clients[name]
 
     def encrypt(self, name: str, x_q: np.ndarray) -> bytes:
-        client = self._client(name)
+        client, (fingerprint, identity) = self._client(name), self._ids[name]
         rows = self.spec(name).check_input(x_q)
-        return pack_frames([client.encrypt(np.ascontiguousarray(row)).serialize() for row in rows])
+        frames = [client.encrypt(np.ascontiguousarray(row)).serialize() for row in rows]
+        return pack_frames([pack_envelope("ciphertext", f, fingerprint=fingerprint, key_id=identity) for f in frames])
 
     def decrypt(self, name: str, result: bytes) -> np.ndarray:
         from concrete import fhe
 
-        client = self._client(name)
-        rows = [np.asarray(client.decrypt(fhe.Value.deserialize(f)), dtype=np.int64).reshape(-1) for f in unpack_frames(result)]
-        return np.stack(rows) if rows else np.zeros((0, self.spec(name).cols), np.int64)
+        client, (fingerprint, identity), spec = self._client(name), self._ids[name], self.spec(name)
+        rows = []
+        for frame in unpack_frames(result):
+            envelope = unpack_envelope(frame, "result", max_bytes=spec.cols * 16 * 1024 + 4096)
+            check_model(envelope, fingerprint, side="client")
+            check_key_id(envelope, identity)
+            value = np.asarray(client.decrypt(fhe.Value.deserialize(envelope.payload)), dtype=np.int64).reshape(-1)
+            if value.shape != (spec.cols,):
+                raise ValueError(f"result for {name!r} has {value.size} values per row, expected {spec.cols}")
+            rows.append(value)
+        return np.stack(rows) if rows else np.zeros((0, spec.cols), np.int64)
 
 
 class ConcreteBackend(LinearBackend):
+    """Exact products through concrete (see the module docstring).
+
+    Args:
+        configuration: how circuits are compiled (worker side).
+        cache_dir: where compiled circuits are kept (default ``~/.cache/veilml/circuits``).
+        run_timeout: seconds one request may compute before its isolated process is stopped.
+        min_security_bits: the security the client requires of a worker's parameters (128 or 132).
+    """
+
     name = "concrete"
 
-    def __init__(self, configuration: Configuration | None = None, key_cache: str | None = None) -> None:
+    def __init__(
+        self,
+        configuration: Configuration | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        run_timeout: float = 300.0,
+        min_security_bits: int = 128,
+    ) -> None:
         self.configuration = configuration
-        self.key_cache = key_cache
+        self.cache = CircuitCache(cache_dir)
+        self.run_timeout = run_timeout
+        self.min_security_bits = min_security_bits
 
     def server(self, matrix: np.ndarray, input_bits: int) -> LinearServer:
-        return ConcreteServer(matrix, input_bits, self.configuration)
+        return ConcreteServer(matrix, input_bits, self.configuration, self.cache, run_timeout=self.run_timeout)
 
     def session(self) -> ClientSession:
-        return ConcreteSession(self.key_cache)
+        return ConcreteSession(self.min_security_bits)

@@ -74,14 +74,15 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..client import read_private_file, write_private_file
 from .base import (
     ClientSession,
     LinearBackend,
@@ -99,6 +100,7 @@ _MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeErro
 SETUP_FORMAT = "veilml-glwe-setup/1"
 CIPHERTEXT_FORMAT = "veilml-glwe-ct/1"
 RESULT_FORMAT = "veilml-glwe-result/1"
+KEY_FORMAT = "veilml-glwe-key/1"
 
 #: safety factor on the modelled noise standard deviation (covers the measured 18.3..21.7 vs 19.1)
 NOISE_MODEL_SLACK = 1.2
@@ -305,30 +307,54 @@ def _read_header(frame: bytes, fmt: str) -> dict[str, int]:
         raise ValueError(f"expected a {fmt} message ({error})") from None
 
 
+def _key_message(params: Mapping[str, Any], compression_key: bytes) -> bytes:
+    """The evaluation key as sent: a header naming the parameters it was made for, then the key."""
+    header = json.dumps({"format": KEY_FORMAT, "params": _params_digest(params), "bytes": len(compression_key)})
+    return pack_frames([header.encode(), compression_key])
+
+
+def _read_key_message(data: bytes, params: Mapping[str, Any]) -> bytes:
+    """The compression key of a key message, once its header matches these parameters."""
+    frames = unpack_frames(data)
+    try:
+        header = json.loads(frames[0].decode()) if len(frames) == 2 else {}
+        fmt, digest, size = header.get("format"), header.get("params"), int(header.get("bytes", -1))
+    except _MALFORMED as error:
+        raise ValueError(f"expected a {KEY_FORMAT} message ({error})") from None
+    if fmt != KEY_FORMAT:
+        raise ValueError(f"expected a {KEY_FORMAT} message (a header frame and the key); send GLWESession's keys")
+    if digest != _params_digest(params):
+        raise ValueError(
+            "these GLWE keys were made for other crypto parameters than this worker's; configure the client's "
+            "GLWEBackend with the worker's crypto_params"
+        )
+    if size != len(frames[1]):
+        raise ValueError(f"the GLWE key is {len(frames[1])} bytes, its header says {size}")
+    return frames[1]
+
+
 class _CompressionKeyCache:
     """Deserialized compression keys shared by every server in the process (~128 MiB each)."""
 
     def __init__(self, size: int = 4) -> None:
         self._size = size
-        self._entries: list[tuple[bytes, Any]] = []
+        self._entries: list[tuple[str, bytes, Any]] = []  # (parameters digest, key message, key)
         self._lock = threading.Lock()
 
-    def get(self, data: bytes) -> Any:
+    def get(self, data: bytes, params: Mapping[str, Any]) -> Any:
+        """The deserialized key of a key message (see :func:`_key_message`) for ``params``."""
+        digest = _params_digest(params)
         with self._lock:
-            for i, (raw, key) in enumerate(self._entries):
-                if raw is data or (len(raw) == len(data) and raw == data):
+            for i, (made_for, raw, key) in enumerate(self._entries):
+                if made_for == digest and (raw is data or (len(raw) == len(data) and raw == data)):
                     self._entries.insert(0, self._entries.pop(i))
                     return key
-        fhext = _fhext()
         if not data:
             raise ValueError("no GLWE compression key: register this session's key first")
-        key = _call(
-            "deserialize the compression key",
-            fhext.deserialize_compression_key,
-            bytes(data),
-        )
+        compression_key = _read_key_message(data, params)
+        key = _call("deserialize the compression key", _fhext().deserialize_compression_key, compression_key)
         with self._lock:
-            self._entries.insert(0, (data, key))
+            self._entries.insert(0, (digest, data, key))
             del self._entries[self._size :]
         return key
 
@@ -378,12 +404,24 @@ class GLWEServer(LinearServer):
             self._cuda_clear[index] = cached
         return cached[1]
 
-    def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
-        fhext = _fhext()
+    def request_rows(self, ciphertext: bytes) -> int:
+        return self._read_request(ciphertext)[0]["n"]
+
+    def check_keys(self, evaluation_keys: bytes) -> None:
+        _COMPRESSION_KEYS.get(evaluation_keys, self.crypto_params)
+
+    def _read_request(self, ciphertext: bytes) -> tuple[dict[str, int], list[bytes]]:
         frames = unpack_frames(ciphertext)
         if not frames:
             raise ValueError(f"expected a {CIPHERTEXT_FORMAT} message, got no frames")
         header = _read_header(frames[0], CIPHERTEXT_FORMAT)
+        if header["n"] < 0:
+            raise ValueError(f"a {CIPHERTEXT_FORMAT} message cannot hold {header['n']} rows")
+        return header, frames
+
+    def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
+        fhext = _fhext()
+        header, frames = self._read_request(ciphertext)
         if header["rows"] != self.spec.rows:
             raise ValueError(
                 f"the ciphertext holds rows of {header['rows']} features; this matrix takes {self.spec.rows}"
@@ -394,7 +432,7 @@ class GLWEServer(LinearServer):
         out = [_header(RESULT_FORMAT, header["n"], expected, self.spec.rows)]
         if not expected:
             return pack_frames(out)
-        key = _COMPRESSION_KEYS.get(evaluation_keys)
+        key = _COMPRESSION_KEYS.get(evaluation_keys, self.crypto_params)
         for index, frame in enumerate(frames[1:]):
             encrypted = _call("read the encrypted rows", fhext.EncryptedMatrix.deserialize, frame)
             result = _call(
@@ -416,11 +454,11 @@ class GLWESession(ClientSession):
     def __init__(
         self,
         crypto_params: str | Mapping[str, Any] | None = None,
-        key_cache: str | os.PathLike | None = None,
+        insecure_key_cache: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         self._crypto_params = _canonical_params(crypto_params)
-        self._key_cache = key_cache
+        self._key_cache = insecure_key_cache
         self._params_object: Any = None
         self._private_key: Any = None
         self._compression_key: bytes | None = None
@@ -437,28 +475,19 @@ class GLWESession(ClientSession):
             params_json,
         )
         path = None
-        if self._key_cache is not None:  # tests only: a private key on disk is a secret
-            path = os.path.join(
-                os.fspath(self._key_cache),
-                f"glwe-{_params_digest(self._crypto_params)}.keys",
-            )
-            if os.path.exists(path):
-                with open(path, "rb") as handle:
-                    private, compression = unpack_frames(handle.read())
+        if self._key_cache is not None:  # tests only: a private key on disk, shared by every session
+            path = Path(self._key_cache) / f"glwe-{_params_digest(self._crypto_params)}.keys"
+            if path.exists() or path.is_symlink():
+                private, compression = unpack_frames(read_private_file(path))
                 self._private_key = _call("read the cached private key", fhext.PrivateKey.deserialize, private)
-                self._compression_key = compression
-                return compression
+                self._compression_key = _key_message(self._crypto_params, compression)
+                return self._compression_key
         private_key, compression_key = fhext.create_private_key(self._params_object)
-        self._private_key, self._compression_key = (
-            private_key,
-            compression_key.serialize(),
-        )
+        self._private_key = private_key
+        raw = compression_key.serialize()
+        self._compression_key = _key_message(self._crypto_params, raw)
         if path is not None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pack_frames([private_key.serialize(), self._compression_key]))
-            os.replace(tmp, path)
+            write_private_file(path, pack_frames([private_key.serialize(), raw]))
         return self._compression_key
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
@@ -546,7 +575,9 @@ class GLWEBackend(LinearBackend):
     Args:
         crypto_params: JSON (or dict) for ``MatmulCryptoParameters``; the extension's defaults if None.
             Client and worker must use the same.
-        key_cache: directory in which sessions reuse one key pair (tests only: it stores a private key).
+        insecure_key_cache: a directory in which every session reuses one key pair, written 0600. Tests
+            only: it keeps a private key on disk and shares it between sessions, which a hostile
+            worker could exploit (reaction attacks); by default each session makes its own key.
     """
 
     name = "glwe"
@@ -555,16 +586,16 @@ class GLWEBackend(LinearBackend):
     def __init__(
         self,
         crypto_params: str | Mapping[str, Any] | None = None,
-        key_cache: str | os.PathLike | None = None,
+        insecure_key_cache: str | os.PathLike | None = None,
     ) -> None:
         self.crypto_params = _canonical_params(crypto_params)
-        self.key_cache = key_cache
+        self.insecure_key_cache = insecure_key_cache
 
     def server(self, matrix: np.ndarray, input_bits: int) -> LinearServer:
         return GLWEServer(matrix, input_bits, self.crypto_params)
 
     def session(self) -> ClientSession:
-        return GLWESession(self.crypto_params, self.key_cache)
+        return GLWESession(self.crypto_params, self.insecure_key_cache)
 
     def error_bound(self, spec: MatrixSpec, matrix_abs_max: int) -> float:
         """``7 * sigma * sqrt(blocks)``: ~8 measured standard deviations of one output's error.

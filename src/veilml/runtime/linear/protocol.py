@@ -1,16 +1,28 @@
 """The remote-linear protocol: a worker holds weights, a client sends encrypted quantized rows.
 
 - :class:`Worker` (transport-agnostic worker core): quantizes each weight once, builds one backend
-  server per (layer, direction) — ``forward`` multiplies by ``q``, ``backward`` by ``q.T`` — keeps
-  the evaluation keys each session registers, and runs requests. It never holds a secret key.
-- :class:`LocalTransport`: calls a Worker in-process. An HTTP transport with the same four
-  methods lives in :mod:`veilml.runtime.remote`.
+  server per (layer, direction) — ``forward`` multiplies by ``q``, ``backward`` by ``q.T`` — opens
+  sessions, keeps the evaluation keys each session registers, and runs requests. It never holds a
+  secret key.
+- :class:`LocalTransport`: calls a Worker in-process. An HTTP transport with the same calls lives
+  in :mod:`veilml.runtime.remote`.
 - :class:`EncryptedLinearExecutor` (client side): per-row quantization, encryption, decryption,
   zero-point correction and rescaling; the only holder of secret keys.
+
+Sessions belong to their client: opening one returns an unguessable secret (kept by the transport)
+that every later request of the session carries; only a digest of it is stored by the worker. The
+evaluation keys registered for a matrix cannot be replaced (only sent again, identical), so no
+other client can swap them under the session's owner.
+
+What a client learns is inherent to the service: anyone allowed to query a worker can recover its
+quantized weights (``x @ W`` for the identity rows ``x``). A worker-wide access token (see
+:mod:`veilml.runtime.service`) decides who may query at all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -21,18 +33,57 @@ import numpy as np
 from ...quantization import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
 from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec, get_backend
 
-__all__ = ["ALL", "DIRECTIONS", "EncryptedLinearExecutor", "LayerInfo", "LocalTransport", "Transport", "Worker", "WorkerError"]
+__all__ = [
+    "ALL",
+    "DIRECTIONS",
+    "EncryptedLinearExecutor",
+    "InsecureBackendError",
+    "LayerInfo",
+    "LocalTransport",
+    "SessionGrant",
+    "Transport",
+    "Worker",
+    "WorkerError",
+]
 
 DIRECTIONS = ("forward", "backward")
 ALL = "*"  # layer and direction of evaluation keys that serve every matrix of a worker
 
 
 class WorkerError(Exception):
-    """A request the worker refuses; ``status`` is the HTTP status it maps to."""
+    """A request the worker refuses; ``status`` is the HTTP status it maps to.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``code`` tells a client what to do about it without parsing the message: ``"unknown-session"``
+    (401: open a new session), ``"no-keys"`` (401: register the keys again), ``"forbidden"`` (403:
+    wrong session secret or access token), ``"keys-registered"`` (409), ``"busy"`` (503: retry).
+    """
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
+
+
+class InsecureBackendError(ValueError):
+    """The worker offers a backend that does not encrypt, and the client did not ask for it."""
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    """A new session: its id (not secret, may appear in URLs) and the secret that proves ownership."""
+
+    id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(eq=False)
+class _Session:
+    secret_digest: bytes
+    keys: dict[tuple[str, str], bytes] = field(default_factory=dict)
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,13 +138,19 @@ class LayerInfo:
 
 
 class Transport(Protocol):
-    """How a client reaches workers: the same four calls in-process or over HTTP."""
+    """How a client reaches workers: the same calls in-process or over HTTP.
+
+    ``open_session`` returns a session id; the transport keeps the session's secret and sends it
+    with every ``register`` and ``run`` of that session.
+    """
 
     backend: str
 
     def layers(self) -> dict[str, LayerInfo]: ...
 
     def setup(self, layer: str, direction: str) -> bytes: ...
+
+    def open_session(self) -> str: ...
 
     def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None: ...
 
@@ -108,20 +165,21 @@ class Worker:
         weights: layer name -> float weight (d_in, d_out), oriented so that the layer computes
             ``x @ W`` (GPT-2 ``Conv1D`` as stored; ``nn.Linear`` weights transposed).
         biases: optional layer name -> (d_out,) bias, published to clients (added in the clear).
-        backend: ``"simulate"``, ``"concrete"`` or ``"glwe"`` (or a backend object).
+        backend: ``"concrete"`` (exact, the default), ``"glwe"`` (approximate, compact), ``"clear"``
+            (plaintext: the worker sees the client's codes; testing only), or a backend object.
         weight_bits / input_bits: precision of the quantized weights and of the client's rows.
-        max_rows: largest number of rows accepted in one request.
+        max_rows: largest number of rows accepted in one request, for every backend.
     """
 
     weights: Mapping[str, np.ndarray]
     biases: Mapping[str, np.ndarray] = field(default_factory=dict)
-    backend: str | LinearBackend = "simulate"
+    backend: str | LinearBackend = "concrete"
     weight_bits: int = 8
     input_bits: int = 8
     max_rows: int = 4096
     infos: dict[str, LayerInfo] = field(init=False)
     servers: dict[tuple[str, str], LinearServer] = field(init=False)
-    session_keys: dict[tuple[str, str, str], bytes] = field(init=False, default_factory=dict)
+    sessions: dict[str, _Session] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._backend = get_backend(self.backend)
@@ -161,34 +219,87 @@ class Worker:
     def setup(self, layer: str, direction: str) -> bytes:
         return self.check(layer, direction).setup()
 
-    def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None:
-        """Keep a session's evaluation keys for one matrix, or for all (``layer == direction == ALL``)."""
+    @property
+    def session_keys(self) -> dict[tuple[str, str, str], bytes]:
+        """Every stored evaluation key, by (session, layer, direction): what the worker holds."""
+        with self._lock:
+            return {(sid, *scope): keys for sid, session in self.sessions.items() for scope, keys in session.keys.items()}
+
+    def open_session(self) -> SessionGrant:
+        """A new session with an unguessable secret; only the secret's digest is kept."""
+        grant = SessionGrant(secrets.token_hex(16), secrets.token_urlsafe(32))
+        with self._lock:
+            self.sessions[grant.id] = _Session(_digest(grant.secret))
+        return grant
+
+    def close_session(self, session: str) -> None:
+        """Drop a session and all its keys (eviction, or a client that is done)."""
+        with self._lock:
+            self.sessions.pop(session, None)
+
+    def _session(self, session: str, secret: str | None) -> _Session:
+        with self._lock:
+            found = self.sessions.get(session)
+        if found is None:
+            raise WorkerError(
+                401,
+                "unknown session: the worker restarted or evicted it, or never opened it; open a new session",
+                "unknown-session",
+            )
+        if secret is None or not hmac.compare_digest(found.secret_digest, _digest(secret)):
+            raise WorkerError(403, "this session belongs to another client: the session secret does not match", "forbidden")
+        return found
+
+    def register(self, session: str, secret: str | None, layer: str, direction: str, evaluation_keys: bytes) -> None:
+        """Keep a session's evaluation keys for one matrix, or for all (``layer == direction == ALL``).
+
+        Keys once registered for a matrix are kept as they are: sending the same bytes again is
+        harmless (a retry), other bytes are refused (409): open a new session for new keys.
+        """
+        owned = self._session(session, secret)
+        with self._lock:
+            current = owned.keys.get((layer, direction))
+        if current is not None:
+            if hmac.compare_digest(current, evaluation_keys):
+                return
+            raise WorkerError(
+                409,
+                f"this session already holds other evaluation keys for {layer}/{direction}; they cannot be replaced: "
+                "open a new session for new keys",
+                "keys-registered",
+            )
         try:
             server = next(iter(self.servers.values())) if layer == direction == ALL else self.check(layer, direction)
             server.check_keys(evaluation_keys)
         except (ValueError, TypeError, RuntimeError) as error:
             raise WorkerError(400, f"these are not evaluation keys for {layer}/{direction}: {error}") from None
         with self._lock:
-            self.session_keys[(session, layer, direction)] = evaluation_keys
+            kept = owned.keys.setdefault((layer, direction), evaluation_keys)
+        if kept is not evaluation_keys and not hmac.compare_digest(kept, evaluation_keys):  # lost a race
+            raise WorkerError(409, f"this session already holds other evaluation keys for {layer}/{direction}", "keys-registered")
 
     def forget(self, session: str, layer: str | None = None, direction: str | None = None) -> None:
-        """Drop a session's evaluation keys (all of them, or one matrix's)."""
+        """Drop a session's evaluation keys (all of them, or one matrix's); the session stays open."""
         with self._lock:
-            for key in [k for k in self.session_keys if k[0] == session]:
-                if (layer is None or key[1] == layer) and (direction is None or key[2] == direction):
-                    del self.session_keys[key]
+            owned = self.sessions.get(session)
+            for scope in list(owned.keys) if owned is not None else []:
+                if (layer is None or scope[0] == layer) and (direction is None or scope[1] == direction):
+                    del owned.keys[scope]
 
-    def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes:
+    def run(self, session: str, secret: str | None, layer: str, direction: str, ciphertext: bytes) -> bytes:
         server = self.check(layer, direction)
-        keys = self.session_keys.get((session, layer, direction), self.session_keys.get((session, ALL, ALL)))
+        owned = self._session(session, secret)
+        with self._lock:
+            keys = owned.keys.get((layer, direction), owned.keys.get((ALL, ALL)))
         if keys is None:
-            raise WorkerError(
-                401, f"session {session[:8]}… has registered no evaluation key for {layer}/{direction}; register first"
-            )
+            raise WorkerError(401, f"this session has registered no evaluation key for {layer}/{direction}; register first", "no-keys")
         try:
             rows = server.request_rows(ciphertext)
-            if rows is not None and rows > self.max_rows:
-                raise WorkerError(413, f"{rows} rows in one request, over this worker's limit of {self.max_rows}; send fewer rows per request")
+        except (ValueError, TypeError) as error:
+            raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
+        if rows > self.max_rows:
+            raise WorkerError(413, f"{rows} rows in one request, over this worker's limit of {self.max_rows}; send fewer rows per request")
+        try:
             return server.run(ciphertext, keys)
         except (ValueError, TypeError) as error:
             raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
@@ -198,9 +309,10 @@ class Worker:
 
 @dataclass
 class LocalTransport:
-    """Calls a :class:`Worker` in this process (tests, the simulate backend, single machines)."""
+    """Calls a :class:`Worker` in this process (tests, single machines)."""
 
     worker: Worker
+    _secrets: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def backend(self) -> str:
@@ -212,11 +324,16 @@ class LocalTransport:
     def setup(self, layer: str, direction: str) -> bytes:
         return self.worker.setup(layer, direction)
 
+    def open_session(self) -> str:
+        grant = self.worker.open_session()
+        self._secrets[grant.id] = grant.secret
+        return grant.id
+
     def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None:
-        self.worker.register(session, layer, direction, evaluation_keys)
+        self.worker.register(session, self._secrets.get(session), layer, direction, evaluation_keys)
 
     def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes:
-        return self.worker.run(session, layer, direction, ciphertext)
+        return self.worker.run(session, self._secrets.get(session), layer, direction, ciphertext)
 
 
 class EncryptedLinearExecutor:
@@ -226,7 +343,13 @@ class EncryptedLinearExecutor:
     both as float64 arrays, computed by the worker on encrypted per-row-quantized codes. Keys
     are generated and registered lazily, once per layer and direction.
 
+    The client decides the security it requires: ``backend=None`` takes the workers' backend only
+    if it encrypts (``concrete`` or ``glwe``) and raises :class:`InsecureBackendError` for ``clear``;
+    plaintext needs ``backend="clear"`` here, an explicit choice. Crypto parameters that a worker
+    hands over are checked by the backend's session before any key is made from them.
+
     Attributes:
+        sessions: the session id opened on each transport (by position in ``transports``).
         bytes_sent / bytes_received: payload bytes exchanged with workers (ciphertexts and keys).
     """
 
@@ -236,9 +359,16 @@ class EncryptedLinearExecutor:
         if backend is None and len(names) != 1:
             raise ValueError(f"workers use different backends {sorted(names)}; they must agree")
         self._backend = get_backend(backend or names.pop(), **backend_options)
+        if backend is None and not self._backend.encrypts:
+            raise InsecureBackendError(
+                f"the worker serves the {self._backend.name!r} backend, which sends your activations and gradients "
+                "UNENCRYPTED; connect to a worker started with --backend concrete or glwe, or pass "
+                f"backend={self._backend.name!r} to accept plaintext explicitly (testing only)"
+            )
         if any(t.backend != self._backend.name for t in transports):
             raise ValueError(f"every worker must use the {self._backend.name!r} backend")
-        self.session_id = secrets.token_hex(16)
+        self.transports = transports
+        self.sessions: list[str | None] = [None] * len(transports)
         self.session: ClientSession = self._backend.session()
         self.routes: dict[str, Transport] = {}
         self.infos: dict[str, LayerInfo] = {}
@@ -265,17 +395,25 @@ class EncryptedLinearExecutor:
     def _key(self, name: str, direction: str) -> str:
         return f"{name}/{direction}"
 
+    def _session_on(self, transport: Transport) -> str:
+        """This client's session on ``transport``, opened on first use."""
+        index = next(i for i, t in enumerate(self.transports) if t is transport)
+        if self.sessions[index] is None:
+            self.sessions[index] = transport.open_session()
+        return self.sessions[index]
+
     def _ensure_registered(self, name: str, direction: str) -> None:
         if (name, direction) in self._registered:
             return
         info, transport = self.layer(name), self.routes[name]
         setup = transport.setup(name, direction)
         keys = self.session.register(self._key(name, direction), info.spec(direction), setup)
+        session = self._session_on(transport)
         if not self.session.keys_shared_across_matrices:
-            transport.register(self.session_id, name, direction, keys)
+            transport.register(session, name, direction, keys)
             self.bytes_sent += len(keys)
         elif id(transport) not in self._shared_keys_sent:  # one key for every matrix: send it once
-            transport.register(self.session_id, ALL, ALL, keys)
+            transport.register(session, ALL, ALL, keys)
             self._shared_keys_sent.add(id(transport))
             self.bytes_sent += len(keys)
         self._registered.add((name, direction))
@@ -290,7 +428,8 @@ class EncryptedLinearExecutor:
         codes, scale, zero = quantize_rows(rows, info.input_bits)
         key = self._key(name, direction)
         ciphertext = self.session.encrypt(key, codes)
-        result = self.routes[name].run(self.session_id, name, direction, ciphertext)
+        transport = self.routes[name]
+        result = transport.run(self._session_on(transport), name, direction, ciphertext)
         self.bytes_sent += len(ciphertext)
         self.bytes_received += len(result)
         return self.session.decrypt(key, result), scale, zero

@@ -1,4 +1,9 @@
-"""The reference backend: the integer computation, without encryption (fast)."""
+"""The ``clear`` backend: the integer computation on plaintext codes, without any encryption.
+
+It is the reference the encrypting backends are tested against, and a fast way to run experiments;
+the worker sees every code the client sends. Neither side uses it unless it is named explicitly
+(``Worker(backend="clear")``, ``EncryptedLinearExecutor(..., backend="clear")``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import numpy as np
 
 from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec
 
-__all__ = ["SimulateBackend", "pack_integers", "unpack_integers"]
+__all__ = ["ClearBackend", "pack_integers", "unpack_integers"]
 
 
 def pack_integers(values: np.ndarray) -> bytes:
@@ -27,7 +32,7 @@ def unpack_integers(data: bytes) -> np.ndarray:
     return values
 
 
-class SimulateServer(LinearServer):
+class ClearServer(LinearServer):
     """Multiplies the plain integer codes."""
 
     def __init__(self, matrix: np.ndarray, input_bits: int) -> None:
@@ -44,19 +49,19 @@ class SimulateServer(LinearServer):
     def setup(self) -> bytes:
         return b""
 
-    def request_rows(self, ciphertext: bytes) -> int | None:
+    def request_rows(self, ciphertext: bytes) -> int:
         return unpack_integers(ciphertext).shape[0]
 
     def check_keys(self, evaluation_keys: bytes) -> None:
         if evaluation_keys:
-            raise ValueError("the simulate backend takes no evaluation keys (an empty body)")
+            raise ValueError("the clear backend takes no evaluation keys (an empty body)")
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
         x_q = self.spec.check_input(unpack_integers(ciphertext))
         return pack_integers(self.product(x_q))
 
 
-class SimulateSession(ClientSession):
+class ClearSession(ClientSession):
     keys_shared_across_matrices = True
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
@@ -73,11 +78,12 @@ class SimulateSession(ClientSession):
         return values
 
 
-class SimulateBackend(LinearBackend):
-    name = "simulate"
+class ClearBackend(LinearBackend):
+    name = "clear"
+    encrypts = False
 
     def server(self, matrix: np.ndarray, input_bits: int) -> LinearServer:
-        return SimulateServer(matrix, input_bits)
+        return ClearServer(matrix, input_bits)
 
     def session(self) -> ClientSession:
-        return SimulateSession()
+        return ClearSession()
