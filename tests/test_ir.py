@@ -1,3 +1,9 @@
+import io
+import json
+import struct
+import tracemalloc
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -121,3 +127,105 @@ def test_node_replace_checks_fields():
     assert node.replace(size=3).size == 3
     with pytest.raises(TypeError, match="unknown Node fields"):
         node.replace(colour="red")
+
+
+# ------------------------------------------------------------------------------------ hostile archives
+def _archive(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _zeros_npz(n_bytes: int) -> bytes:
+    """An arrays.npz whose one member inflates to ``n_bytes`` zeros, streamed (never held whole)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("a0.npy", "w", force_zip64=True) as member:
+            chunk = bytes(2**20)
+            for _ in range(n_bytes // len(chunk)):
+                member.write(chunk)
+    return buffer.getvalue()
+
+
+def test_zip_bomb_is_refused_with_the_limit_named():
+    bomb_npz = _zeros_npz(100 * 2**20)  # 100 MiB of zeros
+    document = _members(graph_to_bytes(small_graph()))["graph.json"]
+    bomb = _archive({"graph.json": document, "arrays.npz": bomb_npz})
+    assert len(bomb) < 2**16  # small on the wire
+    before = tracemalloc.is_tracing()
+    tracemalloc.start()
+    try:
+        with pytest.raises(IRError, match=r"limit of 67,108,864 bytes.*max_bytes"):
+            graph_from_bytes(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        if not before:
+            tracemalloc.stop()
+    assert peak < 16 * 2**20  # refused on the declared size, before inflating
+    # a header that lies about the size: reading stops at the declared size, the stream is refused
+    lying = bytearray(bomb_npz)
+    central = lying.find(b"PK\x01\x02")
+    struct.pack_into("<I", lying, central + 24, 1000)  # uncompressed size in the central directory
+    with pytest.raises(IRError, match="a0.npy"):
+        graph_from_bytes(_archive({"graph.json": document, "arrays.npz": bytes(lying)}))
+    # the bound is an argument; a tiny one refuses even the legitimate archive, naming itself
+    with pytest.raises(IRError, match="limit of 100 bytes.*pass a larger max_bytes"):
+        graph_from_bytes(graph_to_bytes(small_graph()), max_bytes=100)
+
+
+def test_unexpected_members_and_pickles_are_refused():
+    members = _members(graph_to_bytes(small_graph()))
+    with pytest.raises(IRError, match="unexpected members.*extra"):
+        graph_from_bytes(_archive({**members, "extra": b"x"}))
+    with pytest.raises(IRError, match="lacks.*arrays.npz"):
+        graph_from_bytes(_archive({"graph.json": members["graph.json"]}))
+    arrays = _members(members["arrays.npz"])
+    with pytest.raises(IRError, match="unexpected members"):
+        graph_from_bytes(_archive({**members, "arrays.npz": _archive({**arrays, "../evil.npy": b""})}))
+    objects = io.BytesIO()
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(IRError, match="integers only"):
+        graph_from_bytes(_archive({**members, "arrays.npz": _archive({**arrays, "a0.npy": objects.getvalue()})}))
+
+
+def _tamper_npz(npz: bytes) -> bytes:
+    """The same arrays with one number changed (same shapes, same dtypes)."""
+    arrays = dict(np.load(io.BytesIO(npz), allow_pickle=False))
+    key = sorted(arrays)[-1]
+    changed = arrays[key].copy()
+    changed.flat[0] += 1
+    buffer = io.BytesIO()
+    np.savez(buffer, **{**arrays, key: changed})
+    return buffer.getvalue()
+
+
+def test_tampered_arrays_are_refused(tmp_path):
+    graph = small_graph()
+    members = _members(graph_to_bytes(graph))
+    tampered = _archive({**members, "arrays.npz": _tamper_npz(members["arrays.npz"])})
+    with pytest.raises(IRError, match="does not match graph.json's hash.*modified or corrupted; re-export"):
+        graph_from_bytes(tampered)
+    save_graph(graph, tmp_path / "g")
+    npz = tmp_path / "g" / "arrays.npz"
+    npz.write_bytes(_tamper_npz(npz.read_bytes()))
+    with pytest.raises(IRError, match="does not match graph.json's hash"):
+        load_graph(tmp_path / "g")
+    # a document without a hash (or of the previous format version) is refused, not trusted
+    save_graph(graph, tmp_path / "h")
+    document = json.loads((tmp_path / "h" / "graph.json").read_text())
+    del document["hash"]
+    (tmp_path / "h" / "graph.json").write_text(json.dumps(document))
+    with pytest.raises(IRError, match="no hash"):
+        load_graph(tmp_path / "h")
+    document["version"] = 1
+    (tmp_path / "h" / "graph.json").write_text(json.dumps(document))
+    with pytest.raises(IRError, match="version 1 is not supported"):
+        load_graph(tmp_path / "h")
+    assert json.loads(members["graph.json"])["hash"] == graph_hash(graph)

@@ -6,39 +6,107 @@ leaves it is ciphertexts and evaluation keys, both as bytes.
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["FHEClient", "write_private_file"]
+from .envelope import (
+    DEFAULT_MAX_BYTES,
+    check_key_id,
+    check_model,
+    key_id,
+    pack_envelope,
+    specs_fingerprint,
+    unpack_envelope,
+)
+
+__all__ = ["FHEClient", "read_private_file", "write_private_file"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _refuse_symlink(path: Path, action: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise PermissionError(
+            f"{path} is a symbolic link (to {os.readlink(path)!r}); secret keys are {action} regular files only, "
+            "never through a link: remove the link or choose another path"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise PermissionError(f"{path} is not a regular file; secret keys are {action} regular files only")
 
 
 def write_private_file(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` readable by its owner only (mode 0600, set at creation)."""
+    """Write ``data`` to ``path`` readable by its owner only (mode 0600, set at creation).
+
+    The bytes go to a new temporary file in the same directory (created exclusively, never
+    through a symbolic link), which then replaces ``path`` in one step: readers see the old file or
+    the whole new one, and a link placed at ``path`` is refused (or, if it appears meanwhile,
+    replaced itself: its target is never written).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _refuse_symlink(path, "written to")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(temporary, flags, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # an existing file keeps its old mode under O_CREAT
+        os.fchmod(fd, 0o600)  # whatever the umask
         with os.fdopen(fd, "wb") as handle:
             fd = -1
             handle.write(data)
-    finally:
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
         if fd != -1:
             os.close(fd)
+        temporary.unlink(missing_ok=True)
+        raise
     return path
+
+
+def read_private_file(path: str | Path) -> bytes:
+    """The bytes of a file written by :func:`write_private_file`: a regular file, not a link, mode 0600."""
+    path = Path(path)
+    _refuse_symlink(path, "read from")
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # became a link after the check above
+            raise PermissionError(f"{path} is a symbolic link; secret keys are read from regular files only") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())  # the file actually opened
+        if not stat.S_ISREG(info.st_mode):
+            raise PermissionError(f"{path} is not a regular file; secret keys are read from regular files only")
+        if info.st_mode & 0o077:
+            raise PermissionError(f"{path} is readable by other users; run 'chmod 600 {path}' first")
+        return handle.read()
 
 
 class FHEClient:
     """Keys, encryption and decryption for one compiled model.
+
+    What it hands out — evaluation keys, ciphertexts — are envelopes (:mod:`veilml.runtime.envelope`)
+    that name the model (the fingerprint of ``client_specs``) and the key set (the sha256 of the
+    evaluation keys); it decrypts only result envelopes that name its own model and key set.
 
     Args:
         client_specs: concrete's ``ClientSpecs`` of the circuit (public).
         encode: float rows -> the integers to encrypt (quantization and input encoding).
         decode: decrypted integers -> float outputs (dequantization).
         key_cache: concrete's insecure key cache directory (tests only), or None.
+        max_result_bytes: the largest result envelope :meth:`decrypt_integers` reads.
     """
 
     def __init__(
@@ -47,65 +115,93 @@ class FHEClient:
         encode: Callable[[np.ndarray], np.ndarray],
         decode: Callable[[np.ndarray], np.ndarray],
         key_cache: str | Path | None = None,
+        max_result_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         from concrete import fhe
 
         self.encode = encode
         self.decode = decode
+        self.fingerprint = specs_fingerprint(client_specs)
+        self.max_result_bytes = max_result_bytes
         self._client = fhe.Client(client_specs, keyset_cache_directory=key_cache)
         self._evaluation_keys: bytes | None = None
+        self._key_id: str | None = None
 
     # ----------------------------------------------------------------------------------- keys
     def keygen(self, *, seed: int | None = None, force: bool = False) -> None:
         """Generate the secret and evaluation keys (once; ``force`` makes new ones)."""
         self._client.keygen(force=force, secret_seed=seed)
-        self._evaluation_keys = None
+        self._forget_evaluation_keys()
+
+    def _forget_evaluation_keys(self) -> None:
+        self._evaluation_keys = self._key_id = None
 
     @property
     def has_keys(self) -> bool:
         return bool(self._client.keys.are_generated)
 
+    @property
+    def key_id(self) -> str:
+        """sha256 (hex) of this client's serialized evaluation keys: the name of its key set."""
+        self.evaluation_keys()
+        assert self._key_id is not None
+        return self._key_id
+
     def evaluation_keys(self) -> bytes:
-        """The public evaluation keys, serialized: this is what a server needs, and all it gets."""
+        """The public evaluation keys in an envelope: this is what a server needs, and all it gets."""
         if not self.has_keys:
             self.keygen()
-        if self._evaluation_keys is None:  # serialized once per key set: servers cache by identity
-            self._evaluation_keys = self._client.evaluation_keys.serialize()
+        if self._evaluation_keys is None:  # packed once per key set: servers cache by key id
+            payload = self._client.evaluation_keys.serialize()
+            self._key_id = key_id(payload)
+            self._evaluation_keys = pack_envelope(
+                "evaluation-keys", payload, fingerprint=self.fingerprint, key_id=self._key_id
+            )
         return self._evaluation_keys
 
     def save_keys(self, path: str | Path) -> Path:
-        """Write all keys (secret included) to ``path`` with mode 0600."""
+        """Write all keys (secret included) to ``path`` with mode 0600 (never through a symbolic link)."""
         if not self.has_keys:
             raise ValueError("no keys to save yet; call keygen() first")
         return write_private_file(path, self._client.keys.serialize())
 
     def load_keys(self, path: str | Path) -> None:
-        """Load keys written by :meth:`save_keys`."""
+        """Load keys written by :meth:`save_keys` (a regular file of mode 0600, not a symbolic link)."""
         from concrete import fhe
 
-        path = Path(path)
-        if path.stat().st_mode & 0o077:
-            raise PermissionError(f"{path} is readable by other users; run 'chmod 600 {path}' first")
-        self._client.keys = fhe.Keys.deserialize(path.read_bytes())
-        self._evaluation_keys = None
+        self._client.keys = fhe.Keys.deserialize(read_private_file(path))
+        self._forget_evaluation_keys()
 
     # ----------------------------------------------------------------------------------- data
     def encrypt_encoded(self, encoded_row: np.ndarray) -> bytes:
+        """A ciphertext envelope of one encoded row (the integers the circuit takes)."""
         if not self.has_keys:
             self.keygen()
+        identifier = self.key_id
         value = self._client.encrypt(np.ascontiguousarray(encoded_row, dtype=np.int64))
-        return value.serialize()
+        return pack_envelope("ciphertext", value.serialize(), fingerprint=self.fingerprint, key_id=identifier)
 
     def encrypt(self, X: np.ndarray) -> list[bytes]:
-        """One serialized ciphertext per row of ``X``."""
+        """One ciphertext envelope per row of ``X``."""
         return [self.encrypt_encoded(row) for row in self.encode(X)]
 
     def decrypt_integers(self, result: bytes) -> np.ndarray:
+        """The integers of a result envelope computed for this model under this client's key set.
+
+        The envelope's format, model and key set are checked before anything is decrypted; the
+        decrypted values themselves are never judged (see DESIGN.md on reaction attacks).
+        """
         from concrete import fhe
 
-        return np.asarray(self._client.decrypt(fhe.Value.deserialize(result)), dtype=np.int64).reshape(-1)
+        envelope = unpack_envelope(result, "result", max_bytes=self.max_result_bytes)
+        check_model(envelope, self.fingerprint, side="client")
+        if not self.has_keys:
+            raise ValueError("this client has no keys: it cannot have encrypted the inputs of this result")
+        check_key_id(envelope, self.key_id)
+        value = fhe.Value.deserialize(envelope.payload)
+        return np.asarray(self._client.decrypt(value), dtype=np.int64).reshape(-1)
 
     def decrypt(self, results: list[bytes]) -> np.ndarray:
-        """Dequantized outputs (n_samples, n_outputs) of serialized encrypted results."""
+        """Dequantized outputs (n_samples, n_outputs) of result envelopes."""
         integers = np.stack([self.decrypt_integers(r) for r in results])
         return self.decode(integers)

@@ -92,9 +92,10 @@ class FHEModel:
         return self._client
 
     def server(self) -> FHEServer:
+        """The server of this compiled model: the circuit and its public client specs, no key."""
         compiled = self._require_compiled("execute")
         if self._server is None:
-            self._server = FHEServer(compiled.circuit.server)
+            self._server = FHEServer(compiled.circuit.server, compiled.circuit.client.specs)
         return self._server
 
     # ----------------------------------------------------------------------------------- run

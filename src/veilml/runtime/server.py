@@ -2,32 +2,124 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
+
+from .envelope import (
+    DEFAULT_MAX_BYTES,
+    check_key_id,
+    check_model,
+    key_id,
+    pack_envelope,
+    specs_fingerprint,
+    unpack_envelope,
+)
+from .validation import CircuitLayout, learn_circuit_layout
 
 __all__ = ["FHEServer"]
 
 
 class FHEServer:
-    """Runs a compiled circuit on serialized ciphertexts with serialized evaluation keys."""
+    """Runs a compiled circuit on ciphertext envelopes with evaluation-key envelopes.
 
-    def __init__(self, server: Any) -> None:
+    Everything that arrives is checked before concrete sees it: the envelopes' format, that the keys
+    and the ciphertext were made for this circuit (the fingerprint of ``client_specs``) and for one
+    key set (the keys hash to their key id, the ciphertext names that id), and that the concrete
+    payloads have the circuit's layout (length and structural bytes, see
+    :mod:`veilml.runtime.validation`).
+
+    Args:
+        server: concrete's ``Server`` of the circuit.
+        client_specs: concrete's ``ClientSpecs`` of the same circuit (public), or its serialization.
+        layout: the circuit's :class:`~veilml.runtime.validation.CircuitLayout` (or its bytes); by
+            default it is learned on first use from two throw-away key sets (about two key
+            generations of time), which are dropped at once.
+        key_cache_size: how many deserialized key sets are kept (least recently used goes first).
+        max_bytes: the largest envelope accepted.
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        client_specs: Any,
+        *,
+        layout: CircuitLayout | bytes | None = None,
+        key_cache_size: int = 8,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if key_cache_size < 1:
+            raise ValueError(f"key_cache_size must be at least 1, got {key_cache_size}")
         self._server = server
-        self._keys_blob: bytes | None = None
-        self._keys: Any = None
+        self._client_specs = client_specs.serialize() if hasattr(client_specs, "serialize") else bytes(client_specs)
+        self.fingerprint = specs_fingerprint(self._client_specs)
+        self._layout = CircuitLayout.from_bytes(layout) if isinstance(layout, (bytes, bytearray)) else layout
+        if self._layout is not None and len(self._layout.inputs) != 1:
+            raise ValueError(f"FHEServer runs circuits of one encrypted input, this layout has {len(self._layout.inputs)}")
+        self.key_cache_size = key_cache_size
+        self.max_bytes = max_bytes
+        self._keys: OrderedDict[str, Any] = OrderedDict()  # key id -> deserialized evaluation keys
+        self._lock = threading.Lock()
 
-    def _evaluation_keys(self, evaluation_keys: bytes) -> Any:
+    @property
+    def layout(self) -> CircuitLayout:
+        """The layout of this circuit's evaluation keys and input (learned once, then kept)."""
+        with self._lock:
+            if self._layout is None:
+                layout = learn_circuit_layout(self._client_specs)
+                if len(layout.inputs) != 1:
+                    raise ValueError(f"FHEServer runs circuits of one encrypted input, this one has {len(layout.inputs)}")
+                self._layout = layout
+            return self._layout
+
+    def _evaluation_keys(self, payload: bytes, identifier: str) -> Any:
         from concrete import fhe
 
-        if evaluation_keys is not self._keys_blob and evaluation_keys != self._keys_blob:
-            # deserialize once per key set
-            self._keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
-            self._keys_blob = evaluation_keys
-        return self._keys
+        with self._lock:
+            if identifier in self._keys:
+                self._keys.move_to_end(identifier)
+                return self._keys[identifier]
+        self.layout.evaluation_keys.check(
+            payload,
+            "these evaluation keys do not have this circuit's layout",
+            "generate keys with this model's client and send them unmodified",
+        )
+        keys = fhe.EvaluationKeys.deserialize(payload)
+        with self._lock:
+            self._keys[identifier] = keys
+            while len(self._keys) > self.key_cache_size:
+                self._keys.popitem(last=False)
+        return keys
+
+    def check(self, ciphertext: bytes, evaluation_keys: bytes) -> None:
+        """Validate a ciphertext envelope and an evaluation-key envelope for this circuit.
+
+        Raises a ``ValueError`` before anything reaches concrete: ``EnvelopeError`` for malformed
+        envelopes, ``KeyMismatchError`` for keys or ciphertexts of another model or key set (both in
+        :mod:`veilml.runtime.envelope`), ``LayoutError`` for payloads that do not have the circuit's
+        layout (:mod:`veilml.runtime.validation`).
+        """
+        self._admit(ciphertext, evaluation_keys)
+
+    def _admit(self, ciphertext: bytes, evaluation_keys: bytes) -> tuple[bytes, Any, str]:
+        """The checked ciphertext payload, the deserialized evaluation keys and their key id."""
+        keys = unpack_envelope(evaluation_keys, "evaluation-keys", max_bytes=self.max_bytes)
+        check_model(keys, self.fingerprint)
+        value = unpack_envelope(ciphertext, "ciphertext", max_bytes=self.max_bytes)
+        check_model(value, self.fingerprint)
+        check_key_id(value, keys.key_id)
+        check_key_id(keys, key_id(keys.payload))  # hashed on every call: a cached id is trusted for its content only
+        self.layout.inputs[0].check(
+            value.payload,
+            "this ciphertext is not one of this circuit's inputs",
+            "encrypt with this model's client and send the ciphertext unmodified",
+        )
+        return value.payload, self._evaluation_keys(keys.payload, keys.key_id), keys.key_id
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
-        """The encrypted result, serialized, of the circuit on one encrypted sample."""
+        """The result envelope of the circuit on one encrypted sample (see :meth:`check`)."""
         from concrete import fhe
 
-        value = fhe.Value.deserialize(ciphertext)
-        result = self._server.run(value, evaluation_keys=self._evaluation_keys(evaluation_keys))
-        return result.serialize()
+        payload, keys, identifier = self._admit(ciphertext, evaluation_keys)
+        result = self._server.run(fhe.Value.deserialize(payload), evaluation_keys=keys)
+        return pack_envelope("result", result.serialize(), fingerprint=self.fingerprint, key_id=identifier)
