@@ -273,9 +273,21 @@ def test_client_refuses_a_worker_that_hands_it_toy_parameters(tmp_path):
 # -- finding 4: untrusted bytes are checked before native code, and native work is bounded -----------------
 
 
+class Stalling:
+    """Stands in for a concrete worker's isolated runner: the computation it is given never returns."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+
+    def run(self, function, *args, timeout=None):
+        import isolation_helpers
+
+        return self.runner.run(isolation_helpers.spin, timeout=1.0)
+
+
 def test_concrete_worker_refuses_tampered_or_foreign_bytes_and_keeps_serving(tmp_path):
     from veilml.runtime.envelope import unpack_envelope
-    from veilml.runtime.linear.concrete import ConcreteBackend
+    from veilml.runtime.linear.concrete import ConcreteBackend, shared_runner
 
     backend = ConcreteBackend(cache_dir=tmp_path)
     W = rng.normal(size=(8, 4))
@@ -304,13 +316,14 @@ def test_concrete_worker_refuses_tampered_or_foreign_bytes_and_keeps_serving(tmp
         with pytest.raises(WorkerError, match=words) as error:
             worker.run(session, secret, "a", "forward", body)
         assert error.value.status == 400
-    # a computation that overruns its time limit is stopped in its isolated process: one error, the worker goes on
+    # a computation that never returns (as a flipped bit once made concrete do) is stopped in its isolated
+    # process after the time limit: one error, and the worker goes on serving
     server = worker.servers[("a", "forward")]
-    server._run_timeout = 1e-4
-    with pytest.raises(WorkerError, match="did not finish within") as error:
+    server._runner = Stalling(shared_runner())
+    with pytest.raises(WorkerError, match="did not finish within 1 s") as error:
         worker.run(session, secret, "a", "forward", good)
     assert error.value.status == 400
-    server._run_timeout = None
+    server._runner = None
     assert np.array_equal(executor.session.decrypt("a/forward", worker.run(session, secret, "a", "forward", good)), codes @ server.matrix)
 
 
@@ -342,3 +355,15 @@ def test_concrete_sessions_never_share_or_store_secret_keys(tmp_path):
         keys.append(session._clients["m"].keys.serialize())
     assert keys[0] != keys[1]  # a fresh secret key per session
     assert {p for p in tmp_path.rglob("*")} == before  # and none written anywhere under the cache
+
+
+def test_client_refuses_an_answer_with_the_wrong_number_of_rows():
+    class Truncating(LocalTransport):
+        def run(self, session, layer, direction, ciphertext):
+            from veilml.runtime.linear.clear import pack_integers, unpack_integers
+
+            return pack_integers(unpack_integers(super().run(session, layer, direction, ciphertext))[:1])
+
+    executor = EncryptedLinearExecutor(Truncating(Worker({"a": rng.normal(size=(8, 4))}, backend="clear")), backend="clear")
+    with pytest.raises(ValueError, match=r"shape \(1, 4\) for 5 rows sent"):
+        executor.forward("a", rng.normal(size=(5, 8)))

@@ -250,3 +250,16 @@ def test_requests_over_max_rows_are_refused(backend):
     with pytest.raises(WorkerError, match="5 rows in one request, over this worker's limit of 2") as error:
         executor.forward("fc", rng.normal(size=(5, 6)))
     assert error.value.status == 413
+
+
+def test_a_header_cannot_hide_rows_from_max_rows(backend, session):
+    """A glwe request whose header announces fewer rows than it encrypts is refused by its size."""
+    server = backend.server(rng.integers(-127, 128, size=(6, 4)), 8)
+    keys = session.register("liar", server.spec, server.setup())
+    _, honest_block = unpack_frames(session.encrypt("liar", np.zeros((1, 6), np.int64)))
+    header, block = unpack_frames(session.encrypt("liar", np.zeros((4, 6), np.int64)))
+    lying = json.loads(header)
+    lying["n"] = 1
+    with pytest.raises(ValueError, match="more than the 1 rows its header announces"):
+        server.run(pack_frames([json.dumps(lying).encode(), block]), keys)
+    assert len(server.run(pack_frames([json.dumps(lying).encode(), honest_block]), keys)) > 0

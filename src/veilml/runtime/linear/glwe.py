@@ -407,6 +407,12 @@ class GLWEServer(LinearServer):
     def request_rows(self, ciphertext: bytes) -> int:
         return self._read_request(ciphertext)[0]["n"]
 
+    def _row_bytes_bound(self, width: int) -> int:
+        """More bytes than one encrypted row of ``width`` values takes (GLWE bodies at the storage modulus)."""
+        poly = self.crypto_params["polynomial_size"]
+        bits = self.crypto_params.get("input_storage_ciphertext_modulus", 64)
+        return -(-width // poly) * (-(-poly * bits // 8) + 128) + 64
+
     def check_keys(self, evaluation_keys: bytes) -> None:
         _COMPRESSION_KEYS.get(evaluation_keys, self.crypto_params)
 
@@ -433,6 +439,13 @@ class GLWEServer(LinearServer):
         if not expected:
             return pack_frames(out)
         key = _COMPRESSION_KEYS.get(evaluation_keys, self.crypto_params)
+        for (a, b), frame in zip(self.blocks, frames[1:]):
+            largest = header["n"] * self._row_bytes_bound(b - a) + 1024
+            if len(frame) > largest:  # the extension cannot be asked how many rows it holds: bound it by size
+                raise ValueError(
+                    f"an encrypted row block of {len(frame)} bytes holds more than the {header['n']} rows its header "
+                    f"announces (at most {largest} bytes); send a well-formed request"
+                )
         for index, frame in enumerate(frames[1:]):
             encrypted = _call("read the encrypted rows", fhext.EncryptedMatrix.deserialize, frame)
             result = _call(

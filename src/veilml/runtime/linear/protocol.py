@@ -432,7 +432,11 @@ class EncryptedLinearExecutor:
         result = transport.run(self._session_on(transport), name, direction, ciphertext)
         self.bytes_sent += len(ciphertext)
         self.bytes_received += len(result)
-        return self.session.decrypt(key, result), scale, zero
+        product = self.session.decrypt(key, result)
+        expected = (rows.shape[0], info.spec(direction).cols)
+        if product.shape != expected:  # a faulty or hostile worker: never broadcast or truncate its answer
+            raise ValueError(f"the worker answered {name}/{direction} with shape {product.shape} for {expected[0]} rows sent; expected {expected}")
+        return product, scale, zero
 
     def forward(self, name: str, x: np.ndarray) -> np.ndarray:
         info = self.layer(name)
