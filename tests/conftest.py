@@ -10,6 +10,56 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
 from veilml.compiler import Configuration
+from requires import strict
+
+# Skips that are legitimate on a CPU-only CI machine, by a fragment of their reason. Any other skip
+# (a missing extra, a feature that is not there) fails the run under CI; these are named and counted.
+ALLOWED_SKIPS = {
+    "can use a GPU here": "the CPU-only error path of device='cuda' cannot be checked on a GPU machine",
+    "SCIPY_ARRAY_API is not set": "scikit-learn's array-API checks: veilml's estimators take numpy arrays",
+}
+_skips: dict[str, list[str]] = {"allowed": [], "unexpected": []}
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _record_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        kind = "allowed" if any(fragment in reason for fragment in ALLOWED_SKIPS) else "unexpected"
+        _skips[kind].append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report) -> None:
+    _record_skip(report)
+
+
+def pytest_collectreport(report) -> None:
+    _record_skip(report)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if strict() and _skips["unexpected"] and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    write = terminalreporter.write_line
+    if _skips["allowed"]:
+        write(f"skips allowed on this machine: {len(_skips['allowed'])}")
+        for line in _skips["allowed"]:
+            write(f"  {line}")
+    if _skips["unexpected"]:
+        verdict = "FAIL the run (CI)" if strict() else "would fail under CI"
+        write(f"unexpected skips: {len(_skips['unexpected'])} ({verdict})", red=True, bold=True)
+        for line in _skips["unexpected"]:
+            write(f"  {line}", red=True)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from requires import require
 
-fhext = pytest.importorskip("concrete_ml_extensions")
+fhext = require("concrete_ml_extensions", "glwe")
 
 from veilml.runtime.linear import MatrixSpec, get_backend, pack_frames, unpack_frames
 from veilml.runtime.linear.glwe import GLWEBackend, GLWESetup, plan_row_blocks

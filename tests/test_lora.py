@@ -9,10 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from requires import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+torch = require("torch", "lora")
+require("transformers", "lora")
+peft = require("peft", "lora")
 
 from veilml.models.lora import (
     DEFAULT_REMOTE_PATTERNS,

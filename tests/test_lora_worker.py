@@ -12,10 +12,11 @@ import sys
 import time
 
 import pytest
+from requires import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-httpx = pytest.importorskip("httpx")
+torch = require("torch", "lora")
+require("peft", "lora")
+httpx = require("httpx", "worker")
 
 from veilml.models.lora import (  # noqa: E402
     LoraTrainer,

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from requires import require
 
-nbformat = pytest.importorskip("nbformat", reason="executing notebooks needs nbformat (pip install -e '.[test]')")
-nbclient = pytest.importorskip("nbclient", reason="executing notebooks needs nbclient (pip install -e '.[test]')")
-pytest.importorskip("ipykernel", reason="executing notebooks needs ipykernel (pip install -e '.[test]')")
+nbformat = require("nbformat", "test")
+nbclient = require("nbclient", "test")
+require("ipykernel", "test")
 
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 

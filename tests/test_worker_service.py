@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from requires import require
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
+require("fastapi", "worker")
+require("uvicorn", "worker")
+httpx = require("httpx", "worker")
 
 from fastapi.testclient import TestClient
 
@@ -527,7 +528,7 @@ def test_cli_refuses_missing_or_wrong_weights(tmp_path: Path) -> None:
 
 
 def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
-    weights_module = pytest.importorskip("veilml.models.lora.weights")
+    weights_module = require("veilml.models.lora.weights", "lora")
     weights, biases = make_weights()
     file = weights_module.save_remote_weights({k: (w, biases.get(k)) for k, w in weights.items()}, tmp_path / "w.safetensors")
     port = free_port()
