@@ -7,6 +7,7 @@ import stat
 import numpy as np
 import pytest
 
+from veilml import DecisionTreeClassifier
 from veilml.runtime import FHEClient, FHEServer
 from veilml.runtime.envelope import (
     EnvelopeError,
@@ -100,12 +101,40 @@ def test_write_private_file_tightens_existing_file(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() == b"new"
 
 
-def test_report_figures(compiled_cancer_tree):
-    report = compiled_cancer_tree.report_
+def _serialized_key_sizes(model, row: np.ndarray) -> tuple[int, int, int]:
+    """(evaluation keys, secret keys, one input ciphertext) as they are really serialized."""
+    client = model.fhe_model_.client()
+    client.keygen()
+    evaluation = len(client._client.evaluation_keys.serialize())
+    everything = len(client._client.keys.serialize())
+    return evaluation, everything - evaluation, len(client.encrypt(row)[0])
+
+
+HEADER = 4096  # serialization headers and the envelope: a few hundred bytes measured
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["compressed", "uncompressed"])
+def test_report_key_and_ciphertext_sizes_are_the_real_ones(compiled_cancer_tree, cancer, test_config, compressed):
+    """The report's key sizes equal the serialized keys (concrete's own statistic is 5x off for bootstrap keys)."""
+    from dataclasses import replace
+
+    model = compiled_cancer_tree
+    if not compressed:  # a smaller tree: uncompressed keys of the depth-5 tree are 171 MiB
+        X_train, _, y_train, _ = cancer
+        config = replace(test_config, compress_evaluation_keys=False, compress_input_ciphertexts=False)
+        model = DecisionTreeClassifier(max_depth=3, random_state=0).fit(X_train, y_train).compile(X_train, config)
+    report = model.report_
+    evaluation, secret, ciphertext = _serialized_key_sizes(model, cancer[0][:1])
+    expected = report.compressed_evaluation_key_bytes if compressed else report.evaluation_key_bytes
+    assert expected <= evaluation <= expected + HEADER, (expected, evaluation)
+    assert report.secret_key_bytes <= secret <= report.secret_key_bytes + HEADER, (report.secret_key_bytes, secret)
+    assert report.input_bytes <= ciphertext <= report.input_bytes + HEADER, (report.input_bytes, ciphertext)
+    # compression keeps one of (k + 1) polynomials of the bootstrap key: several times smaller
+    assert report.evaluation_key_bytes > 4 * report.compressed_evaluation_key_bytes
     d = report.to_dict()
-    assert d["evaluation_key_bytes"] == report.bootstrap_key_bytes + report.keyswitch_key_bytes > 0
+    assert d["evaluation_key_bytes"] == report.bootstrap_key_bytes + report.keyswitch_key_bytes
     assert sum(report.pbs_by_precision.values()) == report.pbs_count
-    assert "PBS: " in str(report)
+    assert f"{report.evaluation_key_bytes / 2**20:.1f} MiB" in str(report)
 
 
 # ------------------------------------------------------------------------------------ private files

@@ -11,6 +11,7 @@ import numpy as np
 
 from .configuration import Configuration
 from .interpreter import evaluate
+from .key_sizes import key_sizes
 from .ir import Graph, Node, Ops
 from .ranges import Range, bit_width, infer_ranges
 
@@ -96,10 +97,13 @@ def to_concrete_function(graph: Graph, ranges: Sequence[Range] | None = None) ->
 
 @dataclass(frozen=True)
 class CircuitReport:
-    """Deterministic cost figures of a compiled circuit (from concrete's statistics).
+    """Deterministic cost figures of a compiled circuit.
 
-    Key and ciphertext sizes are concrete's uncompressed figures; with compression on (the
-    default) the serialized evaluation keys are several times smaller.
+    Counts, precision, complexity, error probabilities and ciphertext sizes are concrete's
+    statistics. Key sizes are computed from the key parameters (``compiler.key_sizes``) and equal
+    the serialized keys up to a few hundred bytes of header: ``evaluation_key_bytes`` is the key
+    set in memory on the server, ``compressed_evaluation_key_bytes`` what travels when
+    ``Configuration(compress_evaluation_keys=True)`` (the default).
     """
 
     pbs_count: int
@@ -110,6 +114,7 @@ class CircuitReport:
     secret_key_bytes: int
     bootstrap_key_bytes: int
     keyswitch_key_bytes: int
+    compressed_evaluation_key_bytes: int
     input_bytes: int
     output_bytes: int
     p_error: float
@@ -128,7 +133,8 @@ class CircuitReport:
         by_precision = ", ".join(f"{k}-bit: {v}" for k, v in sorted(self.pbs_by_precision.items()))
         return (
             f"PBS: {self.pbs_count} ({by_precision or 'none'}); max precision: {self.max_bit_width} bits; "
-            f"complexity: {self.complexity:.3g}; evaluation keys (uncompressed): {self.evaluation_key_bytes / 2**20:.1f} MiB; "
+            f"complexity: {self.complexity:.3g}; evaluation keys: {self.evaluation_key_bytes / 2**20:.1f} MiB "
+            f"({self.compressed_evaluation_key_bytes / 2**20:.1f} MiB compressed); "
             f"input: {self.input_bytes / 2**10:.0f} KiB, output: {self.output_bytes / 2**10:.0f} KiB"
         )
 
@@ -145,15 +151,17 @@ def _pbs_by_precision(circuit: Any) -> dict[int, int]:
 
 def make_report(circuit: Any) -> CircuitReport:
     stats = circuit.statistics
+    keys = key_sizes(circuit.client.specs)
     return CircuitReport(
         pbs_count=int(stats["programmable_bootstrap_count"]),
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
         complexity=float(stats["complexity"]),
         pbs_by_precision=_pbs_by_precision(circuit),
         key_switch_count=int(stats["key_switch_count"]),
-        secret_key_bytes=int(stats["size_of_secret_keys"]),
-        bootstrap_key_bytes=int(stats["size_of_bootstrap_keys"]),
-        keyswitch_key_bytes=int(stats["size_of_keyswitch_keys"]),
+        secret_key_bytes=keys.secret,
+        bootstrap_key_bytes=keys.bootstrap,
+        keyswitch_key_bytes=keys.keyswitch,
+        compressed_evaluation_key_bytes=keys.bootstrap_compressed + keys.keyswitch_compressed,
         input_bytes=int(stats["size_of_inputs"]),
         output_bytes=int(stats["size_of_outputs"]),
         p_error=float(stats["p_error"]),

@@ -1,0 +1,53 @@
+"""Exact sizes of a circuit's keys, computed from the key parameters in its client specs.
+
+concrete's statistics count each bootstrap key ``glweDimension`` times too often (a depth-3 tree:
+258 MB reported, 51.6 MB serialized), so veilml computes sizes from the parameters instead; the
+tests compare them with serialized keys. Elements are 64-bit words. A compressed (seeded) key stores
+only the body of each ciphertext: the masks are regenerated from a seed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+WORD = 8  # bytes per 64-bit torus element
+
+
+@dataclass(frozen=True)
+class KeySizes:
+    """Bytes of each kind of key; ``*_compressed`` are the seeded forms that travel when compression is on."""
+
+    secret: int
+    bootstrap: int
+    keyswitch: int
+    bootstrap_compressed: int
+    keyswitch_compressed: int
+
+
+def _specs_json(specs: Any) -> dict[str, Any]:
+    text = specs.serialize() if hasattr(specs, "serialize") else specs
+    return json.loads(text)
+
+
+def key_sizes(specs: Any) -> KeySizes:
+    """Sizes of the keys described by concrete client ``specs`` (an object with ``serialize()``, or its JSON)."""
+    keyset = _specs_json(specs)["keyset"]
+    secret = sum(key["params"]["lweDimension"] for key in keyset["lweSecretKeys"]) * WORD
+    bootstrap = bootstrap_compressed = 0
+    for key in keyset["lweBootstrapKeys"]:
+        p = key["params"]
+        # one GGSW per input-key coefficient: levelCount x (k+1) GLWE ciphertexts of (k+1) polynomials
+        ggsw_rows = p["inputLweDimension"] * p["levelCount"] * (p["glweDimension"] + 1)
+        bootstrap += ggsw_rows * (p["glweDimension"] + 1) * p["polynomialSize"] * WORD
+        bootstrap_compressed += ggsw_rows * p["polynomialSize"] * WORD
+    keyswitch = keyswitch_compressed = 0
+    for key in keyset["lweKeyswitchKeys"]:
+        p = key["params"]
+        rows = p["inputLweDimension"] * p["levelCount"]  # one LWE ciphertext per input coefficient and level
+        keyswitch += rows * (p["outputLweDimension"] + 1) * WORD
+        keyswitch_compressed += rows * WORD
+    if keyset.get("packingKeyswitchKeys"):
+        raise NotImplementedError("key sizes of packing keyswitch keys are not computed (no veilml circuit uses them)")
+    return KeySizes(secret, bootstrap, keyswitch, bootstrap_compressed, keyswitch_compressed)
