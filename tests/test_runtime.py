@@ -115,7 +115,7 @@ HEADER = 4096  # serialization headers and the envelope: a few hundred bytes mea
 
 @pytest.mark.parametrize("compressed", [True, False], ids=["compressed", "uncompressed"])
 def test_report_key_and_ciphertext_sizes_are_the_real_ones(compiled_cancer_tree, cancer, test_config, compressed):
-    """The report's key sizes equal the serialized keys (concrete's own statistic is 5x off for bootstrap keys)."""
+    """The report's key sizes equal the serialized keys (concrete's own statistic over-counts bootstrap keys 3-5x)."""
     from dataclasses import replace
 
     model = compiled_cancer_tree
