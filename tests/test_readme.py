@@ -1,0 +1,117 @@
+"""The README's figures are what the code computes: the demo's output and the tree table.
+
+The demo runs as a reader runs it (``python -m veilml.demo``, real keys, real encryption) and its
+printed figures are compared with figures this test computes itself from the library; the
+README's copy of the output and its table are then compared with those figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.tree import DecisionTreeClassifier as FloatTree
+
+from veilml.quantization import QuantizationRangeWarning
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+ROWS = 2  # encrypted rows the demo runs here (the README shows 5)
+
+
+def _readme_demo_block() -> str:
+    """The README's copy of the demo output: the code block after 'On a 2-core machine'."""
+    match = re.search(r"On a 2-core machine:\n\n```\n(.*?)```", README, re.S)
+    assert match, "README.md lost the demo's output block"
+    return match.group(1)
+
+
+def _figures(text: str) -> dict[str, str]:
+    """The deterministic figures of the demo's summary lines (accuracies, agreement, PBS line)."""
+    figures = {}
+    for name in ("float scikit-learn tree", "veilml fhe='disable'", "veilml fhe='simulate'", "veilml encrypted execute"):
+        match = re.search(rf"accuracy, {re.escape(name)}\s*: ([0-9.]+) \((\d+) rows\)", text)
+        assert match, f"no accuracy line for {name!r} in:\n{text}"
+        figures[name] = match.group(1)
+        figures[name + " rows"] = match.group(2)
+    agreement = re.search(r"encrypted == clear on (\d+)/(\d+) rows", text)
+    pbs = re.search(r"PBS per row: (\d+) \(max (\d+) bits\), complexity ([0-9.e+]+)", text)
+    assert agreement and pbs, f"the demo's agreement or PBS line is missing in:\n{text}"
+    figures["agreement"], figures["agreement rows"] = agreement.groups()
+    figures["pbs"], figures["max bits"], figures["complexity"] = pbs.groups()
+    return figures
+
+
+@pytest.fixture(scope="module")
+def demo_output() -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "veilml.demo", "--rows", str(ROWS)], capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, f"the demo failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def computed(cancer, compiled_cancer_tree) -> dict[str, str]:
+    """The demo's figures computed here, from the library, with the demo's data and settings."""
+    X_train, X_test, y_train, y_test = cancer
+    model = compiled_cancer_tree  # depth 5, 6 bits, random_state 0: the demo's model
+    float_tree = FloatTree(max_depth=5, random_state=0).fit(X_train, y_train)
+    report = model.report_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QuantizationRangeWarning)  # held-out rows beyond the training range
+        disable = model.predict(X_test, fhe="disable")
+        simulate = model.predict(X_test, fhe="simulate")
+    return {
+        "float scikit-learn tree": f"{float_tree.score(X_test, y_test):.4f}",
+        "veilml fhe='disable'": f"{np.mean(disable == y_test):.4f}",
+        "veilml fhe='simulate'": f"{np.mean(simulate == y_test):.4f}",
+        "pbs": str(report.pbs_count),
+        "max bits": str(report.max_bit_width),
+        "complexity": f"{report.complexity:.3g}",
+        "disable first rows": f"{np.mean(disable[:ROWS] == y_test[:ROWS]):.4f}",
+        "n_test": str(len(X_test)),
+    }
+
+
+@pytest.mark.execute
+def test_demo_prints_the_figures_the_library_computes(demo_output, computed):
+    printed = _figures(demo_output)
+    for name in ("float scikit-learn tree", "veilml fhe='disable'", "veilml fhe='simulate'", "pbs", "max bits", "complexity"):
+        assert printed[name] == computed[name], f"{name}: the demo printed {printed[name]}, the library gives {computed[name]}"
+    assert printed["veilml fhe='disable' rows"] == computed["n_test"]
+    # encrypted rows are the clear rows: execute accuracy is disable's on the same rows
+    assert printed["agreement"] == printed["agreement rows"] == str(ROWS)
+    assert printed["veilml encrypted execute"] == computed["disable first rows"]
+    assert printed["veilml encrypted execute rows"] == str(ROWS)
+
+
+@pytest.mark.execute
+def test_readme_shows_the_demo_output(demo_output, computed):
+    """The README's copy agrees with this run on everything deterministic (not the timings)."""
+    shown = _figures(_readme_demo_block())
+    printed = _figures(demo_output)
+    for name in ("float scikit-learn tree", "veilml fhe='disable'", "veilml fhe='simulate'", "pbs", "max bits", "complexity"):
+        assert shown[name] == printed[name], f"README shows {name} = {shown[name]}, the demo prints {printed[name]}"
+    assert shown["agreement"] == shown["agreement rows"] == shown["veilml encrypted execute rows"]
+
+
+def test_readme_tree_table_is_the_compiled_circuit_and_the_benchmark(compiled_cancer_tree):
+    """The 'How a tree is compiled' table: veilml's row from the circuit, Concrete-ML's from its committed run."""
+    rows = dict(re.findall(r"^\| (Concrete-ML [0-9.]+|veilml) \| (.+?) \|$", README, re.M))
+    assert set(rows) == {"veilml", "Concrete-ML 1.9"}, f"README's tree table rows changed: {rows}"
+    report = compiled_cancer_tree.report_
+    pbs, complexity = (cell.strip() for cell in rows["veilml"].split("|"))
+    assert pbs == f"{report.pbs_count} ({report.max_bit_width}-bit)"
+    assert complexity == f"{report.complexity:.1e}".replace("e+0", "e")
+    theirs = json.loads((ROOT / "benchmarks" / "results" / "concrete_ml_decision_tree.json").read_text())
+    assert theirs["versions"]["concrete-ml"].startswith("1.9")
+    their_pbs, their_complexity = (cell.strip() for cell in rows["Concrete-ML 1.9"].split("|"))
+    assert their_pbs == str(theirs["pbs_count"])
+    assert their_complexity == f"{theirs['complexity']:.1e}".replace("e+0", "e")
