@@ -24,13 +24,19 @@ def test_client_side_correction_recovers_the_float_products():
     codes, s, z = quantize_rows(x, 8)
     assert codes.min() >= 0 and codes.max() <= 255 and np.all(z != 0)  # asymmetric rows
     y = forward_output(codes @ qw.q, s, z, qw.scale, qw.col_sums)
-    assert np.allclose(y, x @ W, rtol=0, atol=0.05 * np.abs(x @ W).max())
     gcodes, gs, gz = quantize_rows(backward_input(g, qw.scale), 8)
     dx = backward_output(gcodes @ qw.q.T, gs, gz, qw.row_sums)
-    assert np.allclose(dx, g @ W.T, rtol=0, atol=0.05 * np.abs(g @ W.T).max())
-    # the correction is exact algebra: with exact codes it reproduces the dequantized product
+    # 8-bit error as a fraction of the largest product, measured on these draws (file order): forward 0.95 %,
+    # backward 0.66 % (0.69 % / 0.60 % when run alone; worst over 200 draws of these shapes: 1.1 % / 1.3 %)
+    assert np.abs(y - x @ W).max() <= 0.02 * np.abs(x @ W).max()
+    assert np.abs(dx - g @ W.T).max() <= 0.02 * np.abs(g @ W.T).max()
+    # the correction is exact algebra: it reproduces the products of the dequantized codes to float rounding
+    # (measured 3e-16 of the largest value), so a wrong zero-point or scale term cannot hide in the 8-bit error
     xd = (codes - z[:, None]) * s[:, None]
-    assert np.allclose(y, xd @ qw.dequantize())
+    np.testing.assert_allclose(y, xd @ qw.dequantize(), rtol=1e-10, atol=1e-10 * np.abs(y).max())
+    gd = (gcodes - gz[:, None]) * gs[:, None]  # dequantized rows of g * weight_scale: gd @ q.T is (gd / scale) @ (q * scale).T
+    np.testing.assert_allclose(dx, gd @ qw.q.T, rtol=1e-10, atol=1e-10 * np.abs(dx).max())
+    np.testing.assert_allclose(dx, (gd / qw.scale[None, :]) @ qw.dequantize().T, rtol=1e-10, atol=1e-10 * np.abs(dx).max())
 
 
 def test_per_row_scales_isolate_an_outlier_token():
