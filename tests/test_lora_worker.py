@@ -1,22 +1,20 @@
 """LoRA fine-tuning with every base matmul encrypted by a real worker process (concrete backend).
 
 The acceptance oracle: the same training steps through the ``clear`` backend in this process
-give exactly the same losses and adapter weights.
+give exactly the same losses and adapter weights. The worker is started as the README says
+(``veilml worker --weights ./model_dir --backend concrete``, the installed console script) on a
+Hugging Face model folder; the restart test serves the same layers from a remote-weights file.
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
+import numpy as np
 import pytest
 from requires import require
 
 torch = require("torch", "lora")
 require("peft", "lora")
-httpx = require("httpx", "worker")
+require("httpx", "worker")
 
 from veilml.models.lora import (  # noqa: E402
     LoraTrainer,
@@ -30,6 +28,8 @@ from veilml.models.lora import (  # noqa: E402
 from veilml.runtime.linear.protocol import EncryptedLinearExecutor  # noqa: E402
 from veilml.runtime.remote import HTTPTransport  # noqa: E402
 
+from worker_helpers import CLIWorker, veilml_script  # noqa: E402
+
 STEPS = 3
 
 
@@ -37,53 +37,28 @@ def small_model():
     return tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=16)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def worker_files(tmp_path_factory):
+    """The small model as a Hugging Face folder and as a remote-weights file, and one circuit cache."""
     directory = tmp_path_factory.mktemp("weights")
+    small_model().save_pretrained(directory / "model_dir")
     save_remote_weights(remote_linear_weights(small_model()), directory / "tiny.safetensors")
-    return directory / "tiny.safetensors", directory / "circuits"
+    return directory
 
 
-def start_worker(weights, circuits, port: int) -> subprocess.Popen:
-    """``veilml worker --backend concrete`` (the installed console script) on loopback."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "veilml", "worker", "--weights", str(weights), "--backend", "concrete",
-         "--port", str(port), "--circuit-cache", str(circuits), "--log-level", "warning"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_ready(process: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the worker exited early:\n{process.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    process.kill()
-    pytest.fail("the worker did not answer /health within 180 s")
+def start_worker(directory, weights: str, port: int | None = None) -> CLIWorker:
+    """``veilml worker --weights ... --backend concrete --port N`` (the installed console script) on loopback."""
+    options = ("--backend", "concrete", "--circuit-cache", str(directory / "circuits"), "--log-level", "warning")
+    return CLIWorker(directory, "--weights", str(directory / weights), *options, port=port)
 
 
 @pytest.fixture(scope="module")
 def concrete_worker(worker_files):
-    port = free_port()
-    process = start_worker(*worker_files, port)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(process, url)
-    yield url, process
-    process.terminate()
-    process.wait(timeout=30)
+    """The README's worker command on a Hugging Face model folder."""
+    worker = start_worker(worker_files, "model_dir").wait_ready()
+    yield worker.url, worker.process
+    worker.process.terminate()
+    worker.process.wait(timeout=30)
 
 
 def train(executor) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -121,6 +96,23 @@ def test_encrypted_training_steps_equal_clear(concrete_worker):
     assert process.poll() is None
 
 
+@pytest.mark.execute
+def test_readme_worker_command_on_a_model_folder_is_bit_exact(concrete_worker, worker_files):
+    """README: ``veilml worker --weights ./model_dir --backend concrete --port N``, then a client over HTTP."""
+    url, process = concrete_worker
+    assert list(process.args[:4]) == [str(veilml_script()), "worker", "--weights", str(worker_files / "model_dir")]
+    weights = remote_linear_weights(small_model())
+    clear = local_executor(weights, "clear")
+    with HTTPTransport(url) as transport:
+        executor = EncryptedLinearExecutor(transport)  # as in the README: the worker's backend, which encrypts
+        assert executor.backend.name == "concrete"
+        assert set(transport.layers()) == set(weights)  # the folder's attention and MLP projections (default --layers)
+        name = "transformer.h.0.mlp.c_fc"
+        x = np.random.default_rng(0).normal(size=(3, weights[name][0].shape[0]))
+        np.testing.assert_array_equal(executor.forward(name, x), clear.forward(name, x))  # concrete is exact
+        assert executor.bytes_received > 0 and transport.reregistrations == 0
+
+
 class RestartsTheWorker:
     """Forwards to an HTTPTransport; before the ``at``-th run it kills the worker and starts a new one.
 
@@ -153,27 +145,23 @@ class RestartsTheWorker:
 
 @pytest.mark.execute
 def test_training_through_a_worker_killed_and_restarted_mid_run_is_bit_exact(worker_files):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    processes = [start_worker(*worker_files, port)]
-    wait_ready(processes[0], url)
+    workers = [start_worker(worker_files, "tiny.safetensors").wait_ready()]
+    port, url = workers[0].port, workers[0].url
 
     def kill_and_restart() -> None:
-        processes[-1].kill()
-        processes[-1].wait(timeout=30)
-        processes.append(start_worker(*worker_files, port))  # comes up while the client retries
+        workers[-1].kill()
+        workers.append(start_worker(worker_files, "tiny.safetensors", port))  # comes up while the client retries
 
     try:
         transport = HTTPTransport(url)  # default retry settings
         restarting = RestartsTheWorker(transport, kill_and_restart, at=9)  # in the middle of step 2
         losses, adapters = train(EncryptedLinearExecutor(restarting))
         clear_losses, clear_adapters = train(local_executor(remote_linear_weights(small_model()), "clear"))
-        assert len(processes) == 2 and processes[1].poll() is None  # the second worker served the rest
+        assert len(workers) == 2 and workers[1].process.poll() is None  # the second worker served the rest
         assert restarting.runs > restarting.at and transport.retries_done >= 1
         assert transport.reopened_sessions == 1 and transport.reregistrations >= 1
         assert losses == clear_losses  # bit for bit, as without the restart
         assert adapters.keys() == clear_adapters.keys() and all(torch.equal(adapters[n], clear_adapters[n]) for n in adapters)
     finally:
-        for process in processes:
-            process.kill()
-            process.wait(timeout=30)
+        for worker in workers:
+            worker.kill()

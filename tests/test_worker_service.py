@@ -1,4 +1,4 @@
-"""The HTTP worker: a real worker process on loopback, HTTPTransport, errors, keys, restarts, the CLI."""
+"""The HTTP worker: a real worker process on loopback, HTTPTransport, errors, keys, restarts, the CLI, README claims."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ httpx = require("httpx", "worker")
 from fastapi.testclient import TestClient
 
 from veilml.runtime.linear.protocol import (
+    ALL,
+    DIRECTIONS,
     EncryptedLinearExecutor,
     LocalTransport,
     Worker,
@@ -30,6 +33,16 @@ from veilml.runtime.linear.clear import pack_integers
 from veilml.runtime.envelope import unpack_envelope
 from veilml.runtime.remote import HTTPTransport, RemoteWorkerError
 from veilml.runtime.service import create_app
+from worker_helpers import (
+    CLIWorker,
+    files_bytes,
+    free_port,
+    held_bytes,
+    holding,
+    key_windows,
+    reachable,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,7 +50,8 @@ QKV, FC = "model.layers.0.q_proj", "model.layers.0.mlp.fc"
 MAX_PAYLOAD = 64 * 1024
 
 WORKER_SCRIPT = """
-import os, sys, time
+import itertools, os, sys, threading
+from pathlib import Path
 import numpy as np
 from veilml.cli import serve
 from veilml.runtime.linear.protocol import Worker
@@ -46,13 +60,15 @@ data = np.load(sys.argv[1])
 weights = {k[2:]: data[k] for k in data.files if k.startswith("w:")}
 biases = {k[2:]: data[k] for k in data.files if k.startswith("b:")}
 worker = Worker(weights, biases, backend="clear")
-delay = float(os.environ.get("VEILML_TEST_RUN_DELAY", "0"))
-if delay:  # a slow worker, to be killed in the middle of a run
-    run = worker.run
-    def slow_run(*args):
-        time.sleep(delay)
+hang_at = int(os.environ.get("VEILML_TEST_HANG_AT_RUN", "0"))
+if hang_at:  # a worker that hangs inside its hang_at-th run, to be killed in the middle of it
+    run, calls = worker.run, itertools.count(1)
+    def hanging_run(*args):
+        if next(calls) >= hang_at:
+            Path(os.environ["VEILML_TEST_RUN_MARKER"]).write_text("inside run")  # the test waits for this
+            threading.Event().wait()  # until killed
         return run(*args)
-    worker.run = slow_run
+    worker.run = hanging_run
 options = {"max_inflight_bytes": int(os.environ.get("VEILML_TEST_INFLIGHT", str(2**30))),
            "read_timeout": float(os.environ.get("VEILML_TEST_READ_TIMEOUT", "30"))}
 serve(worker, host="127.0.0.1", port=int(sys.argv[2]), max_payload_bytes=int(sys.argv[3]), log_level="info", **options)
@@ -75,16 +91,10 @@ def clear_worker(weights, biases=None, **options) -> Worker:
     return Worker(weights, biases or {}, backend="clear", **options)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class WorkerProcess:
-    """A worker started as its own Python process on loopback."""
+    """A worker started as its own Python process on loopback (``wait=False``: call ``wait_ready`` later)."""
 
-    def __init__(self, directory: Path, port: int, delay: float = 0.0, **env: str) -> None:
+    def __init__(self, directory: Path, port: int, hang_at_run: int = 0, wait: bool = True, **env: str) -> None:
         self.directory, self.port, self.url = directory, port, f"http://127.0.0.1:{port}"
         script, weights_file = directory / "worker.py", directory / "weights.npz"
         if not script.exists():
@@ -92,8 +102,10 @@ class WorkerProcess:
             weights, biases = make_weights()
             arrays = {f"w:{k}": v for k, v in weights.items()} | {f"b:{k}": v for k, v in biases.items()}
             np.savez(weights_file, **arrays)
-        self.log = directory / f"worker-{time.monotonic_ns()}.log"
-        env = dict(os.environ, VEILML_TEST_RUN_DELAY=str(delay), **env)
+        stamp = time.monotonic_ns()
+        self.log = directory / f"worker-{stamp}.log"
+        self.marker = directory / f"in-run-{stamp}"  # written by a hanging worker once it is inside run
+        env = dict(os.environ, VEILML_TEST_HANG_AT_RUN=str(hang_at_run), VEILML_TEST_RUN_MARKER=str(self.marker), **env)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(script), str(weights_file), str(port), str(MAX_PAYLOAD)],
@@ -101,21 +113,29 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"the worker exited with {self.process.returncode}:\n{self.text()}")
+        try:
+            return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the worker exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        pytest.fail(f"the worker did not answer /health within {timeout} s:\n{self.log.read_text()}")
+        try:
+            wait_for(self.ready, timeout, "the worker answering /health", self.text)
+        except BaseException:
+            self.kill()
+            raise
+
+    def in_flight(self) -> int:
+        return httpx.get(self.url + "/health", timeout=5.0).json()["bytes_in_flight"]
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -222,30 +242,35 @@ def test_bad_requests_get_their_status_and_a_clear_message(remote: WorkerProcess
 
 
 def test_transport_raises_the_workers_refusals(remote: WorkerProcess) -> None:
-    with HTTPTransport(remote.url, backoff=5.0) as transport:  # a 4xx must not be retried: no 5 s waits
-        start = time.monotonic()
-        transport.layers()
-        session = transport.open_session()
-        for call, status, words in [
-            (lambda: transport.setup("nope", "forward"), 404, "does not serve layer 'nope'"),
-            (lambda: transport.setup(QKV, "sideways"), 400, "'forward' or 'backward'"),
-            (lambda: transport.run(session, QKV, "forward", pack_integers(np.zeros((1, 24)))), 401, "register"),
-        ]:
+    """A 4xx is the client's problem: raised at once, never sent again (counted on the wire, not timed)."""
+    sent: list[str] = []
+    client = httpx.Client(timeout=10, event_hooks={"request": [lambda request: sent.append(request.url.path)]})
+    with HTTPTransport(remote.url, retries=3, backoff=0.0, client=client) as transport:
+
+        def one_request(call, status: int, words: str) -> None:
+            before = len(sent)
             with pytest.raises(RemoteWorkerError, match=words) as error:
                 call()
             assert error.value.status == status
+            assert len(sent) == before + 1, sent[before:]  # sent once: no retry, no re-registration
+
+        transport.layers()
+        session = transport.open_session()
+        one_request(lambda: transport.setup("nope", "forward"), 404, "does not serve layer 'nope'")
+        one_request(lambda: transport.setup(QKV, "sideways"), 400, "'forward' or 'backward'")
+        one_request(lambda: transport.run(session, QKV, "forward", pack_integers(np.zeros((1, 24)))), 401, "register")
         transport.register(session, QKV, "forward", b"")
-        for body, words in [(b"garbage", "not a packed integer array"), (pack_integers(np.zeros((2, 23))), r"\(n, 24\)")]:
-            with pytest.raises(RemoteWorkerError, match=words) as error:
-                transport.run(session, QKV, "forward", body)
-            assert error.value.status == 400
+        one_request(lambda: transport.run(session, QKV, "forward", b"garbage"), 400, "not a packed integer array")
+        one_request(lambda: transport.run(session, QKV, "forward", pack_integers(np.zeros((2, 23)))), 400, r"\(n, 24\)")
+        before = len(sent)
         with pytest.raises(KeyError, match="not opened by this transport"):
             transport.run("ab" * 16, QKV, "forward", b"x")
         executor = EncryptedLinearExecutor(transport, backend="clear")
         with pytest.raises(RemoteWorkerError, match="over the worker's limit") as error:  # checked before sending
             executor.forward(QKV, np.ones((MAX_PAYLOAD // 8 // 24 + 1, 24)))
         assert error.value.status == 413
-        assert time.monotonic() - start < 5.0
+        assert not [path for path in sent[before:] if path.endswith("/run")]  # the refused ciphertext was never sent
+        assert transport.retries_done == transport.reregistrations == transport.reopened_sessions == 0
 
 
 def test_transport_retries_5xx_and_connection_errors_then_gives_up() -> None:
@@ -305,92 +330,106 @@ class RecordingTransport:
         return self.inner.run(session, layer, direction, ciphertext)
 
 
-def _in_process(worker: Worker, **options) -> tuple[HTTPTransport, list[bytes]]:
-    """HTTPTransport over the app in this process, and the list of every request body it sends."""
-    client = TestClient(create_app(worker, **options))
-    wire: list[bytes] = []
-    client.event_hooks = {"request": [lambda request: wire.append(request.read())]}
-    return HTTPTransport("http://testserver", backoff=0.0, client=client), wire
+def _in_process(worker: Worker, **options) -> tuple[HTTPTransport, list[tuple[str, bytes]], object]:
+    """HTTPTransport over the app in this process, every request it sends as (path, body), and the app."""
+    app = create_app(worker, **options)
+    client = TestClient(app)
+    wire: list[tuple[str, bytes]] = []
+    client.event_hooks = {"request": [lambda request: wire.append((request.url.path, request.read()))]}
+    return HTTPTransport("http://testserver", backoff=0.0, client=client), wire, app
 
 
-def _reaches(obj, found, seen=None) -> bool:
-    """Whether ``obj`` reaches an object for which ``found`` is true, through attributes and containers."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return False
-    seen.add(id(obj))
-    if found(obj):
-        return True
-    if isinstance(obj, dict):
-        return any(_reaches(k, found, seen) or _reaches(v, found, seen) for k, v in obj.items())
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return any(_reaches(v, found, seen) for v in obj)
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return any(_reaches(v, found, seen) for v in vars(obj).values())
-    return False
+TINY = {"tiny.q": (8, 6), "tiny.fc": (6, 4)}
 
 
-def test_worker_keeps_exactly_the_evaluation_keys_sent() -> None:
-    weights, biases = make_weights()
-    worker = clear_worker(weights, biases)
-    transport, wire = _in_process(worker)
-    recording = RecordingTransport(transport)
-    executor = EncryptedLinearExecutor(recording, backend="clear")
-    rng = np.random.default_rng(2)
-    for name, d_in, d_out in ((QKV, 24, 32), (FC, 32, 16)):
-        executor.forward(name, rng.normal(size=(3, d_in)))
-        executor.backward(name, rng.normal(size=(3, d_out)))
-    sent = recording.keys
-    # the clear backend's (empty) keys serve every matrix: sent once per worker
-    assert set(sent) == {(executor.sessions[0], "*", "*")}
-    assert worker.session_keys == sent and all(type(k) is bytes for k in worker.session_keys.values())
-    assert [body for body in wire if body] == [body for body in recording.bodies if body]
-    assert not _reaches(worker, lambda obj: isinstance(obj, type(executor.session)))
+@pytest.fixture(scope="module")
+def concrete_service(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Two concrete workers, one tiny layer each, behind HTTP apps in this process with one circuit cache;
+    a client ran forward and backward through both (``EncryptedLinearExecutor([a, b])``)."""
+    from veilml.runtime.linear.concrete import ConcreteBackend
+
+    rng = np.random.default_rng(3)
+    weights = {name: rng.normal(size=shape) for name, shape in TINY.items()}
+    cache = tmp_path_factory.mktemp("concrete-circuits")
+    backend = ConcreteBackend(cache_dir=cache)
+    workers = [Worker({name: weight}, backend=backend) for name, weight in weights.items()]
+    served = [_in_process(worker) for worker in workers]
+    recordings = [RecordingTransport(transport) for transport, _, _ in served]
+    executor = EncryptedLinearExecutor(recordings)
+    reference = EncryptedLinearExecutor(LocalTransport(clear_worker(weights)), backend="clear")
+    results = []
+    for name, (d_in, d_out) in TINY.items():
+        x, g = rng.normal(size=(2, d_in)), rng.normal(size=(1, d_out))
+        results += [(executor.forward(name, x), reference.forward(name, x)), (executor.backward(name, g), reference.backward(name, g))]
+    return SimpleNamespace(
+        workers=workers,
+        apps=[app for _, _, app in served],
+        wires=[wire for _, wire, _ in served],
+        recordings=recordings,
+        executor=executor,
+        cache=cache,
+        results=results,
+    )
 
 
 @pytest.mark.execute
-def test_concrete_worker_holds_no_secret_key() -> None:
+def test_worker_keeps_exactly_the_evaluation_keys_sent(concrete_service: SimpleNamespace) -> None:
     from concrete import fhe
 
-    rng = np.random.default_rng(3)
-    worker = Worker({"tiny": rng.normal(size=(8, 6))}, backend="concrete")
-    transport, wire = _in_process(worker)
-    recording = RecordingTransport(transport)
-    executor = EncryptedLinearExecutor(recording)
-    reference = EncryptedLinearExecutor(LocalTransport(clear_worker({"tiny": worker.weights["tiny"]})), backend="clear")
-    x, g = rng.normal(size=(2, 8)), rng.normal(size=(1, 6))
-    np.testing.assert_array_equal(executor.forward("tiny", x), reference.forward("tiny", x))  # exact backend
-    np.testing.assert_array_equal(executor.backward("tiny", g), reference.backward("tiny", g))
+    service, client = concrete_service, concrete_service.executor.session
+    assert service.executor.routes == dict(zip(TINY, service.recordings))  # each layer goes to its worker
+    for worker, recording, wire, session, name in zip(service.workers, service.recordings, service.wires, service.executor.sessions, TINY):
+        sent = recording.keys
+        assert set(sent) == {(session, name, direction) for direction in DIRECTIONS}  # one key per matrix, its own
+        assert worker.session_keys == sent  # all it keeps, for every session
+        for (_, layer, direction), stored in worker.session_keys.items():
+            assert type(stored) is bytes
+            own = client._clients[f"{layer}/{direction}"].evaluation_keys.serialize()  # the client's evaluation keys
+            assert own and unpack_envelope(stored, "evaluation-keys").payload == own
+            fhe.EvaluationKeys.deserialize(own)  # evaluation keys indeed, not a key set
+        # on the wire: the key requests carried exactly these bytes, and every body is one the client handed over
+        assert sorted(body for path, body in wire if path.endswith("/keys")) == sorted(sent.values())
+        assert [body for _, body in wire if body] == [body for body in recording.bodies if body]
+    assert not any(isinstance(obj, type(client)) for obj in reachable(*service.workers, *(app.state for app in service.apps)))
 
-    assert worker.session_keys == recording.keys and len(worker.session_keys) == 2
-    assert not _reaches(worker, lambda obj: isinstance(obj, type(executor.session)))
+
+@pytest.mark.execute
+def test_concrete_worker_holds_no_secret_key(concrete_service: SimpleNamespace) -> None:
+    from concrete import fhe
+
+    service = concrete_service
+    for encrypted, clear in service.results:
+        np.testing.assert_array_equal(encrypted, clear)  # an exact backend
+    client = service.executor.session
+    secrets_ = []
+    for name in client._clients:
+        keyset = client._clients[name].keys._keyset
+        secrets_ += [key.serialize() for key in keyset.get_client_keys().get_secret_keys()]
+    assert len(secrets_) == 2 * len(TINY)  # one secret key per matrix, each its own
+    windows = [window for secret in secrets_ for window in key_windows(secret)]
 
     def secret_keys(obj) -> bool:  # concrete's circuits carry a Client of their own, but never with keys
         keys = obj.keys if isinstance(obj, fhe.Client) else obj if isinstance(obj, fhe.Keys) else None
         return keys is not None and keys.are_generated
 
-    assert not _reaches(worker, secret_keys) and _reaches(executor.session, secret_keys)
-    secrets_ = []
-    for name in ("tiny/forward", "tiny/backward"):
-        keyset = executor.session._clients[name].keys._keyset
-        secrets_ += [key.serialize() for key in keyset.get_client_keys().get_secret_keys()]
-        assert _key_material(secrets_[-1]) in keyset.serialize()  # the search below finds the key where it is
-    for stored in worker.session_keys.values():
-        payload = unpack_envelope(stored, "evaluation-keys").payload
-        keys = fhe.EvaluationKeys.deserialize(payload)  # what the worker can make of them: server keys only
-        assert keys._fields == ("server_keyset",) and not hasattr(keys.server_keyset, "get_client_keys")
-        with pytest.raises(RuntimeError):  # not a key set holding secret keys: nothing to decrypt with
-            fhe.Keys.deserialize(payload)
-    for secret in secrets_:
-        assert len(secret) > 1000
-        body = _key_material(secret)
-        windows = [body[i : i + 128] for i in range(0, len(body) - 128, 512)]
-        for request in wire:
-            assert not any(window in request for window in windows)
-
-
-def _key_material(serialized_secret_key: bytes) -> bytes:
-    return serialized_secret_key[len(serialized_secret_key) // 4 :]  # well past the header
+    # the probe finds every secret key where it is: in the client's session, walked like the workers below
+    found = [blob for blob in held_bytes(client) if holding([blob], windows)]
+    assert all(any(window in blob for blob in found) for window in windows)
+    assert any(secret_keys(obj) for obj in reachable(client))
+    # the workers: their objects, the apps' state, everything they received, the files of their circuit cache
+    holds = (*service.workers, *(app.state for app in service.apps))
+    assert not any(secret_keys(obj) for obj in reachable(*holds))
+    assert holding(held_bytes(*holds), windows) == []
+    assert holding((body for wire in service.wires for _, body in wire), windows) == []
+    files = list(files_bytes(service.cache))
+    assert len(files) > 4 * 2 * len(TINY) and holding(files, windows) == []  # 4 files a circuit, server.zip read inside too
+    for worker in service.workers:
+        for stored in worker.session_keys.values():
+            payload = unpack_envelope(stored, "evaluation-keys").payload
+            keys = fhe.EvaluationKeys.deserialize(payload)  # what a worker can make of them: server keys only
+            assert keys._fields == ("server_keyset",) and not hasattr(keys.server_keyset, "get_client_keys")
+            with pytest.raises(RuntimeError):  # not a key set holding secret keys: nothing to decrypt with
+                fhe.Keys.deserialize(payload)
 
 
 # -- lost keys: restarts and eviction --------------------------------------------------------------------
@@ -398,10 +437,10 @@ def _key_material(serialized_secret_key: bytes) -> bytes:
 
 def test_worker_killed_mid_run_and_restarted(worker_dir: Path) -> None:
     port = free_port()
-    slow = WorkerProcess(worker_dir, port, delay=1.0)
+    hanging = WorkerProcess(worker_dir, port, hang_at_run=2)  # serves one run, then hangs inside the next
     restarted = None
     try:
-        transport = HTTPTransport(slow.url, backoff=0.1)
+        transport = HTTPTransport(hanging.url, backoff=0.1)
         executor, local = EncryptedLinearExecutor(transport, backend="clear"), local_executor()
         rng = np.random.default_rng(4)
         x1, x2, g = rng.normal(size=(2, 24)), rng.normal(size=(3, 24)), rng.normal(size=(2, 32))
@@ -416,10 +455,12 @@ def test_worker_killed_mid_run_and_restarted(worker_dir: Path) -> None:
 
         thread = threading.Thread(target=call)
         thread.start()
-        time.sleep(0.4)  # the worker is sleeping inside run
-        slow.kill()
+        wait_for(hanging.marker.exists, 30, "the worker inside its second run", hanging.text)
+        hanging.kill()  # the request is in flight: the worker holds it and never answers
+        assert "y" not in outcome and "error" not in outcome
         restarted = WorkerProcess(worker_dir, port)  # same port, same weights, no session keys
         thread.join(timeout=30)
+        assert not thread.is_alive(), "the client did not get over the restart"
         assert "error" not in outcome, outcome.get("error")
         np.testing.assert_array_equal(outcome["y"], local.forward(QKV, x2))
         assert transport.reregistrations == 1 and transport.retries_done >= 1  # the run in flight was sent again
@@ -427,7 +468,7 @@ def test_worker_killed_mid_run_and_restarted(worker_dir: Path) -> None:
         np.testing.assert_array_equal(executor.forward(QKV, x1), local.forward(QKV, x1))
         assert transport.reregistrations == 1
     finally:
-        slow.kill()
+        hanging.kill()
         if restarted is not None:
             restarted.kill()
 
@@ -565,6 +606,130 @@ def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
         process.wait(timeout=10)
 
 
+# -- README claims: encrypting workers over HTTP ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights_file(worker_dir: Path) -> Path:
+    """make_weights() as ``veilml worker --weights`` reads them (float32 safetensors)."""
+    weights_module = require("veilml.models.lora.weights", "lora")
+    weights, biases = make_weights()
+    return weights_module.save_remote_weights({k: (w, biases.get(k)) for k, w in weights.items()}, worker_dir / "w.safetensors")
+
+
+def stored_executor(*names: str) -> EncryptedLinearExecutor:
+    """The clear reference for the layers of ``weights_file``, with the float32 weights the file holds."""
+    weights, biases = make_weights()
+    stored = {n: weights[n].astype(np.float32) for n in names}
+    return EncryptedLinearExecutor(
+        LocalTransport(clear_worker(stored, {n: biases[n].astype(np.float32) for n in names if n in biases})), backend="clear"
+    )
+
+
+@pytest.mark.execute
+@pytest.mark.timeout(180)  # a hang guard: keygen and a worker start on a loaded machine
+def test_glwe_worker_over_http_is_within_the_error_bound(tmp_path: Path, weights_file: Path, key_cache: Path) -> None:
+    """README: ``--backend glwe`` serves layers over HTTP, results within the documented error bound."""
+    require("concrete_ml_extensions", "glwe")
+    from veilml.quantization import QuantizedWeight, backward_input, quantize_rows
+    from veilml.runtime.linear.glwe import GLWEBackend
+
+    worker = CLIWorker(tmp_path, "--weights", str(weights_file), "--layers", "*.mlp.fc", "--backend", "glwe", "--log-level", "warning")
+    try:
+        backend = GLWEBackend(insecure_key_cache=key_cache)  # tests only: one key pair for this run's glwe clients
+        backend.session()._keys()  # made (~10 s) while the worker starts
+        worker.wait_ready()
+        with HTTPTransport(worker.url) as transport:
+            assert EncryptedLinearExecutor(transport).backend.name == "glwe"  # what the README's client gets
+            executor = EncryptedLinearExecutor(transport, backend=backend)  # the same backend, with the cached key pair
+            reference, info = stored_executor(FC), executor.layer(FC)
+            weight = make_weights()[0][FC].astype(np.float32)
+            largest = int(np.abs(QuantizedWeight.from_float(weight, info.weight_bits).q).max())
+            rng = np.random.default_rng(10)
+            x, g = rng.normal(size=(3, 32)), rng.normal(size=(2, 16))
+            y, y_clear = executor.forward(FC, x), reference.forward(FC, x)
+            _, x_scale, _ = quantize_rows(x, info.input_bits)  # one integer of error is worth scale * weight_scale
+            bound = backend.error_bound(info.spec("forward"), largest) * x_scale[:, None] * info.weight_scale[None, :]
+            assert np.all(np.abs(y - y_clear) <= bound), np.abs(y - y_clear) / bound
+            gx, gx_clear = executor.backward(FC, g), reference.backward(FC, g)
+            _, g_scale, _ = quantize_rows(backward_input(g, info.weight_scale), info.input_bits)
+            bound = backend.error_bound(info.spec("backward"), largest) * g_scale[:, None]
+            assert np.all(np.abs(gx - gx_clear) <= bound), np.abs(gx - gx_clear) / bound
+            assert not np.array_equal(y, y_clear) and not np.array_equal(gx, gx_clear)  # approximate: it was encrypted
+            assert np.linalg.norm(y - x @ weight) / np.linalg.norm(x @ weight) < 0.05  # and close to the float product
+            assert np.linalg.norm(gx - g @ weight.T) / np.linalg.norm(g @ weight.T) < 0.05
+            assert transport.reregistrations == 0
+    finally:
+        worker.kill()
+        print(worker.text())  # shown when the test fails
+
+
+@pytest.mark.execute
+def test_glwe_worker_keeps_the_compression_key_sent_and_no_private_key(key_cache: Path) -> None:
+    fhext = require("concrete_ml_extensions", "glwe")
+    from veilml.runtime.linear import glwe
+    from veilml.runtime.linear.glwe import GLWEBackend
+
+    backend = GLWEBackend(insecure_key_cache=key_cache)
+    weights, _ = make_weights()
+    worker = Worker({FC: weights[FC]}, backend=backend)
+    transport, wire, app = _in_process(worker)
+    recording = RecordingTransport(transport)
+    executor = EncryptedLinearExecutor(recording, backend=backend)
+    rng = np.random.default_rng(11)
+    executor.forward(FC, rng.normal(size=(2, 32)))
+    executor.backward(FC, rng.normal(size=(1, 16)))
+    client = executor.session
+    # exactly the keys sent: one compression key for every matrix of the worker, as the client made it
+    session = executor.sessions[0]
+    assert recording.keys == {(session, ALL, ALL): client._compression_key} and len(client._compression_key) > 1_000_000
+    assert worker.session_keys == recording.keys
+    assert [body for path, body in wire if path.endswith("/keys")] == [client._compression_key]
+    # and nothing that decrypts: the probe finds the private key in the client's session, not in the worker
+    windows = key_windows(client._private_key.serialize())
+    found = [blob for blob in held_bytes(client) if holding([blob], windows)]
+    assert all(any(window in blob for blob in found) for window in windows)
+    holds = (worker, app.state, glwe._COMPRESSION_KEYS)  # the deserialized compression keys are shared in the process
+    assert not any(isinstance(obj, fhext.PrivateKey) for obj in reachable(*holds))
+    assert any(isinstance(obj, fhext.PrivateKey) for obj in reachable(client))
+    assert holding(held_bytes(*holds), windows) == []
+    assert holding((body for _, body in wire), windows) == []
+
+
+@pytest.mark.timeout(180)  # a hang guard: two workers start on a loaded machine
+def test_two_workers_each_serve_a_subset_of_layers(tmp_path: Path, weights_file: Path) -> None:
+    """README: ``EncryptedLinearExecutor([HTTPTransport(a), HTTPTransport(b)])`` over workers started with ``--layers``.
+
+    On the clear backend to stay fast (concrete would cost ~15 s more here); the same routing with the
+    concrete backend and one key per matrix is checked in-process by ``concrete_service``.
+    """
+    common = ("--weights", str(weights_file), "--backend", "clear")
+    a = CLIWorker(tmp_path, *common, "--layers", "*.q_proj", name="a")
+    b = CLIWorker(tmp_path, *common, "--layers", "*.mlp.*", name="b")
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        with HTTPTransport(a.url) as to_a, HTTPTransport(b.url) as to_b:
+            assert set(to_a.layers()) == {QKV} and set(to_b.layers()) == {FC}
+            executor = EncryptedLinearExecutor([to_a, to_b], backend="clear")
+            assert executor.routes == {QKV: to_a, FC: to_b}
+            reference = stored_executor(QKV, FC)
+            rng = np.random.default_rng(12)
+            for name, d_in, d_out in ((QKV, 24, 32), (FC, 32, 16)):
+                x, g = rng.normal(size=(2, d_in)), rng.normal(size=(2, d_out))
+                np.testing.assert_array_equal(executor.forward(name, x), reference.forward(name, x))
+                np.testing.assert_array_equal(executor.backward(name, g), reference.backward(name, g))
+            assert all(executor.sessions)  # a session on each worker
+        for worker, own, other in ((a, QKV, FC), (b, FC, QKV)):  # each computed its own layers only (its access log)
+            log = worker.text()
+            assert f"/layers/{own}/forward/run 200" in log and f"/layers/{own}/backward/run 200" in log, log
+            assert f"/layers/{other}/" not in log
+    finally:
+        a.kill()
+        b.kill()
+        print(a.text(), b.text(), sep="\n")  # shown when the test fails
+
+
 # -- hostile peers against a real worker process (issue 6) ------------------------------------------------
 
 
@@ -602,30 +767,56 @@ def test_another_client_cannot_take_over_a_session_and_ids_stay_out_of_the_log(r
 
 
 def test_stalled_uploads_are_capped_timed_out_and_freed(worker_dir: Path) -> None:
-    """Finding 5: stalled uploads had no read timeout and no cap across requests, and were not freed."""
-    cap = 4 * MAX_PAYLOAD
-    worker = WorkerProcess(worker_dir, free_port(), VEILML_TEST_INFLIGHT=str(cap), VEILML_TEST_READ_TIMEOUT="1")
-    sockets = []
-    try:
-        session, secret = open_session(worker.url)
-        path = f"/sessions/{session}/layers/{FC}/forward/run"
-        for _ in range(6):  # each announces ~MAX_PAYLOAD bytes, sends 1000 and stalls
-            s = socket.create_connection(("127.0.0.1", worker.port))
-            s.sendall(
-                f"POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\n"
-                f"x-veilml-session-secret: {secret}\r\ncontent-length: {MAX_PAYLOAD - 10}\r\n\r\n".encode() + b"\0" * 1000
-            )
-            sockets.append(s)
-        answers = [_read_status(s) for s in sockets]  # every stalled request is answered by the worker itself
-        assert sorted(answers) == [408] * 4 + [503] * 2, answers  # 4 fit under the cap, 2 were refused at once
-        assert httpx.get(worker.url + "/health").json()["bytes_in_flight"] == 0  # all freed
-        with HTTPTransport(worker.url) as transport:  # and a well-behaved client is served
+    """Finding 5: stalled uploads had no read timeout and no cap across requests, and were not freed.
+
+    The cap is checked on a worker whose read timeout (30 s) cannot fire meanwhile: the test waits
+    until the worker holds 4 stalled uploads, then sends 2 more. The timeout, on a second worker,
+    is the only clock in the test; nothing depends on how fast the test itself runs.
+    """
+    held, cap = MAX_PAYLOAD - 10, 4 * MAX_PAYLOAD
+    capped = WorkerProcess(worker_dir, free_port(), wait=False, VEILML_TEST_INFLIGHT=str(cap))
+    timing_out = WorkerProcess(worker_dir, free_port(), wait=False, VEILML_TEST_INFLIGHT=str(cap), VEILML_TEST_READ_TIMEOUT="1")
+    sockets: list[socket.socket] = []
+
+    def stall(worker: WorkerProcess, session: str, secret: str) -> socket.socket:
+        """A request announcing ~MAX_PAYLOAD bytes that sends 1000 and stalls."""
+        s = socket.create_connection(("127.0.0.1", worker.port))
+        sockets.append(s)
+        s.sendall(
+            f"POST /sessions/{session}/layers/{FC}/forward/run HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\n"
+            f"x-veilml-session-secret: {secret}\r\ncontent-length: {held}\r\n\r\n".encode() + b"\0" * 1000
+        )
+        return s
+
+    def served(worker: WorkerProcess) -> None:
+        with HTTPTransport(worker.url, retries=0) as transport:  # a 503 would raise, not be waited out
             x = np.ones((1, 32))
             np.testing.assert_array_equal(EncryptedLinearExecutor(transport, backend="clear").forward(FC, x), local_executor().forward(FC, x))
+
+    try:
+        capped.wait_ready()
+        timing_out.wait_ready()
+        session, secret = open_session(capped.url)
+        stalled = [stall(capped, session, secret) for _ in range(4)]
+        wait_for(lambda: capped.in_flight() == 4 * held, 30, "4 stalled uploads held", capped.text)
+        refused = [stall(capped, session, secret) for _ in range(2)]
+        assert [_read_status(s) for s in refused] == [503, 503]  # over the cap: refused at once
+        assert capped.in_flight() == 4 * held
+        for s in stalled:  # clients that go away free their share
+            s.close()
+        wait_for(lambda: capped.in_flight() == 0, 30, "the uploads of closed connections freed", capped.text)
+        served(capped)
+
+        session, secret = open_session(timing_out.url)
+        stalled = [stall(timing_out, session, secret) for _ in range(4)]  # they fill the cap
+        assert [_read_status(s) for s in stalled] == [408] * 4  # every stalled request is answered by the worker itself
+        assert timing_out.in_flight() == 0  # all freed (before the answers went out)
+        served(timing_out)
     finally:
         for s in sockets:
             s.close()
-        worker.kill()
+        capped.kill()
+        timing_out.kill()
 
 
 def _read_status(s: socket.socket) -> int:
