@@ -33,8 +33,8 @@ def test_breast_cancer_circuit_statistics(compiled_cancer_tree, cancer):
     report = model.report_
     # the model's own count, independent of the lowering: every leaf of a tree fitted on quantized
     # inputs holds training rows, so every leaf is reachable and needs exactly one lookup
-    leaves = model.sklearn_model_.get_n_leaves()
-    reached = np.unique(model.sklearn_model_.apply(model.input_quantizer_.quantize(cancer[0], warn=False)))
+    leaves = model.model_.get_n_leaves()
+    reached = np.unique(model.model_.apply(model.input_quantizer_.quantize(cancer[0], warn=False)))
     assert len(reached) == leaves == 14
     assert report.pbs_count == leaves and report.pbs_by_precision == {3: leaves}
     assert report.key_switch_count == leaves
@@ -96,7 +96,7 @@ def test_from_fitted_with_data_and_regressor(diabetes, no_clip_warning):
     float_tree = FloatTreeRegressor(max_depth=4, random_state=0).fit(X_train, y_train)
     model = DecisionTreeRegressor.from_fitted(float_tree, X_train, n_bits=8)
     assert np.corrcoef(model.predict(X_test), float_tree.predict(X_test))[0, 1] > 0.98
-    with pytest.raises(TypeError, match="takes a fitted sklearn DecisionTreeClassifier"):
+    with pytest.raises(TypeError, match="takes a fitted sklearn.tree.DecisionTreeClassifier"):
         DecisionTreeClassifier.from_fitted(float_tree)
 
 

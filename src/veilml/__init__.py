@@ -10,11 +10,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Configuration", "DecisionTreeClassifier", "DecisionTreeRegressor", "__version__"]
+from .models.tree_families import FAMILIES as _TREE_FAMILIES
+
+__all__ = ["Configuration", *_TREE_FAMILIES, "from_onnx", "__version__"]
 
 _LAZY = {
-    "DecisionTreeClassifier": "veilml.models",
-    "DecisionTreeRegressor": "veilml.models",
+    **{name: "veilml.models" for name in _TREE_FAMILIES},
+    "from_onnx": "veilml.models",
     "Configuration": "veilml.compiler",
 }
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DecisionTreeClassifier", "DecisionTreeRegressor"]
+from .tree_families import FAMILIES
 
-_LAZY = {"DecisionTreeClassifier": ".trees", "DecisionTreeRegressor": ".trees"}
+__all__ = [*FAMILIES, "from_onnx"]
+
+_LAZY = {**{name: ".trees" for name in FAMILIES}, "from_onnx": ".trees"}
 
 
 def __getattr__(name: str) -> Any:

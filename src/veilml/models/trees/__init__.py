@@ -1,18 +1,33 @@
-"""Tree models: converters -> TreeEnsemble -> IR lowering, and the scikit-learn-style estimators."""
+"""Tree models: converters -> TreeEnsemble -> IR lowering, and the scikit-learn-style estimators.
 
+The estimators (``RandomForestClassifier``, ``XGBRegressor``, ...) are made on first access, so
+that XGBoost or LightGBM load only when their estimator is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import estimators
 from .ensemble import Tree, TreeEnsemble
-from .estimators import DecisionTreeClassifier, DecisionTreeRegressor
+from ..tree_families import FAMILIES
 from .lowering import LoweredEnsemble, lower_ensemble
 from .supported import CONVERTERS, UnsupportedModelError, to_ensemble
 
 __all__ = [
     "CONVERTERS",
-    "DecisionTreeClassifier",
-    "DecisionTreeRegressor",
+    "FAMILIES",
     "LoweredEnsemble",
     "Tree",
     "TreeEnsemble",
     "UnsupportedModelError",
     "lower_ensemble",
     "to_ensemble",
+    *FAMILIES,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in FAMILIES:
+        return getattr(estimators, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

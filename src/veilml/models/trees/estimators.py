@@ -1,111 +1,151 @@
-"""scikit-learn-style encrypted decision trees.
+"""scikit-learn-style encrypted tree models, one per family of ``veilml.models.tree_families.FAMILIES``.
 
-``fit`` trains a scikit-learn tree on quantized inputs (so thresholds land on the integer grid),
-``compile`` builds the FHE circuit, ``predict(X, fhe="disable" | "simulate" | "execute")`` runs it.
+``fit`` trains the library's own model (scikit-learn, XGBoost, LightGBM) on quantized inputs, so
+that thresholds land on the integer grid; ``compile`` builds the FHE circuit; ``predict(X, fhe=
+"disable" | "simulate" | "execute")`` runs it. The ensemble is summed inside the circuit: the client
+decrypts one score per class (or per output) and applies the model's post-transform (sigmoid,
+softmax) itself.
+
+The classes are made on first use from the library's class: their hyper-parameters are the
+library's (read from ``get_params`` of a default instance) plus veilml's ``n_bits``, ``leaf_bits``
+and ``encoding``, so ``XGBClassifier(max_depth=3, n_estimators=20, n_bits=6)`` works as expected and
+``get_params`` / ``set_params`` / ``clone`` behave as in scikit-learn.
 """
 
 from __future__ import annotations
 
+import inspect
 from numbers import Integral
 from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ...compiler import Configuration
 from ...quantization import UniformQuantizer
 from ...runtime import FHEModel
 from .._validation import check_X, check_y
+from .auto_bits import choose_bits
+from ..tree_families import FAMILIES, Family, library_class
 from .lowering import lower_ensemble
 from .supported import to_ensemble
 
-__all__ = ["DecisionTreeClassifier", "DecisionTreeRegressor"]
+__all__ = list(FAMILIES)
 
-_TREE_PARAMS = (
-    "criterion",
-    "splitter",
-    "max_depth",
-    "min_samples_split",
-    "min_samples_leaf",
-    "min_weight_fraction_leaf",
-    "max_features",
-    "random_state",
-    "max_leaf_nodes",
-    "min_impurity_decrease",
-    "ccp_alpha",
-)
+#: veilml's own parameters and their defaults, first in every estimator's signature
+VEILML_PARAMS: dict[str, Any] = {"n_bits": 6, "leaf_bits": None, "encoding": "thermometer"}
 
 
-class _EncryptedTree(BaseEstimator):
-    """What the classifier and the regressor share: fitting, conversion, compilation, running."""
+class _EncryptedEnsemble(BaseEstimator):
+    """What every family shares: fitting on codes, conversion, lowering, compilation, running."""
 
-    _sklearn_name: ClassVar[str]
+    _family: ClassVar[Family | None] = None
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "n_bits": [Interval(Integral, 2, 12, closed="both")],
+        "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
         "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
         "encoding": [StrOptions({"thermometer", "identity"})],
     }
 
-    def _sklearn_class(self) -> type:
-        import sklearn.tree
-
-        return getattr(sklearn.tree, self._sklearn_name)
-
-    def _tree_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._tree_param_names()}
-
+    # ------------------------------------------------------------------------------ parameters
     @classmethod
-    def _tree_param_names(cls) -> tuple[str, ...]:
-        return _TREE_PARAMS + (("class_weight",) if issubclass(cls, ClassifierMixin) else ())
+    def _library_param_names(cls) -> list[str]:
+        return [name for name in cls._get_param_names() if name not in VEILML_PARAMS]
+
+    def _library_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._library_param_names()}
+
+    def _new_library_model(self) -> Any:
+        assert self._family is not None
+        return library_class(self._family)(**self._library_params())
 
     # ----------------------------------------------------------------------------------- fitting
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _EncryptedTree:
-        """Quantize ``X`` per feature to ``n_bits``, then train the tree on the integer codes."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _EncryptedEnsemble:
+        """Quantize ``X`` per feature, then train the library's model on the integer codes.
+
+        With ``n_bits="auto"`` the smallest input and leaf precisions whose ``fhe="disable"``
+        metric on a held-out fifth of ``X`` stays within ``auto_bits.TOLERANCE`` of the float model
+        are chosen first; they are in ``n_bits_`` and ``leaf_bits_``.
+        """
         self._validate_params()
+        if self._family is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} wraps an imported model and cannot be refit: train the model in its "
+                "library, export it again and import it with veilml.from_onnx"
+            )
         X = check_X(X, None, type(self).__name__)
-        quantizer = UniformQuantizer.calibrate(X, self.n_bits, axis=1)
-        model = self._sklearn_class()(**self._tree_params())
-        model.fit(quantizer.quantize(X, warn=False), check_y(y), sample_weight=sample_weight)
-        self._set_fitted(model, quantizer, thresholds_are_codes=True, warn_on_clip=True)
+        y = self._check_targets(y)
+        if self.n_bits == "auto":
+            n_bits, leaf_bits = choose_bits(self, X, y, sample_weight)
+        else:
+            n_bits, leaf_bits = self.n_bits, self.leaf_bits if self.leaf_bits is not None else self.n_bits
+        quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
+        model = self._new_library_model()
+        fit_params = {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight, dtype=np.float64)}
+        model.fit(quantizer.quantize(X, warn=False), self._library_targets(y), **fit_params)
+        self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=True, warn_on_clip=True)
         return self
 
+    def _check_targets(self, y: Any) -> np.ndarray:
+        return check_y(y)
+
+    def _library_targets(self, y: np.ndarray) -> np.ndarray:
+        return y
+
     @classmethod
-    def from_fitted(cls, model: Any, X: Any = None, n_bits: int = 6, **params: Any) -> _EncryptedTree:
-        """Wrap an already trained float scikit-learn tree.
+    def from_fitted(cls, model: Any, X: Any = None, n_bits: int = 6, **params: Any) -> _EncryptedEnsemble:
+        """Wrap a model already trained in float by its library.
 
         Inputs are quantized on the min/max of ``X`` when given. Without data, each feature gets
         a grid whose code boundaries fall on (or next to) the model's own thresholds on that
-        feature, so that comparing codes reproduces the float comparisons; values beyond the
-        outermost thresholds are clipped, which changes no comparison. Such a grid is derived
-        from the thresholds: whoever holds the client-side quantizer can read their range.
+        feature, so that comparing codes reproduces the float comparisons (exactly, while a
+        feature has fewer than ``2**n_bits`` distinct thresholds); values beyond the outermost
+        thresholds are clipped, which changes no comparison. Such a grid is derived from the
+        thresholds: whoever holds the client-side quantizer can read their range.
         """
-        expected = cls._sklearn_name
-        if type(model).__name__ != expected:
-            raise TypeError(f"{cls.__name__}.from_fitted takes a fitted sklearn {expected}, got {type(model).__name__}")
-        check_is_fitted(model)
-        tree_params = {k: v for k, v in model.get_params().items() if k in cls._tree_param_names()}
-        estimator = cls(n_bits=n_bits, **{**tree_params, **params})
+        if cls._family is None:
+            raise TypeError(f"{cls.__name__} is made by veilml.from_onnx, not from_fitted")
+        expected = library_class(cls._family)
+        if not isinstance(model, expected):
+            family = cls._family
+            raise TypeError(f"{cls.__name__}.from_fitted takes a fitted {family.module}.{family.name}, got {type(model).__name__}")
+        if n_bits == "auto":
+            raise ValueError("n_bits='auto' chooses bits on training data: use fit(X, y), or give from_fitted an integer n_bits")
+        ensemble = to_ensemble(model)  # refuses unfitted and unsupported models first
+        names = set(cls._library_param_names())
+        library_params = {k: v for k, v in model.get_params(deep=False).items() if k in names}
+        estimator = cls(n_bits=n_bits, **{**library_params, **params})
         estimator._validate_params()
-        ensemble = to_ensemble(model)
         if X is not None:
-            X = check_X(X, ensemble.n_features, f"the {expected}")
+            X = check_X(X, ensemble.n_features, f"the {type(model).__name__}")
             quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         else:
             quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
-        estimator._set_fitted(model, quantizer, thresholds_are_codes=False, warn_on_clip=X is not None)
+        leaf_bits = estimator.leaf_bits if estimator.leaf_bits is not None else n_bits
+        estimator._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble)
         return estimator
 
-    def _set_fitted(self, model: Any, quantizer: UniformQuantizer, *, thresholds_are_codes: bool, warn_on_clip: bool) -> None:
-        ensemble = to_ensemble(model)
+    def _set_fitted(
+        self,
+        model: Any,
+        quantizer: UniformQuantizer,
+        n_bits: int,
+        leaf_bits: int,
+        *,
+        thresholds_are_codes: bool,
+        warn_on_clip: bool,
+        ensemble: Any = None,
+    ) -> None:
+        ensemble = to_ensemble(model) if ensemble is None else ensemble
         if not thresholds_are_codes:
             ensemble = ensemble.to_codes(quantizer)
-        leaf_bits = self.n_bits if self.leaf_bits is None else self.leaf_bits
-        lowered = lower_ensemble(ensemble, self.n_bits, leaf_bits, self.encoding)
-        self.sklearn_model_ = model
+        lowered = lower_ensemble(ensemble, n_bits, leaf_bits, self.encoding)
+        self.model_ = model
         self.input_quantizer_ = quantizer
         self.ensemble_ = ensemble
+        self.n_bits_, self.leaf_bits_ = n_bits, leaf_bits
         self.n_features_in_ = ensemble.n_features
         self.fhe_model_ = FHEModel(
             quantizer,
@@ -116,8 +156,10 @@ class _EncryptedTree(BaseEstimator):
             output_combine=lowered.output_combine,
             warn_on_clip=warn_on_clip,
         )
-        if hasattr(model, "classes_"):
-            self.classes_ = model.classes_
+        self._set_outputs(model, ensemble)
+
+    def _set_outputs(self, model: Any, ensemble: Any) -> None:
+        """Fitted attributes that depend on the task (``classes_``)."""
 
     # ----------------------------------------------------------------------------------- FHE
     def _fitted_input(self, X: Any) -> np.ndarray:
@@ -125,7 +167,7 @@ class _EncryptedTree(BaseEstimator):
         check_is_fitted(self)
         return check_X(X, self.n_features_in_, type(self).__name__)
 
-    def compile(self, X: Any, configuration: Configuration | None = None, **options: Any) -> _EncryptedTree:
+    def compile(self, X: Any, configuration: Configuration | None = None, **options: Any) -> _EncryptedEnsemble:
         """Compile the FHE circuit with an inputset made of the rows of ``X``.
 
         ``options`` override fields of ``configuration`` (for example ``p_error=...``,
@@ -137,7 +179,11 @@ class _EncryptedTree(BaseEstimator):
         return self
 
     def decision_scores(self, X: Any, fhe: str = "disable") -> np.ndarray:
-        """Dequantized model outputs (class scores or regression values), (n_samples, n_outputs)."""
+        """Raw model outputs after decryption, before any post-transform: (n_samples, n_outputs).
+
+        Class probabilities for forests and single trees, margins (log-odds) for boosting, values
+        for regressors: one value per class or output, whatever the number of trees.
+        """
         X = self._fitted_input(X)  # before touching fhe_model_: NotFittedError comes first
         return self.fhe_model_.run(X, fhe)
 
@@ -147,113 +193,109 @@ class _EncryptedTree(BaseEstimator):
         return self.fhe_model_.run_integers(X, fhe)
 
 
-class DecisionTreeClassifier(ClassifierMixin, _EncryptedTree):
-    """A decision tree classifier that predicts on encrypted data.
+class _Classifier(ClassifierMixin, _EncryptedEnsemble):
+    def _check_targets(self, y: Any) -> np.ndarray:
+        y = check_y(y)
+        check_classification_targets(y)
+        return y
 
-    Parameters:
-        n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits.
-        leaf_bits: precision of the quantized leaf probabilities (default: ``n_bits``).
-        encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
-            ciphertexts) or ``"identity"`` (one comparison lookup per distinct threshold).
-        Other parameters are those of :class:`sklearn.tree.DecisionTreeClassifier`.
-    """
+    def _library_targets(self, y: np.ndarray) -> np.ndarray:
+        # XGBoost wants labels 0..n-1; the others keep the user's labels (class_weight is keyed by them)
+        if self._family is not None and self._family.module == "xgboost":
+            return np.unique(y, return_inverse=True)[1]
+        return y
 
-    _sklearn_name = "DecisionTreeClassifier"
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _Classifier:
+        super().fit(X, y, sample_weight)
+        if self._family is not None and self._family.module == "xgboost":
+            self.classes_ = np.unique(check_y(y))
+        return self
 
-    def __init__(
-        self,
-        *,
-        n_bits: int = 6,
-        leaf_bits: int | None = None,
-        encoding: str = "thermometer",
-        criterion: str = "gini",
-        splitter: str = "best",
-        max_depth: int | None = None,
-        min_samples_split: int | float = 2,
-        min_samples_leaf: int | float = 1,
-        min_weight_fraction_leaf: float = 0.0,
-        max_features: int | float | str | None = None,
-        random_state: Any = None,
-        max_leaf_nodes: int | None = None,
-        min_impurity_decrease: float = 0.0,
-        class_weight: Any = None,
-        ccp_alpha: float = 0.0,
-    ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.criterion = criterion
-        self.splitter = splitter
-        self.max_depth = max_depth
-        self.min_samples_split = min_samples_split
-        self.min_samples_leaf = min_samples_leaf
-        self.min_weight_fraction_leaf = min_weight_fraction_leaf
-        self.max_features = max_features
-        self.random_state = random_state
-        self.max_leaf_nodes = max_leaf_nodes
-        self.min_impurity_decrease = min_impurity_decrease
-        self.class_weight = class_weight
-        self.ccp_alpha = ccp_alpha
+    def _set_outputs(self, model: Any, ensemble: Any) -> None:
+        classes = getattr(model, "classes_", None)
+        if classes is None:
+            classes = getattr(ensemble, "classes", None)
+        if classes is None:
+            classes = np.arange(max(ensemble.n_outputs, 2))
+        self.classes_ = np.asarray(classes)
 
     def predict_proba(self, X: Any, fhe: str = "disable") -> np.ndarray:
-        """Class probabilities (quantized leaf frequencies, renormalized)."""
-        scores = np.maximum(self.decision_scores(X, fhe), 0.0)
+        """Class probabilities: the model's post-transform of the decrypted scores."""
+        raw = self.decision_scores(X, fhe)
+        if getattr(self.ensemble_, "post_transform", "identity") != "identity":  # TEMP until ensemble lands
+            return self.ensemble_.transform(raw)
+        # averaged leaf frequencies (forests, single trees): quantized, so renormalize
+        scores = np.maximum(raw, 0.0)
         totals = scores.sum(axis=1, keepdims=True)
         uniform = np.full_like(scores, 1.0 / scores.shape[1])
         return np.divide(scores, totals, out=uniform, where=totals > 0)
 
     def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Class labels: the class with the highest encrypted score."""
-        proba = self.predict_proba(X, fhe)
+        proba = self.predict_proba(X, fhe)  # NotFittedError before classes_ is read
         return self.classes_[np.argmax(proba, axis=1)]
 
 
-class DecisionTreeRegressor(RegressorMixin, _EncryptedTree):
-    """A decision tree regressor that predicts on encrypted data.
-
-    Parameters:
-        n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits.
-        leaf_bits: precision of the quantized leaf values (default: ``n_bits``).
-        encoding: what the client encrypts, ``"thermometer"`` or ``"identity"``.
-        Other parameters are those of :class:`sklearn.tree.DecisionTreeRegressor`.
-    """
-
-    _sklearn_name = "DecisionTreeRegressor"
-
-    def __init__(
-        self,
-        *,
-        n_bits: int = 6,
-        leaf_bits: int | None = None,
-        encoding: str = "thermometer",
-        criterion: str = "squared_error",
-        splitter: str = "best",
-        max_depth: int | None = None,
-        min_samples_split: int | float = 2,
-        min_samples_leaf: int | float = 1,
-        min_weight_fraction_leaf: float = 0.0,
-        max_features: int | float | str | None = None,
-        random_state: Any = None,
-        max_leaf_nodes: int | None = None,
-        min_impurity_decrease: float = 0.0,
-        ccp_alpha: float = 0.0,
-    ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.criterion = criterion
-        self.splitter = splitter
-        self.max_depth = max_depth
-        self.min_samples_split = min_samples_split
-        self.min_samples_leaf = min_samples_leaf
-        self.min_weight_fraction_leaf = min_weight_fraction_leaf
-        self.max_features = max_features
-        self.random_state = random_state
-        self.max_leaf_nodes = max_leaf_nodes
-        self.min_impurity_decrease = min_impurity_decrease
-        self.ccp_alpha = ccp_alpha
-
+class _Regressor(RegressorMixin, _EncryptedEnsemble):
     def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Predicted values, (n_samples,) for one output."""
-        scores = self.decision_scores(X, fhe)
+        scores = self.decision_scores(X, fhe)  # TEMP
+        scores = self.ensemble_.transform(scores) if hasattr(self.ensemble_, "transform") else scores
         return scores[:, 0] if scores.shape[1] == 1 else scores
+
+
+# ------------------------------------------------------------------------- making the classes
+def _signature(family: Family) -> inspect.Signature:
+    """veilml's parameters, then the library's, keyword-only, with the library's own defaults."""
+    defaults = library_class(family)().get_params(deep=False)
+    clash = set(defaults) & set(VEILML_PARAMS)
+    if clash:
+        raise RuntimeError(f"{family.name} has parameters named like veilml's: {sorted(clash)}")
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in {**VEILML_PARAMS, **defaults}.items()]
+    return inspect.Signature(parameters)
+
+
+def _make_init(signature: inspect.Signature) -> Any:
+    def __init__(self: Any, **params: Any) -> None:
+        bound = signature.bind(self, **params)  # TypeError for an unknown parameter, as usual
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]  # what get_params reads
+    return __init__
+
+
+_DOC = """An encrypted {name}: a {module}.{name} trained on quantized inputs, run in FHE.
+
+Parameters:
+    n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits, or ``"auto"``
+        to choose the smallest precision that keeps the float model's metric (see ``fit``).
+    leaf_bits: precision of the quantized leaf values (default: ``n_bits``).
+    encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
+        ciphertexts) or ``"identity"`` (one comparison lookup per distinct threshold).
+    Every other parameter is passed to :class:`{module}.{name}` unchanged.
+"""
+
+
+def _make_estimator(name: str) -> type:
+    family = FAMILIES[name]
+    base = _Classifier if family.task == "classification" else _Regressor
+    namespace = {
+        "__init__": _make_init(_signature(family)),
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": _DOC.format(name=name, module=family.module),
+        "_family": family,
+    }
+    return type(name, (base,), namespace)
+
+
+def __getattr__(name: str) -> type:
+    """Estimator classes are made on first access, so the library loads only when used."""
+    if name in FAMILIES:
+        cls = _make_estimator(name)
+        globals()[name] = cls  # one class per name: pickle and isinstance find the same one
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
