@@ -1,7 +1,23 @@
-"""One neutral description of every tree model: arrays per tree, the split rule, a base score.
+"""One neutral description of every tree model: arrays per tree, per-node tests, a base score.
 
-Converters (one per source library) fill it; the lowering reads it. The prediction of an ensemble
-is ``base_score + sum over trees of the value of the leaf each tree reaches``.
+Converters (one per source library, see :func:`veilml.models.trees.to_ensemble` and
+:func:`veilml.models.trees.convert_onnx.from_onnx`) fill it; the lowering reads it.
+
+The raw score of an ensemble is ``base_score + sum over trees of the value of the leaf each tree
+reaches``; :meth:`TreeEnsemble.transform` maps raw scores to what the source library's
+``predict_proba`` / ``predict`` returns (sigmoid, softmax or nothing), a step the client applies
+after decryption.
+
+Tests are exact on float64 inputs: node ``n`` sends ``x`` to its left child when
+``x[feature] <= threshold`` (``<`` where ``strict``). Libraries that compare float32 inputs
+(scikit-learn's forests and trees, XGBoost, ONNX models with float inputs) are rewritten by
+:func:`float32_tests` into the equivalent float64 tests, so ``predict`` agrees with the library on
+every input, including values next to a threshold.
+
+Inputs are expected NaN-free: veilml's estimators refuse NaN inputs. ``default_left`` records where
+the source library sends a missing value, and :meth:`TreeEnsemble.predict` honours it, but a
+converter may remove a node whose test is the same for every finite input (a threshold of
+``+inf``), which can change only where NaN goes.
 """
 
 from __future__ import annotations
@@ -13,7 +29,25 @@ import numpy as np
 
 from ...quantization import UniformQuantizer
 
-__all__ = ["Tree", "TreeEnsemble"]
+__all__ = ["Tree", "TreeEnsemble", "UnsupportedModelError", "float32_tests", "make_tree"]
+
+PostTransform = Literal["identity", "sigmoid", "softmax"]
+Task = Literal["regression", "classification"]
+POST_TRANSFORMS = ("identity", "sigmoid", "softmax")
+TASKS = ("regression", "classification")
+
+
+class UnsupportedModelError(TypeError, ValueError):
+    """The model (its type, or something in it) cannot be converted; the message names the fix."""
+
+
+def _as_bool(values: np.ndarray | None, n: int, default: bool, name: str) -> np.ndarray:
+    if values is None:
+        return np.full(n, default, dtype=bool)
+    out = np.asarray(values).astype(bool).reshape(-1)
+    if out.shape != (n,):
+        raise ValueError(f"Tree.{name} has shape {out.shape}, expected ({n},)")
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,10 +55,14 @@ class Tree:
     """One binary tree in array form (node 0 is the root; leaves have ``left == right == -1``).
 
     Attributes:
-        feature: (n_nodes,) feature index tested at each internal node (-1 at leaves).
+        feature: (n_nodes,) feature index tested at each internal node (negative at leaves).
         threshold: (n_nodes,) split threshold at each internal node.
         left / right: (n_nodes,) child indices (-1 at leaves).
         value: (n_nodes, n_outputs) output of each leaf (rows of internal nodes are ignored).
+        strict: (n_nodes,) bool, True where the test that sends a sample left is ``x < threshold``,
+            False where it is ``x <= threshold``. ``None``: the ensemble's ``split`` for every node.
+        default_left: (n_nodes,) bool, True where a missing value (NaN) goes to the left child.
+            ``None``: NaN goes right everywhere.
     """
 
     feature: np.ndarray
@@ -32,6 +70,26 @@ class Tree:
     left: np.ndarray
     right: np.ndarray
     value: np.ndarray
+    strict: np.ndarray | None = None
+    default_left: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "feature", np.asarray(self.feature, dtype=np.int64).reshape(-1))
+        n = self.feature.shape[0]
+        set_(self, "threshold", np.asarray(self.threshold, dtype=np.float64).reshape(-1))
+        set_(self, "left", np.asarray(self.left, dtype=np.int64).reshape(-1))
+        set_(self, "right", np.asarray(self.right, dtype=np.int64).reshape(-1))
+        value = np.asarray(self.value, dtype=np.float64)
+        set_(self, "value", value.reshape(n, -1) if value.ndim != 2 else value)
+        for name in ("threshold", "left", "right", "value"):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(f"Tree.{name} has {getattr(self, name).shape[0]} rows, Tree.feature has {n}")
+        if n == 0:
+            raise ValueError("a Tree needs at least one node")
+        if self.strict is not None:
+            set_(self, "strict", _as_bool(self.strict, n, False, "strict"))
+        set_(self, "default_left", _as_bool(self.default_left, n, False, "default_left"))
 
     @property
     def is_leaf(self) -> np.ndarray:
@@ -60,26 +118,60 @@ class Tree:
 
 @dataclass(frozen=True, eq=False)
 class TreeEnsemble:
-    """A sum of trees.
+    """A sum of trees, plus the output function the client applies after decryption.
 
     Attributes:
-        trees: the trees.
+        trees: the trees; after construction every tree has explicit ``strict`` and
+            ``default_left`` arrays.
         n_features: number of input features.
-        split: ``"<="`` (scikit-learn, LightGBM) or ``"<"`` (XGBoost): the test that sends a
-            sample to the *left* child, ``x[feature] <split> threshold``.
-        base_score: (n_outputs,) added to the sum of leaf values.
+        split: ``"<="`` or ``"<"``: the default test of trees built without ``strict``
+            (``x[feature] <split> threshold`` sends a sample left). Converters set per-node
+            ``Tree.strict``, which is what counts.
+        base_score: (n_outputs,) added to the sum of leaf values (learning rate, initial
+            predictions and averaging are already folded into it and into the leaf values).
+        post_transform: maps raw scores to the library's output: ``"identity"`` (regression,
+            averaged class probabilities of forests and single trees), ``"sigmoid"`` (binary
+            boosting: one raw margin), ``"softmax"`` (multi-class boosting: one margin per class).
+        task: ``"regression"`` or ``"classification"``.
     """
 
     trees: tuple[Tree, ...]
     n_features: int
     split: Literal["<=", "<"] = "<="
     base_score: np.ndarray | None = None
+    post_transform: PostTransform = "identity"
+    task: Task = "regression"
 
     def __post_init__(self) -> None:
         if self.split not in ("<=", "<"):
             raise ValueError(f"split must be '<=' or '<', got {self.split!r}")
+        if self.post_transform not in POST_TRANSFORMS:
+            raise ValueError(f"post_transform must be one of {POST_TRANSFORMS}, got {self.post_transform!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if not self.trees:
             raise ValueError("a TreeEnsemble needs at least one tree")
+        strict_default = self.split == "<"
+        trees = tuple(
+            tree if tree.strict is not None else replace(tree, strict=np.full(tree.n_nodes, strict_default))
+            for tree in self.trees
+        )
+        object.__setattr__(self, "trees", trees)
+        n_outputs = trees[0].value.shape[1]
+        for tree in trees:
+            if tree.value.shape[1] != n_outputs:
+                raise ValueError(f"every tree needs {n_outputs} outputs, one has {tree.value.shape[1]}")
+            inner = ~tree.is_leaf
+            if inner.any() and (tree.feature[inner].min() < 0 or tree.feature[inner].max() >= self.n_features):
+                raise ValueError(f"a tree tests a feature outside 0..{self.n_features - 1}")
+        base = np.zeros(n_outputs) if self.base_score is None else np.asarray(self.base_score, dtype=np.float64).reshape(-1)
+        if base.shape != (n_outputs,):
+            raise ValueError(f"base_score has shape {base.shape}, expected ({n_outputs},)")
+        object.__setattr__(self, "base_score", base)
+        if self.post_transform == "sigmoid" and n_outputs != 1:
+            raise ValueError(f"post_transform='sigmoid' needs one output (a margin), got {n_outputs}")
+        if self.post_transform == "softmax" and (n_outputs < 2 or self.task != "classification"):
+            raise ValueError("post_transform='softmax' needs a classification task with one output per class")
 
     @property
     def n_outputs(self) -> int:
@@ -87,8 +179,6 @@ class TreeEnsemble:
 
     @property
     def bias(self) -> np.ndarray:
-        if self.base_score is None:
-            return np.zeros(self.n_outputs)
         return np.asarray(self.base_score, dtype=np.float64)
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
@@ -103,19 +193,40 @@ class TreeEnsemble:
                 if not inner.any():
                     break
                 x = X[rows, np.maximum(tree.feature[node], 0)]
-                go_left = x <= tree.threshold[node] if self.split == "<=" else x < tree.threshold[node]
+                threshold = tree.threshold[node]
+                with np.errstate(invalid="ignore"):
+                    go_left = np.where(tree.strict[node], x < threshold, x <= threshold)
+                go_left = np.where(np.isnan(x), tree.default_left[node], go_left)
                 child = np.where(go_left, tree.left[node], tree.right[node])
                 node = np.where(inner, child, node)
             reached[:, t] = node
         return reached
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Reference float evaluation (n_samples, n_outputs), used to check converters and lowerings."""
+        """Raw scores (n_samples, n_outputs): the reference float evaluation of the ensemble."""
         reached = self.leaves(X)
         total = np.zeros((reached.shape[0], self.n_outputs)) + self.bias
         for t, tree in enumerate(self.trees):
             total += tree.value[reached[:, t]]
         return total
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """What the source library's ``predict_proba`` (classification) or ``predict`` returns.
+
+        ``identity``: ``raw`` unchanged. ``sigmoid``: for classification, the (n, 2) columns
+        ``[1 - p, p]`` with ``p = 1 / (1 + exp(-raw))``; for regression, ``p`` as (n, 1).
+        ``softmax``: each row normalized to probabilities.
+        """
+        raw = np.asarray(raw, dtype=np.float64)
+        if raw.ndim != 2 or raw.shape[1] != self.n_outputs:
+            raise ValueError(f"raw scores must have shape (n_samples, {self.n_outputs}), got {raw.shape}")
+        if self.post_transform == "identity":
+            return raw
+        if self.post_transform == "sigmoid":
+            p = np.exp(-np.logaddexp(0.0, -raw))
+            return np.hstack([1.0 - p, p]) if self.task == "classification" else p
+        shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
 
     def thresholds_by_feature(self) -> list[np.ndarray]:
         """The split thresholds used on each feature (possibly empty)."""
@@ -138,3 +249,107 @@ class TreeEnsemble:
             codes[inner] = tree.threshold[inner] / scale + zero
             trees.append(replace(tree, threshold=codes))
         return replace(self, trees=tuple(trees))
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+_F32_TOP = float(2.0**128 - 2.0**103)  # float64 values >= this round to +inf in float32
+
+
+def float32_tests(threshold: np.ndarray, strict: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rewrite the tests ``float32(x) <= t`` (``<`` where ``strict``) as exact tests on float64 ``x``.
+
+    A library that casts inputs to float32 before comparing (scikit-learn's trees: float32 inputs,
+    float64 thresholds; XGBoost and ONNX float models: both float32) sends ``x`` left exactly when
+    ``float32(x) <= T``, where ``T`` is the largest float32 that passes the test. Rounding to the
+    nearest float32 is monotone, so that holds exactly when ``x`` is below the midpoint ``U`` of
+    ``T`` and the next float32, or equal to it if the tie rounds down to ``T`` (``T`` has an even
+    mantissa). Returns ``(U, strict')`` with ``strict'`` True where the test is ``x < U``.
+    """
+    t = np.asarray(threshold, dtype=np.float64)
+    strict = np.asarray(strict, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):  # thresholds beyond float32's range
+        T = t.astype(np.float32)
+        T64 = T.astype(np.float64)
+        too_high = np.where(strict, T64 >= t, T64 > t)  # T must pass the test itself
+        T = np.where(too_high, np.nextafter(T, np.float32(-np.inf)), T).astype(np.float32)
+        T64 = T.astype(np.float64)
+        up = np.nextafter(T, np.float32(np.inf)).astype(np.float64)
+        U = np.where(np.isfinite(up), T64 + (up - T64) / 2, _F32_TOP)  # T == float32 max: next is inf
+    U = np.where(T64 == -np.inf, -_F32_TOP, U)
+    U = np.where(T64 == np.inf, np.inf, U)
+    U = np.where(strict & (t == -np.inf), -np.inf, U)  # float32(x) < -inf: never
+    even = (T.view(np.uint32) & 1) == 0
+    return U, ~even
+
+
+def make_tree(
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    value: np.ndarray,
+    strict: np.ndarray,
+    default_left: np.ndarray,
+    root: int = 0,
+) -> Tree:
+    """A :class:`Tree` from the arrays of a source model (leaves: ``left < 0``).
+
+    Nodes whose test is the same for every finite input (threshold ``+inf``: always left;
+    ``-inf``: always right) are replaced by the child every finite input reaches, and the nodes
+    are renumbered depth-first from ``root``. Arrays that need neither are kept as they are.
+    """
+    feature = np.asarray(feature, dtype=np.int64)
+    threshold = np.asarray(threshold, dtype=np.float64)
+    left = np.asarray(left, dtype=np.int64)
+    right = np.asarray(right, dtype=np.int64)
+    strict = np.asarray(strict, dtype=bool)
+    default_left = np.asarray(default_left, dtype=bool)
+    value = np.asarray(value, dtype=np.float64)
+    inner = left >= 0
+    if np.isnan(threshold[inner]).any():
+        raise UnsupportedModelError("a split has a NaN threshold; this model cannot be converted")
+    constant = inner & np.isinf(threshold)
+    order: list[int] = []
+    if root == 0 and not constant.any():
+        # keep the source's numbering when every node is reachable from node 0
+        seen = np.zeros(len(feature), dtype=bool)
+        stack = [0]
+        while stack:
+            node = stack.pop()
+            seen[node] = True
+            if inner[node]:
+                stack.extend((int(right[node]), int(left[node])))
+        if seen.all():
+            return _tree(feature, threshold, left, right, value, strict, default_left, inner)
+
+    def resolve(node: int) -> int:
+        while constant[node]:
+            node = int(left[node]) if threshold[node] > 0 else int(right[node])
+        return node
+
+    new_id: dict[int, int] = {}
+    stack = [resolve(root)]
+    while stack:  # depth-first, left child first: the order scikit-learn uses
+        node = stack.pop()
+        new_id[node] = len(order)
+        order.append(node)
+        if inner[node]:
+            stack.extend((resolve(int(right[node])), resolve(int(left[node]))))
+    idx = np.asarray(order, dtype=np.int64)
+    new_left = np.array([new_id[resolve(int(left[n]))] if inner[n] else -1 for n in order], dtype=np.int64)
+    new_right = np.array([new_id[resolve(int(right[n]))] if inner[n] else -1 for n in order], dtype=np.int64)
+    return _tree(feature[idx], threshold[idx], new_left, new_right, value[idx], strict[idx], default_left[idx], inner[idx])
+
+
+def _tree(feature, threshold, left, right, value, strict, default_left, inner) -> Tree:
+    return Tree(
+        feature=np.where(inner, feature, -1),
+        threshold=np.where(inner, threshold, 0.0),
+        left=np.where(inner, left, -1),
+        right=np.where(inner, right, -1),
+        value=np.where(inner[:, None], 0.0, value),
+        strict=strict & inner,
+        default_left=default_left & inner,
+    )

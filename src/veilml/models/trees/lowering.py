@@ -30,12 +30,20 @@ from .ensemble import TreeEnsemble
 __all__ = ["LoweredEnsemble", "lower_ensemble", "right_code"]
 
 
-def right_code(threshold: np.ndarray, split: str) -> np.ndarray:
-    """Smallest integer code that goes right: ``q > t`` for ``<=`` splits, ``q >= t`` for ``<``."""
+def right_code(threshold: np.ndarray, split: str | np.ndarray) -> np.ndarray:
+    """Smallest integer code that goes right: ``q > t`` for ``<=`` tests, ``q >= t`` for ``<``.
+
+    ``split`` is ``"<="`` or ``"<"`` for every node, or per node a boolean array that is True
+    where the test is ``<`` (``Tree.strict``).
+    """
     threshold = np.asarray(threshold, dtype=np.float64)
-    if split == "<=":
-        return (np.floor(threshold) + 1).astype(np.int64)
-    return np.ceil(threshold).astype(np.int64)
+    if isinstance(split, str):
+        if split not in ("<=", "<"):
+            raise ValueError(f"split must be '<=' or '<', got {split!r}")
+        strict = np.full(threshold.shape, split == "<")
+    else:
+        strict = np.asarray(split, dtype=bool)
+    return np.where(strict, np.ceil(threshold), np.floor(threshold) + 1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,7 @@ def lower_ensemble(
     must_be_zero: list[list[int]] = []  # per reachable leaf: comparisons that must fail
     values, tree_of_leaf = [], []
     for t, (tree, tree_values) in enumerate(zip(ensemble.trees, leaf_values)):
-        codes = right_code(tree.threshold, ensemble.split)
+        codes = right_code(tree.threshold, tree.strict)
         for leaf, path in tree.leaf_paths():
             intervals = _leaf_tests(codes, tree, path, qmin, qmax)
             if intervals is None:
