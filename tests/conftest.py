@@ -35,6 +35,16 @@ def _record_skip(report) -> None:
         _skips[kind].append(f"{report.nodeid}: {reason}")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Outside CI, leave out the slow ``all_families`` execute checks (CI runs them)."""
+    if strict() or config.getoption("markexpr"):
+        return
+    kept = [item for item in items if item.get_closest_marker("all_families") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 def pytest_runtest_logreport(report) -> None:
     _record_skip(report)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_X", "check_y"]
+__all__ = ["check_X", "check_sample_weight", "check_y"]
 
 
 def check_X(X: Any, n_features: int | None, who: str) -> np.ndarray:
@@ -19,6 +19,8 @@ def check_X(X: Any, n_features: int | None, who: str) -> np.ndarray:
             "(encrypted trees read every feature of every row anyway)"
         )
     X = np.asarray(X)
+    if X.dtype.kind == "c":
+        raise ValueError("Complex data not supported: pass the real part (X.real) or split it into two features")
     if X.dtype.kind not in "biuf":
         try:
             X = X.astype(np.float64)
@@ -64,3 +66,19 @@ def check_y(y: Any) -> np.ndarray:
         raise ValueError("this estimator requires y to be passed, but the target y is None")
     y = np.asarray(y)
     return column_or_1d(y, warn=True) if y.ndim == 2 and y.shape[1] == 1 else y
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | None:
+    """Finite, non-negative weights, one per row and not all zero (or None)."""
+    if sample_weight is None:
+        return None
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.ndim == 0:
+        weights = np.full(n_samples, float(weights))
+    if weights.shape != (n_samples,):
+        raise ValueError(f"sample_weight.shape == {weights.shape}, expected {(n_samples,)}: one weight per row of X")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("Negative values or NaN in sample_weight: weights must be finite and >= 0")
+    if not np.any(weights > 0):
+        raise ValueError("Sample weights must contain at least one non-zero number")
+    return weights

@@ -23,6 +23,9 @@ __all__ = [
     "UnsupportedModelError",
     "lower_ensemble",
     "to_ensemble",
+    "from_onnx",
+    "ImportedTreeClassifier",
+    "ImportedTreeRegressor",
     *FAMILIES,
 ]
 
@@ -30,4 +33,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in FAMILIES:
         return getattr(estimators, name)
+    if name in ("from_onnx", "ImportedTreeClassifier", "ImportedTreeRegressor"):
+        from . import imported
+
+        return getattr(imported, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from ...compiler import Configuration
 from ...quantization import UniformQuantizer
 from ...runtime import FHEModel
-from .._validation import check_X, check_y
+from .._validation import check_sample_weight, check_X, check_y
 from .auto_bits import choose_bits
 from ..tree_families import FAMILIES, Family, library_class
 from .lowering import lower_ensemble
@@ -55,7 +55,22 @@ class _EncryptedEnsemble(BaseEstimator):
         return [name for name in cls._get_param_names() if name not in VEILML_PARAMS]
 
     def _library_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._library_param_names()}
+        names = [*self._library_param_names(), *getattr(self, "_extra_params", ())]
+        return {name: getattr(self, name) for name in names}
+
+    # XGBoost and LightGBM take further keyword arguments (``verbose=-1``, ``tree_method=...``) that
+    # their get_params reports once set; so do these estimators, for those two libraries only.
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        params = super().get_params(deep)
+        params.update({name: getattr(self, name) for name in getattr(self, "_extra_params", ())})
+        return params
+
+    def set_params(self, **params: Any) -> _EncryptedEnsemble:
+        known = self.get_params(deep=False)
+        extra = {k: v for k, v in params.items() if k not in known and "__" not in k}
+        if extra:
+            _set_extra_params(self, extra)
+        return super().set_params(**{k: v for k, v in params.items() if k not in extra})
 
     def _new_library_model(self) -> Any:
         assert self._family is not None
@@ -77,15 +92,20 @@ class _EncryptedEnsemble(BaseEstimator):
             )
         X = check_X(X, None, type(self).__name__)
         y = self._check_targets(y)
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}: pass one target per row")
+        sample_weight = check_sample_weight(sample_weight, len(X))
         if self.n_bits == "auto":
             n_bits, leaf_bits = choose_bits(self, X, y, sample_weight)
         else:
             n_bits, leaf_bits = self.n_bits, self.leaf_bits if self.leaf_bits is not None else self.n_bits
         quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         model = self._new_library_model()
-        fit_params = {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight, dtype=np.float64)}
+        fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
         model.fit(quantizer.quantize(X, warn=False), self._library_targets(y), **fit_params)
         self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=True, warn_on_clip=True)
+        if hasattr(model, "n_iter_"):  # boosting with max_iter: scikit-learn's convention
+            self.n_iter_ = model.n_iter_
         return self
 
     def _check_targets(self, y: Any) -> np.ndarray:
@@ -197,6 +217,11 @@ class _Classifier(ClassifierMixin, _EncryptedEnsemble):
     def _check_targets(self, y: Any) -> np.ndarray:
         y = check_y(y)
         check_classification_targets(y)
+        if len(np.unique(y)) < 2:
+            raise ValueError(
+                f"y has one class only ({np.unique(y)[0]!r}): a classifier needs at least 2 classes; "
+                "check the labels (or predict the constant yourself)"
+            )
         return y
 
     def _library_targets(self, y: np.ndarray) -> np.ndarray:
@@ -222,7 +247,7 @@ class _Classifier(ClassifierMixin, _EncryptedEnsemble):
     def predict_proba(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Class probabilities: the model's post-transform of the decrypted scores."""
         raw = self.decision_scores(X, fhe)
-        if getattr(self.ensemble_, "post_transform", "identity") != "identity":  # TEMP until ensemble lands
+        if self.ensemble_.post_transform != "identity":
             return self.ensemble_.transform(raw)
         # averaged leaf frequencies (forests, single trees): quantized, so renormalize
         scores = np.maximum(raw, 0.0)
@@ -239,8 +264,8 @@ class _Classifier(ClassifierMixin, _EncryptedEnsemble):
 class _Regressor(RegressorMixin, _EncryptedEnsemble):
     def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Predicted values, (n_samples,) for one output."""
-        scores = self.decision_scores(X, fhe)  # TEMP
-        scores = self.ensemble_.transform(scores) if hasattr(self.ensemble_, "transform") else scores
+        raw = self.decision_scores(X, fhe)  # NotFittedError before ensemble_ is read
+        scores = self.ensemble_.transform(raw)
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
 
@@ -256,12 +281,31 @@ def _signature(family: Family) -> inspect.Signature:
     return inspect.Signature(parameters)
 
 
+def _accepts_more_keywords(family: Family | None) -> bool:
+    if family is None:
+        return False
+    init = inspect.signature(library_class(family).__init__)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in init.parameters.values())
+
+
+def _set_extra_params(estimator: Any, extra: dict[str, Any]) -> None:
+    if not _accepts_more_keywords(estimator._family):
+        name = next(iter(extra))
+        raise TypeError(f"{type(estimator).__name__} got an unexpected keyword argument {name!r}")
+    estimator._extra_params = (*getattr(estimator, "_extra_params", ()), *(k for k in extra if k not in getattr(estimator, "_extra_params", ())))
+    for name, value in extra.items():
+        setattr(estimator, name, value)
+
+
 def _make_init(signature: inspect.Signature) -> Any:
     def __init__(self: Any, **params: Any) -> None:
-        bound = signature.bind(self, **params)  # TypeError for an unknown parameter, as usual
+        extra = {k: v for k, v in params.items() if k not in signature.parameters}
+        bound = signature.bind(self, **{k: v for k, v in params.items() if k not in extra})
         bound.apply_defaults()
         for name, value in list(bound.arguments.items())[1:]:
             setattr(self, name, value)
+        if extra:  # TypeError unless the library takes more keyword arguments itself
+            _set_extra_params(self, extra)
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]  # what get_params reads
     return __init__

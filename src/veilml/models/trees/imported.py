@@ -1,0 +1,56 @@
+"""Tree ensembles imported from ONNX: estimators that predict but cannot be refit.
+
+``from_onnx`` reads an ONNX-ML ``TreeEnsembleClassifier`` / ``TreeEnsembleRegressor`` graph (as
+written by skl2onnx or onnxmltools) and returns a fitted ``ImportedTreeClassifier`` or
+``ImportedTreeRegressor`` with the same ``compile`` / ``predict(fhe=...)`` API as every tree family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...quantization import UniformQuantizer
+from .._validation import check_X
+from .estimators import _Classifier, _Regressor
+
+__all__ = ["ImportedTreeClassifier", "ImportedTreeRegressor", "from_onnx"]
+
+
+class _Imported:
+    def __init__(self, *, n_bits: int = 8, leaf_bits: int | None = None, encoding: str = "thermometer") -> None:
+        self.n_bits = n_bits
+        self.leaf_bits = leaf_bits
+        self.encoding = encoding
+
+
+class ImportedTreeClassifier(_Imported, _Classifier):
+    """An encrypted tree-ensemble classifier made by :func:`from_onnx` (``fit`` is not available)."""
+
+
+class ImportedTreeRegressor(_Imported, _Regressor):
+    """An encrypted tree-ensemble regressor made by :func:`from_onnx` (``fit`` is not available)."""
+
+
+def from_onnx(model: Any, X: Any = None, n_bits: int = 8, **params: Any) -> ImportedTreeClassifier | ImportedTreeRegressor:
+    """An encrypted estimator from an ONNX-ML tree ensemble (a path, bytes or an ``onnx.ModelProto``).
+
+    ``X`` (optional) calibrates the input quantizer on data; without it, each feature's grid is
+    placed on the model's own thresholds (as in ``from_fitted``), which reproduces the float
+    comparisons while a feature has fewer than ``2**n_bits`` distinct thresholds.
+    """
+    from .convert_onnx import from_onnx as read_onnx
+
+    ensemble = read_onnx(model)
+    cls = ImportedTreeClassifier if ensemble.task == "classification" else ImportedTreeRegressor
+    estimator = cls(n_bits=n_bits, **params)
+    estimator._validate_params()
+    if n_bits == "auto":
+        raise ValueError("n_bits='auto' chooses bits while training; give from_onnx an integer n_bits")
+    if X is not None:
+        X = check_X(X, ensemble.n_features, "the ONNX model")
+        quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
+    else:
+        quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
+    leaf_bits = estimator.leaf_bits if estimator.leaf_bits is not None else n_bits
+    estimator._set_fitted(None, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble)
+    return estimator
