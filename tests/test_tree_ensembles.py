@@ -221,6 +221,41 @@ def test_from_fitted_reproduces_the_float_model_at_8_bits_without_data(name, can
     assert agreement >= 0.99
 
 
+@pytest.mark.parametrize("name", ["RandomForestClassifier", "GradientBoostingRegressor", "XGBClassifier", "LGBMClassifier", "XGBRegressor"])
+def test_from_onnx_reproduces_the_float_model_at_8_bits_without_data(name, cancer, diabetes, tmp_path, test_config):
+    """veilml.from_onnx on the skl2onnx / onnxmltools export: the float model's predictions, then FHE."""
+    require("onnx", "onnx")
+    from onnxmltools.convert import convert_lightgbm, convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+    from skl2onnx import to_onnx
+
+    X_train, X_test, y_train, _ = data_for(name, cancer, diabetes, None)
+    reference = float_model(name).fit(X_train, y_train)
+    types = [("x", FloatTensorType([None, X_train.shape[1]]))]
+    if name.startswith("XGB"):
+        exported = convert_xgboost(reference, initial_types=types)
+    elif name.startswith("LGBM"):
+        exported = convert_lightgbm(reference, initial_types=types, zipmap=False)
+    else:
+        exported = to_onnx(reference, X_train[:1].astype(np.float32), options={"zipmap": False} if "Classifier" in name else None)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(exported.SerializeToString())
+    model = veilml.from_onnx(path, n_bits=8)
+    assert type(model).__name__ == ("ImportedTreeClassifier" if "Classifier" in name else "ImportedTreeRegressor")
+    ours, theirs = model.predict(X_test), reference.predict(X_test)
+    if "Classifier" in name:
+        agreement = np.mean(ours == theirs)
+    else:
+        agreement = np.mean(np.abs(ours - theirs) <= 0.01 * np.ptp(theirs))
+    print(f"{name} via ONNX: agrees on {agreement:.4f} of test rows")
+    assert agreement >= 0.99
+    with pytest.raises(NotImplementedError, match="cannot be refit"):
+        model.fit(X_train, y_train)
+    if name == "XGBClassifier":  # and it compiles like any other family
+        model.compile(X_train, test_config)
+        assert np.array_equal(model.predict_integers(X_test, "simulate"), model.predict_integers(X_test, "disable"))
+
+
 # -------------------------------------------------------------------------------- refusals
 def test_refuses_multi_output(cancer):
     X_train, _, y_train, _ = cancer
