@@ -33,8 +33,12 @@ def _split(X: np.ndarray, y: np.ndarray, sample_weight: Any, classifier: bool) -
     return tuple(train_test_split(X, y, weights, test_size=0.2, random_state=0, stratify=stratify))
 
 
-def choose_bits(estimator: Any, X: np.ndarray, y: np.ndarray, sample_weight: Any = None) -> tuple[int, int]:
-    """(n_bits, leaf_bits) for ``estimator`` (whose ``n_bits`` is "auto") on ``X``, ``y``."""
+def choose_bits(estimator: Any, X: np.ndarray, y: np.ndarray, sample_weight: Any = None) -> tuple[int, int, dict[str, Any]]:
+    """(n_bits, leaf_bits, report) for ``estimator`` (whose ``n_bits`` is "auto") on ``X``, ``y``.
+
+    ``report`` holds the float model's held-out metric, the target, and the metric of every
+    precision tried (``{"n_bits": {bits: metric}, "leaf_bits": {bits: metric}}``).
+    """
     classifier = is_classifier(estimator)
     metric = accuracy_score if classifier else r2_score
     tolerance = TOLERANCE["classification" if classifier else "regression"]
@@ -45,19 +49,21 @@ def choose_bits(estimator: Any, X: np.ndarray, y: np.ndarray, sample_weight: Any
     predicted = float_model.predict(X_held)
     if classifier and estimator._family.module == "xgboost":
         predicted = np.unique(y_fit)[np.asarray(predicted, dtype=np.int64)]
-    target = metric(y_held, predicted) - tolerance
+    float_metric = float(metric(y_held, predicted))
+    report: dict[str, Any] = {"float": float_metric, "target": float_metric - tolerance, "n_bits": {}, "leaf_bits": {}}
 
     def disable_metric(n_bits: int, leaf_bits: int) -> float:
         candidate = clone(estimator).set_params(n_bits=n_bits, leaf_bits=leaf_bits)
         candidate.fit(X_fit, y_fit, sample_weight=w_fit)
-        return metric(y_held, candidate.predict(X_held))
+        return float(metric(y_held, candidate.predict(X_held)))
 
-    def smallest(score: Any) -> int:
+    def smallest(kind: str, score: Any) -> int:
         for bits in BITS:
-            if score(bits) >= target:
+            report[kind][bits] = score(bits)
+            if report[kind][bits] >= report["target"]:
                 return bits
         return BITS[-1]
 
-    n_bits = smallest(lambda bits: disable_metric(bits, BITS[-1]))
-    leaf_bits = smallest(lambda bits: disable_metric(n_bits, bits))
-    return n_bits, leaf_bits
+    n_bits = smallest("n_bits", lambda bits: disable_metric(bits, BITS[-1]))
+    leaf_bits = smallest("leaf_bits", lambda bits: disable_metric(n_bits, bits))
+    return n_bits, leaf_bits, report

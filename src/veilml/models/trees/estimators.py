@@ -82,7 +82,8 @@ class _EncryptedEnsemble(BaseEstimator):
 
         With ``n_bits="auto"`` the smallest input and leaf precisions whose ``fhe="disable"``
         metric on a held-out fifth of ``X`` stays within ``auto_bits.TOLERANCE`` of the float model
-        are chosen first; they are in ``n_bits_`` and ``leaf_bits_``.
+        are chosen first; they are in ``n_bits_`` and ``leaf_bits_``, the metrics of every
+        precision tried in ``auto_bits_report_``.
         """
         self._validate_params()
         if self._family is None:
@@ -96,7 +97,7 @@ class _EncryptedEnsemble(BaseEstimator):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}: pass one target per row")
         sample_weight = check_sample_weight(sample_weight, len(X))
         if self.n_bits == "auto":
-            n_bits, leaf_bits = choose_bits(self, X, y, sample_weight)
+            n_bits, leaf_bits, self.auto_bits_report_ = choose_bits(self, X, y, sample_weight)
         else:
             n_bits, leaf_bits = self.n_bits, self.leaf_bits if self.leaf_bits is not None else self.n_bits
         quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
