@@ -120,11 +120,12 @@ class _EncryptedEnsemble(BaseEstimator):
         """Wrap a model already trained in float by its library.
 
         Inputs are quantized on the min/max of ``X`` when given. Without data, each feature gets
-        a grid whose code boundaries fall on (or next to) the model's own thresholds on that
-        feature, so that comparing codes reproduces the float comparisons (exactly, while a
-        feature has fewer than ``2**n_bits`` distinct thresholds); values beyond the outermost
-        thresholds are clipped, which changes no comparison. Such a grid is derived from the
-        thresholds: whoever holds the client-side quantizer can read their range.
+        a uniform grid whose outermost code boundaries fall on the model's outermost thresholds on
+        that feature, and inner thresholds on the nearest boundary (within half a code): rows
+        near an inner threshold can go the other way, so check the agreement on your data and
+        raise ``n_bits`` if needed. Values beyond the outermost thresholds are clipped, which
+        changes no comparison. Such a grid is derived from the thresholds: whoever holds the
+        client-side quantizer can read their range.
         """
         if cls._family is None:
             raise TypeError(f"{cls.__name__} is made by veilml.from_onnx, not from_fitted")

@@ -35,8 +35,8 @@ def from_onnx(model: Any, X: Any = None, n_bits: int = 8, **params: Any) -> Impo
     """An encrypted estimator from an ONNX-ML tree ensemble (a path, bytes or an ``onnx.ModelProto``).
 
     ``X`` (optional) calibrates the input quantizer on data; without it, each feature's grid is
-    placed on the model's own thresholds (as in ``from_fitted``), which reproduces the float
-    comparisons while a feature has fewer than ``2**n_bits`` distinct thresholds.
+    placed on the model's own thresholds as in ``from_fitted`` (outermost ones exactly, inner ones
+    within half a code).
     """
     from .convert_onnx import from_onnx as read_onnx
 
