@@ -186,7 +186,8 @@ def test_execute_equals_simulate_random_forest(cancer, diabetes, test_config):
 
 @pytest.mark.execute
 @pytest.mark.all_families
-@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n != "RandomForestClassifier"] + ["XGBRegressor", "LGBMRegressor"])
+# (DecisionTreeClassifier: tests/test_trees.py runs it in execute)
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n not in ("RandomForestClassifier", "DecisionTreeClassifier")] + ["XGBRegressor", "LGBMRegressor"])
 def test_execute_equals_simulate_every_family(name, cancer, diabetes, test_config):
     _execute_equals_simulate(name, cancer, diabetes, test_config)
 
