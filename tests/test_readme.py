@@ -115,3 +115,20 @@ def test_readme_tree_table_is_the_compiled_circuit_and_the_benchmark(compiled_ca
     their_pbs, their_complexity = (cell.strip() for cell in rows["Concrete-ML 1.9"].split("|"))
     assert their_pbs == str(theirs["pbs_count"])
     assert their_complexity == f"{theirs['complexity']:.1e}".replace("e+0", "e")
+
+
+def test_readme_ensemble_table_is_the_committed_benchmark():
+    """The README's Concrete-ML / veilml ratios are benchmarks/results/trees.json's, rounded."""
+    results = json.loads((ROOT / "benchmarks" / "results" / "trees.json").read_text())["models"]
+    keys = ("pbs_count", "complexity", "evaluation_key_serialized_bytes", "keygen_time_s", "execute_latency_median_s")
+    rows = {
+        "decision tree, depth 5": "decision_tree",
+        "random forest, 20 trees × depth 4": "random_forest",
+        "XGBoost, 20 trees × depth 4": "xgboost",
+    }
+    for label, name in rows.items():
+        match = re.search(rf"^\| {re.escape(label)} \| (.+?) \|$", README, re.M)
+        assert match, f"README lost the row {label!r}"
+        shown = [float(cell.strip().rstrip("x")) for cell in match.group(1).split("|")]
+        measured = results[name]["ratios_concrete_ml_over_veilml"]
+        assert shown == [round(measured[key], 1) for key in keys], f"{label}: README {shown}, benchmark {measured}"
