@@ -140,14 +140,18 @@ class _EncryptedEnsemble(BaseEstimator):
         library_params = {k: v for k, v in model.get_params(deep=False).items() if k in names}
         estimator = cls(n_bits=n_bits, **{**library_params, **params})
         estimator._validate_params()
+        estimator._set_fitted_float(model, ensemble, X, n_bits, f"the {type(model).__name__}")
+        return estimator
+
+    def _set_fitted_float(self, model: Any, ensemble: Any, X: Any, n_bits: int, who: str) -> None:
+        """Fitted state for an ensemble trained in float: the input grid from ``X`` or from its thresholds."""
         if X is not None:
-            X = check_X(X, ensemble.n_features, f"the {type(model).__name__}")
+            X = check_X(X, ensemble.n_features, who)
             quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         else:
             quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
-        leaf_bits = estimator.leaf_bits if estimator.leaf_bits is not None else n_bits
-        estimator._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble)
-        return estimator
+        leaf_bits = self.leaf_bits if self.leaf_bits is not None else n_bits
+        self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble)
 
     def _set_fitted(
         self,

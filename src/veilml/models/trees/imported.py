@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...quantization import UniformQuantizer
-from .._validation import check_X
 from .estimators import _Classifier, _Regressor
 
 __all__ = ["ImportedTreeClassifier", "ImportedTreeRegressor", "from_onnx"]
@@ -46,11 +44,5 @@ def from_onnx(model: Any, X: Any = None, n_bits: int = 8, **params: Any) -> Impo
     estimator._validate_params()
     if n_bits == "auto":
         raise ValueError("n_bits='auto' chooses bits while training; give from_onnx an integer n_bits")
-    if X is not None:
-        X = check_X(X, ensemble.n_features, "the ONNX model")
-        quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
-    else:
-        quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
-    leaf_bits = estimator.leaf_bits if estimator.leaf_bits is not None else n_bits
-    estimator._set_fitted(None, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble)
+    estimator._set_fitted_float(None, ensemble, X, n_bits, "the ONNX model")
     return estimator
