@@ -62,12 +62,19 @@ class LoweredEnsemble:
 def _quantize_leaves(
     ensemble: TreeEnsemble, leaf_bits: int
 ) -> tuple[list[np.ndarray], UniformQuantizer, np.ndarray]:
-    """Per-tree non-negative integer leaf values and the quantizer that maps their sum back."""
-    values = np.concatenate([t.value[t.is_leaf] for t in ensemble.trees])
+    """Per-tree non-negative integer leaf values and the quantizer that maps their sum back.
+
+    Each tree's smallest leaf value (per output) moves into the public float bias first, so the
+    shared scale covers the widest tree's spread, not an offset one tree carries (LightGBM puts
+    its initial score in the first tree's leaves: 3 bits of leaf precision were lost to it).
+    """
+    lows = [tree.value[tree.is_leaf].min(axis=0) for tree in ensemble.trees]
+    shifted = [tree.value - low for tree, low in zip(ensemble.trees, lows)]
+    values = np.concatenate([v[t.is_leaf] for v, t in zip(shifted, ensemble.trees)])
     quantizer = UniformQuantizer.calibrate(values, leaf_bits, axis=1)
     per_tree, offsets = [], np.zeros(ensemble.n_outputs, dtype=np.int64)
-    for tree in ensemble.trees:
-        codes = quantizer.quantize(tree.value, warn=False)
+    for tree, value in zip(ensemble.trees, shifted):
+        codes = quantizer.quantize(value, warn=False)
         low = codes[tree.is_leaf].min(axis=0)  # a public per-tree shift: the smallest leaf costs 0
         per_tree.append(codes - low)
         offsets += low
@@ -80,7 +87,7 @@ def _quantize_leaves(
         zero_point=(n_trees * quantizer.zero_point - offsets).astype(np.int64),
         axis=1,
     )
-    return per_tree, output, ensemble.bias
+    return per_tree, output, ensemble.bias + np.sum(lows, axis=0)
 
 
 def _leaf_tests(tree_codes: np.ndarray, tree: Any, path: list[tuple[int, bool]], qmin: int, qmax: int) -> dict[int, tuple[int, int]] | None:
