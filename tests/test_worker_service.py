@@ -35,6 +35,7 @@ from veilml.runtime.remote import HTTPTransport, RemoteWorkerError
 from veilml.runtime.service import create_app
 from worker_helpers import (
     CLIWorker,
+    answers_health,
     files_bytes,
     free_port,
     held_bytes,
@@ -122,10 +123,7 @@ class WorkerProcess:
     def ready(self) -> bool:
         if self.process.poll() is not None:
             pytest.fail(f"the worker exited with {self.process.returncode}:\n{self.text()}")
-        try:
-            return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
-        except httpx.TransportError:
-            return False
+        return answers_health(self.url)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         try:
@@ -582,16 +580,8 @@ def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 40
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_for(lambda: process.poll() is not None or answers_health(url), 40, "the CLI worker answering /health", log.read_text)
+        assert process.poll() is None, log.read_text()  # it answered, rather than exited
         with HTTPTransport(url) as transport:
             assert set(transport.layers()) == {QKV}
             executor = EncryptedLinearExecutor(transport, backend="clear")

@@ -40,6 +40,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, log: Calla
         time.sleep(0.02)
 
 
+def answers_health(url: str) -> bool:
+    """Whether a worker at ``url`` answers ``/health`` with 200 right now (no retry)."""
+    import httpx
+
+    try:
+        return httpx.get(url + "/health", timeout=1.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def veilml_script() -> Path:
     """The installed ``veilml`` console script of this interpreter's environment."""
     script = Path(sys.executable).parent / "veilml"
@@ -77,10 +87,7 @@ class CLIWorker:
                 self._start(free_port())
                 return False
             pytest.fail(f"{' '.join(self.args)} exited with {self.process.returncode}:\n{self.text()}")
-        try:
-            return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
-        except httpx.TransportError:
-            return False
+        return answers_health(self.url)
 
     def wait_ready(self, timeout: float = 180.0) -> CLIWorker:
         try:
