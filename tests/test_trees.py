@@ -36,12 +36,20 @@ def test_breast_cancer_circuit_statistics(compiled_cancer_tree, cancer):
     leaves = model.model_.get_n_leaves()
     reached = np.unique(model.model_.apply(model.input_quantizer_.quantize(cancer[0], warn=False)))
     assert len(reached) == leaves == 14
-    assert report.pbs_count == leaves and report.pbs_by_precision == {3: leaves}
-    assert report.key_switch_count == leaves
+    # p(class 0) = 1 - p(class 1) is derived by the client, and a leaf whose p(class 1) is the
+    # tree's smallest adds 0: the pure class-0 leaves need no lookup
+    p1 = model.model_.tree_.value[model.model_.tree_.feature < 0, 0, 1]
+    assert np.count_nonzero(p1 > p1.min()) == 8
+    assert report.pbs_count == 8 and report.pbs_by_precision == {3: 8}
+    assert report.key_switch_count == 8
     # no lookup wider than the longest merged path (3 failed tests at most for this tree)
     assert report.max_bit_width == 3
-    # Concrete-ML 1.9 on the same tree: 118 PBS, complexity 6.65e9 (benchmarks/results); veilml 6.28e8
-    assert report.complexity == pytest.approx(6.28e8, rel=0.02)
+    # Concrete-ML 1.9 on the same tree: 118 PBS, complexity 6.65e9 (benchmarks/results); veilml 3.55e8
+    assert report.complexity == pytest.approx(3.55e8, rel=0.02)
+    # the client decrypts the digits of one score, p(class 1), and derives both columns
+    assert model.predict_integers(cancer[1][:4]).shape == (4, 3)  # 3 digits of 2 bits
+    proba = model.predict_proba(cancer[1])
+    assert np.allclose(proba.sum(axis=1), 1.0)
 
 
 @pytest.mark.execute

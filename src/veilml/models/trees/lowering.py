@@ -60,20 +60,21 @@ class LoweredEnsemble:
 
 
 def _quantize_leaves(
-    ensemble: TreeEnsemble, leaf_bits: int
+    ensemble: TreeEnsemble, leaf_bits: int, outputs: list[int]
 ) -> tuple[list[np.ndarray], UniformQuantizer, np.ndarray]:
-    """Per-tree non-negative integer leaf values and the quantizer that maps their sum back.
+    """Per-tree non-negative integer leaf values of ``outputs`` and the quantizer that maps their sum back.
 
     Each tree's smallest leaf value (per output) moves into the public float bias first, so the
     shared scale covers the widest tree's spread, not an offset one tree carries (LightGBM puts
     its initial score in the first tree's leaves: 3 bits of leaf precision were lost to it).
     """
-    lows = [tree.value[tree.is_leaf].min(axis=0) for tree in ensemble.trees]
-    shifted = [tree.value - low for tree, low in zip(ensemble.trees, lows)]
-    values = np.concatenate([v[t.is_leaf] for v, t in zip(shifted, ensemble.trees)])
+    trees = [(tree, tree.value[:, outputs]) for tree in ensemble.trees]
+    lows = [value[tree.is_leaf].min(axis=0) for tree, value in trees]
+    shifted = [value - low for (_, value), low in zip(trees, lows)]
+    values = np.concatenate([v[t.is_leaf] for v, (t, _) in zip(shifted, trees)])
     quantizer = UniformQuantizer.calibrate(values, leaf_bits, axis=1)
-    per_tree, offsets = [], np.zeros(ensemble.n_outputs, dtype=np.int64)
-    for tree, value in zip(ensemble.trees, shifted):
+    per_tree, offsets = [], np.zeros(len(outputs), dtype=np.int64)
+    for (tree, _), value in zip(trees, shifted):
         codes = quantizer.quantize(value, warn=False)
         low = codes[tree.is_leaf].min(axis=0)  # a public per-tree shift: the smallest leaf costs 0
         per_tree.append(codes - low)
@@ -87,7 +88,40 @@ def _quantize_leaves(
         zero_point=(n_trees * quantizer.zero_point - offsets).astype(np.int64),
         axis=1,
     )
-    return per_tree, output, ensemble.bias + np.sum(lows, axis=0)
+    return per_tree, output, ensemble.bias[outputs] + np.sum(lows, axis=0)
+
+
+def _complementary(ensemble: TreeEnsemble) -> bool:
+    """Two outputs whose leaf values add up to the same constant in every leaf of each tree.
+
+    A forest's class probabilities do (``p0 = 1 - p1``): then only the second output is
+    computed encrypted, and the client derives the first as a public constant minus it.
+    """
+    if ensemble.n_outputs != 2:
+        return False
+    for tree in ensemble.trees:
+        sums = tree.value[tree.is_leaf].sum(axis=1)
+        if np.ptp(sums) > 1e-9 * max(1.0, float(np.max(np.abs(tree.value[tree.is_leaf])))):
+            return False
+    return True
+
+
+def _with_complement(ensemble: TreeEnsemble, quantizer: UniformQuantizer, bias: np.ndarray, combine: np.ndarray) -> tuple[UniformQuantizer, np.ndarray, np.ndarray]:
+    """Output steps for both outputs when only the second one is computed (see ``_complementary``).
+
+    With ``K`` the constant sum of both raw scores, ``score0 = K - score1``: the client negates
+    the integers of output 1 (``q0 = -q1``, ``zero_point0 = -zero_point1``, same scale), and the
+    bias of output 0 is ``K`` minus that of output 1.
+    """
+    total = sum(float(tree.value[tree.is_leaf][0].sum()) for tree in ensemble.trees) + float(ensemble.bias.sum())
+    both = UniformQuantizer(
+        n_bits=quantizer.n_bits,
+        signed=False,
+        scale=np.repeat(quantizer.scale, 2),
+        zero_point=np.concatenate([-quantizer.zero_point, quantizer.zero_point]).astype(np.int64),
+        axis=1,
+    )
+    return both, np.array([total - bias[0], bias[0]]), np.concatenate([-combine, combine], axis=1)
 
 
 def _leaf_tests(tree_codes: np.ndarray, tree: Any, path: list[tuple[int, bool]], qmin: int, qmax: int) -> dict[int, tuple[int, int]] | None:
@@ -120,7 +154,9 @@ def lower_ensemble(
     """Lower ``ensemble`` whose thresholds are on the unsigned ``n_bits`` code scale."""
     qmin, qmax = 0, 2**n_bits - 1
     enc = InputEncoding(encoding, ensemble.n_features, qmin, qmax)
-    leaf_values, output_quantizer, bias = _quantize_leaves(ensemble, leaf_bits)
+    complement = _complementary(ensemble)
+    outputs = [1] if complement else list(range(ensemble.n_outputs))
+    leaf_values, output_quantizer, bias = _quantize_leaves(ensemble, leaf_bits, outputs)
 
     comparisons: dict[tuple[int, int], int] = {}  # (feature, code) -> comparison index
     must_be_one: list[list[int]] = []  # per reachable leaf: comparisons that must hold
@@ -129,6 +165,8 @@ def lower_ensemble(
     for t, (tree, tree_values) in enumerate(zip(ensemble.trees, leaf_values)):
         codes = right_code(tree.threshold, tree.strict)
         for leaf, path in tree.leaf_paths():
+            if not tree_values[leaf].any():
+                continue  # a leaf worth 0 adds nothing: no lookup (the smallest leaf of each tree)
             intervals = _leaf_tests(codes, tree, path, qmin, qmax)
             if intervals is None:
                 continue  # contradictory tests: this leaf is never reached
@@ -139,6 +177,8 @@ def lower_ensemble(
             values.append(tree_values[leaf])
             tree_of_leaf.append(t)
 
+    if not values:  # every leaf is worth 0: one test-free "leaf" keeps the graph well formed
+        must_be_one, must_be_zero, values, tree_of_leaf = [[]], [[]], [leaf_values[0][0]], [0]
     n_cmp, n_leaves = len(comparisons), len(values)
     # u = bits @ B0 + (1 - bits) @ B1 counts the failed tests of each leaf. Every term is >= 0,
     # so no intermediate is signed or wider than the longest merged path.
@@ -156,10 +196,12 @@ def lower_ensemble(
     # The client recombines the digits.
     digit_bits = max(1, bit_width(0, max_failed) - 1)
     n_digits = -(-leaf_bits // digit_bits)
-    V = _digits(np.asarray(values, dtype=np.int64).reshape(n_leaves, -1), digit_bits, n_digits)
+    V = _digits(np.asarray(values, dtype=np.int64).reshape(n_leaves, len(outputs)), digit_bits, n_digits)
     tree_of_leaf = np.asarray(tree_of_leaf)
     maxima = sum(V[tree_of_leaf == t].max(axis=0) for t in np.unique(tree_of_leaf))
-    combine = np.kron((1 << (digit_bits * np.arange(n_digits)))[:, None], np.eye(ensemble.n_outputs, dtype=np.int64))
+    combine = np.kron((1 << (digit_bits * np.arange(n_digits)))[:, None], np.eye(len(outputs), dtype=np.int64))
+    if complement:
+        output_quantizer, bias, combine = _with_complement(ensemble, output_quantizer, bias, combine)
 
     pairs = sorted(comparisons, key=comparisons.get) or [(0, qmax)]  # a constant model still reads x
     g = GraphBuilder()
