@@ -76,7 +76,7 @@ def test_keys_are_written_0600_and_reload(compiled_cancer_tree, cancer, tmp_path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     X = cancer[1][:1]
     ciphertext = client.encrypt(X)[0]
-    other = FHEClient(model.fhe_model_.compiled.circuit.client.specs, model.fhe_model_.encode, model.fhe_model_.decode)
+    other = FHEClient(model.fhe_model_.compiled.circuit.client.specs, model.fhe_model_.codec)
     other.load_keys(path)
     result = model.fhe_model_.server().run(ciphertext, other.evaluation_keys())
     assert np.array_equal(other.decrypt([result]), model.decision_scores(X))
@@ -86,7 +86,7 @@ def test_keys_are_written_0600_and_reload(compiled_cancer_tree, cancer, tmp_path
 
 
 def test_save_keys_refuses_without_keys(compiled_cancer_tree, tmp_path):
-    fresh = FHEClient(compiled_cancer_tree.fhe_model_.compiled.circuit.client.specs, lambda x: x, lambda x: x)
+    fresh = FHEClient(compiled_cancer_tree.fhe_model_.compiled.circuit.client.specs, compiled_cancer_tree.fhe_model_.codec)
     with pytest.raises(ValueError, match="call keygen"):
         fresh.save_keys(tmp_path / "k")
 
@@ -275,7 +275,7 @@ def _boom(*args, **kwargs):
 def test_another_clients_keys_and_results_are_refused(compiled_cancer_tree, cancer, no_clip_warning):
     model = compiled_cancer_tree.fhe_model_
     client, server = model.client(), model.server()
-    other = FHEClient(model.compiled.circuit.client.specs, model.encode, model.decode)  # no key cache: new keys
+    other = FHEClient(model.compiled.circuit.client.specs, model.codec)  # no key cache: new keys
     X = cancer[1][:1]
     (mine,) = client.encrypt(X)
     (theirs,) = other.encrypt(X)

@@ -11,7 +11,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -103,8 +103,8 @@ class FHEClient:
 
     Args:
         client_specs: concrete's ``ClientSpecs`` of the circuit (public).
-        encode: float rows -> the integers to encrypt (quantization and input encoding).
-        decode: decrypted integers -> float outputs (dequantization).
+        codec: the steps around the circuit (:class:`~veilml.runtime.codec.ClientCodec`, or
+            any object with ``encode(X)`` -> integers to encrypt and ``decode(integers)`` -> outputs).
         key_cache: concrete's insecure key cache directory (tests only), or None.
         max_result_bytes: the largest result envelope :meth:`decrypt_integers` reads.
     """
@@ -112,15 +112,13 @@ class FHEClient:
     def __init__(
         self,
         client_specs: Any,
-        encode: Callable[[np.ndarray], np.ndarray],
-        decode: Callable[[np.ndarray], np.ndarray],
+        codec: Any,
         key_cache: str | Path | None = None,
         max_result_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         from concrete import fhe
 
-        self.encode = encode
-        self.decode = decode
+        self.codec = codec
         self.fingerprint = specs_fingerprint(client_specs)
         self.max_result_bytes = max_result_bytes
         self._client = fhe.Client(client_specs, keyset_cache_directory=key_cache)
@@ -183,7 +181,7 @@ class FHEClient:
 
     def encrypt(self, X: np.ndarray) -> list[bytes]:
         """One ciphertext envelope per row of ``X``."""
-        return [self.encrypt_encoded(row) for row in self.encode(X)]
+        return [self.encrypt_encoded(row) for row in self.codec.encode(X)]
 
     def decrypt_integers(self, result: bytes) -> np.ndarray:
         """The integers of a result envelope computed for this model under this client's key set.
@@ -204,4 +202,4 @@ class FHEClient:
     def decrypt(self, results: list[bytes]) -> np.ndarray:
         """Dequantized outputs (n_samples, n_outputs) of result envelopes."""
         integers = np.stack([self.decrypt_integers(r) for r in results])
-        return self.decode(integers)
+        return self.codec.decode(integers)

@@ -42,9 +42,11 @@ __all__ = [
     "check_key_id",
     "check_model",
     "key_id",
+    "pack_batch",
     "pack_envelope",
     "short",
     "specs_fingerprint",
+    "unpack_batch",
     "unpack_envelope",
 ]
 
@@ -218,3 +220,52 @@ def check_key_id(envelope: Envelope, expected: str) -> None:
             "corrupted in transit; send them again from the client"
         )
     raise KeyMismatchError(message)
+
+
+# ----------------------------------------------------------------------------------- batches
+BATCH_MAGIC = b"veilmlBT"
+_BATCH_PREFIX = struct.Struct(">8sHI")  # magic, format version, number of items
+_ITEM = struct.Struct(">Q")  # length of each item
+
+
+def pack_batch(items: list[bytes]) -> bytes:
+    """Several envelopes (one per row) as one byte string: a count, then each length and its bytes."""
+    parts = [_BATCH_PREFIX.pack(BATCH_MAGIC, VERSION, len(items))]
+    for item in items:
+        parts += [_ITEM.pack(len(item)), bytes(item)]
+    return b"".join(parts)
+
+
+def unpack_batch(data: bytes, *, max_items: int, max_bytes: int = DEFAULT_MAX_BYTES, what: str = "batch") -> list[bytes]:
+    """The envelopes of a batch made by :func:`pack_batch`, after checking its framing and limits.
+
+    Each item is still to be checked with :func:`unpack_envelope`; nothing here is deserialized.
+    """
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+        raise EnvelopeError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise EnvelopeError(f"{what}: {len(data):,} bytes, more than the limit of {max_bytes:,} bytes; send fewer rows per request")
+    if len(data) < _BATCH_PREFIX.size or data[:8] != BATCH_MAGIC:
+        raise EnvelopeError(f"{what}: not a veilml batch (no '{BATCH_MAGIC.decode()}' magic); pass the bytes of a veilml client's encrypt()")
+    _, version, count = _BATCH_PREFIX.unpack_from(data)
+    if version != VERSION:
+        raise EnvelopeError(f"{what}: batch format version {version} is not supported (this veilml reads {VERSION})")
+    if count == 0:
+        raise EnvelopeError(f"{what}: no rows")
+    if count > max_items:
+        raise EnvelopeError(f"{what}: {count} rows, more than the limit of {max_items} per request; split the batch")
+    items, offset = [], _BATCH_PREFIX.size
+    for _ in range(count):
+        if offset + _ITEM.size > len(data):
+            raise EnvelopeError(f"{what}: truncated (it announces {count} rows)")
+        (size,) = _ITEM.unpack_from(data, offset)
+        offset += _ITEM.size
+        if size > len(data) - offset:
+            raise EnvelopeError(f"{what}: truncated (a row announces {size:,} bytes, {len(data) - offset:,} are left)")
+        items.append(bytes(data[offset : offset + size]))
+        offset += size
+    if offset != len(data):
+        raise EnvelopeError(f"{what}: {len(data) - offset:,} trailing bytes after {count} rows: modified in transit")
+    return items

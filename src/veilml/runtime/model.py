@@ -16,6 +16,7 @@ import numpy as np
 from ..compiler import CompiledGraph, Configuration, Graph, InputEncoding, compile_graph, evaluate
 from ..quantization import UniformQuantizer
 from .client import FHEClient
+from .codec import ClientCodec
 from .server import FHEServer
 
 __all__ = ["FHE_MODES", "FHEModel", "NotCompiledError"]
@@ -29,20 +30,15 @@ class NotCompiledError(ValueError, AttributeError):
 
 @dataclass
 class FHEModel:
-    """Client-side quantization and encoding, the integer graph, client-side dequantization.
+    """A :class:`~veilml.runtime.codec.ClientCodec` (the client's plain-data steps around the
+    circuit) and the integer graph; once compiled, its client and server.
 
-    ``output_combine`` is a clear integer matrix the client applies to the decrypted integers
-    before dequantizing (for example to recombine digits); ``output_bias`` is a public float added
-    after dequantization (for example a boosting base score); ``warn_on_clip=False`` silences the clipping warning where clipping is harmless.
+    Every execution mode goes through the same codec, so ``disable``, ``simulate`` and ``execute``
+    see the very same integers, and :meth:`save` writes the very same steps into the client bundle.
     """
 
-    input_quantizer: UniformQuantizer
-    encoding: InputEncoding
+    codec: ClientCodec
     graph: Graph
-    output_quantizer: UniformQuantizer
-    output_bias: np.ndarray | None = None
-    output_combine: np.ndarray | None = None
-    warn_on_clip: bool = True
     compiled: CompiledGraph | None = None
     last_latencies: list[float] = field(default_factory=list)
     _client: FHEClient | None = field(default=None, repr=False)
@@ -52,16 +48,25 @@ class FHEModel:
         if len(self.graph.inputs) != 1 or len(self.graph.outputs) != 1:
             raise ValueError("an FHEModel graph has exactly one input and one output")
 
+    @property
+    def encoding(self) -> InputEncoding:
+        return self.codec.encoding
+
+    @property
+    def input_quantizer(self) -> UniformQuantizer:
+        return self.codec.input_quantizer
+
+    @property
+    def output_combine(self) -> np.ndarray | None:
+        return self.codec.output_combine
+
     def encode(self, X: np.ndarray) -> np.ndarray:
         """What the client encrypts for float rows ``X``: quantized, then encoded."""
-        return self.encoding.encode(self.input_quantizer.quantize(X, warn=self.warn_on_clip))
+        return self.codec.encode(X)
 
     def decode(self, integers: np.ndarray) -> np.ndarray:
         """Float outputs of the circuit's integer outputs."""
-        if self.output_combine is not None:
-            integers = np.asarray(integers, dtype=np.int64) @ self.output_combine
-        values = self.output_quantizer.dequantize(integers)
-        return values if self.output_bias is None else values + self.output_bias
+        return self.codec.decode(integers)
 
     # ----------------------------------------------------------------------------------- compile
     def compile(self, X: np.ndarray, configuration: Configuration | None = None) -> CompiledGraph:
@@ -78,6 +83,12 @@ class FHEModel:
             )
         return self.compiled
 
+    def save(self, directory: Any) -> Any:
+        """Write the client and server bundles (see :mod:`veilml.runtime.bundle`); returns the directory."""
+        from .bundle import save_bundle
+
+        return save_bundle(self, directory)
+
     # ----------------------------------------------------------------------------------- sides
     def client(self) -> FHEClient:
         """The client of this compiled model (keys generated on first use, then kept)."""
@@ -85,8 +96,7 @@ class FHEModel:
         if self._client is None:
             self._client = FHEClient(
                 compiled.circuit.client.specs,
-                self.encode,
-                self.decode,
+                self.codec,
                 key_cache=compiled.configuration.insecure_key_cache,
             )
         return self._client

@@ -17,7 +17,14 @@ from .envelope import (
 )
 from .validation import CircuitLayout, learn_circuit_layout
 
-__all__ = ["FHEServer"]
+__all__ = ["FHEServer", "UnknownKeyError"]
+
+
+class UnknownKeyError(KeyError):
+    """No evaluation keys are registered under this key id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown key id"
 
 
 class FHEServer:
@@ -115,6 +122,44 @@ class FHEServer:
             "encrypt with this model's client and send the ciphertext unmodified",
         )
         return value.payload, self._evaluation_keys(keys.payload, keys.key_id), keys.key_id
+
+    def register(self, evaluation_keys: bytes) -> str:
+        """Check and deserialize an evaluation-key envelope once; its key id, for :meth:`run_registered`."""
+        keys = unpack_envelope(evaluation_keys, "evaluation-keys", max_bytes=self.max_bytes)
+        check_model(keys, self.fingerprint)
+        check_key_id(keys, key_id(keys.payload))
+        self._evaluation_keys(keys.payload, keys.key_id)
+        return keys.key_id
+
+    def is_registered(self, identifier: str) -> bool:
+        """Whether the key set ``identifier`` is deserialized in the cache now (it may be evicted later)."""
+        with self._lock:
+            return identifier in self._keys
+
+    def run_registered(self, ciphertext: bytes, identifier: str) -> bytes:
+        """The result envelope of one ciphertext under the registered key set ``identifier``.
+
+        Raises :class:`UnknownKeyError` when that key set is not (or no longer) in the cache:
+        register its evaluation keys again.
+        """
+        from concrete import fhe
+
+        value = unpack_envelope(ciphertext, "ciphertext", max_bytes=self.max_bytes)
+        check_model(value, self.fingerprint)
+        check_key_id(value, identifier)
+        with self._lock:
+            keys = self._keys.get(identifier)
+            if keys is not None:
+                self._keys.move_to_end(identifier)
+        if keys is None:
+            raise UnknownKeyError(f"no evaluation keys registered under key id {identifier[:12]}...; register them first")
+        self.layout.inputs[0].check(
+            value.payload,
+            "this ciphertext is not one of this circuit's inputs",
+            "encrypt with this model's client and send the ciphertext unmodified",
+        )
+        result = self._server.run(fhe.Value.deserialize(value.payload), evaluation_keys=keys)
+        return pack_envelope("result", result.serialize(), fingerprint=self.fingerprint, key_id=identifier)
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
         """The result envelope of the circuit on one encrypted sample (see :meth:`check`)."""

@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from ...compiler import Configuration
 from ...quantization import UniformQuantizer
 from ...runtime import FHEModel
+from ...runtime.codec import ClientCodec, OutputSpec
 from .._validation import check_sample_weight, check_X, check_y
 from .auto_bits import choose_bits
 from ..tree_families import FAMILIES, Family, library_class
@@ -173,19 +174,24 @@ class _EncryptedEnsemble(BaseEstimator):
         self.ensemble_ = ensemble
         self.n_bits_, self.leaf_bits_ = n_bits, leaf_bits
         self.n_features_in_ = ensemble.n_features
-        self.fhe_model_ = FHEModel(
+        self._set_outputs(model, ensemble)
+        codec = ClientCodec(
             quantizer,
             lowered.encoding,
-            lowered.graph,
             lowered.output_quantizer,
             output_bias=lowered.output_bias,
             output_combine=lowered.output_combine,
+            output=self._output_spec(ensemble),
             warn_on_clip=warn_on_clip,
         )
-        self._set_outputs(model, ensemble)
+        self.fhe_model_ = FHEModel(codec, lowered.graph)
 
     def _set_outputs(self, model: Any, ensemble: Any) -> None:
         """Fitted attributes that depend on the task (``classes_``)."""
+
+    def _output_spec(self, ensemble: Any) -> OutputSpec:
+        """What the client does with the decrypted scores (see :class:`~veilml.runtime.codec.OutputSpec`)."""
+        return OutputSpec("regression", ensemble.post_transform)
 
     # ----------------------------------------------------------------------------------- FHE
     def _fitted_input(self, X: Any) -> np.ndarray:
@@ -217,6 +223,13 @@ class _EncryptedEnsemble(BaseEstimator):
         """The raw integers the circuit returns: the exact oracle between FHE modes."""
         X = self._fitted_input(X)
         return self.fhe_model_.run_integers(X, fhe)
+
+    def save(self, directory: Any) -> Any:
+        """Write the compiled model as a deployment bundle: ``client/`` for data owners
+        (:class:`veilml.runtime.ModelClient`), ``server/`` for the server
+        (:class:`veilml.runtime.ModelServer`, ``veilml serve``); returns the directory."""
+        check_is_fitted(self)
+        return self.fhe_model_.save(directory)
 
 
 class _Classifier(ClassifierMixin, _EncryptedEnsemble):
@@ -250,16 +263,14 @@ class _Classifier(ClassifierMixin, _EncryptedEnsemble):
             classes = np.arange(max(ensemble.n_outputs, 2))
         self.classes_ = np.asarray(classes)
 
+    def _output_spec(self, ensemble: Any) -> OutputSpec:
+        return OutputSpec("classification", ensemble.post_transform, tuple(self.classes_.tolist()))
+
     def predict_proba(self, X: Any, fhe: str = "disable") -> np.ndarray:
-        """Class probabilities: the model's post-transform of the decrypted scores."""
+        """Class probabilities: the model's post-transform of the decrypted scores (renormalized
+        leaf frequencies for forests and single trees), as the client bundle computes them."""
         raw = self.decision_scores(X, fhe)
-        if self.ensemble_.post_transform != "identity":
-            return self.ensemble_.transform(raw)
-        # averaged leaf frequencies (forests, single trees): quantized, so renormalize
-        scores = np.maximum(raw, 0.0)
-        totals = scores.sum(axis=1, keepdims=True)
-        uniform = np.full_like(scores, 1.0 / scores.shape[1])
-        return np.divide(scores, totals, out=uniform, where=totals > 0)
+        return self.fhe_model_.codec.finish(raw)
 
     def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Class labels: the class with the highest encrypted score."""
@@ -271,7 +282,7 @@ class _Regressor(RegressorMixin, _EncryptedEnsemble):
     def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
         """Predicted values, (n_samples,) for one output."""
         raw = self.decision_scores(X, fhe)  # NotFittedError before ensemble_ is read
-        scores = self.ensemble_.transform(raw)
+        scores = self.fhe_model_.codec.finish(raw)
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
 
