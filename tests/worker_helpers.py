@@ -58,20 +58,21 @@ def veilml_script() -> Path:
 
 
 class CLIWorker:
-    """``veilml worker ARGS --port PORT`` (the installed console script) on loopback, logging to a file.
+    """``veilml COMMAND ARGS --port PORT`` (the installed console script; ``worker`` unless told) on
+    loopback, logging to a file.
 
     Without a given port it takes a free one; should another process take that port before the
     worker binds it (the worker takes seconds to start), it starts again on another.
     """
 
-    def __init__(self, directory: Path, *args: str, port: int | None = None, name: str = "cli-worker") -> None:
-        self.directory, self.worker_args, self.name = directory, args, name
+    def __init__(self, directory: Path, *args: str, port: int | None = None, name: str = "cli-worker", command: str = "worker") -> None:
+        self.directory, self.worker_args, self.name, self.command = directory, args, name, command
         self.fixed_port, self.starts = port is not None, 0
         self._start(port or free_port())
 
     def _start(self, port: int) -> None:
         self.port, self.url, self.starts = port, f"http://127.0.0.1:{port}", self.starts + 1
-        self.args = (str(veilml_script()), "worker", *self.worker_args, "--port", str(port))
+        self.args = (str(veilml_script()), self.command, *self.worker_args, "--port", str(port))
         self.log = self.directory / f"{self.name}-{time.monotonic_ns()}.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
