@@ -16,7 +16,6 @@ from typing import Any
 
 __all__ = ["build_parser", "main", "serve"]
 
-BACKEND_CHOICES = ("concrete", "glwe", "clear")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -69,6 +68,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from veilml import __version__
+    from veilml.runtime.linear import limits
+    from veilml.runtime.linear.base import BACKENDS
 
     parser = argparse.ArgumentParser(
         prog="veilml",
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a model's base linear layers on encrypted activations (private LoRA fine-tuning)",
         description=(
             "Serve the frozen base-model linear layers of a model over HTTP. Clients "
-            "(veilml.runtime.remote.HTTPTransport + EncryptedLinearExecutor) send evaluation keys and "
+            "(veilml.runtime.linear.transport.HTTPTransport + EncryptedLinearExecutor) send evaluation keys and "
             "encrypted, quantized activations; the worker multiplies them by its quantized weights and "
             "returns encrypted results. It never receives a secret key. Each client session is protected by a "
             "secret of its own; --access-token-file decides who may query at all (anyone who can query can "
@@ -112,56 +113,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--backend",
-        choices=BACKEND_CHOICES,
-        default="concrete",
+        choices=tuple(BACKENDS),
+        default=limits.DEFAULT_BACKEND,
         help=(
             "encrypted-linear backend: 'concrete' (exact), 'glwe' (approximate, compact), or 'clear' "
             "(plaintext: the worker sees the clients' data; testing only, clients must ask for it too)"
         ),
     )
-    worker.add_argument("--weight-bits", type=_bits, default=8, metavar="BITS", help="bits of the quantized weights")
-    worker.add_argument("--input-bits", type=_bits, default=8, metavar="BITS", help="bits of the clients' quantized activations")
+    worker.add_argument("--weight-bits", type=_bits, default=limits.DEFAULT_WEIGHT_BITS, metavar="BITS", help="bits of the quantized weights")
+    worker.add_argument("--input-bits", type=_bits, default=limits.DEFAULT_INPUT_BITS, metavar="BITS", help="bits of the clients' quantized activations")
     worker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     worker.add_argument("--port", type=_port, default=8765, metavar="PORT", help="TCP port to listen on")
     worker.add_argument(
         "--max-payload-mb",
         type=_positive_float,
-        default=256.0,
+        default=limits.DEFAULT_MAX_PAYLOAD_BYTES / limits.MIB,
         metavar="N",
         help="largest request body (evaluation keys or ciphertext) in MiB; larger requests get HTTP 413",
     )
     worker.add_argument(
         "--max-key-mb",
         type=_positive_float,
-        default=2048.0,
+        default=limits.DEFAULT_MAX_KEY_BYTES / limits.MIB,
         metavar="N",
         help="evaluation-key memory in MiB for all sessions; the least recently used sessions are evicted beyond it",
     )
     worker.add_argument(
         "--max-sessions",
         type=_positive_int,
-        default=256,
+        default=limits.DEFAULT_MAX_SESSIONS,
         metavar="N",
         help="most client sessions whose keys are kept; the least recently used are evicted beyond it",
     )
     worker.add_argument(
         "--max-inflight-mb",
         type=_positive_float,
-        default=1024.0,
+        default=limits.DEFAULT_MAX_INFLIGHT_BYTES / limits.MIB,
         metavar="N",
         help="request-body MiB held at once over all requests; beyond it requests get HTTP 503 (retry)",
     )
     worker.add_argument(
         "--read-timeout",
         type=_positive_float,
-        default=30.0,
+        default=limits.DEFAULT_READ_TIMEOUT,
         metavar="S",
         help="seconds a request body may stall before the request is dropped (HTTP 408)",
     )
     worker.add_argument(
         "--run-timeout",
         type=_positive_float,
-        default=300.0,
+        default=limits.DEFAULT_RUN_TIMEOUT,
         metavar="S",
         help="seconds one encrypted computation may take before it is stopped (concrete backend: it runs isolated)",
     )
@@ -182,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="uvicorn's log level",
     )
     worker.set_defaults(handler=_worker_command)
+
+    from veilml.cli_model import add_model_commands
+
+    add_model_commands(commands, _HelpFormatter)
     return parser
 
 
@@ -199,16 +204,16 @@ def serve(
     log_level: str = "info",
     **app_options: Any,
 ) -> None:
-    """Serve ``worker`` (a :class:`~veilml.runtime.linear.protocol.Worker`) with uvicorn until stopped.
+    """Serve ``worker`` (a :class:`~veilml.runtime.linear.worker.Worker`) with uvicorn until stopped.
 
-    ``app_options`` go to :func:`veilml.runtime.service.create_app` (``max_inflight_bytes``,
+    ``app_options`` go to :func:`veilml.runtime.linear.service.create_app` (``max_inflight_bytes``,
     ``read_timeout``, ``access_token``). uvicorn's access log is off: it would print session ids; the
     app logs requests itself with the ids removed.
     """
     try:
         import uvicorn
 
-        from veilml.runtime.service import create_app
+        from veilml.runtime.linear.service import create_app
     except ImportError as error:
         raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
 
@@ -290,7 +295,7 @@ def _worker_command(args: argparse.Namespace) -> int:
     if not loaded:
         raise CommandError(f"no linear layer of {path} matches {args.layers}; widen --layers")
 
-    from veilml.runtime.linear.protocol import Worker
+    from veilml.runtime.linear import Worker
 
     weights = {name: w for name, (w, _) in loaded.items()}
     biases = {name: b for name, (_, b) in loaded.items() if b is not None}
