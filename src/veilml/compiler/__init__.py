@@ -6,11 +6,13 @@ compiled or a configuration converted.
 
 from .configuration import Configuration, GPUUnavailableError
 from .encodings import InputEncoding
+from .builder import GraphBuilder
 from .interpreter import evaluate
-from .ir import Graph, GraphBuilder, IRError, Node, Ops
+from .ir import Graph, IRError, Node, Ops
 from .lowering import CircuitReport, CompiledGraph, compile_graph
 from .ranges import Range, bit_width, infer_ranges
 from .serialize import graph_from_bytes, graph_hash, graph_to_bytes, load_graph, save_graph
+from .spec import verify_graph
 
 __all__ = [
     "CircuitReport",
@@ -33,4 +35,5 @@ __all__ = [
     "infer_ranges",
     "load_graph",
     "save_graph",
+    "verify_graph",
 ]

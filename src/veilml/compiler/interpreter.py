@@ -10,9 +10,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .ir import Graph, IRError, Node, Ops
+from .ir import Graph, IRError, Node, Ops, round_bits
 
-__all__ = ["evaluate", "round_bits"]
+__all__ = ["evaluate"]
 
 _CMP = {
     "le": np.less_equal,
@@ -22,14 +22,6 @@ _CMP = {
     "eq": np.equal,
     "ne": np.not_equal,
 }
-
-
-def round_bits(x: np.ndarray, lsbs: int, mode: str) -> np.ndarray:
-    """Zero the ``lsbs`` low bits of ``x``: to the nearest multiple (ties up) or towards -inf."""
-    x = np.asarray(x, dtype=np.int64)
-    if mode == "round":
-        x = x + (1 << (lsbs - 1))
-    return (x >> lsbs) << lsbs
 
 
 def _lut(node: Node, x: np.ndarray) -> np.ndarray:

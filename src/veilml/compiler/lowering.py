@@ -14,6 +14,7 @@ from .interpreter import evaluate
 from .key_sizes import key_sizes
 from .ir import Graph, Node, Ops
 from .ranges import Range, bit_width, infer_ranges
+from .spec import verify_graph
 
 __all__ = ["CircuitReport", "CompiledGraph", "compile_graph", "to_concrete_function"]
 
@@ -216,7 +217,7 @@ def compile_graph(
     from concrete import fhe
 
     configuration = configuration or Configuration()
-    graph.verify()
+    verify_graph(graph)
     batches = [np.asarray(x, dtype=np.int64) for x in inputset]
     if len(batches) != len(graph.inputs) or any(b.ndim != 2 for b in batches):
         raise ValueError(

@@ -12,8 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .interpreter import round_bits
-from .ir import Graph, IRError, Node, Ops
+from .ir import Graph, IRError, Node, Ops, round_bits
 
 __all__ = ["Range", "bit_width", "infer_ranges"]
 

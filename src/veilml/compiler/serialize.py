@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .ir import Graph, IRError, Node, Ops
+from .spec import verify_graph
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -86,7 +87,7 @@ def from_document(document: dict[str, Any], arrays: Any) -> Graph:
         )
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
         raise IRError(f"malformed IR document ({type(error).__name__}: {error}); re-export the model") from None
-    return Graph(nodes).verify()
+    return verify_graph(Graph(nodes))
 
 
 # ------------------------------------------------------------------------------------ bounded reading
