@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 
 from veilml.quantization import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
-from veilml.runtime.linear import MatrixSpec, get_backend, pack_frames, unpack_frames
-from veilml.runtime.linear.protocol import EncryptedLinearExecutor, InsecureBackendError, LocalTransport, Worker, WorkerError
+from veilml.runtime.linear import (
+    EncryptedLinearExecutor,
+    InsecureBackendError,
+    LocalTransport,
+    MatrixSpec,
+    Worker,
+    WorkerError,
+    get_backend,
+    pack_frames,
+    unpack_frames,
+)
 
 rng = np.random.default_rng(0)
 

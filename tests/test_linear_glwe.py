@@ -8,13 +8,17 @@ from requires import require
 
 fhext = require("concrete_ml_extensions", "glwe")
 
-from veilml.runtime.linear import MatrixSpec, get_backend, pack_frames, unpack_frames
-from veilml.runtime.linear.glwe import GLWEBackend, GLWESetup, plan_row_blocks
-from veilml.runtime.linear.protocol import (
+from veilml.runtime.linear import (
     EncryptedLinearExecutor,
     LocalTransport,
+    MatrixSpec,
     Worker,
+    WorkerError,
+    get_backend,
+    pack_frames,
+    unpack_frames,
 )
+from veilml.runtime.linear.glwe import GLWEBackend, GLWESetup, plan_row_blocks
 
 rng = np.random.default_rng(0)
 
@@ -136,7 +140,7 @@ def _holds(obj, private_bytes, chunk, seen=None, depth=0):
 
 
 def test_the_server_never_holds_the_private_key(backend):
-    from veilml.runtime.linear import glwe
+    from veilml.runtime.linear.glwe.keys import COMPRESSION_KEYS
 
     worker = Worker({"fc": rng.normal(size=(16, 8))}, backend=backend)
     executor = EncryptedLinearExecutor(LocalTransport(worker), backend=backend)
@@ -147,7 +151,7 @@ def test_the_server_never_holds_the_private_key(backend):
     chunk = private_bytes[len(private_bytes) // 2 : len(private_bytes) // 2 + 256]
     assert _holds(session, private_bytes, chunk)  # the probe finds the key where it is
     assert not _holds(worker, private_bytes, chunk)
-    assert not _holds(glwe._COMPRESSION_KEYS, private_bytes, chunk)
+    assert not _holds(COMPRESSION_KEYS, private_bytes, chunk)
     for keys in worker.session_keys.values():
         assert private_bytes[:4096] not in keys and chunk not in keys
 
@@ -218,8 +222,6 @@ def test_float_forward_backward_through_the_worker_matches_clear(backend):
 
 def test_keys_are_checked_and_bound_to_the_parameters(backend, session):
     """Finding 3: the glwe server accepted any bytes as a key; a junk key gave its session a permanent 400."""
-    from veilml.runtime.linear.protocol import WorkerError
-
     server = backend.server(rng.integers(-127, 128, size=(6, 4)), 8)
     keys = session.register("bound", server.spec, server.setup())
     server.check_keys(keys)  # the session's own key passes
@@ -243,8 +245,6 @@ def test_keys_are_checked_and_bound_to_the_parameters(backend, session):
 
 def test_requests_over_max_rows_are_refused(backend):
     """Finding 5: glwe requests skipped max_rows (5 rows were served with max_rows=2)."""
-    from veilml.runtime.linear.protocol import WorkerError
-
     worker = Worker({"fc": rng.normal(size=(6, 4))}, backend=backend, max_rows=2)
     executor = EncryptedLinearExecutor(LocalTransport(worker), backend=backend)
     assert executor.forward("fc", rng.normal(size=(2, 6))).shape == (2, 4)

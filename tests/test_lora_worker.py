@@ -25,8 +25,8 @@ from veilml.models.lora import (  # noqa: E402
     save_remote_weights,
     tiny_gpt2,
 )
-from veilml.runtime.linear.protocol import EncryptedLinearExecutor  # noqa: E402
-from veilml.runtime.remote import HTTPTransport  # noqa: E402
+from veilml.runtime.linear import EncryptedLinearExecutor  # noqa: E402
+from veilml.runtime.linear.transport import HTTPTransport  # noqa: E402
 
 from worker_helpers import CLIWorker, veilml_script  # noqa: E402
 

@@ -22,7 +22,7 @@ httpx = require("httpx", "worker")
 
 from fastapi.testclient import TestClient
 
-from veilml.runtime.linear.protocol import (
+from veilml.runtime.linear import (
     ALL,
     DIRECTIONS,
     EncryptedLinearExecutor,
@@ -31,8 +31,8 @@ from veilml.runtime.linear.protocol import (
 )
 from veilml.runtime.linear.clear import pack_integers
 from veilml.runtime.envelope import unpack_envelope
-from veilml.runtime.remote import HTTPTransport, RemoteWorkerError
-from veilml.runtime.service import create_app
+from veilml.runtime.linear.service import create_app
+from veilml.runtime.linear.transport import HTTPTransport, RemoteWorkerError
 from worker_helpers import (
     CLIWorker,
     answers_health,
@@ -55,7 +55,7 @@ import itertools, os, sys, threading
 from pathlib import Path
 import numpy as np
 from veilml.cli import serve
-from veilml.runtime.linear.protocol import Worker
+from veilml.runtime.linear import Worker
 
 data = np.load(sys.argv[1])
 weights = {k[2:]: data[k] for k in data.files if k.startswith("w:")}
@@ -500,7 +500,7 @@ def test_garbage_evaluation_keys_are_refused_at_registration() -> None:
 
 def test_key_memory_bound_evicts_oldest_sessions(monkeypatch) -> None:
     from veilml.runtime.linear.clear import ClearServer
-    from veilml.runtime.service import create_app as make
+    from veilml.runtime.linear.service import create_app as make
 
     monkeypatch.setattr(ClearServer, "check_keys", lambda self, keys: None)  # any bytes count as keys here
     weights, biases = make_weights()
@@ -657,8 +657,8 @@ def test_glwe_worker_over_http_is_within_the_error_bound(tmp_path: Path, weights
 @pytest.mark.execute
 def test_glwe_worker_keeps_the_compression_key_sent_and_no_private_key(key_cache: Path) -> None:
     fhext = require("concrete_ml_extensions", "glwe")
-    from veilml.runtime.linear import glwe
     from veilml.runtime.linear.glwe import GLWEBackend
+    from veilml.runtime.linear.glwe.keys import COMPRESSION_KEYS
 
     backend = GLWEBackend(insecure_key_cache=key_cache)
     weights, _ = make_weights()
@@ -679,7 +679,7 @@ def test_glwe_worker_keeps_the_compression_key_sent_and_no_private_key(key_cache
     windows = key_windows(client._private_key.serialize())
     found = [blob for blob in held_bytes(client) if holding([blob], windows)]
     assert all(any(window in blob for blob in found) for window in windows)
-    holds = (worker, app.state, glwe._COMPRESSION_KEYS)  # the deserialized compression keys are shared in the process
+    holds = (worker, app.state, COMPRESSION_KEYS)  # the deserialized compression keys are shared in the process
     assert not any(isinstance(obj, fhext.PrivateKey) for obj in reachable(*holds))
     assert any(isinstance(obj, fhext.PrivateKey) for obj in reachable(client))
     assert holding(held_bytes(*holds), windows) == []
@@ -725,7 +725,7 @@ def test_two_workers_each_serve_a_subset_of_layers(tmp_path: Path, weights_file:
 
 def test_readme_client_refuses_a_plaintext_worker_over_http(remote: WorkerProcess) -> None:
     """Finding 2: a client written as in the README sent plain codes to a 'simulate' worker, silently."""
-    from veilml.runtime.linear.protocol import InsecureBackendError
+    from veilml.runtime.linear import InsecureBackendError
 
     with HTTPTransport(remote.url) as transport:
         with pytest.raises(InsecureBackendError, match="UNENCRYPTED"):

@@ -3,7 +3,7 @@
 The data owner keeps the data, tokenizer, adapters, embeddings, norms, softmax, activations, LM
 head, loss and optimizer. Workers hold the frozen projection weights and compute ``x @ W`` (forward)
 and ``g @ W.T`` (backward) on encrypted per-row-quantized rows (see
-:mod:`veilml.runtime.linear.protocol`). Typical use::
+:mod:`veilml.runtime.linear`). Typical use::
 
     from veilml.models.lora import LoraTrainer, local_executor, remote_linear_weights, tiny_gpt2
 
@@ -51,7 +51,7 @@ _LAZY = {
     "remote_linear_weights": ".weights",
     "save_remote_weights": ".weights",
     "unwrap_peft": ".weights",
-    "RemoteLinear": ".remote",
+    "RemoteLinear": ".remote_linear",
     "outsource_linear_layers": ".remote",
     "remote_layer_names": ".remote",
     "local_executor": ".workers",

@@ -1,9 +1,7 @@
-"""Linear layers computed by remote workers, as drop-in torch modules.
+"""Sending a model's linear layers to remote workers: each is replaced by a :class:`RemoteLinear`.
 
-:class:`RemoteLinear` replaces an ``nn.Linear``, a transformers ``Conv1D`` or the ``base_layer`` of a
-PEFT LoRA layer. Its forward sends ``x`` to the workers (``x @ W + b``), its backward sends the
-output gradient (``g @ W.T``); the frozen weight never gets a gradient and is not held locally.
-Everything around it (the LoRA path, norms, softmax, loss, optimizer) stays in the client's torch.
+:func:`outsource_linear_layers` does the replacing, :func:`remote_layer_names` finds the replaced
+layers again. The layer itself is :mod:`.remote_linear`; which layers match is :mod:`.weights`.
 """
 
 from __future__ import annotations
@@ -11,81 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from .remote_linear import DEFAULT_MAX_ROWS, RemoteLinear
 from .weights import DEFAULT_REMOTE_PATTERNS, find_remote_layers
 
 __all__ = ["RemoteLinear", "outsource_linear_layers", "remote_layer_names"]
-
-#: Rows sent in one request (the protocol's Worker accepts 4096 by default).
-DEFAULT_MAX_ROWS = 4096
-
-
-class _RemoteMatmul(torch.autograd.Function):
-    """``y = x @ W + b`` by the workers; ``dx = g @ W.T`` by the workers; no gradient for ``W`` or ``b``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, layer: RemoteLinear) -> torch.Tensor:
-        ctx.layer = layer
-        return layer.remote("forward", x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        return ctx.layer.remote("backward", grad), None
-
-
-class RemoteLinear(nn.Module):
-    """A frozen linear layer whose weight lives on a worker; holds no parameter and no buffer.
-
-    Args:
-        name: the layer's name on the workers (see :mod:`.weights` for the naming rule).
-        executor: an :class:`~veilml.runtime.linear.protocol.EncryptedLinearExecutor` serving ``name``.
-        in_features / out_features: the layer's shape; checked against what the worker publishes.
-        max_rows: most rows per request; larger inputs are sent in several requests (rows are
-            quantized one by one, so the split changes nothing in the result).
-    """
-
-    def __init__(self, name: str, executor: Any, in_features: int, out_features: int, max_rows: int = DEFAULT_MAX_ROWS) -> None:
-        super().__init__()
-        info = executor.layer(name)  # KeyError naming the served layers when it is not served
-        if (info.d_in, info.d_out) != (in_features, out_features):
-            raise ValueError(
-                f"layer {name!r} is ({in_features} -> {out_features}) here but the worker serves "
-                f"({info.d_in} -> {info.d_out}); build the worker from the same model"
-            )
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
-        self.name = name
-        self.executor = executor
-        self.in_features = in_features
-        self.out_features = out_features
-        self.max_rows = max_rows
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"layer {self.name!r} takes {self.in_features} features, got input of shape {tuple(x.shape)}")
-        return _RemoteMatmul.apply(x, self)
-
-    def remote(self, direction: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Run ``tensor``'s rows through the workers (``"forward"``: ``x @ W + b``; ``"backward"``: ``g @ W.T``)."""
-        width_in, width_out = (self.in_features, self.out_features) if direction == "forward" else (self.out_features, self.in_features)
-        # C-contiguous float64 rows at the boundary: concrete misreads strided arrays
-        rows = np.ascontiguousarray(tensor.detach().to(device="cpu", dtype=torch.float64).reshape(-1, width_in).numpy())
-        run = self.executor.forward if direction == "forward" else self.executor.backward
-        # at least one call, so that zero rows come back as a (0, width_out) array from the executor
-        starts = range(0, max(rows.shape[0], 1), self.max_rows)
-        chunks = [run(self.name, np.ascontiguousarray(rows[i : i + self.max_rows])) for i in starts]
-        out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-        result = torch.from_numpy(np.ascontiguousarray(out)).to(device=tensor.device, dtype=tensor.dtype)
-        return result.reshape(*tensor.shape[:-1], width_out)
-
-    def extra_repr(self) -> str:
-        backend = getattr(getattr(self.executor, "backend", None), "name", "?")
-        return f"name={self.name!r}, in_features={self.in_features}, out_features={self.out_features}, backend={backend}"
 
 
 def _shape(module: nn.Module) -> tuple[int, int]:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .remote_linear import RemoteLinear
+
 __all__ = [
     "DEFAULT_REMOTE_PATTERNS",
     "RemoteWeights",
@@ -87,8 +89,7 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 
 
 def _is_linear(module: nn.Module | None) -> bool:
-    from .remote import RemoteLinear  # a layer already outsourced still counts as one
-
+    """A plain ``nn.Linear``, a transformers ``Conv1D``, or one already outsourced (a :class:`RemoteLinear`)."""
     conv1d = _loaded_type("transformers.pytorch_utils", "Conv1D")
     return isinstance(module, (nn.Linear, RemoteLinear)) or (conv1d is not None and isinstance(module, conv1d))
 
@@ -141,8 +142,6 @@ def remote_linear_weights(model: nn.Module, patterns: Sequence[str] = DEFAULT_RE
     Works on a plain transformers model or on a PEFT model (the base layer's weight is used, never
     the adapters). Raises ValueError when nothing matches or when a layer was already outsourced.
     """
-    from .remote import RemoteLinear
-
     sites = list(find_remote_layers(model, patterns))
     remote = [site.name for site in sites if isinstance(site.module, RemoteLinear)]
     if remote:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...runtime.linear.protocol import EncryptedLinearExecutor, LocalTransport, Worker
+from ...runtime.linear import EncryptedLinearExecutor, LocalTransport, Worker
 from .weights import RemoteWeights
 
 __all__ = ["local_executor"]

@@ -1,4 +1,4 @@
-"""HTTP service around a :class:`~veilml.runtime.linear.protocol.Worker`.
+"""The HTTP service of a linear-layer worker: a FastAPI app around a :class:`~veilml.runtime.linear.worker.Worker`.
 
 A worker holds frozen base weights and multiplies encrypted rows by them. It only ever receives
 evaluation keys and ciphertexts; secret keys stay with the client.
@@ -51,8 +51,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from .errors import WorkerError
 from .http import SECRET_HEADER, redact_path
-from .linear.protocol import ALL, Worker, WorkerError
+from .layers import ALL
+from .worker import Worker
 
 __all__ = [
     "DEFAULT_MAX_INFLIGHT_BYTES",

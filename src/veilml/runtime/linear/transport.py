@@ -1,4 +1,4 @@
-"""Reaching a worker over HTTP: :class:`HTTPTransport`, the same four calls as ``LocalTransport``.
+"""The client's HTTP transport to a linear-layer worker: :class:`HTTPTransport`, the same calls as ``LocalTransport``.
 
 Every call but ``open_session`` is safe to repeat: ``layers`` and ``setup`` read, ``register``
 sends the same keys again (the worker accepts identical keys and refuses others), and ``run`` is a
@@ -29,8 +29,9 @@ from urllib.parse import quote
 
 import httpx
 
-from .linear.protocol import ALL, LayerInfo, WorkerError
+from .errors import WorkerError
 from .http import SECRET_HEADER, redact_path
+from .layers import ALL, LayerInfo
 
 __all__ = ["HTTPTransport", "RemoteWorkerError"]
 
@@ -50,7 +51,7 @@ class RemoteWorkerError(WorkerError):
 
 
 class HTTPTransport:
-    """A :class:`~veilml.runtime.linear.protocol.Transport` to a worker at ``url`` (``veilml worker``).
+    """A :class:`~veilml.runtime.linear.executor.Transport` to a worker at ``url`` (``veilml worker``).
 
     Args:
         url: the worker's base URL, e.g. ``http://10.0.0.5:8765``.
