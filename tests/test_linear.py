@@ -172,13 +172,52 @@ def test_several_workers_each_serve_a_subset_of_layers():
         )
 
 
-def test_worker_refuses_too_many_rows():
+def requests_rows(worker: Worker) -> list[int]:
+    """The rows of every request ``worker`` runs from now on (a list that fills as it runs)."""
+    sizes, run = [], worker.run
+
+    def counting_run(session, secret, layer, direction, ciphertext):
+        sizes.append(worker.servers[(layer, direction)].request_rows(ciphertext))
+        return run(session, secret, layer, direction, ciphertext)
+
+    worker.run = counting_run
+    return sizes
+
+
+def test_worker_refuses_too_many_rows_and_the_executor_sends_no_more():
     worker = Worker({"a": rng.normal(size=(8, 4))}, max_rows=3, backend="clear")
     executor = clear_executor(worker)
-    executor.forward("a", rng.normal(size=(3, 8)))
+    sizes = requests_rows(worker)
+    assert executor.max_rows("a") == 3  # the worker's own limit, through the transport
+    x, g = rng.normal(size=(7, 8)), rng.normal(size=(4, 4))
+    y, dx = executor.forward("a", x), executor.backward("a", g)
+    assert sizes == [3, 3, 1, 3, 1]  # split by the worker's limit
+    # rows are quantized one by one: the split changes nothing
+    assert np.array_equal(y, np.concatenate([executor.forward("a", x[i : i + 1]) for i in range(7)]))
+    assert np.array_equal(dx, np.concatenate([executor.backward("a", g[i : i + 1]) for i in range(4)]))
+    # a request over the limit that skips the executor's split is refused
+    ciphertext = executor.session.encrypt("a/forward", np.zeros((4, 8), np.int64))
     with pytest.raises(WorkerError, match="4 rows in one request, over this worker's limit of 3") as error:
-        executor.forward("a", rng.normal(size=(4, 8)))
+        executor.routes["a"].run(executor.sessions[0], "a", "forward", ciphertext)
     assert error.value.status == 413
+
+
+def test_a_transport_without_max_rows_gets_the_default_limit():
+    from veilml.runtime.linear.limits import DEFAULT_MAX_ROWS
+
+    class OlderTransport:  # a Transport written before max_rows was part of it
+        def __init__(self, worker):
+            self._local = LocalTransport(worker)
+            self.backend = self._local.backend
+
+        def __getattr__(self, name):
+            if name == "max_rows":
+                raise AttributeError(name)
+            return getattr(self._local, name)
+
+    worker = Worker({"a": rng.normal(size=(8, 4))}, max_rows=3, backend="clear")
+    executor = EncryptedLinearExecutor(OlderTransport(worker), backend="clear")
+    assert executor.max_rows("a") == DEFAULT_MAX_ROWS and Worker({}, backend="clear").max_rows == DEFAULT_MAX_ROWS
 
 
 # -- finding 2: plaintext is never a default, and never silent -----------------------------------------

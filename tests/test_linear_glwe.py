@@ -247,9 +247,10 @@ def test_requests_over_max_rows_are_refused(backend):
     """Finding 5: glwe requests skipped max_rows (5 rows were served with max_rows=2)."""
     worker = Worker({"fc": rng.normal(size=(6, 4))}, backend=backend, max_rows=2)
     executor = EncryptedLinearExecutor(LocalTransport(worker), backend=backend)
-    assert executor.forward("fc", rng.normal(size=(2, 6))).shape == (2, 4)
+    assert executor.forward("fc", rng.normal(size=(5, 6))).shape == (5, 4)  # the executor sends 2 + 2 + 1 rows
+    ciphertext = executor.session.encrypt("fc/forward", np.zeros((5, 6), np.int64))  # past the executor's split
     with pytest.raises(WorkerError, match="5 rows in one request, over this worker's limit of 2") as error:
-        executor.forward("fc", rng.normal(size=(5, 6)))
+        executor.routes["fc"].run(executor.sessions[0], "fc", "forward", ciphertext)
     assert error.value.status == 413
 
 

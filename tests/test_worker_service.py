@@ -31,6 +31,7 @@ from veilml.runtime.linear import (
 )
 from veilml.runtime.linear.clear import pack_integers
 from veilml.runtime.envelope import unpack_envelope
+from veilml.runtime.linear.limits import DEFAULT_MAX_ROWS
 from veilml.runtime.linear.service import create_app
 from veilml.runtime.linear.transport import HTTPTransport, RemoteWorkerError
 from worker_helpers import (
@@ -194,6 +195,8 @@ def test_health_and_layers_describe_the_worker(remote: WorkerProcess) -> None:
     document = httpx.get(remote.url + "/layers").json()
     assert document["backend"] == "clear" and document["input_bits"] == 8 and document["weight_bits"] == 8
     assert document["max_payload_bytes"] == MAX_PAYLOAD and document["fingerprint"] == health["fingerprint"]
+    limits = ("max_rows", "max_payload_bytes", "max_key_bytes")
+    assert [health[k] for k in limits] == [document[k] for k in limits] and health["max_rows"] == DEFAULT_MAX_ROWS
     assert set(document["layers"]) == {QKV, FC}
     assert document["layers"][QKV]["d_in"] == 24 and document["layers"][QKV]["d_out"] == 32
     assert httpx.get(f"{remote.url}/layers/{FC}/forward/setup").content == b""
@@ -335,6 +338,26 @@ def _in_process(worker: Worker, **options) -> tuple[HTTPTransport, list[tuple[st
     wire: list[tuple[str, bytes]] = []
     client.event_hooks = {"request": [lambda request: wire.append((request.url.path, request.read()))]}
     return HTTPTransport("http://testserver", backoff=0.0, client=client), wire, app
+
+
+def test_the_transport_takes_its_limits_from_the_worker() -> None:
+    weights, biases = make_weights()
+    worker = Worker(weights, biases, backend="clear", max_rows=3)
+    transport, wire, _ = _in_process(worker, max_payload_bytes=MAX_PAYLOAD)
+    assert (transport.max_rows, transport.max_payload_bytes) == (3, MAX_PAYLOAD)
+    health = transport.health()
+    assert (health["max_rows"], health["max_payload_bytes"]) == (3, MAX_PAYLOAD)
+    executor = EncryptedLinearExecutor(transport, backend="clear")
+    assert executor.max_rows(QKV) == 3
+    rows = np.random.default_rng(5).normal(size=(7, 24))
+    reference = EncryptedLinearExecutor(LocalTransport(clear_worker(weights, biases)), backend="clear")
+    np.testing.assert_array_equal(executor.forward(QKV, rows), reference.forward(QKV, rows))
+    assert sum(path.endswith("/run") for path, _ in wire) == 3  # 3 + 3 + 1 rows: the worker's limit, not 4096
+    # a worker that does not publish its limits (before they were published): the defaults
+    older = {"backend": "clear", "fingerprint": "0" * 32, "layers": {}}
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=older)))
+    with HTTPTransport("http://older", client=client) as old:
+        assert (old.max_rows, old.max_payload_bytes) == (DEFAULT_MAX_ROWS, None)
 
 
 TINY = {"tiny.q": (8, 6), "tiny.fc": (6, 4)}

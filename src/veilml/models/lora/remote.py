@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .remote_linear import DEFAULT_MAX_ROWS, RemoteLinear
+from .remote_linear import RemoteLinear
 from .weights import DEFAULT_REMOTE_PATTERNS, find_remote_layers
 
 __all__ = ["RemoteLinear", "outsource_linear_layers", "remote_layer_names"]
@@ -34,7 +34,7 @@ def outsource_linear_layers(
     executor: Any,
     patterns: Sequence[str] = DEFAULT_REMOTE_PATTERNS,
     *,
-    max_rows: int = DEFAULT_MAX_ROWS,
+    max_rows: int | None = None,
 ) -> list[str]:
     """Replace, in place, the linear layers matching ``patterns`` by :class:`RemoteLinear` on ``executor``.
 

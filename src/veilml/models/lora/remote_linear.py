@@ -15,10 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_MAX_ROWS", "RemoteLinear"]
-
-#: Rows sent in one request (the protocol's Worker accepts 4096 by default).
-DEFAULT_MAX_ROWS = 4096
+__all__ = ["RemoteLinear"]
 
 
 class _RemoteMatmul(torch.autograd.Function):
@@ -43,11 +40,12 @@ class RemoteLinear(nn.Module):
         name: the layer's name on the workers (see :mod:`.weights` for the naming rule).
         executor: an :class:`~veilml.runtime.linear.executor.EncryptedLinearExecutor` serving ``name``.
         in_features / out_features: the layer's shape; checked against what the worker publishes.
-        max_rows: most rows per request; larger inputs are sent in several requests (rows are
-            quantized one by one, so the split changes nothing in the result).
+        max_rows: most rows per call to the executor, or None for all of them at once. The executor
+            itself sends at most the worker's published ``max_rows`` per request either way (rows
+            are quantized one by one, so no split changes the result).
     """
 
-    def __init__(self, name: str, executor: Any, in_features: int, out_features: int, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(self, name: str, executor: Any, in_features: int, out_features: int, max_rows: int | None = None) -> None:
         super().__init__()
         info = executor.layer(name)  # KeyError naming the served layers when it is not served
         if (info.d_in, info.d_out) != (in_features, out_features):
@@ -55,7 +53,7 @@ class RemoteLinear(nn.Module):
                 f"layer {name!r} is ({in_features} -> {out_features}) here but the worker serves "
                 f"({info.d_in} -> {info.d_out}); build the worker from the same model"
             )
-        if max_rows < 1:
+        if max_rows is not None and max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.name = name
         self.executor = executor
@@ -75,8 +73,8 @@ class RemoteLinear(nn.Module):
         rows = np.ascontiguousarray(tensor.detach().to(device="cpu", dtype=torch.float64).reshape(-1, width_in).numpy())
         run = self.executor.forward if direction == "forward" else self.executor.backward
         # at least one call, so that zero rows come back as a (0, width_out) array from the executor
-        starts = range(0, max(rows.shape[0], 1), self.max_rows)
-        chunks = [run(self.name, np.ascontiguousarray(rows[i : i + self.max_rows])) for i in starts]
+        step = self.max_rows or max(rows.shape[0], 1)
+        chunks = [run(self.name, np.ascontiguousarray(rows[i : i + step])) for i in range(0, max(rows.shape[0], 1), step)]
         out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         result = torch.from_numpy(np.ascontiguousarray(out)).to(device=tensor.device, dtype=tensor.dtype)
         return result.reshape(*tensor.shape[:-1], width_out)

@@ -5,6 +5,7 @@ encrypted quantized rows.
 
 - :mod:`.base`: the backend interface and registry; :mod:`.clear`, :mod:`.concrete`, :mod:`.glwe`
 - :mod:`.layers`: what a worker publishes about its layers (:class:`LayerInfo`)
+- :mod:`.limits`: the limits and defaults both sides share
 - :mod:`.worker`: the worker core (:class:`Worker`) and :class:`LocalTransport`
 - :mod:`.executor`: the client (:class:`EncryptedLinearExecutor`) and the :class:`Transport` protocol
 - :mod:`.service` and :mod:`.transport`: the worker's HTTP service and the client's HTTP transport

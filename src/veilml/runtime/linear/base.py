@@ -163,11 +163,12 @@ class LinearBackend(abc.ABC):
         return 0.0
 
 
-# name -> "module:Class", loaded on first use so that each backend's dependency stays optional
+# name -> "module:Class", loaded on first use so that each backend's dependency stays optional; the one
+# list of backend names (the worker's --backend choices, in this order: exact, approximate, plaintext)
 BACKENDS: dict[str, str] = {
-    "clear": "veilml.runtime.linear.clear:ClearBackend",
     "concrete": "veilml.runtime.linear.concrete:ConcreteBackend",
     "glwe": "veilml.runtime.linear.glwe:GLWEBackend",
+    "clear": "veilml.runtime.linear.clear:ClearBackend",
 }
 
 

@@ -37,6 +37,7 @@ from ..envelope import check_key_id, check_model, key_id, pack_envelope, specs_f
 from ..isolation import IsolatedRunner
 from ..security import check_client_specs
 from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec, pack_frames, unpack_frames
+from .limits import DEFAULT_RUN_TIMEOUT
 
 __all__ = ["ConcreteBackend", "ConcreteServer", "ConcreteSession", "matmul_graph"]
 
@@ -133,7 +134,7 @@ def shared_runner() -> IsolatedRunner:
     global _SHARED
     with _SHARED_LOCK:
         if _SHARED is None:
-            _SHARED = IsolatedRunner(processes=2, timeout=300.0, name="veilml-concrete")
+            _SHARED = IsolatedRunner(processes=2, timeout=DEFAULT_RUN_TIMEOUT, name="veilml-concrete")
         return _SHARED
 
 
@@ -221,7 +222,7 @@ class ConcreteBackend(LinearBackend):
         configuration: Configuration | None = None,
         *,
         cache_dir: str | Path | None = None,
-        run_timeout: float = 300.0,
+        run_timeout: float = DEFAULT_RUN_TIMEOUT,
         min_security_bits: int = 128,
     ) -> None:
         self.configuration = configuration

@@ -16,6 +16,7 @@ from ...quantization import backward_input, backward_output, forward_output, qua
 from .base import ClientSession, LinearBackend, get_backend
 from .errors import InsecureBackendError
 from .layers import ALL, LayerInfo
+from .limits import DEFAULT_MAX_ROWS
 
 __all__ = ["EncryptedLinearExecutor", "Transport"]
 
@@ -24,10 +25,13 @@ class Transport(Protocol):
     """How a client reaches workers: the same calls in-process or over HTTP.
 
     ``open_session`` returns a session id; the transport keeps the session's secret and sends it
-    with every ``register`` and ``run`` of that session.
+    with every ``register`` and ``run`` of that session. ``max_rows`` is the most rows the worker
+    takes in one ``run``, as the worker publishes it (a transport without it is assumed to reach a
+    worker with the default limit, :data:`~veilml.runtime.linear.limits.DEFAULT_MAX_ROWS`).
     """
 
     backend: str
+    max_rows: int
 
     def layers(self) -> dict[str, LayerInfo]: ...
 
@@ -51,6 +55,9 @@ class EncryptedLinearExecutor:
     if it encrypts (``concrete`` or ``glwe``) and raises :class:`InsecureBackendError` for ``clear``;
     plaintext needs ``backend="clear"`` here, an explicit choice. Crypto parameters that a worker
     hands over are checked by the backend's session before any key is made from them.
+
+    Rows are sent in requests of at most the worker's published ``max_rows`` (see :meth:`max_rows`);
+    rows are quantized one by one, so the split changes nothing in the result.
 
     Attributes:
         sessions: the session id opened on each transport (by position in ``transports``).
@@ -96,6 +103,12 @@ class EncryptedLinearExecutor:
         except KeyError:
             raise KeyError(f"no worker serves layer {name!r}; served layers: {sorted(self.infos)}") from None
 
+    def max_rows(self, name: str) -> int:
+        """The most rows the worker serving ``name`` takes in one request, as it publishes it."""
+        self.layer(name)
+        limit = getattr(self.routes[name], "max_rows", None)  # transports written before max_rows: the default
+        return DEFAULT_MAX_ROWS if limit is None else int(limit)
+
     def _key(self, name: str, direction: str) -> str:
         return f"{name}/{direction}"
 
@@ -125,6 +138,11 @@ class EncryptedLinearExecutor:
     def _remote_product(self, name: str, direction: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Quantize rows, have the worker multiply them, return (integer product, scales, zeros)."""
         info = self.layer(name)
+        limit = self.max_rows(name)
+        if rows.shape[0] > limit:  # one request per max_rows rows, the worker's own limit
+            parts = [self._remote_product(name, direction, rows[i : i + limit]) for i in range(0, rows.shape[0], limit)]
+            product, scale, zero = (np.concatenate(arrays) for arrays in zip(*parts))
+            return product, scale, zero
         if rows.shape[0] == 0:  # nothing to send
             cols = info.spec(direction).cols
             return np.zeros((0, cols), np.int64), np.zeros(0), np.zeros(0, np.int64)

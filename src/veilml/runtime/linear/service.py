@@ -6,7 +6,8 @@ evaluation keys and ciphertexts; secret keys stay with the client.
 Endpoints. Binary bodies are raw ``application/octet-stream``; metadata is JSON:
 
 - ``GET /health``: ``{"status": "ok", "backend", "layers", "fingerprint", "version", "bytes_in_flight"}``
-- ``GET /layers``: backend, bits, payload limit, fingerprint, and ``LayerInfo.to_dict()`` per layer
+  and the worker's limits ``max_rows``, ``max_payload_bytes``, ``max_key_bytes``
+- ``GET /layers``: backend, bits, the same limits, fingerprint, and ``LayerInfo.to_dict()`` per layer
 - ``GET /layers/{layer}/{direction}/setup``: the public setup bytes for one matrix
 - ``POST /sessions``: opens a session: ``{"session": id, "secret": secret}`` (201)
 - ``POST /sessions/{session}/keys``: evaluation keys that serve every matrix (204)
@@ -54,14 +55,16 @@ from starlette.requests import ClientDisconnect
 from .errors import WorkerError
 from .http import SECRET_HEADER, redact_path
 from .layers import ALL
+from .limits import (
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_READ_TIMEOUT,
+)
 from .worker import Worker
 
 __all__ = [
-    "DEFAULT_MAX_INFLIGHT_BYTES",
-    "DEFAULT_MAX_KEY_BYTES",
-    "DEFAULT_MAX_PAYLOAD_BYTES",
-    "DEFAULT_MAX_SESSIONS",
-    "DEFAULT_READ_TIMEOUT",
     "SECRET_HEADER",
     "SESSION_ID",
     "create_app",
@@ -71,11 +74,6 @@ __all__ = [
 logger = logging.getLogger("veilml.worker")
 access_logger = logging.getLogger("veilml.worker.access")
 
-DEFAULT_MAX_PAYLOAD_BYTES = 256 * 2**20
-DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 2**20
-DEFAULT_MAX_KEY_BYTES = 2 * 2**30
-DEFAULT_MAX_SESSIONS = 256
-DEFAULT_READ_TIMEOUT = 30.0
 #: session ids are lowercase hex, 16 to 128 characters (the worker makes 32)
 SESSION_ID = re.compile(r"[0-9a-f]{16,128}")
 OCTET_STREAM = "application/octet-stream"
@@ -179,7 +177,7 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> str:
     )
 
 
-def _layers_document(worker: Worker, max_payload_bytes: int) -> tuple[bytes, str]:
+def _layers_document(worker: Worker, limits: dict[str, int]) -> tuple[bytes, str]:
     layers = {name: info.to_dict() for name, info in worker.layers().items()}
     fingerprint = hashlib.sha256(
         json.dumps([str(worker.backend), layers], sort_keys=True, separators=(",", ":")).encode()
@@ -188,8 +186,7 @@ def _layers_document(worker: Worker, max_payload_bytes: int) -> tuple[bytes, str
         "backend": str(worker.backend),
         "input_bits": worker.input_bits,
         "weight_bits": worker.weight_bits,
-        "max_payload_bytes": max_payload_bytes,
-        "max_rows": worker.max_rows,
+        **limits,
         "fingerprint": fingerprint,
         "layers": layers,
     }
@@ -224,7 +221,9 @@ def create_app(
         raise ValueError("the payload, key, session and in-flight limits and the read timeout must be positive")
     if access_token is not None and len(access_token) < 16:
         raise ValueError("an access token must have at least 16 characters; make one with secrets.token_urlsafe(32)")
-    layers_json, fingerprint = _layers_document(worker, max_payload_bytes)
+    # what clients must stay within, published by /layers and /health (HTTPTransport reads them)
+    limits = {"max_rows": worker.max_rows, "max_payload_bytes": max_payload_bytes, "max_key_bytes": max_key_bytes}
+    layers_json, fingerprint = _layers_document(worker, limits)
     memory = _KeyMemory(worker, max_key_bytes, max_sessions)
     budget = _BodyBudget(max_inflight_bytes)
     token_digest = None if access_token is None else hashlib.sha256(access_token.encode()).digest()
@@ -319,6 +318,7 @@ def create_app(
             "fingerprint": fingerprint,
             "version": __version__,
             "bytes_in_flight": budget.used,
+            **limits,
         }
 
     @app.get("/layers")

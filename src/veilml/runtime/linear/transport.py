@@ -12,6 +12,11 @@ layer and direction again and runs once more. Before doing so it checks that the
 serves the same layers (same fingerprint), since keys and results from a different model would be
 silently wrong.
 
+The worker's limits come from the worker: ``max_rows`` and ``max_payload_bytes`` as it publishes
+them at ``GET /layers`` (a worker that does not publish ``max_rows`` is assumed to take the default,
+:data:`~veilml.runtime.linear.limits.DEFAULT_MAX_ROWS`; without ``max_payload_bytes`` the size of a
+body is left for the worker to check).
+
 The session secret (``X-Veilml-Session-Secret``) and the access token (``Authorization: Bearer``)
 travel in headers, never in URLs. Use HTTPS (a TLS proxy in front of the worker) beyond a trusted
 network: both are bearer secrets.
@@ -32,6 +37,7 @@ import httpx
 from .errors import WorkerError
 from .http import SECRET_HEADER, redact_path
 from .layers import ALL, LayerInfo
+from .limits import DEFAULT_MAX_ROWS
 
 __all__ = ["HTTPTransport", "RemoteWorkerError"]
 
@@ -99,7 +105,14 @@ class HTTPTransport:
         return str(self._describe()["backend"])
 
     @property
+    def max_rows(self) -> int:
+        """The most rows the worker takes in one ``run``, as it publishes it."""
+        value = self._describe().get("max_rows")
+        return DEFAULT_MAX_ROWS if value is None else int(value)
+
+    @property
     def max_payload_bytes(self) -> int | None:
+        """The largest request body the worker takes, as it publishes it (None: it does not say)."""
         value = self._describe().get("max_payload_bytes")
         return None if value is None else int(value)
 

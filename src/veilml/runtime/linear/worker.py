@@ -31,6 +31,7 @@ from ...quantization import QuantizedWeight
 from .base import LinearBackend, LinearServer, get_backend
 from .errors import WorkerError
 from .layers import ALL, DIRECTIONS, LayerInfo
+from .limits import DEFAULT_BACKEND, DEFAULT_INPUT_BITS, DEFAULT_MAX_ROWS, DEFAULT_WEIGHT_BITS
 
 __all__ = ["LocalTransport", "SessionGrant", "Worker"]
 
@@ -64,15 +65,16 @@ class Worker:
         backend: ``"concrete"`` (exact, the default), ``"glwe"`` (approximate, compact), ``"clear"``
             (plaintext: the worker sees the client's codes; testing only), or a backend object.
         weight_bits / input_bits: precision of the quantized weights and of the client's rows.
-        max_rows: largest number of rows accepted in one request, for every backend.
+        max_rows: largest number of rows accepted in one request, for every backend; published to
+            clients, which split larger inputs.
     """
 
     weights: Mapping[str, np.ndarray]
     biases: Mapping[str, np.ndarray] = field(default_factory=dict)
-    backend: str | LinearBackend = "concrete"
-    weight_bits: int = 8
-    input_bits: int = 8
-    max_rows: int = 4096
+    backend: str | LinearBackend = DEFAULT_BACKEND
+    weight_bits: int = DEFAULT_WEIGHT_BITS
+    input_bits: int = DEFAULT_INPUT_BITS
+    max_rows: int = DEFAULT_MAX_ROWS
     infos: dict[str, LayerInfo] = field(init=False)
     servers: dict[tuple[str, str], LinearServer] = field(init=False)
     sessions: dict[str, _Session] = field(init=False, default_factory=dict, repr=False)
@@ -213,6 +215,10 @@ class LocalTransport:
     @property
     def backend(self) -> str:
         return str(self.worker.backend)
+
+    @property
+    def max_rows(self) -> int:
+        return self.worker.max_rows
 
     def layers(self) -> dict[str, LayerInfo]:
         return self.worker.layers()
