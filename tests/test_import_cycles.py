@@ -1,0 +1,52 @@
+"""The package's shape: no import cycle between its modules, and no module over 500 lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "import_cycles.py"
+PACKAGE = ROOT / "src" / "veilml"
+MAX_LINES = 500
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["module-level", "inside-functions-too"])
+def test_no_import_cycle(deferred: bool) -> None:
+    out = run_script(*(["--include-deferred"] if deferred else []))
+    assert out.returncode == 0, f"import cycles in src/veilml:\n{out.stdout}{out.stderr}"
+    assert out.stdout.startswith("no import cycle among")
+
+
+def test_the_script_finds_cycles_relative_and_deferred(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from . import c\n")  # a package importing its module: no cycle
+    (package / "a.py").write_text("from .sub import c\n")
+    (package / "sub" / "c.py").write_text("from ..b import thing\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import d\n\ndef late():\n    from . import a\n"
+    )
+    (package / "d.py").write_text("import pkg.b\n")
+    assert run_script(str(package)).returncode == 0  # b -> a only inside a function, b -> d only for type checkers
+    out = run_script(str(package), "--include-deferred")
+    assert out.returncode == 1
+    assert "import cycle: pkg.a -> pkg.sub.c -> pkg.b -> pkg.a" in out.stdout
+    (package / "d.py").write_text("import pkg.b\nfrom pkg import b\n")
+    (package / "b.py").write_text("import pkg.d\n")
+    out = run_script(str(package))
+    assert out.returncode == 1 and "import cycle: pkg.b -> pkg.d -> pkg.b" in out.stdout
+
+
+def test_no_module_over_500_lines() -> None:
+    sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    too_long = {path: lines for path, lines in sizes.items() if lines > MAX_LINES}
+    assert not too_long, f"modules over {MAX_LINES} lines; split them along their jobs: {too_long}"
