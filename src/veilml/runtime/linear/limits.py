@@ -5,10 +5,14 @@ takes its defaults from here; the client side reads the limits a worker actually
 worker (``GET /layers`` and ``GET /health`` publish ``max_rows`` and ``max_payload_bytes``) and
 falls back to these defaults only for a worker that does not publish them.
 
-The backend names themselves are the keys of :data:`veilml.runtime.linear.base.BACKENDS`.
+The backend names themselves are the keys of :data:`veilml.runtime.linear.base.BACKENDS`. The
+request-body limits (payload, bytes in flight, read timeout) are those of every veilml HTTP service:
+they come from :mod:`veilml.runtime.http_limits`, which the model service uses too.
 """
 
 from __future__ import annotations
+
+from ..http_limits import DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_READ_TIMEOUT
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -34,15 +38,12 @@ DEFAULT_INPUT_BITS = 8
 
 #: most rows one request may carry (HTTP 413 beyond); clients split larger inputs
 DEFAULT_MAX_ROWS = 4096
-#: largest request body, evaluation keys or ciphertext (HTTP 413 beyond)
-DEFAULT_MAX_PAYLOAD_BYTES = 256 * MIB
-#: request-body bytes a worker holds at once over all requests (HTTP 503 beyond: retry)
-DEFAULT_MAX_INFLIGHT_BYTES = 1024 * MIB
+# DEFAULT_MAX_PAYLOAD_BYTES (256 MiB): largest request body, evaluation keys or ciphertext (HTTP 413 beyond)
+# DEFAULT_MAX_INFLIGHT_BYTES (1 GiB): request-body bytes held at once over all requests (HTTP 503 beyond: retry)
 #: evaluation-key memory over all sessions; the least recently used sessions are evicted beyond it
 DEFAULT_MAX_KEY_BYTES = 2048 * MIB
 #: sessions whose keys a worker keeps; the least recently used are evicted beyond it
 DEFAULT_MAX_SESSIONS = 256
-#: seconds a request body may stall before the worker drops the request (HTTP 408)
-DEFAULT_READ_TIMEOUT = 30.0
+# DEFAULT_READ_TIMEOUT (30 s): seconds a request body may stall before the request is dropped (HTTP 408)
 #: seconds one encrypted computation may run before it is stopped (concrete backend: it runs isolated)
 DEFAULT_RUN_TIMEOUT = 300.0
