@@ -406,7 +406,7 @@ def test_concrete_sessions_never_share_or_store_secret_keys(tmp_path):
     for _ in range(2):
         session = backend.session()
         session.register("m", server.spec, server.setup())
-        keys.append(session._clients["m"].keys.serialize())
+        keys.append(session._clients["m"]._client.keys.serialize())
     assert keys[0] != keys[1]  # a fresh secret key per session
     assert {p for p in tmp_path.rglob("*")} == before  # and none written anywhere under the cache
 

@@ -405,7 +405,7 @@ def test_worker_keeps_exactly_the_evaluation_keys_sent(concrete_service: SimpleN
         assert worker.session_keys == sent  # all it keeps, for every session
         for (_, layer, direction), stored in worker.session_keys.items():
             assert type(stored) is bytes
-            own = client._clients[f"{layer}/{direction}"].evaluation_keys.serialize()  # the client's evaluation keys
+            own = client._clients[f"{layer}/{direction}"]._client.evaluation_keys.serialize()  # the client's evaluation keys
             assert own and unpack_envelope(stored, "evaluation-keys").payload == own
             fhe.EvaluationKeys.deserialize(own)  # evaluation keys indeed, not a key set
         # on the wire: the key requests carried exactly these bytes, and every body is one the client handed over
@@ -424,7 +424,7 @@ def test_concrete_worker_holds_no_secret_key(concrete_service: SimpleNamespace) 
     client = service.executor.session
     secrets_ = []
     for name in client._clients:
-        keyset = client._clients[name].keys._keyset
+        keyset = client._clients[name]._client.keys._keyset
         secrets_ += [key.serialize() for key in keyset.get_client_keys().get_secret_keys()]
     assert len(secrets_) == 2 * len(TINY)  # one secret key per matrix, each its own
     windows = [window for secret in secrets_ for window in key_windows(secret)]

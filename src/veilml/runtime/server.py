@@ -86,12 +86,7 @@ class FHEServer:
             if identifier in self._keys:
                 self._keys.move_to_end(identifier)
                 return self._keys[identifier]
-        self.layout.evaluation_keys.check(
-            payload,
-            "these evaluation keys do not have this circuit's layout",
-            "generate keys with this model's client and send them unmodified",
-        )
-        keys = fhe.EvaluationKeys.deserialize(payload)
+        keys = fhe.EvaluationKeys.deserialize(payload)  # checked by admit_keys first
         with self._lock:
             self._keys[identifier] = keys
             while len(self._keys) > self.key_cache_size:
@@ -108,28 +103,47 @@ class FHEServer:
         """
         self._admit(ciphertext, evaluation_keys)
 
-    def _admit(self, ciphertext: bytes, evaluation_keys: bytes) -> tuple[bytes, Any, str]:
-        """The checked ciphertext payload, the deserialized evaluation keys and their key id."""
+    def admit_keys(self, evaluation_keys: bytes) -> tuple[bytes, str]:
+        """Concrete's bytes and the key id of an evaluation-key envelope for this circuit, checked
+        (format, model, hash, layout) without deserializing them."""
         keys = unpack_envelope(evaluation_keys, "evaluation-keys", max_bytes=self.max_bytes)
         check_model(keys, self.fingerprint)
+        check_key_id(keys, key_id(keys.payload))  # hashed on every call: a cached id is trusted for its content only
+        self.layout.evaluation_keys.check(
+            keys.payload,
+            "these evaluation keys do not have this circuit's layout",
+            "generate keys with this model's client and send them unmodified",
+        )
+        return keys.payload, keys.key_id
+
+    def admit_ciphertext(self, ciphertext: bytes, identifier: str) -> bytes:
+        """Concrete's bytes of a ciphertext envelope for this circuit under key set ``identifier``, checked."""
         value = unpack_envelope(ciphertext, "ciphertext", max_bytes=self.max_bytes)
         check_model(value, self.fingerprint)
-        check_key_id(value, keys.key_id)
-        check_key_id(keys, key_id(keys.payload))  # hashed on every call: a cached id is trusted for its content only
+        check_key_id(value, identifier)
         self.layout.inputs[0].check(
             value.payload,
             "this ciphertext is not one of this circuit's inputs",
             "encrypt with this model's client and send the ciphertext unmodified",
         )
-        return value.payload, self._evaluation_keys(keys.payload, keys.key_id), keys.key_id
+        return value.payload
+
+    def admit(self, ciphertext: bytes, evaluation_keys: bytes) -> tuple[bytes, bytes, str]:
+        """Both checks (see :meth:`check`) without deserializing anything: concrete's ciphertext bytes,
+        concrete's key bytes, the key id. For servers that run concrete in another (isolated) process."""
+        keys, identifier = self.admit_keys(evaluation_keys)
+        return self.admit_ciphertext(ciphertext, identifier), keys, identifier
+
+    def _admit(self, ciphertext: bytes, evaluation_keys: bytes) -> tuple[bytes, Any, str]:
+        """The checked ciphertext payload, the deserialized evaluation keys and their key id."""
+        payload, keys, identifier = self.admit(ciphertext, evaluation_keys)
+        return payload, self._evaluation_keys(keys, identifier), identifier
 
     def register(self, evaluation_keys: bytes) -> str:
         """Check and deserialize an evaluation-key envelope once; its key id, for :meth:`run_registered`."""
-        keys = unpack_envelope(evaluation_keys, "evaluation-keys", max_bytes=self.max_bytes)
-        check_model(keys, self.fingerprint)
-        check_key_id(keys, key_id(keys.payload))
-        self._evaluation_keys(keys.payload, keys.key_id)
-        return keys.key_id
+        payload, identifier = self.admit_keys(evaluation_keys)
+        self._evaluation_keys(payload, identifier)
+        return identifier
 
     def is_registered(self, identifier: str) -> bool:
         """Whether the key set ``identifier`` is deserialized in the cache now (it may be evicted later)."""
@@ -144,21 +158,14 @@ class FHEServer:
         """
         from concrete import fhe
 
-        value = unpack_envelope(ciphertext, "ciphertext", max_bytes=self.max_bytes)
-        check_model(value, self.fingerprint)
-        check_key_id(value, identifier)
+        payload = self.admit_ciphertext(ciphertext, identifier)
         with self._lock:
             keys = self._keys.get(identifier)
             if keys is not None:
                 self._keys.move_to_end(identifier)
         if keys is None:
             raise UnknownKeyError(f"no evaluation keys registered under key id {identifier[:12]}...; register them first")
-        self.layout.inputs[0].check(
-            value.payload,
-            "this ciphertext is not one of this circuit's inputs",
-            "encrypt with this model's client and send the ciphertext unmodified",
-        )
-        result = self._server.run(fhe.Value.deserialize(value.payload), evaluation_keys=keys)
+        result = self._server.run(fhe.Value.deserialize(payload), evaluation_keys=keys)
         return pack_envelope("result", result.serialize(), fingerprint=self.fingerprint, key_id=identifier)
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:

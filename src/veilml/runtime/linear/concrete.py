@@ -33,9 +33,11 @@ import numpy as np
 
 from ...compiler import Configuration, GraphBuilder
 from ..circuits import CachedCircuit, CircuitCache
-from ..envelope import check_key_id, check_model, key_id, pack_envelope, specs_fingerprint, unpack_envelope
+from ..client import FHEClient
+from ..envelope import pack_envelope
 from ..isolation import IsolatedRunner
 from ..security import check_client_specs
+from ..server import FHEServer
 from .base import ClientSession, LinearBackend, LinearServer, MatrixSpec, pack_frames, unpack_frames
 from .limits import DEFAULT_RUN_TIMEOUT
 
@@ -91,6 +93,7 @@ class ConcreteServer(LinearServer):
         self.circuit: CachedCircuit = (cache or CircuitCache()).get(matmul_graph(self.matrix, input_bits), [inputset], configuration)
         self._runner = runner
         self._run_timeout = run_timeout
+        self._fhe: FHEServer | None = None
 
     def setup(self) -> bytes:
         return self.circuit.client_specs
@@ -98,27 +101,20 @@ class ConcreteServer(LinearServer):
     def request_rows(self, ciphertext: bytes) -> int:
         return len(unpack_frames(ciphertext))  # one frame per row
 
-    def _keys(self, evaluation_keys: bytes) -> tuple[str, bytes]:
-        """(key id, concrete's bytes) of an evaluation-key envelope made for this circuit."""
-        envelope = unpack_envelope(evaluation_keys, "evaluation-keys", max_bytes=MAX_KEY_BYTES)
-        check_model(envelope, self.circuit.fingerprint)
-        check_key_id(envelope, key_id(envelope.payload))
-        self.circuit.layout.evaluation_keys.check(envelope.payload, "these evaluation keys", "send the keys this circuit's client made")
-        return envelope.key_id, envelope.payload
+    def _checks(self) -> FHEServer:
+        """The runtime's FHEServer of this circuit, for its checks only: concrete runs in a child process."""
+        if self._fhe is None:
+            template = self.circuit.layout.inputs[0]
+            self._fhe = FHEServer(None, self.circuit.client_specs, layout=self.circuit.layout, max_bytes=max(MAX_KEY_BYTES, template.length + 4096))
+        return self._fhe
 
     def check_keys(self, evaluation_keys: bytes) -> None:
-        self._keys(evaluation_keys)
+        self._checks().admit_keys(evaluation_keys)
 
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
-        identity, keys = self._keys(evaluation_keys)
-        template = self.circuit.layout.inputs[0]
-        rows = []
-        for frame in unpack_frames(ciphertext):
-            envelope = unpack_envelope(frame, "ciphertext", max_bytes=template.length + 4096)
-            check_model(envelope, self.circuit.fingerprint)
-            check_key_id(envelope, identity)
-            template.check(envelope.payload, "this ciphertext", "send rows encrypted for this layer")
-            rows.append(envelope.payload)
+        checks = self._checks()
+        keys, identity = checks.admit_keys(evaluation_keys)
+        rows = [checks.admit_ciphertext(frame, identity) for frame in unpack_frames(ciphertext)]
         runner = self._runner or shared_runner()
         results = runner.run(_run_rows, str(self.circuit.server_path), keys, rows, timeout=self._run_timeout)
         fingerprint = self.circuit.fingerprint
@@ -163,42 +159,33 @@ class ConcreteSession(ClientSession):
     def __init__(self, min_security_bits: int = 128) -> None:
         super().__init__()
         self.min_security_bits = min_security_bits
-        self._clients: dict[str, Any] = {}
-        self._ids: dict[str, tuple[str, str]] = {}  # name -> (specs fingerprint, key id)
+        self._clients: dict[str, FHEClient] = {}
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
         from concrete import fhe
 
         check_client_specs(setup, self.min_security_bits)  # before any key is made from them
         _check_circuit_shape(setup, spec, name)
-        client = fhe.Client(fhe.ClientSpecs.deserialize(setup))
+        client = FHEClient(fhe.ClientSpecs.deserialize(setup), codec=None, max_result_bytes=spec.cols * 16 * 1024 + 4096)
         client.keygen()
-        keys = client.evaluation_keys.serialize()
-        ids = (specs_fingerprint(setup), key_id(keys))
-        self._clients[name], self._ids[name] = client, ids
+        self._clients[name] = client
         self.specs[name] = spec
-        return pack_envelope("evaluation-keys", keys, fingerprint=ids[0], key_id=ids[1])
+        return client.evaluation_keys()
 
-    def _client(self, name: str) -> Any:
+    def _client(self, name: str) -> FHEClient:
         self.spec(name)
         return self._clients[name]
 
     def encrypt(self, name: str, x_q: np.ndarray) -> bytes:
-        client, (fingerprint, identity) = self._client(name), self._ids[name]
+        client = self._client(name)
         rows = self.spec(name).check_input(x_q)
-        frames = [client.encrypt(np.ascontiguousarray(row)).serialize() for row in rows]
-        return pack_frames([pack_envelope("ciphertext", f, fingerprint=fingerprint, key_id=identity) for f in frames])
+        return pack_frames([client.encrypt_encoded(row) for row in rows])
 
     def decrypt(self, name: str, result: bytes) -> np.ndarray:
-        from concrete import fhe
-
-        client, (fingerprint, identity), spec = self._client(name), self._ids[name], self.spec(name)
+        client, spec = self._client(name), self.spec(name)
         rows = []
         for frame in unpack_frames(result):
-            envelope = unpack_envelope(frame, "result", max_bytes=spec.cols * 16 * 1024 + 4096)
-            check_model(envelope, fingerprint, side="client")
-            check_key_id(envelope, identity)
-            value = np.asarray(client.decrypt(fhe.Value.deserialize(envelope.payload)), dtype=np.int64).reshape(-1)
+            value = client.decrypt_integers(frame)  # format, model and key set checked first
             if value.shape != (spec.cols,):
                 raise ValueError(f"result for {name!r} has {value.size} values per row, expected {spec.cols}")
             rows.append(value)
