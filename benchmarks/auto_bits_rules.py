@@ -78,7 +78,9 @@ def measure_row(job: tuple[str, str]) -> dict:
         for leaf_bits in BITS:
             key = f"{n_bits}/{leaf_bits}"
             candidate = clone(estimator).set_params(n_bits=n_bits, leaf_bits=leaf_bits)
-            record["cv"][key] = float(np.mean([metric(y_train[h], clone(candidate).fit(X_train[f], y_train[f]).predict(X_train[h])) for f, h in folds]))
+            record["cv"][key] = float(
+                np.mean([metric(y_train[h], clone(candidate).fit(X_train[f], y_train[f]).predict(X_train[h])) for f, h in folds])
+            )
             record["test"][key] = float(metric(y_test, clone(candidate).fit(X_train, y_train).predict(X_test)))
     print(f"[auto_bits_rules] {name} on {dataset}", flush=True)
     return record
@@ -113,7 +115,7 @@ def replay(rows: list[dict], rule: str, tolerance_scale: float) -> tuple[int, fl
 
 def report(rows: list[dict]) -> str:
     lines = [
-        "# `n_bits=\"auto\"`: why some rows miss the float metric",
+        '# `n_bits="auto"`: why some rows miss the float metric',
         "",
         f"Made by `python benchmarks/auto_bits_rules.py` from `benchmarks/results/auto_bits_rules.json` ({len(rows)} rows: "
         "the estimators and data sets of `docs/tree_families.md`, same split, hyper-parameters and folds).",

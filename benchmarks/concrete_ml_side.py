@@ -30,8 +30,9 @@ import statistics as pystats
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any
 
 # --- keep stdout clean --------------------------------------------------------
 # Concrete's native code and some libraries print to fd 1. Keep a private copy
@@ -82,18 +83,16 @@ def force_legacy_onnx_export() -> bool:
 class ModelSpec:
     """How to build the Concrete-ML model and its float sklearn/xgboost twin."""
 
-    defaults: Dict[str, Any]
-    make_fhe: Callable[[Dict[str, Any]], Any]
-    make_float: Callable[[Dict[str, Any]], Any]
-    notes: Dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any]
+    make_fhe: Callable[[dict[str, Any]], Any]
+    make_float: Callable[[dict[str, Any]], Any]
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _dt_fhe(hp):
     from concrete.ml.sklearn import DecisionTreeClassifier
 
-    return DecisionTreeClassifier(
-        max_depth=hp["max_depth"], n_bits=hp["n_bits"], random_state=hp["random_state"]
-    )
+    return DecisionTreeClassifier(max_depth=hp["max_depth"], n_bits=hp["n_bits"], random_state=hp["random_state"])
 
 
 def _dt_float(hp):
@@ -144,7 +143,7 @@ def _xgb_float(hp):
     )
 
 
-MODELS: Dict[str, ModelSpec] = {
+MODELS: dict[str, ModelSpec] = {
     "decision_tree": ModelSpec(
         defaults={"max_depth": 5, "n_bits": 6, "random_state": 0},
         make_fhe=_dt_fhe,
@@ -164,10 +163,10 @@ MODELS: Dict[str, ModelSpec] = {
 
 
 # --- helpers ------------------------------------------------------------------
-def _versions() -> Dict[str, Any]:
+def _versions() -> dict[str, Any]:
     import importlib.metadata as md
 
-    out: Dict[str, Any] = {"python": platform.python_version()}
+    out: dict[str, Any] = {"python": platform.python_version()}
     for dist in (
         "concrete-ml",
         "concrete-python",
@@ -201,7 +200,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
@@ -218,12 +217,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             hp[key] = val
 
     X, y = load_breast_cancer(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=0.25, random_state=0
-    )
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
     log(f"data: train={X_train.shape} test={X_test.shape}; model={args.model} hp={hp}")
 
-    result: Dict[str, Any] = {
+    result: dict[str, Any] = {
         "side": "concrete-ml",
         "model": args.model,
         "hyperparameters": hp,
@@ -262,9 +259,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     result["max_bit_width"] = int(circuit.graph.maximum_integer_bit_width())
     # What the client decrypts per row: for ensembles, one value per tree and class unless the
     # sum over trees is done inside the circuit.
-    result["circuit_output_shapes"] = [
-        list(node.output.shape) for node in circuit.graph.ordered_outputs()
-    ]
+    result["circuit_output_shapes"] = [list(node.output.shape) for node in circuit.graph.ordered_outputs()]
     result["p_error"] = float(stats.get("p_error", float("nan")))
     result["global_p_error"] = float(stats.get("global_p_error", float("nan")))
     result["key_switch_count"] = int(stats.get("key_switch_count", 0))
@@ -272,9 +267,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     result["statistics_sizes_bytes"] = sizes
     if "size_of_bootstrap_keys" in sizes and "size_of_keyswitch_keys" in sizes:
         # What the optimizer reports for bsk + ksk (uncompressed layout).
-        result["statistics_evaluation_key_size_bytes"] = (
-            sizes["size_of_bootstrap_keys"] + sizes["size_of_keyswitch_keys"]
-        )
+        result["statistics_evaluation_key_size_bytes"] = sizes["size_of_bootstrap_keys"] + sizes["size_of_keyswitch_keys"]
     cfg = getattr(circuit, "configuration", None)
     result["compress_evaluation_keys"] = getattr(cfg, "compress_evaluation_keys", None)
 
@@ -298,10 +291,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         result["keygen_time_s"] = time.perf_counter() - t0
         ek = circuit.client.evaluation_keys
         result["evaluation_key_serialized_bytes"] = len(ek.serialize())
-        log(
-            f"keygen {result['keygen_time_s']:.2f}s, serialized eval keys "
-            f"{result['evaluation_key_serialized_bytes']} B"
-        )
+        log(f"keygen {result['keygen_time_s']:.2f}s, serialized eval keys {result['evaluation_key_serialized_bytes']} B")
 
     # Encrypted execution, one row per call, timed.
     n_rows = min(args.rows, X_test.shape[0])
@@ -317,9 +307,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         result["execute_latencies_s"] = latencies
         result["execute_latency_median_s"] = float(pystats.median(latencies))
         result["execute_predictions"] = preds
-        result["execute_agrees_with_disable"] = bool(
-            np.array_equal(np.asarray(preds), y_disable[:n_rows])
-        )
+        result["execute_agrees_with_disable"] = bool(np.array_equal(np.asarray(preds), y_disable[:n_rows]))
         result["execute_correct"] = int(np.sum(np.asarray(preds) == y_test[:n_rows]))
     return _jsonable(result)
 
@@ -327,9 +315,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="decision_tree")
-    parser.add_argument(
-        "--rows", type=int, default=3, help="test rows run with fhe='execute' (0: skip)"
-    )
+    parser.add_argument("--rows", type=int, default=3, help="test rows run with fhe='execute' (0: skip)")
     parser.add_argument("--max-depth", dest="max_depth", type=int, default=None)
     parser.add_argument("--n-bits", dest="n_bits", type=int, default=None)
     parser.add_argument("--n-estimators", dest="n_estimators", type=int, default=None)

@@ -127,7 +127,9 @@ def main() -> int:
     shares = client_share()
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
     (RESULTS / "lora.json").write_text(
-        json.dumps({"machine": machine, "matmul": rows, "training_step": training, "glwe_steps": glwe, "client_share": shares}, indent=2)
+        json.dumps(
+            {"machine": machine, "matmul": rows, "training_step": training, "glwe_steps": glwe, "client_share": shares}, indent=2
+        )
         + "\n"
     )
     text = [

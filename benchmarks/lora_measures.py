@@ -19,7 +19,9 @@ __all__ = ["client_share_of_model", "time_training_step"]
 BENCH_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 16}
 
 
-def time_training_step(backend: str | None, steps: int = 1, *, seq_len: int = 8, batch_size: int = 2, seed: int = 0) -> dict[str, Any]:
+def time_training_step(
+    backend: str | None, steps: int = 1, *, seq_len: int = 8, batch_size: int = 2, seed: int = 0
+) -> dict[str, Any]:
     """Seconds per LoRA training step of a tiny GPT-2, in float (``backend=None``) or through a local
     worker on ``backend``. A first step (key generation, compilation) is run and timed apart."""
     model = tiny_gpt2(seed=seed, **BENCH_MODEL)
@@ -50,8 +52,10 @@ def time_training_step(backend: str | None, steps: int = 1, *, seq_len: int = 8,
 def _share(name: str, model: torch.nn.Module, r: int) -> dict[str, Any]:
     """Weights and per-token linear FLOPs (multiply-adds) left on the client once the projections are remote."""
     total = sum(p.numel() for p in model.parameters())
-    remote_weights = sum(site.module.weight.numel() + (0 if site.module.bias is None else site.module.bias.numel())
-                         for site in find_remote_layers(model))
+    remote_weights = sum(
+        site.module.weight.numel() + (0 if site.module.bias is None else site.module.bias.numel())
+        for site in find_remote_layers(model)
+    )
     remote_flops = sum(site.module.weight.numel() for site in find_remote_layers(model))
     lora_flops = sum(r * sum(site.module.weight.shape) for site in find_remote_layers(model))
     head = model.get_output_embeddings().weight.numel()
@@ -75,12 +79,28 @@ def client_share_of_model(r: int = 8) -> list[dict[str, Any]]:
     configs = {
         "tiny GPT-2 (tests)": lambda: tiny_gpt2(),
         "GPT-2 small (124M)": lambda: GPT2LMHeadModel(GPT2Config()),
-        "SmolLM2-135M": lambda: LlamaForCausalLM(LlamaConfig(
-            vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-            num_key_value_heads=3, tie_word_embeddings=True)),
-        "Llama-3.2-1B": lambda: LlamaForCausalLM(LlamaConfig(
-            vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-            num_key_value_heads=8, tie_word_embeddings=True)),
+        "SmolLM2-135M": lambda: LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=49152,
+                hidden_size=576,
+                intermediate_size=1536,
+                num_hidden_layers=30,
+                num_attention_heads=9,
+                num_key_value_heads=3,
+                tie_word_embeddings=True,
+            )
+        ),
+        "Llama-3.2-1B": lambda: LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=128256,
+                hidden_size=2048,
+                intermediate_size=8192,
+                num_hidden_layers=16,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                tie_word_embeddings=True,
+            )
+        ),
     }
     rows = []
     for name, build in configs.items():
@@ -129,7 +149,9 @@ def glwe_steps_against_clear(steps: int = 3, *, seq_len: int = 8, batch_size: in
                 return product
 
             session.encrypt, session.decrypt = recording_encrypt, checking_decrypt
-        trainer = LoraTrainer(model, executor=executor, max_steps=steps, learning_rate=1e-2, logging_steps=1, progress=False, seed=seed)
+        trainer = LoraTrainer(
+            model, executor=executor, max_steps=steps, learning_rate=1e-2, logging_steps=1, progress=False, seed=seed
+        )
         started = time.perf_counter()
         trainer.train(batches)
         results[backend] = {

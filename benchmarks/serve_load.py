@@ -96,7 +96,19 @@ def main() -> int:
     script = Path(sys.executable).parent / "veilml"
     log = open(work / "serve.log", "wb")
     server = subprocess.Popen(
-        [str(script), "serve", str(bundle), "--state", str(work / "state"), "--port", str(port), "--workers", str(args.workers), "--log-level", "warning"],
+        [
+            str(script),
+            "serve",
+            str(bundle),
+            "--state",
+            str(work / "state"),
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--log-level",
+            "warning",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -114,10 +126,10 @@ def main() -> int:
                 raise SystemExit(f"veilml serve did not start:\n{(work / 'serve.log').read_text()}")
             time.sleep(0.2)
         out = work / "clients.json"
+        call = (url, str(work / "rows.npy"), str(work / "expected.npy"), args.clients, args.requests, str(out))
         code = (
-            "import sys; sys.path.insert(0, %r); import serve_load; "
-            "serve_load._client_process(%r, %r, %r, %d, %d, %r)"
-        ) % (str(ROOT / "benchmarks"), url, str(work / "rows.npy"), str(work / "expected.npy"), args.clients, args.requests, str(out))
+            f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import serve_load; serve_load._client_process{call!r}"
+        )
         subprocess.run([sys.executable, "-c", code], check=True)
     finally:
         server.terminate()

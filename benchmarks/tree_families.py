@@ -24,8 +24,9 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -90,8 +91,7 @@ DATASETS: dict[str, dict[str, tuple[str, Callable[[], tuple[np.ndarray, np.ndarr
         "breast_cancer": ("`load_breast_cancer()`: 569 rows, 30 features, 2 classes", _breast_cancer),
         "wine": ("`load_wine()`: 178 rows, 13 features, 3 classes", _wine),
         "classification_60": (
-            "`make_classification(n_samples=600, n_features=60, n_informative=12, n_redundant=8, random_state=0)`: "
-            "2 classes",
+            "`make_classification(n_samples=600, n_features=60, n_informative=12, n_redundant=8, random_state=0)`: 2 classes",
             _classification_60,
         ),
     },
@@ -216,15 +216,15 @@ def render(record: dict[str, Any]) -> str:
         "",
         "- **float**: the library's own model (scikit-learn, XGBoost, LightGBM) with the same hyper-parameters, "
         "trained on the float features; accuracy for classifiers, R² for regressors, on the test rows.",
-        "- **auto**, **6 bits**: veilml's `fhe=\"disable\"` metric (the exact integers the circuit computes) with "
-        "`n_bits=\"auto\"` and with `n_bits=6` (leaf bits 6).",
+        '- **auto**, **6 bits**: veilml\'s `fhe="disable"` metric (the exact integers the circuit computes) with '
+        '`n_bits="auto"` and with `n_bits=6` (leaf bits 6).',
         "- **codes**: the library's model fitted by the auto-bits estimator (on `n_bits_` input codes), run in float "
         "on the test codes: the auto metric minus this one is what quantizing the leaves to `leaf_bits_` costs, "
         "this one minus float what quantizing the inputs (and training on codes) costs. The misses below give "
         "both parts as [inputs, leaves].",
-        "- **bits**: the precisions `n_bits=\"auto\"` chose, `n_bits_`/`leaf_bits_`.",
-        "- **sim = dis**: test rows on which `predict_integers(X_test, \"simulate\")` (the compiled circuit, "
-        "auto bits) equals `predict_integers(X_test, \"disable\")`, out of all test rows.",
+        '- **bits**: the precisions `n_bits="auto"` chose, `n_bits_`/`leaf_bits_`.',
+        '- **sim = dis**: test rows on which `predict_integers(X_test, "simulate")` (the compiled circuit, '
+        'auto bits) equals `predict_integers(X_test, "disable")`, out of all test rows.',
         "- **PBS**, **max bits**, **complexity**: the auto-bits circuit's `report_` (per row).",
         "- **trees**: trees in the converted ensemble (boosting on k > 2 classes has one tree per class and round).",
         "",
@@ -253,9 +253,14 @@ def render(record: dict[str, Any]) -> str:
         + "."
     )
     lines.append(
-        f"- `simulate` equals `disable` on every test row: "
-        + ("**yes, in every row**." if not disagreements else "**no** in " + ", ".join(
-            f"{r['estimator']} on {r['dataset']} ({r['simulate_rows_equal']}/{r['n_test']})" for r in disagreements) + ".")
+        "- `simulate` equals `disable` on every test row: "
+        + (
+            "**yes, in every row**."
+            if not disagreements
+            else "**no** in "
+            + ", ".join(f"{r['estimator']} on {r['dataset']} ({r['simulate_rows_equal']}/{r['n_test']})" for r in disagreements)
+            + "."
+        )
     )
     if misses:
         lines.append(
@@ -268,7 +273,11 @@ def render(record: dict[str, Any]) -> str:
                 f"{fmt(r['metric_auto'])} against {fmt(r['float_metric'])} float ({_metric_name(r['task'])}), "
                 f"loss {r['loss_auto']:.3f} [{r['float_metric'] - r['metric_library_on_codes']:+.3f}, "
                 f"{r['metric_library_on_codes'] - r['metric_auto']:+.3f}]"
-                + (f" = {round(r['loss_auto'] * r['n_test'])} of {r['n_test']} test rows" if r["task"] == "classification" else "")
+                + (
+                    f" = {round(r['loss_auto'] * r['n_test'])} of {r['n_test']} test rows"
+                    if r["task"] == "classification"
+                    else ""
+                )
                 + f"; at 6 bits {fmt(r['metric_6'])}"
                 + ("" if r["within_tolerance_6"] else ", also out of tolerance")
             )
@@ -383,8 +392,13 @@ def main() -> int:
             try:
                 row = measure(name, dataset)
             except Exception as error:  # a failing family is a row of the table, not the end of it
-                row = {"estimator": name, "family": _stem(name), "task": family.task, "dataset": dataset,
-                       "error": f"{type(error).__name__}: {error}"}
+                row = {
+                    "estimator": name,
+                    "family": _stem(name),
+                    "task": family.task,
+                    "dataset": dataset,
+                    "error": f"{type(error).__name__}: {error}",
+                }
             elapsed += time.perf_counter() - start
             rows.append(row)
             summary = row.get("error") or (
@@ -395,9 +409,16 @@ def main() -> int:
             print(f"[tree_families] {name} on {dataset}: {summary}", file=sys.stderr, flush=True)
             order = {(n, d): i for i, (n, d) in enumerate((n, d) for n, f in FAMILIES.items() for d in DATASETS[f.task])}
             rows.sort(key=lambda r: order.get((r["estimator"], r["dataset"]), len(order)))
-            record = {"command": command, "machine": machine, "versions": versions, "source": source,
-                      "auto_bits_rule": auto_bits_rule,
-                      "total_time_s": elapsed, "tolerance": TOLERANCE, "rows": rows}
+            record = {
+                "command": command,
+                "machine": machine,
+                "versions": versions,
+                "source": source,
+                "auto_bits_rule": auto_bits_rule,
+                "total_time_s": elapsed,
+                "tolerance": TOLERANCE,
+                "rows": rows,
+            }
             JSON_PATH.write_text(json.dumps(record, indent=2) + "\n")
     record = json.loads(JSON_PATH.read_text())
     MD_PATH.write_text(render(record))

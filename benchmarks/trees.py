@@ -267,7 +267,14 @@ def main() -> int:
     command = " ".join([Path(sys.executable).name, *sys.argv])
     git = lambda *a: subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True).stdout.strip()  # noqa: E731
     source = {"commit": git("rev-parse", "HEAD"), "src_uncommitted_changes": bool(git("status", "--porcelain", "--", "src"))}
-    record = {"command": command, "machine": machine, "source": source, "rows": args.rows, "total_time_s": total, "models": models}
+    record = {
+        "command": command,
+        "machine": machine,
+        "source": source,
+        "rows": args.rows,
+        "total_time_s": total,
+        "models": models,
+    }
     (RESULTS / "trees.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
     parts = [

@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+# lint and format check first: a failure names the file and the rule (fix with: .venv/bin/ruff format . ; .venv/bin/ruff check --fix .)
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
 exec .venv/bin/python -m pytest "$@"

@@ -6,11 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
+from requires import strict
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
 from veilml.compiler import Configuration
-from requires import strict
 
 # Skips that are legitimate on a CPU-only CI machine, by a fragment of their reason. Any other skip
 # (a missing extra, a feature that is not there) fails the run under CI; these are named and counted.

@@ -6,14 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
+from worker_helpers import files_bytes, holding, key_windows
 
 from veilml.runtime.bundle import ModelClient, ModelServer
 from veilml.runtime.codec import ClientCodec
 from veilml.runtime.envelope import EnvelopeError, KeyMismatchError, pack_batch, unpack_batch
 from veilml.runtime.manifest import ArtifactError
 from veilml.runtime.server import UnknownKeyError
-
-from worker_helpers import files_bytes, holding, key_windows
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +26,27 @@ def _copy(bundle, tmp_path):
 
 def test_bundle_layout_and_what_the_client_side_holds(bundle, compiled_cancer_tree, no_clip_warning):
     assert sorted(p.name for p in (bundle / "client").iterdir()) == ["client.specs.json", "codec.json", "manifest.json"]
-    assert sorted(p.name for p in (bundle / "server").iterdir()) == ["client.specs.json", "layout.bin", "manifest.json", "server.zip"]
+    assert sorted(p.name for p in (bundle / "server").iterdir()) == [
+        "client.specs.json",
+        "layout.bin",
+        "manifest.json",
+        "server.zip",
+    ]
     manifest = json.loads((bundle / "client" / "manifest.json").read_text())
     assert manifest["format"] == "veilml-bundle/client" and manifest["format_version"] == 1
     assert set(manifest["versions"]) == {"veilml", "concrete-python"}
     assert set(manifest["files"]) == {"client.specs.json", "codec.json"}
     # the client side has the input grid and the output scale, nothing of the tree in between
     codec = json.loads((bundle / "client" / "codec.json").read_text())
-    assert set(codec) == {"input_quantizer", "encoding", "output_quantizer", "output_bias", "output_combine", "output", "warn_on_clip"}
+    assert set(codec) == {
+        "input_quantizer",
+        "encoding",
+        "output_quantizer",
+        "output_bias",
+        "output_combine",
+        "output",
+        "warn_on_clip",
+    }
     assert codec["output"] == {"task": "classification", "post_transform": "identity", "classes": [0, 1]}
     # the codec read back computes what the model computes
     X = np.random.default_rng(0).normal(size=(5, 30)) * 10 + 20
@@ -43,7 +55,9 @@ def test_bundle_layout_and_what_the_client_side_holds(bundle, compiled_cancer_tr
 
 
 @pytest.mark.execute
-def test_client_and_server_from_the_bundle_alone_agree_with_simulate(bundle, compiled_cancer_tree, cancer, tmp_path, no_clip_warning):
+def test_client_and_server_from_the_bundle_alone_agree_with_simulate(
+    bundle, compiled_cancer_tree, cancer, tmp_path, no_clip_warning
+):
     X = cancer[1][:3]
     client = ModelClient(bundle, key_dir=tmp_path / "keys")
     server = ModelServer(bundle)

@@ -25,7 +25,10 @@ def test_dask_matches_one_server_on_20_rows(compiled_cancer_tree, cancer, tmp_pa
     start = time.perf_counter()
     alone = client.decrypt_integers(server.run(batch, server.register(keys)))
     one = time.perf_counter() - start
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as dask:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as dask,
+    ):
         run_on_dask(dask, bundle, keys, client.encrypt(X[:2]))  # warm-up: each worker loads the bundle and keys
         start = time.perf_counter()
         spread = client.decrypt_integers(run_on_dask(dask, bundle, keys, batch))

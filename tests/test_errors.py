@@ -20,7 +20,9 @@ def fitted():
 
 def test_wrong_number_of_features(fitted):
     model, X = fitted
-    with pytest.raises(ValueError, match="X has 3 features, but DecisionTreeClassifier is expecting 4 features as input; pass the same columns"):
+    with pytest.raises(
+        ValueError, match="X has 3 features, but DecisionTreeClassifier is expecting 4 features as input; pass the same columns"
+    ):
         model.predict(X[:, :3])
 
 
@@ -89,7 +91,9 @@ def test_unsupported_model():
 
     from veilml.models.trees import UnsupportedModelError, to_ensemble
 
-    with pytest.raises(UnsupportedModelError, match="no converter for .*LogisticRegression; supported models: DecisionTreeClassifier"):
+    with pytest.raises(
+        UnsupportedModelError, match="no converter for .*LogisticRegression; supported models: DecisionTreeClassifier"
+    ):
         to_ensemble(LogisticRegression())
 
 

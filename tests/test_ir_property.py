@@ -86,7 +86,12 @@ def random_inputs(graph, rng, n):
     return out
 
 
-@settings(max_examples=int(__import__("os").environ.get("N_EX", 25)), deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=not __import__("os").environ.get("N_EX"))
+@settings(
+    max_examples=int(__import__("os").environ.get("N_EX", 25)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=not __import__("os").environ.get("N_EX"),
+)
 @given(graph=graphs(), seed=st.integers(0, 2**16))
 def test_interpreter_serialization_and_simulation_agree(graph, seed, test_config):
     rng = np.random.default_rng(seed)

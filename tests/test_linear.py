@@ -321,7 +321,9 @@ def test_client_refuses_a_worker_that_hands_it_toy_parameters(tmp_path):
         EncryptedLinearExecutor(shape).forward("a", rng.normal(size=(1, 8)))
     honest = EncryptedLinearExecutor(LocalTransport(worker))
     x = rng.normal(size=(2, 8))
-    assert np.array_equal(honest.forward("a", x), clear_executor(Worker({"a": worker.weights["a"]}, backend="clear")).forward("a", x))
+    assert np.array_equal(
+        honest.forward("a", x), clear_executor(Worker({"a": worker.weights["a"]}, backend="clear")).forward("a", x)
+    )
 
 
 # -- finding 4: untrusted bytes are checked before native code, and native work is bounded -----------------
@@ -378,7 +380,9 @@ def test_concrete_worker_refuses_tampered_or_foreign_bytes_and_keeps_serving(tmp
         worker.run(session, secret, "a", "forward", good)
     assert error.value.status == 400
     server._runner = None
-    assert np.array_equal(executor.session.decrypt("a/forward", worker.run(session, secret, "a", "forward", good)), codes @ server.matrix)
+    assert np.array_equal(
+        executor.session.decrypt("a/forward", worker.run(session, secret, "a", "forward", good)), codes @ server.matrix
+    )
 
 
 def test_concrete_circuits_are_cached_on_disk(tmp_path):

@@ -54,7 +54,9 @@ def data():
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, veilml, veilml.models.lora as l; print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])"
+    code = (
+        "import sys, veilml, veilml.models.lora as l; print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
@@ -73,7 +75,11 @@ def test_corpus_and_tokenizer():
 # (g) orientation of the extracted weights ------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [lambda: tiny_gpt2(**TINY), lambda: tiny_llama(hidden_size=32, max_position_embeddings=SEQ)], ids=["conv1d", "linear"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: tiny_gpt2(**TINY), lambda: tiny_llama(hidden_size=32, max_position_embeddings=SEQ)],
+    ids=["conv1d", "linear"],
+)
 def test_weights_are_oriented_x_at_w(build):
     model = build()
     weights = remote_linear_weights(model)
@@ -152,9 +158,11 @@ def test_lora_gradients_match_float(data):
     assert not remote_grads
     worst = min(cosines, key=cosines.get)
     worst_error = max(errors, key=errors.get)
-    print(f"\n{len(cosines)} LoRA tensors; cosine min {cosines[worst]:.5f} ({worst}), mean {np.mean(list(cosines.values())):.5f}; "
-          f"relative L2 error max {errors[worst_error]:.4f} ({worst_error}); norm ratio {min(ratios.values()):.4f}..{max(ratios.values()):.4f}; "
-          f"loss float {losses[0]:.5f} clear {losses[1]:.5f}")
+    print(
+        f"\n{len(cosines)} LoRA tensors; cosine min {cosines[worst]:.5f} ({worst}), mean {np.mean(list(cosines.values())):.5f}; "
+        f"relative L2 error max {errors[worst_error]:.4f} ({worst_error}); norm ratio {min(ratios.values()):.4f}..{max(ratios.values()):.4f}; "
+        f"loss float {losses[0]:.5f} clear {losses[1]:.5f}"
+    )
     assert len(cosines) == 16 and all(".lora_" in name for name in cosines)
     # Measured on this batch (8-bit weights and rows): cosine >= 0.99875, relative L2 error <= 0.050
     # (h.0.attn.c_attn.lora_A; <= 0.059 on the next two batches), norm ratio 0.987..1.003, loss gap 3.7e-4.
@@ -441,10 +449,14 @@ def test_llama_style_model_trains_remotely(data):
         assert output.global_step == steps and output.training_loss == pytest.approx(losses[mode].mean())
         if executor is not None:
             assert len(trainer.remote_layers) == 2 * 7
-            assert isinstance(unwrap_peft(trainer.model).get_submodule("model.layers.0.self_attn.q_proj").base_layer, RemoteLinear)
+            assert isinstance(
+                unwrap_peft(trainer.model).get_submodule("model.layers.0.self_attn.q_proj").base_layer, RemoteLinear
+            )
     gap = np.abs(losses["clear"] - losses["float"]) / losses["float"]
-    print(f"\nfloat losses {np.round(losses['float'], 4)}; per-step relative gap to clear {' '.join(f'{value:.1e}' for value in gap)}; "
-          f"gap of the means {abs(losses['clear'].mean() - losses['float'].mean()) / losses['float'].mean():.1e}")
+    print(
+        f"\nfloat losses {np.round(losses['float'], 4)}; per-step relative gap to clear {' '.join(f'{value:.1e}' for value in gap)}; "
+        f"gap of the means {abs(losses['clear'].mean() - losses['float'].mean()) / losses['float'].mean():.1e}"
+    )
     assert losses["float"][-3:].mean() < losses["float"][0] - 0.5, "float LoRA did not learn: the comparison would say nothing"
     # Measured per-step gap: <= 1.4e-3 (8.2e-4 at step 1, before any update: the 8-bit forward error), <= 3.0e-3
     # with seeds 1-3. The mean loss of 3 steps agreed to 1.2e-5 only because step errors of both signs cancelled.
@@ -482,10 +494,22 @@ def write_llama_gguf(path, model, rope_theta, tokens, token_types, merges, quant
         head_dim = weight.shape[0] // n_heads
         return weight.reshape(n_heads, 2, head_dim // 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
-    suffixes = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-                "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    suffixes = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     for layer in range(config.num_hidden_layers):
         names.update({f"model.layers.{layer}.{hf}.weight": f"blk.{layer}.{short}.weight" for hf, short in suffixes.items()})
     state = {name: tensor.detach().numpy().copy() for name, tensor in model.state_dict().items()}
@@ -519,9 +543,20 @@ def test_smollm2_loads_a_local_gguf_file(tmp_path):
     tokens = [spelling[byte] for byte in range(256)] + [merge.replace(" ", "") for merge in merges] + ["<|endoftext|>"]
     token_types = [1] * (len(tokens) - 1) + [3]  # normal tokens, then one control token
     eos = len(tokens) - 1
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         bos_token_id=eos, eos_token_id=eos, rope_theta=5000.0)  # not the default 10000: a dropped value shows
+    config = LlamaConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        rope_theta=5000.0,
+    )  # not the default 10000: a dropped value shows
     torch.manual_seed(0)
     reference = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # norms away from their all-ones init, so that a dropped or misplaced norm shows
@@ -536,8 +571,19 @@ def test_smollm2_loads_a_local_gguf_file(tmp_path):
     model, tokenizer = smollm2(tmp_path / "tiny.gguf")
     loaded = model.config
     assert type(model).__name__ == "LlamaForCausalLM" and loaded.model_type == "llama"
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "head_dim", "max_position_embeddings", "tie_word_embeddings", "eos_token_id", "bos_token_id"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "eos_token_id",
+        "bos_token_id",
+    ):
         assert getattr(loaded, key) == getattr(config, key), key
     assert loaded.rms_norm_eps == pytest.approx(1e-5, rel=1e-6)  # stored as float32
     rope = getattr(loaded, "rope_parameters", None) or {"rope_theta": getattr(loaded, "rope_theta", None)}  # transformers 5 / 4

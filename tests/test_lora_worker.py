@@ -16,6 +16,8 @@ torch = require("torch", "lora")
 require("peft", "lora")
 require("httpx", "worker")
 
+from worker_helpers import CLIWorker, veilml_script  # noqa: E402
+
 from veilml.models.lora import (  # noqa: E402
     LoraTrainer,
     load_corpus,
@@ -27,8 +29,6 @@ from veilml.models.lora import (  # noqa: E402
 )
 from veilml.runtime.linear import EncryptedLinearExecutor  # noqa: E402
 from veilml.runtime.linear.transport import HTTPTransport  # noqa: E402
-
-from worker_helpers import CLIWorker, veilml_script  # noqa: E402
 
 STEPS = 3
 
@@ -80,8 +80,10 @@ def test_encrypted_training_steps_equal_clear(concrete_worker):
     assert encrypted.backend.name == "concrete"
     encrypted_losses, encrypted_adapters = train(encrypted)
     simulated_losses, simulated_adapters = train(local_executor(remote_linear_weights(small_model()), "clear"))
-    print(f"losses: encrypted {encrypted_losses}, clear {simulated_losses}; "
-          f"{encrypted.bytes_sent / 2**20:.1f} MiB up, {encrypted.bytes_received / 2**20:.1f} MiB down")
+    print(
+        f"losses: encrypted {encrypted_losses}, clear {simulated_losses}; "
+        f"{encrypted.bytes_sent / 2**20:.1f} MiB up, {encrypted.bytes_received / 2**20:.1f} MiB down"
+    )
     assert len(encrypted_losses) == STEPS
     assert encrypted_losses == simulated_losses  # bit-exact floats
     assert encrypted_adapters.keys() == simulated_adapters.keys() and encrypted_adapters

@@ -50,9 +50,7 @@ def _figures(text: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo_output() -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "veilml.demo", "--rows", str(ROWS)], capture_output=True, text=True, timeout=900
-    )
+    out = subprocess.run([sys.executable, "-m", "veilml.demo", "--rows", str(ROWS)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"the demo failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}"
     return out.stdout
 

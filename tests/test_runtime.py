@@ -253,8 +253,11 @@ def test_another_models_keys_are_refused_before_concrete(compiled_cancer_tree, o
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fhe.Value, "deserialize", staticmethod(_boom))
         patch.setattr(fhe.EvaluationKeys, "deserialize", staticmethod(_boom))
-        with pytest.raises(KeyMismatchError, match=r"evaluation keys were made for another model \(fingerprint .*"
-                           r"this server runs .*generate keys with this model's client"):
+        with pytest.raises(
+            KeyMismatchError,
+            match=r"evaluation keys were made for another model \(fingerprint .*"
+            r"this server runs .*generate keys with this model's client",
+        ):
             server.run(ciphertext, foreign_keys)
         with pytest.raises(KeyMismatchError, match="ciphertext was encrypted for another model"):
             server.run(foreign_ciphertext, client.evaluation_keys())
@@ -280,8 +283,11 @@ def test_another_clients_keys_and_results_are_refused(compiled_cancer_tree, canc
     (mine,) = client.encrypt(X)
     (theirs,) = other.encrypt(X)
     assert other.key_id != client.key_id and other.fingerprint == client.fingerprint
-    with pytest.raises(KeyMismatchError, match="encrypted under other keys .* than the evaluation keys given.*"
-                       "send the evaluation keys of the client that encrypted it"):
+    with pytest.raises(
+        KeyMismatchError,
+        match="encrypted under other keys .* than the evaluation keys given.*"
+        "send the evaluation keys of the client that encrypted it",
+    ):
         server.run(mine, other.evaluation_keys())
     their_result = server.run(theirs, other.evaluation_keys())  # a legitimate run for the other client
     assert np.array_equal(other.decrypt([their_result]), model.run(X, "disable"))

@@ -110,7 +110,14 @@ def _boundary_rows(ensemble: TreeEnsemble, X: np.ndarray) -> np.ndarray:
         for node in np.flatnonzero(~tree.is_leaf):
             u = tree.threshold[node]
             u32 = np.float32(u)
-            for v in (u, np.nextafter(u, np.inf), np.nextafter(u, -np.inf), u32, np.nextafter(u32, np.float32(np.inf)), np.nextafter(u32, np.float32(-np.inf))):
+            for v in (
+                u,
+                np.nextafter(u, np.inf),
+                np.nextafter(u, -np.inf),
+                u32,
+                np.nextafter(u32, np.float32(np.inf)),
+                np.nextafter(u32, np.float32(-np.inf)),
+            ):
                 row = X[len(rows) % len(X)].copy()
                 row[tree.feature[node]] = float(v)
                 rows.append(row)
@@ -137,17 +144,26 @@ def _expected_output(family: str, kind: str) -> tuple[str, int, str]:
 def test_float32_tests_are_exact_on_float64_inputs():
     """``float32(x) <= t`` (or ``<``) and the rewritten float64 test agree on every probed x."""
     rng = np.random.default_rng(0)
-    t = np.concatenate([
-        rng.normal(0, 3, 500),
-        rng.normal(0, 3, 500).astype(np.float32).astype(np.float64),  # float32 thresholds (XGBoost, ONNX)
-        [0.0, -0.0, 1e-45, -1e-45, 1e-50, 2.5, 7.5, 8.0, 3.4028234663852886e38, -3.4028234663852886e38, 1e39, -1e39],
-    ])
+    t = np.concatenate(
+        [
+            rng.normal(0, 3, 500),
+            rng.normal(0, 3, 500).astype(np.float32).astype(np.float64),  # float32 thresholds (XGBoost, ONNX)
+            [0.0, -0.0, 1e-45, -1e-45, 1e-50, 2.5, 7.5, 8.0, 3.4028234663852886e38, -3.4028234663852886e38, 1e39, -1e39],
+        ]
+    )
     with np.errstate(over="ignore"):
         for strict in (False, True):
             u, strict_u = float32_tests(t, np.full(t.shape, strict))
             t32 = t.astype(np.float32)
-            for x in (t, u, np.nextafter(u, np.inf), np.nextafter(u, -np.inf), t32.astype(np.float64),
-                      np.nextafter(t32, np.float32(np.inf)).astype(np.float64), np.nextafter(t32, np.float32(-np.inf)).astype(np.float64)):
+            for x in (
+                t,
+                u,
+                np.nextafter(u, np.inf),
+                np.nextafter(u, -np.inf),
+                t32.astype(np.float64),
+                np.nextafter(t32, np.float32(np.inf)).astype(np.float64),
+                np.nextafter(t32, np.float32(-np.inf)).astype(np.float64),
+            ):
                 x32 = x.astype(np.float32).astype(np.float64)
                 library = x32 < t if strict else x32 <= t
                 ours = np.where(strict_u, x < u, x <= u)
@@ -220,7 +236,13 @@ def test_raw_boosters(kind):
     np.testing.assert_allclose(out[:, 1:] if kind == "binary" else out, expected, rtol=1e-5, atol=1e-5)
 
     lgb_objective = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}[kind]
-    lgb_params = {"objective": lgb_objective, "max_depth": 3, "verbose": -1, "num_threads": 1, **({"num_class": 3} if kind == "multiclass" else {})}
+    lgb_params = {
+        "objective": lgb_objective,
+        "max_depth": 3,
+        "verbose": -1,
+        "num_threads": 1,
+        **({"num_class": 3} if kind == "multiclass" else {}),
+    }
     lgb_booster = lightgbm.train(lgb_params, lightgbm.Dataset(X, label=y), num_boost_round=10)
     ensemble = to_ensemble(lgb_booster)
     expected = lgb_booster.predict(X_test).reshape(len(X_test), -1)
@@ -231,12 +253,20 @@ def test_raw_boosters(kind):
 def _variants():
     yield "GradientBoosting loss=exponential", lambda: GradientBoostingClassifier(loss="exponential", **SMALL), "binary"
     yield "GradientBoosting loss=huber", lambda: GradientBoostingRegressor(loss="huber", **SMALL), "regression"
-    yield "HistGradientBoosting quantile", lambda: HistGradientBoostingRegressor(loss="quantile", quantile=0.3, max_iter=10), "regression"
+    yield (
+        "HistGradientBoosting quantile",
+        lambda: HistGradientBoostingRegressor(loss="quantile", quantile=0.3, max_iter=10),
+        "regression",
+    )
     yield "XGBoost dart", lambda: xgboost.XGBClassifier(booster="dart", rate_drop=0.3, n_jobs=1, **SMALL), "binary"
     yield "XGBoost multi:softmax", lambda: xgboost.XGBClassifier(objective="multi:softmax", n_jobs=1, **SMALL), "multiclass"
     yield "XGBoost reg:logistic", lambda: xgboost.XGBRegressor(objective="reg:logistic", n_jobs=1, **SMALL), "binary"
     yield "XGBoost random forest", lambda: xgboost.XGBRFClassifier(n_jobs=1, **SMALL), "binary"
-    yield "LightGBM rf (averaged)", lambda: lightgbm.LGBMClassifier(boosting_type="rf", subsample=0.7, subsample_freq=1, n_jobs=1, verbose=-1, **SMALL), "multiclass"
+    yield (
+        "LightGBM rf (averaged)",
+        lambda: lightgbm.LGBMClassifier(boosting_type="rf", subsample=0.7, subsample_freq=1, n_jobs=1, verbose=-1, **SMALL),
+        "multiclass",
+    )
     yield "LightGBM sigmoid=0.5", lambda: lightgbm.LGBMClassifier(sigmoid=0.5, n_jobs=1, verbose=-1, **SMALL), "binary"
 
 
@@ -430,7 +460,9 @@ def test_from_onnx_zipmap_double_input_and_file(tmp_path):
     np.testing.assert_allclose(_output(ensemble, edges), _onnxruntime(double, edges, True), atol=1e-5)
 
 
-def _tree_graph(op: str, attributes: dict, *, n_features: int = 2, elem_type: int = TensorProto.FLOAT, n_scores: int = 2, after=None):
+def _tree_graph(
+    op: str, attributes: dict, *, n_features: int = 2, elem_type: int = TensorProto.FLOAT, n_scores: int = 2, after=None
+):
     """One-tree-operator graph; ``after`` adds a node reading the scores."""
     outputs = ["label", "scores"] if op == "TreeEnsembleClassifier" else ["scores"]
     nodes = [helper.make_node(op, ["X"], outputs, domain="ai.onnx.ml", **attributes)]
@@ -442,7 +474,13 @@ def _tree_graph(op: str, attributes: dict, *, n_features: int = 2, elem_type: in
         initializers.append(helper.make_tensor("c", TensorProto.FLOAT, [], [2.0]))
     if op == "TreeEnsembleClassifier":
         graph_outputs.insert(0, helper.make_tensor_value_info("label", TensorProto.INT64, [None]))
-    graph = helper.make_graph(nodes, "trees", [helper.make_tensor_value_info("X", elem_type, [None, n_features])], graph_outputs, initializer=initializers)
+    graph = helper.make_graph(
+        nodes,
+        "trees",
+        [helper.make_tensor_value_info("X", elem_type, [None, n_features])],
+        graph_outputs,
+        initializer=initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     model.ir_version = 8
     return model
@@ -451,9 +489,13 @@ def _tree_graph(op: str, attributes: dict, *, n_features: int = 2, elem_type: in
 def _two_level(modes=("BRANCH_GTE", "BRANCH_GT", "LEAF", "LEAF", "LEAF"), tracks=(1, 0, 0, 0, 0)) -> dict:
     """root: x0 vs 0.3 -> (node 1: x1 vs -0.2 -> leaves 2, 3), leaf 4."""
     return dict(
-        nodes_treeids=[0] * 5, nodes_nodeids=[0, 1, 2, 3, 4], nodes_featureids=[0, 1, 0, 0, 0],
-        nodes_modes=list(modes), nodes_values=[0.3, -0.2, 0, 0, 0],
-        nodes_truenodeids=[1, 2, 0, 0, 0], nodes_falsenodeids=[4, 3, 0, 0, 0],
+        nodes_treeids=[0] * 5,
+        nodes_nodeids=[0, 1, 2, 3, 4],
+        nodes_featureids=[0, 1, 0, 0, 0],
+        nodes_modes=list(modes),
+        nodes_values=[0.3, -0.2, 0, 0, 0],
+        nodes_truenodeids=[1, 2, 0, 0, 0],
+        nodes_falsenodeids=[4, 3, 0, 0, 0],
         nodes_missing_value_tracks_true=list(tracks),
     )
 
@@ -461,10 +503,22 @@ def _two_level(modes=("BRANCH_GTE", "BRANCH_GT", "LEAF", "LEAF", "LEAF"), tracks
 @pytest.mark.parametrize(
     "case, extra",
     [
-        ("one column, NONE, non-negative weights (forests)", dict(class_ids=[0, 0, 0], class_weights=[0.1, 0.6, 0.9], post_transform="NONE")),
-        ("one column, NONE, base value", dict(class_ids=[0, 0, 0], class_weights=[0.1, 0.3, 0.6], base_values=[0.05], post_transform="NONE")),
-        ("one column, LOGISTIC (boosting)", dict(class_ids=[0, 0, 0], class_weights=[-1.0, 0.5, 2.0], base_values=[0.25], post_transform="LOGISTIC")),
-        ("two columns, SOFTMAX", dict(class_ids=[0, 1, 0, 1, 0, 1], class_weights=[1.0, -1.0, 0.2, 0.1, -2.0, 1.0], post_transform="SOFTMAX")),
+        (
+            "one column, NONE, non-negative weights (forests)",
+            dict(class_ids=[0, 0, 0], class_weights=[0.1, 0.6, 0.9], post_transform="NONE"),
+        ),
+        (
+            "one column, NONE, base value",
+            dict(class_ids=[0, 0, 0], class_weights=[0.1, 0.3, 0.6], base_values=[0.05], post_transform="NONE"),
+        ),
+        (
+            "one column, LOGISTIC (boosting)",
+            dict(class_ids=[0, 0, 0], class_weights=[-1.0, 0.5, 2.0], base_values=[0.25], post_transform="LOGISTIC"),
+        ),
+        (
+            "two columns, SOFTMAX",
+            dict(class_ids=[0, 1, 0, 1, 0, 1], class_weights=[1.0, -1.0, 0.2, 0.1, -2.0, 1.0], post_transform="SOFTMAX"),
+        ),
     ],
 )
 def test_from_onnx_binary_layouts_and_node_modes(case, extra):
@@ -474,7 +528,9 @@ def test_from_onnx_binary_layouts_and_node_modes(case, extra):
     attributes = dict(_two_level(), class_treeids=[0] * n_weights, class_nodeids=leaves, classlabels_int64s=[0, 1], **extra)
     graph = _tree_graph("TreeEnsembleClassifier", attributes)
     ensemble = from_onnx(graph)
-    grid = np.array([[a, b] for a in (0.0, 0.3, np.float32(0.3) + 1e-9, 1.0, np.nan) for b in (-1.0, -0.2, 0.0, np.nan)], dtype=np.float64)
+    grid = np.array(
+        [[a, b] for a in (0.0, 0.3, np.float32(0.3) + 1e-9, 1.0, np.nan) for b in (-1.0, -0.2, 0.0, np.nan)], dtype=np.float64
+    )
     np.testing.assert_allclose(_output(ensemble, grid), _onnxruntime(graph, grid, True), atol=1e-6)
 
 
@@ -491,8 +547,12 @@ def test_from_onnx_binary_layouts_and_node_modes(case, extra):
 def test_from_onnx_refuses_what_it_cannot_honour(change, match):
     attributes = dict(
         _two_level(("BRANCH_LEQ", "BRANCH_LEQ", "LEAF", "LEAF", "LEAF")),
-        class_treeids=[0] * 6, class_nodeids=[2, 2, 3, 3, 4, 4], class_ids=[0, 1] * 3,
-        class_weights=[0.3, 0.7, 0.5, 0.5, 0.9, 0.1], classlabels_int64s=[0, 1], post_transform="NONE",
+        class_treeids=[0] * 6,
+        class_nodeids=[2, 2, 3, 3, 4, 4],
+        class_ids=[0, 1] * 3,
+        class_weights=[0.3, 0.7, 0.5, 0.5, 0.9, 0.1],
+        classlabels_int64s=[0, 1],
+        post_transform="NONE",
     )
     if "class_ids" in change:
         attributes.update(class_treeids=[0] * 3, class_nodeids=[2, 3, 4])
@@ -504,7 +564,11 @@ def test_from_onnx_refuses_what_it_cannot_honour(change, match):
 def test_from_onnx_refuses_graph_changes_around_the_trees():
     regressor = dict(
         _two_level(("BRANCH_LEQ", "BRANCH_LEQ", "LEAF", "LEAF", "LEAF")),
-        target_treeids=[0] * 3, target_nodeids=[2, 3, 4], target_ids=[0] * 3, target_weights=[1.0, 2.0, 3.0], n_targets=1,
+        target_treeids=[0] * 3,
+        target_nodeids=[2, 3, 4],
+        target_ids=[0] * 3,
+        target_weights=[1.0, 2.0, 3.0],
+        n_targets=1,
     )
     assert from_onnx(_tree_graph("TreeEnsembleRegressor", regressor, n_scores=1)).n_outputs == 1
     with pytest.raises(UnsupportedModelError, match="scores go through Mul before reaching a graph output"):
@@ -541,7 +605,9 @@ def _categorical_data():
 def test_refuses_categorical_splits():
     X, y = _categorical_data()
     lgbm = lightgbm.LGBMClassifier(n_jobs=1, verbose=-1, min_data_per_group=5, **SMALL).fit(X, y, categorical_feature=[1])
-    with pytest.raises(UnsupportedModelError, match="categorical feature.*encode categories as numbers and fit without categorical_feature"):
+    with pytest.raises(
+        UnsupportedModelError, match="categorical feature.*encode categories as numbers and fit without categorical_feature"
+    ):
         to_ensemble(lgbm)
     hist = HistGradientBoostingClassifier(max_iter=5, categorical_features=[1]).fit(X, y)
     with pytest.raises(UnsupportedModelError, match="categorical features.*categorical_features=None"):
@@ -557,7 +623,11 @@ def test_refuses_categorical_splits():
 def test_refuses_multi_output_models():
     X, y, _ = _data("regression")
     Y = np.c_[y, -y]
-    for model in (RandomForestRegressor(random_state=0, **SMALL), ExtraTreesRegressor(random_state=0, **SMALL), DecisionTreeRegressor(max_depth=3)):
+    for model in (
+        RandomForestRegressor(random_state=0, **SMALL),
+        ExtraTreesRegressor(random_state=0, **SMALL),
+        DecisionTreeRegressor(max_depth=3),
+    ):
         with pytest.raises(UnsupportedModelError, match="multi-output.*fit one model per target"):
             to_ensemble(model.fit(X, Y))
     Xc, yc, _ = _data("binary")
@@ -571,15 +641,50 @@ def test_refuses_multi_output_models():
 
 
 REFUSED = [
-        ("HistGB poisson", lambda: HistGradientBoostingRegressor(loss="poisson", max_iter=5), "counts", "loss='poisson'.*exp\\(raw score\\)"),
-        ("XGB count:poisson", lambda: xgboost.XGBRegressor(objective="count:poisson", n_jobs=1, **SMALL), "counts", "outputs exponential\\(raw score\\)"),
-        ("XGB logitraw", lambda: xgboost.XGBClassifier(objective="binary:logitraw", n_jobs=1, **SMALL), "binary", "raw margin, not a probability"),
-        ("LGB multiclassova", lambda: lightgbm.LGBMClassifier(objective="multiclassova", n_jobs=1, verbose=-1, **SMALL), "multiclass", "outputs multiclass_ova"),
-        ("LGB linear trees", lambda: lightgbm.LGBMRegressor(linear_tree=True, n_jobs=1, verbose=-1, **SMALL), "regression", "linear_tree=False"),
-        ("XGB gblinear", lambda: xgboost.XGBRegressor(booster="gblinear", n_estimators=3, n_jobs=1), "regression", "booster='gblinear'"),
-        ("XGB missing=0", lambda: xgboost.XGBClassifier(missing=0.0, n_jobs=1, **SMALL), "binary", "missing=0.0.*missing=np.nan"),
-        ("GB custom init", lambda: GradientBoostingRegressor(init=LinearRegression(), **SMALL), "regression", "custom init estimator.*init=None"),
-        ("IsolationForest", lambda: IsolationForest(n_estimators=5, random_state=0), "binary", "no converter for .*IsolationForest"),
+    (
+        "HistGB poisson",
+        lambda: HistGradientBoostingRegressor(loss="poisson", max_iter=5),
+        "counts",
+        "loss='poisson'.*exp\\(raw score\\)",
+    ),
+    (
+        "XGB count:poisson",
+        lambda: xgboost.XGBRegressor(objective="count:poisson", n_jobs=1, **SMALL),
+        "counts",
+        "outputs exponential\\(raw score\\)",
+    ),
+    (
+        "XGB logitraw",
+        lambda: xgboost.XGBClassifier(objective="binary:logitraw", n_jobs=1, **SMALL),
+        "binary",
+        "raw margin, not a probability",
+    ),
+    (
+        "LGB multiclassova",
+        lambda: lightgbm.LGBMClassifier(objective="multiclassova", n_jobs=1, verbose=-1, **SMALL),
+        "multiclass",
+        "outputs multiclass_ova",
+    ),
+    (
+        "LGB linear trees",
+        lambda: lightgbm.LGBMRegressor(linear_tree=True, n_jobs=1, verbose=-1, **SMALL),
+        "regression",
+        "linear_tree=False",
+    ),
+    (
+        "XGB gblinear",
+        lambda: xgboost.XGBRegressor(booster="gblinear", n_estimators=3, n_jobs=1),
+        "regression",
+        "booster='gblinear'",
+    ),
+    ("XGB missing=0", lambda: xgboost.XGBClassifier(missing=0.0, n_jobs=1, **SMALL), "binary", "missing=0.0.*missing=np.nan"),
+    (
+        "GB custom init",
+        lambda: GradientBoostingRegressor(init=LinearRegression(), **SMALL),
+        "regression",
+        "custom init estimator.*init=None",
+    ),
+    ("IsolationForest", lambda: IsolationForest(n_estimators=5, random_state=0), "binary", "no converter for .*IsolationForest"),
 ]
 
 
@@ -613,6 +718,9 @@ def test_unfitted_models_are_refused(family):
 def test_empty_booster_and_unsupported_types():
     with pytest.raises(ValueError, match="no trees .*not fitted"):
         to_ensemble(xgboost.Booster())
-    with pytest.raises(UnsupportedModelError, match="supported models: DecisionTreeClassifier, .*XGBClassifier.*LGBMRegressor, lightgbm.Booster .*from_onnx"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match="supported models: DecisionTreeClassifier, .*XGBClassifier.*LGBMRegressor, lightgbm.Booster .*from_onnx",
+    ):
         to_ensemble(LogisticRegression())
     assert issubclass(UnsupportedModelError, TypeError) and issubclass(UnsupportedModelError, ValueError)

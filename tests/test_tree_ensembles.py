@@ -12,13 +12,13 @@ import warnings
 
 import numpy as np
 import pytest
+from requires import require
 from sklearn.base import clone
 from sklearn.datasets import load_wine
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import train_test_split
 
 import veilml
-from requires import require
 from veilml.models.tree_families import FAMILIES
 from veilml.models.trees.estimators import VEILML_PARAMS
 from veilml.quantization import QuantizationRangeWarning
@@ -41,7 +41,7 @@ REGRESSORS = [name for name, f in FAMILIES.items() if f.task == "regression"]
 
 
 def stem(name: str) -> str:
-    return next(s for s in SMALL if name.startswith(s) and name[len(s):] in ("Classifier", "Regressor"))
+    return next(s for s in SMALL if name.startswith(s) and name[len(s) :] in ("Classifier", "Regressor"))
 
 
 def small(name: str, **params):
@@ -187,7 +187,10 @@ def test_execute_equals_simulate_random_forest(cancer, diabetes, test_config):
 @pytest.mark.execute
 @pytest.mark.all_families
 # (DecisionTreeClassifier: tests/test_trees.py runs it in execute)
-@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n not in ("RandomForestClassifier", "DecisionTreeClassifier")] + ["XGBRegressor", "LGBMRegressor"])
+@pytest.mark.parametrize(
+    "name",
+    [n for n in CLASSIFIERS if n not in ("RandomForestClassifier", "DecisionTreeClassifier")] + ["XGBRegressor", "LGBMRegressor"],
+)
 def test_execute_equals_simulate_every_family(name, cancer, diabetes, test_config):
     _execute_equals_simulate(name, cancer, diabetes, test_config)
 
@@ -226,7 +229,9 @@ def test_from_fitted_reproduces_the_float_model_at_8_bits_without_data(name, can
     assert agreement >= 0.99
 
 
-@pytest.mark.parametrize("name", ["RandomForestClassifier", "GradientBoostingRegressor", "XGBClassifier", "LGBMClassifier", "XGBRegressor"])
+@pytest.mark.parametrize(
+    "name", ["RandomForestClassifier", "GradientBoostingRegressor", "XGBClassifier", "LGBMClassifier", "XGBRegressor"]
+)
 def test_from_onnx_reproduces_the_float_model_at_8_bits_without_data(name, cancer, diabetes, tmp_path, test_config):
     """veilml.from_onnx on the skl2onnx / onnxmltools export: the float model's predictions, then FHE."""
     require("onnx", "onnx")
@@ -295,7 +300,6 @@ def test_refuses_nan_inputs_and_unfitted_models(cancer):
 
 # ----------------------------------------------------------------------- scikit-learn's contract
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
-
 
 CONTRACT = {"HistGradientBoosting": {"max_iter": 20}, "LGBM": {"n_estimators": 20, "min_child_samples": 5}}
 # What the wrapped libraries themselves fail, and why (scikit-learn marks the same checks as expected

@@ -21,19 +21,6 @@ require("uvicorn", "worker")
 httpx = require("httpx", "worker")
 
 from fastapi.testclient import TestClient
-
-from veilml.runtime.linear import (
-    ALL,
-    DIRECTIONS,
-    EncryptedLinearExecutor,
-    LocalTransport,
-    Worker,
-)
-from veilml.runtime.linear.clear import pack_integers
-from veilml.runtime.envelope import unpack_envelope
-from veilml.runtime.linear.limits import DEFAULT_MAX_ROWS
-from veilml.runtime.linear.service import create_app
-from veilml.runtime.linear.transport import HTTPTransport, RemoteWorkerError
 from worker_helpers import (
     CLIWorker,
     answers_health,
@@ -45,6 +32,19 @@ from worker_helpers import (
     reachable,
     wait_for,
 )
+
+from veilml.runtime.envelope import unpack_envelope
+from veilml.runtime.linear import (
+    ALL,
+    DIRECTIONS,
+    EncryptedLinearExecutor,
+    LocalTransport,
+    Worker,
+)
+from veilml.runtime.linear.clear import pack_integers
+from veilml.runtime.linear.limits import DEFAULT_MAX_ROWS
+from veilml.runtime.linear.service import create_app
+from veilml.runtime.linear.transport import HTTPTransport, RemoteWorkerError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -229,7 +229,11 @@ def test_bad_requests_get_their_status_and_a_clear_message(remote: WorkerProcess
     check(post(run, pack_integers(np.zeros((2, 25))), secret), 400, "bad ciphertext", "(n, 24)", "(2, 25)")
     check(post(run, pack_integers(np.full((1, 24), 256)), secret), 400, "[0, 255]")
     check(post(run, pack_integers(np.zeros((2, 3, 4))), secret), 400, "2-D")
-    check(post(f"{url}/sessions/{'cd' * 16}/layers/{QKV}/forward/run", pack_integers(np.zeros((1, 24))), secret), 401, "unknown session")
+    check(
+        post(f"{url}/sessions/{'cd' * 16}/layers/{QKV}/forward/run", pack_integers(np.zeros((1, 24))), secret),
+        401,
+        "unknown session",
+    )
     check(post(run, pack_integers(np.zeros((1, 24))), "not-the-secret"), 403, "belongs to another client")
     check(post(run, pack_integers(np.zeros((1, 24)))), 403, "belongs to another client")
     check(post(f"{url}/sessions/NOT-HEX/layers/{QKV}/forward/run", b"", secret), 400, "hex")
@@ -286,7 +290,9 @@ def test_transport_retries_5xx_and_connection_errors_then_gives_up() -> None:
         if len(calls) == 1:
             raise httpx.ConnectError("refused", request=request)
         status = next(statuses, 200)
-        return httpx.Response(status, json={"detail": "busy"} if status != 200 else None, content=None if status != 200 else b"out")
+        return httpx.Response(
+            status, json={"detail": "busy"} if status != 200 else None, content=None if status != 200 else b"out"
+        )
 
     transport = HTTPTransport("http://worker", backoff=0.0, client=httpx.Client(transport=httpx.MockTransport(handler)))
     assert transport.run(transport.open_session(), "l", "forward", b"in") == b"out"
@@ -381,7 +387,10 @@ def concrete_service(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
     results = []
     for name, (d_in, d_out) in TINY.items():
         x, g = rng.normal(size=(2, d_in)), rng.normal(size=(1, d_out))
-        results += [(executor.forward(name, x), reference.forward(name, x)), (executor.backward(name, g), reference.backward(name, g))]
+        results += [
+            (executor.forward(name, x), reference.forward(name, x)),
+            (executor.backward(name, g), reference.backward(name, g)),
+        ]
     return SimpleNamespace(
         workers=workers,
         apps=[app for _, _, app in served],
@@ -399,7 +408,9 @@ def test_worker_keeps_exactly_the_evaluation_keys_sent(concrete_service: SimpleN
 
     service, client = concrete_service, concrete_service.executor.session
     assert service.executor.routes == dict(zip(TINY, service.recordings))  # each layer goes to its worker
-    for worker, recording, wire, session, name in zip(service.workers, service.recordings, service.wires, service.executor.sessions, TINY):
+    for worker, recording, wire, session, name in zip(
+        service.workers, service.recordings, service.wires, service.executor.sessions, TINY
+    ):
         sent = recording.keys
         assert set(sent) == {(session, name, direction) for direction in DIRECTIONS}  # one key per matrix, its own
         assert worker.session_keys == sent  # all it keeps, for every session
@@ -516,7 +527,9 @@ def test_garbage_evaluation_keys_are_refused_at_registration() -> None:
     client = TestClient(create_app(clear_worker(weights, biases)))
     grant = client.post("/sessions").json()
     response = client.post(
-        f"/sessions/{grant['session']}/layers/{FC}/forward/keys", content=b"not keys", headers={"x-veilml-session-secret": grant["secret"]}
+        f"/sessions/{grant['session']}/layers/{FC}/forward/keys",
+        content=b"not keys",
+        headers={"x-veilml-session-secret": grant["secret"]},
     )
     assert response.status_code == 400 and "not evaluation keys" in response.json()["detail"]
 
@@ -597,7 +610,20 @@ def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
     log = tmp_path / "cli.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "veilml", "worker", "--weights", str(file), "--layers", "*.q_proj", "--port", str(port), "--backend", "clear"],
+            [
+                sys.executable,
+                "-m",
+                "veilml",
+                "worker",
+                "--weights",
+                str(file),
+                "--layers",
+                "*.q_proj",
+                "--port",
+                str(port),
+                "--backend",
+                "clear",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -609,7 +635,9 @@ def test_cli_serves_a_safetensors_file(tmp_path: Path) -> None:
             assert set(transport.layers()) == {QKV}
             executor = EncryptedLinearExecutor(transport, backend="clear")
             stored = {QKV: weights[QKV].astype(np.float32)}  # the file holds float32
-            local = EncryptedLinearExecutor(LocalTransport(clear_worker(stored, {QKV: biases[QKV].astype(np.float32)})), backend="clear")
+            local = EncryptedLinearExecutor(
+                LocalTransport(clear_worker(stored, {QKV: biases[QKV].astype(np.float32)})), backend="clear"
+            )
             x = np.random.default_rng(7).normal(size=(2, 24))
             np.testing.assert_array_equal(executor.forward(QKV, x), local.forward(QKV, x))
         text = log.read_text()
@@ -647,7 +675,9 @@ def test_glwe_worker_over_http_is_within_the_error_bound(tmp_path: Path, weights
     from veilml.quantization import QuantizedWeight, backward_input, quantize_rows
     from veilml.runtime.linear.glwe import GLWEBackend
 
-    worker = CLIWorker(tmp_path, "--weights", str(weights_file), "--layers", "*.mlp.fc", "--backend", "glwe", "--log-level", "warning")
+    worker = CLIWorker(
+        tmp_path, "--weights", str(weights_file), "--layers", "*.mlp.fc", "--backend", "glwe", "--log-level", "warning"
+    )
     try:
         backend = GLWEBackend(insecure_key_cache=key_cache)  # tests only: one key pair for this run's glwe clients
         backend.session()._keys()  # made (~10 s) while the worker starts
@@ -797,14 +827,17 @@ def test_stalled_uploads_are_capped_timed_out_and_freed(worker_dir: Path) -> Non
         sockets.append(s)
         s.sendall(
             f"POST /sessions/{session}/layers/{FC}/forward/run HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\n"
-            f"x-veilml-session-secret: {secret}\r\ncontent-length: {held}\r\n\r\n".encode() + b"\0" * 1000
+            f"x-veilml-session-secret: {secret}\r\ncontent-length: {held}\r\n\r\n".encode()
+            + b"\0" * 1000
         )
         return s
 
     def served(worker: WorkerProcess) -> None:
         with HTTPTransport(worker.url, retries=0) as transport:  # a 503 would raise, not be waited out
             x = np.ones((1, 32))
-            np.testing.assert_array_equal(EncryptedLinearExecutor(transport, backend="clear").forward(FC, x), local_executor().forward(FC, x))
+            np.testing.assert_array_equal(
+                EncryptedLinearExecutor(transport, backend="clear").forward(FC, x), local_executor().forward(FC, x)
+            )
 
     try:
         capped.wait_ready()
@@ -844,11 +877,17 @@ def test_access_token_decides_who_may_query() -> None:
     client = TestClient(create_app(clear_worker(weights, biases), access_token=token))
     assert client.get("/health").status_code == 200  # liveness stays open
     refused = client.get("/layers")
-    assert refused.status_code == 401 and refused.json()["code"] == "access-token" and refused.headers["www-authenticate"] == "Bearer"
+    assert (
+        refused.status_code == 401
+        and refused.json()["code"] == "access-token"
+        and refused.headers["www-authenticate"] == "Bearer"
+    )
     assert client.post("/sessions", headers={"authorization": "Bearer " + "u" * 43}).status_code == 403
     transport = HTTPTransport("http://testserver", backoff=0.0, access_token=token, client=client)
     x = np.ones((2, 32))
-    np.testing.assert_array_equal(EncryptedLinearExecutor(transport, backend="clear").forward(FC, x), local_executor().forward(FC, x))
+    np.testing.assert_array_equal(
+        EncryptedLinearExecutor(transport, backend="clear").forward(FC, x), local_executor().forward(FC, x)
+    )
     with pytest.raises(RemoteWorkerError, match="access token") as error:
         HTTPTransport("http://testserver", backoff=0.0, client=client).layers()
     assert error.value.status == 401

@@ -65,7 +65,9 @@ class CLIWorker:
     worker binds it (the worker takes seconds to start), it starts again on another.
     """
 
-    def __init__(self, directory: Path, *args: str, port: int | None = None, name: str = "cli-worker", command: str = "worker") -> None:
+    def __init__(
+        self, directory: Path, *args: str, port: int | None = None, name: str = "cli-worker", command: str = "worker"
+    ) -> None:
         self.directory, self.worker_args, self.name, self.command = directory, args, name, command
         self.fixed_port, self.starts = port is not None, 0
         self._start(port or free_port())
@@ -81,7 +83,6 @@ class CLIWorker:
         return self.log.read_text(errors="replace")
 
     def ready(self) -> bool:
-        import httpx
 
         if self.process.poll() is not None:
             if not self.fixed_port and self.starts < 3 and "address already in use" in self.text():
@@ -123,7 +124,18 @@ def key_windows(serialized_secret_key: bytes, size: int = 1024, count: int = 6) 
     return windows
 
 
-_OPAQUE = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, str, int, float, bool, type(None))
+_OPAQUE = (
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    type,
+    str,
+    int,
+    float,
+    bool,
+    type(None),
+)
 
 
 def reachable(*roots: Any) -> Iterator[Any]:

@@ -120,8 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
             "(plaintext: the worker sees the clients' data; testing only, clients must ask for it too)"
         ),
     )
-    worker.add_argument("--weight-bits", type=_bits, default=limits.DEFAULT_WEIGHT_BITS, metavar="BITS", help="bits of the quantized weights")
-    worker.add_argument("--input-bits", type=_bits, default=limits.DEFAULT_INPUT_BITS, metavar="BITS", help="bits of the clients' quantized activations")
+    worker.add_argument(
+        "--weight-bits", type=_bits, default=limits.DEFAULT_WEIGHT_BITS, metavar="BITS", help="bits of the quantized weights"
+    )
+    worker.add_argument(
+        "--input-bits",
+        type=_bits,
+        default=limits.DEFAULT_INPUT_BITS,
+        metavar="BITS",
+        help="bits of the clients' quantized activations",
+    )
     worker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     worker.add_argument("--port", type=_port, default=8765, metavar="PORT", help="TCP port to listen on")
     worker.add_argument(
@@ -267,16 +275,16 @@ def _read_token(path: str) -> str:
     except (OSError, PermissionError, UnicodeDecodeError) as error:
         raise CommandError(f"cannot read the access token from {path}: {error}") from None
     if len(token) < 16:
-        raise CommandError(f"the access token in {path} is shorter than 16 characters; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        raise CommandError(
+            f"the access token in {path} is shorter than 16 characters; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     return token
 
 
 def _worker_command(args: argparse.Namespace) -> int:
     path = args.weights
     if not os.path.exists(path):
-        raise CommandError(
-            f"--weights {path!r} does not exist; give a Hugging Face model directory or a .safetensors file"
-        )
+        raise CommandError(f"--weights {path!r} does not exist; give a Hugging Face model directory or a .safetensors file")
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -285,7 +293,9 @@ def _worker_command(args: argparse.Namespace) -> int:
     try:
         from veilml.models.lora.weights import load_remote_weights
     except ImportError as error:
-        raise CommandError(f"loading model weights needs the LoRA dependencies ({error}); install torch and transformers") from None
+        raise CommandError(
+            f"loading model weights needs the LoRA dependencies ({error}); install torch and transformers"
+        ) from None
 
     print(f"veilml worker: loading {path}", flush=True)
     try:  # the loader's own default patterns when --layers is not given

@@ -33,7 +33,9 @@ def _read_rows(path: str) -> np.ndarray:
     try:
         rows = np.loadtxt(source, delimiter=",", dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as error:
-        raise CommandError(f"cannot read rows from {path}: {error}; give a .npy file or a CSV of numbers without header") from None
+        raise CommandError(
+            f"cannot read rows from {path}: {error}; give a .npy file or a CSV of numbers without header"
+        ) from None
     return rows
 
 
@@ -54,10 +56,16 @@ def _compile(args: argparse.Namespace) -> int:
     from veilml.compiler import Configuration
 
     if not args.model.endswith(".onnx"):
-        raise CommandError(f"{args.model}: give an ONNX file (TreeEnsembleClassifier / TreeEnsembleRegressor), e.g. written by skl2onnx")
+        raise CommandError(
+            f"{args.model}: give an ONNX file (TreeEnsembleClassifier / TreeEnsembleRegressor), e.g. written by skl2onnx"
+        )
     X = _read_rows(args.data)
     model = veilml.from_onnx(args.model, X=X, n_bits=args.n_bits)
-    print(f"veilml compile: {type(model).__name__}, {X.shape[1]} features, {args.n_bits} bits: compiling…", file=sys.stderr, flush=True)
+    print(
+        f"veilml compile: {type(model).__name__}, {X.shape[1]} features, {args.n_bits} bits: compiling…",
+        file=sys.stderr,
+        flush=True,
+    )
     model.compile(X, Configuration(show_progress=False))
     model.save(args.out)
     print(f"veilml compile: {model.report_}; bundle written to {args.out}", file=sys.stderr)
@@ -81,7 +89,9 @@ def _keygen(args: argparse.Namespace) -> int:
 def _encrypt(args: argparse.Namespace) -> int:
     client = _client(args)
     if not client._fhe.has_keys:
-        raise CommandError(f"no keys for this model in {args.key_dir}; run 'veilml keygen {args.bundle} --key-dir {args.key_dir}' first")
+        raise CommandError(
+            f"no keys for this model in {args.key_dir}; run 'veilml keygen {args.bundle} --key-dir {args.key_dir}' first"
+        )
     _write_bytes(args.out, client.encrypt(_read_rows(args.input)))
     return 0
 
@@ -119,7 +129,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError(f"serving needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
     app = create_model_app(args.bundle, args.state, workers=args.workers, max_payload_bytes=int(args.max_payload_mb * 2**20))
     server = app.state.server
-    print(f"veilml serve: model {server.fingerprint[:12]}…, {server.n_features} features, {args.workers} FHE worker(s)", flush=True)
+    print(
+        f"veilml serve: model {server.fingerprint[:12]}…, {server.n_features} features, {args.workers} FHE worker(s)", flush=True
+    )
     print(f"veilml serve: keys kept in {Path(args.state) / 'keys'}", flush=True)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"veilml serve: listening on http://{host}:{args.port} (GET /health, GET /docs)", flush=True)
@@ -153,7 +165,9 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
 
     p = command("compile", "compile an ONNX tree model into a deployment bundle (client/ and server/)", _compile)
     p.add_argument("model", help="an ONNX file with a TreeEnsembleClassifier / TreeEnsembleRegressor")
-    p.add_argument("--data", required=True, help="representative rows (.npy, or CSV without header): the input grid and the compile inputset")
+    p.add_argument(
+        "--data", required=True, help="representative rows (.npy, or CSV without header): the input grid and the compile inputset"
+    )
     p.add_argument("--out", required=True, help="the bundle directory to write")
     p.add_argument("--n-bits", type=int, default=6, help="input and leaf precision")
 

@@ -66,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"accuracy, veilml fhe='simulate'    : {np.mean(simulated == y_test):.4f} ({len(X_test)} rows)")
     print(f"accuracy, veilml encrypted execute : {np.mean(encrypted == y_test[:rows]):.4f} ({rows} rows)")
     print(f"encrypted == clear on {int(np.sum(encrypted == clear[:rows]))}/{rows} rows")
-    print(f"latency per row (encrypt + run + decrypt): median {np.median(latencies):.2f} s, "
-          f"first {latencies[0]:.2f} s, ciphertext {len(ciphertext) / 2**10:.0f} KiB")
-    print(f"PBS per row: {model.report_.pbs_count} (max {model.report_.max_bit_width} bits), "
-          f"complexity {model.report_.complexity:.3g}")
+    print(
+        f"latency per row (encrypt + run + decrypt): median {np.median(latencies):.2f} s, "
+        f"first {latencies[0]:.2f} s, ciphertext {len(ciphertext) / 2**10:.0f} KiB"
+    )
+    print(
+        f"PBS per row: {model.report_.pbs_count} (max {model.report_.max_bit_width} bits), "
+        f"complexity {model.report_.complexity:.3g}"
+    )
     return 0 if np.array_equal(encrypted, clear[:rows]) else 1
 
 

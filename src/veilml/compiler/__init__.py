@@ -4,9 +4,9 @@ Nothing here knows what a tree or a transformer is. ``concrete`` is imported onl
 compiled or a configuration converted.
 """
 
+from .builder import GraphBuilder
 from .configuration import Configuration, GPUUnavailableError
 from .encodings import InputEncoding
-from .builder import GraphBuilder
 from .interpreter import evaluate
 from .ir import Graph, IRError, Node, Ops
 from .lowering import CircuitReport, CompiledGraph, compile_graph

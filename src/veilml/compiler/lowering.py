@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import inspect
 import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .configuration import Configuration
 from .interpreter import evaluate
-from .key_sizes import key_sizes
 from .ir import Graph, Node, Ops
+from .key_sizes import key_sizes
 from .ranges import Range, bit_width, infer_ranges
 from .spec import verify_graph
 
@@ -220,9 +221,7 @@ def compile_graph(
     verify_graph(graph)
     batches = [np.asarray(x, dtype=np.int64) for x in inputset]
     if len(batches) != len(graph.inputs) or any(b.ndim != 2 for b in batches):
-        raise ValueError(
-            f"inputset must be one (n_samples, size) array per graph input ({len(graph.inputs)})"
-        )
+        raise ValueError(f"inputset must be one (n_samples, size) array per graph input ({len(graph.inputs)})")
     evaluate(graph, batches)  # raises with a clear message on bad shapes or out-of-range values
     samples = [list(row) for row in zip(*batches)] + _corner_samples(graph)
     samples = [[np.ascontiguousarray(x) for x in s] for s in samples]

@@ -7,8 +7,8 @@ compiled circuit correct beyond the inputset it was compiled with.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -54,9 +54,7 @@ def _lut_range(node: Node, x: Range) -> Range:
 def _round_range(node: Node, x: Range) -> Range:
     lsbs, mode = node.arg
     if lsbs >= x.bit_width:
-        raise IRError(
-            f"ROUND removes {lsbs} bit(s) of a {x.bit_width}-bit value; remove fewer bits than the value has"
-        )
+        raise IRError(f"ROUND removes {lsbs} bit(s) of a {x.bit_width}-bit value; remove fewer bits than the value has")
     return Range(round_bits(x.low, lsbs, mode), round_bits(x.high, lsbs, mode))
 
 

@@ -17,8 +17,9 @@ import json
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,10 +66,7 @@ def _decode(value: Any, arrays: Any) -> Any:
 def to_document(graph: Graph) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The JSON-able description of ``graph`` and the arrays it refers to."""
     arrays: dict[str, np.ndarray] = {}
-    nodes = [
-        {"op": n.op.value, "src": list(n.src), "size": n.size, "arg": _encode(n.arg, arrays)}
-        for n in graph.nodes
-    ]
+    nodes = [{"op": n.op.value, "src": list(n.src), "size": n.size, "arg": _encode(n.arg, arrays)} for n in graph.nodes]
     return {"format": "veilml-ir", "version": FORMAT_VERSION, "nodes": nodes}, arrays
 
 
@@ -81,10 +79,7 @@ def from_document(document: dict[str, Any], arrays: Any) -> Graph:
             f"(it reads version {FORMAT_VERSION}); re-export the model with this veilml"
         )
     try:
-        nodes = tuple(
-            Node(Ops(d["op"]), tuple(d["src"]), _decode(d["arg"], arrays), int(d["size"]))
-            for d in document["nodes"]
-        )
+        nodes = tuple(Node(Ops(d["op"]), tuple(d["src"]), _decode(d["arg"], arrays), int(d["size"])) for d in document["nodes"])
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
         raise IRError(f"malformed IR document ({type(error).__name__}: {error}); re-export the model") from None
     return verify_graph(Graph(nodes))

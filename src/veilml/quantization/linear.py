@@ -62,7 +62,9 @@ def quantize_rows(x: np.ndarray, n_bits: int = 8) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(quantizer.quantize(x, warn=False)), quantizer.scale, quantizer.zero_point
 
 
-def forward_output(acc: np.ndarray, scale: np.ndarray, zero: np.ndarray, weight_scale: np.ndarray, col_sums: np.ndarray) -> np.ndarray:
+def forward_output(
+    acc: np.ndarray, scale: np.ndarray, zero: np.ndarray, weight_scale: np.ndarray, col_sums: np.ndarray
+) -> np.ndarray:
     """Float ``x @ W`` from the integer product ``x_q @ q``."""
     centred = np.asarray(acc, dtype=np.float64) - zero[:, None] * col_sums[None, :]
     return centred * scale[:, None] * weight_scale[None, :]

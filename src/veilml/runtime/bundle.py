@@ -240,4 +240,3 @@ class ModelServer:
         """The result batch of a ciphertext batch made under the registered key set ``key_id``."""
         items = unpack_batch(ciphertexts, max_items=self.max_rows, max_bytes=self._fhe.max_bytes, what="ciphertext batch")
         return pack_batch([self._fhe.run_registered(item, key_id) for item in items])
-

@@ -152,9 +152,7 @@ class FHEClient:
         if self._evaluation_keys is None:  # packed once per key set: servers cache by key id
             payload = self._client.evaluation_keys.serialize()
             self._key_id = key_id(payload)
-            self._evaluation_keys = pack_envelope(
-                "evaluation-keys", payload, fingerprint=self.fingerprint, key_id=self._key_id
-            )
+            self._evaluation_keys = pack_envelope("evaluation-keys", payload, fingerprint=self.fingerprint, key_id=self._key_id)
         return self._evaluation_keys
 
     def save_keys(self, path: str | Path) -> Path:

@@ -159,8 +159,7 @@ def unpack_envelope(data: bytes, kind: str, *, max_bytes: int = DEFAULT_MAX_BYTE
     if header["kind"] != kind:
         got = header["kind"]
         raise EnvelopeError(
-            f"expected {name}, got an envelope of kind {got!r}"
-            + ("; were the arguments swapped?" if got in KINDS else "")
+            f"expected {name}, got an envelope of kind {got!r}" + ("; were the arguments swapped?" if got in KINDS else "")
         )
     for field in ("fingerprint", "key_id"):
         if not isinstance(header[field], str) or not _HEX64.fullmatch(header[field]):
@@ -246,9 +245,13 @@ def unpack_batch(data: bytes, *, max_items: int, max_bytes: int = DEFAULT_MAX_BY
     if not isinstance(data, (bytes, bytearray)):
         raise EnvelopeError(f"{what}: expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
-        raise EnvelopeError(f"{what}: {len(data):,} bytes, more than the limit of {max_bytes:,} bytes; send fewer rows per request")
+        raise EnvelopeError(
+            f"{what}: {len(data):,} bytes, more than the limit of {max_bytes:,} bytes; send fewer rows per request"
+        )
     if len(data) < _BATCH_PREFIX.size or data[:8] != BATCH_MAGIC:
-        raise EnvelopeError(f"{what}: not a veilml batch (no '{BATCH_MAGIC.decode()}' magic); pass the bytes of a veilml client's encrypt()")
+        raise EnvelopeError(
+            f"{what}: not a veilml batch (no '{BATCH_MAGIC.decode()}' magic); pass the bytes of a veilml client's encrypt()"
+        )
     _, version, count = _BATCH_PREFIX.unpack_from(data)
     if version != VERSION:
         raise EnvelopeError(f"{what}: batch format version {version} is not supported (this veilml reads {VERSION})")

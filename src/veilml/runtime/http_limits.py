@@ -1,6 +1,6 @@
 """Request-body limits shared by veilml's HTTP services: size, bytes in flight, stalls.
 
-A service reads every body through :func:`read_body`, which refuses a declared or actual size over
+A service reads every body through :func:`receive_body`, which refuses a declared or actual size over
 the payload limit (413), more bytes held at once across requests than the in-flight budget (503,
 retry), and a body that stops sending for longer than the read timeout (408), before anything is
 parsed. Errors are :class:`ServiceError` with an HTTP status and a machine-readable code.
@@ -9,6 +9,8 @@ parsed. Errors are :class:`ServiceError` with an HTTP status and a machine-reada
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 __all__ = [
@@ -17,7 +19,7 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "BodyBudget",
     "ServiceError",
-    "read_body",
+    "receive_body",
     "too_large",
 ]
 
@@ -36,8 +38,8 @@ class ServiceError(Exception):
 
 def too_large(size: int, limit: int, at_least: bool = False) -> str:
     return (
-        f"request body of {'at least ' if at_least else ''}{size:,} bytes exceeds this server's limit of {limit:,} bytes; "
-        "send fewer rows per request"
+        f"request body of {'more than ' if at_least else ''}{size} bytes exceeds this server's limit of {limit} bytes; "
+        "send fewer rows per request, or restart the server with a larger --max-payload-mb"
     )
 
 
@@ -54,15 +56,18 @@ class BodyBudget:
         if self.used + size > self.max_bytes:
             raise ServiceError(
                 503,
-                f"the server is receiving {self.used:,} bytes of other requests and this one would pass its limit of "
-                f"{self.max_bytes:,} bytes in flight; retry shortly",
+                f"the server is receiving {self.used} bytes of other requests and this one would pass its limit of "
+                f"{self.max_bytes} bytes in flight; retry shortly",
                 "busy",
             )
         self.used += size
 
 
-async def read_body(request: Any, max_bytes: int, budget: BodyBudget, read_timeout: float) -> bytes:
-    """The body of a Starlette ``request`` within the size limit, the in-flight budget and the read timeout."""
+@contextlib.asynccontextmanager
+async def receive_body(request: Any, max_bytes: int, budget: BodyBudget, read_timeout: float) -> AsyncIterator[bytes]:
+    """The body of a Starlette ``request`` within the size limit, the in-flight budget and the read
+    timeout; its bytes count against ``budget`` until the ``async with`` block ends (while the body
+    is being worked on, not only while it arrives)."""
     from starlette.requests import ClientDisconnect
 
     declared = request.headers.get("content-length")
@@ -81,7 +86,7 @@ async def read_body(request: Any, max_bytes: int, budget: BodyBudget, read_timeo
                 chunk = await asyncio.wait_for(stream.__anext__(), timeout=read_timeout)
             except StopAsyncIteration:
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ServiceError(408, f"the request body stalled for {read_timeout:g} s; send it again") from None
             except ClientDisconnect:
                 raise ServiceError(400, "the client disconnected before sending the whole body") from None
@@ -92,6 +97,8 @@ async def read_body(request: Any, max_bytes: int, budget: BodyBudget, read_timeo
                 budget.take(size - held)
                 held = size
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        del chunks
+        yield body
     finally:
         budget.used -= held

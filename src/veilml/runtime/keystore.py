@@ -17,7 +17,6 @@ import secrets
 import threading
 from pathlib import Path
 
-
 __all__ = ["KeyStore", "KeyStoreError"]
 
 _KEY_ID = re.compile(r"[0-9a-f]{64}")
@@ -68,7 +67,11 @@ class KeyStore:
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"secrets": []}
             if not keys_path.exists():
                 if self.used_bytes() + len(envelope) > self.max_bytes:
-                    raise KeyStoreError(507, f"the key store is full ({self.max_bytes:,} bytes); ask the operator to raise --max-key-store-mb", "key-store-full")
+                    raise KeyStoreError(
+                        507,
+                        f"the key store is full ({self.max_bytes:,} bytes); ask the operator to raise --max-key-store-mb",
+                        "key-store-full",
+                    )
                 _write_atomic(keys_path, envelope)
             meta["secrets"].append(_digest(secret))
             _write_atomic(meta_path, json.dumps(meta).encode())
@@ -78,13 +81,21 @@ class KeyStore:
         """Raise :class:`KeyStoreError` unless ``key_id`` is stored and ``secret`` is one of its secrets."""
         _, meta_path = self._paths(key_id)
         if not meta_path.exists():
-            raise KeyStoreError(401, f"unknown key id {key_id[:12]}...: register the evaluation keys with POST /keys first", "unknown-key")
+            raise KeyStoreError(
+                401, f"unknown key id {key_id[:12]}...: register the evaluation keys with POST /keys first", "unknown-key"
+            )
         if not secret:
-            raise KeyStoreError(401, "this request needs the key secret returned by POST /keys (header X-Veilml-Key-Secret)", "no-secret")
+            raise KeyStoreError(
+                401, "this request needs the key secret returned by POST /keys (header X-Veilml-Key-Secret)", "no-secret"
+            )
         digest = _digest(secret)
         known = json.loads(meta_path.read_text())["secrets"]
         if not any(hmac.compare_digest(digest, d) for d in known):
-            raise KeyStoreError(403, f"wrong secret for key id {key_id[:12]}...: use the secret returned when you registered these keys", "forbidden")
+            raise KeyStoreError(
+                403,
+                f"wrong secret for key id {key_id[:12]}...: use the secret returned when you registered these keys",
+                "forbidden",
+            )
 
     def get(self, key_id: str) -> bytes:
         """The stored evaluation-key envelope of ``key_id``."""
@@ -92,7 +103,9 @@ class KeyStore:
         try:
             data = keys_path.read_bytes()
         except FileNotFoundError:
-            raise KeyStoreError(401, f"unknown key id {key_id[:12]}...: register the evaluation keys with POST /keys first", "unknown-key") from None
+            raise KeyStoreError(
+                401, f"unknown key id {key_id[:12]}...: register the evaluation keys with POST /keys first", "unknown-key"
+            ) from None
         return data
 
 
@@ -103,4 +116,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-

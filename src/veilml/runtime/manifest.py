@@ -109,5 +109,7 @@ def check_manifest(directory: str | Path, fmt: str) -> dict[str, Any]:
         if not file.is_file() or file.is_symlink():
             raise ArtifactError(f"{directory} lacks {name} (or it is not a regular file); copy the whole bundle again")
         if sha256_file(file) != expected:
-            raise ArtifactError(f"{file} does not match its sha256 in the manifest: it was modified after saving; copy the bundle again")
+            raise ArtifactError(
+                f"{file} does not match its sha256 in the manifest: it was modified after saving; copy the bundle again"
+            )
     return manifest

@@ -78,9 +78,7 @@ class FHEModel:
 
     def _require_compiled(self, fhe: str) -> CompiledGraph:
         if self.compiled is None:
-            raise NotCompiledError(
-                f"fhe={fhe!r} needs a compiled model; call 'compile(X)' with representative data first"
-            )
+            raise NotCompiledError(f"fhe={fhe!r} needs a compiled model; call 'compile(X)' with representative data first")
         return self.compiled
 
     def save(self, directory: Any) -> Any:

@@ -42,7 +42,7 @@ from .http_limits import (
     DEFAULT_READ_TIMEOUT,
     BodyBudget,
     ServiceError,
-    read_body,
+    receive_body,
 )
 from .keystore import KeyStore, KeyStoreError
 
@@ -170,29 +170,29 @@ def create_model_app(
 
     @app.get("/bundle/client", response_class=Response, responses={200: {"content": {"application/zip": {}}}})
     def client_bundle() -> Response:
-        return Response(client_zip, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="client.zip"'})
+        return Response(
+            client_zip, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="client.zip"'}
+        )
 
     @app.post("/keys", status_code=201)
     async def register(request: Request) -> JSONResponse:
-        body = await read_body(request, max_payload_bytes, budget, read_timeout)
-
-        def admit() -> str:
+        def admit(body: bytes) -> str:
             try:
                 return server.register(body)
             except (EnvelopeError, ValueError) as exc:
                 raise ServiceError(400, f"these are not evaluation keys of this model: {exc}", "bad-keys") from None
 
-        identifier = await in_pool(admit)
-        secret = store.add(identifier, body)
+        async with receive_body(request, max_payload_bytes, budget, read_timeout) as body:
+            identifier = await in_pool(admit, body)
+            secret = store.add(identifier, body)
         return JSONResponse({"key_id": identifier, "secret": secret}, status_code=201)
 
     @app.post("/predict", response_class=Response, responses={200: {"content": {OCTET_STREAM: {}}}})
     async def predict(request: Request) -> Response:
         identifier = request.headers.get(KEY_ID_HEADER, "")
         store.check(identifier, request.headers.get(KEY_SECRET_HEADER))
-        body = await read_body(request, max_payload_bytes, budget, read_timeout)
 
-        def run() -> bytes:
+        def run(body: bytes) -> bytes:
             if not server.is_registered(identifier):  # evicted from memory, or registered before a restart
                 server.register(store.get(identifier))
             try:
@@ -202,6 +202,8 @@ def create_model_app(
             except (EnvelopeError, ValueError) as exc:
                 raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
 
-        return Response(await in_pool(run), media_type=OCTET_STREAM)
+        async with receive_body(request, max_payload_bytes, budget, read_timeout) as body:
+            result = await in_pool(run, body)
+        return Response(result, media_type=OCTET_STREAM)
 
     return app

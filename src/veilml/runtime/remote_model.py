@@ -70,7 +70,9 @@ class RemoteModel:
         self.client = ModelClient(self._bundle_dir, key_dir=None if key_dir is None else Path(key_dir).expanduser())
         health = self._request("GET", "/health").json()
         if health.get("fingerprint") != self.client.fingerprint:
-            raise RemoteModelError("the server's model and the client bundle it sent differ; try again (it may have restarted with another model)")
+            raise RemoteModelError(
+                "the server's model and the client bundle it sent differ; try again (it may have restarted with another model)"
+            )
         self.max_rows = min(int(health.get("max_rows", self.client.max_rows)), self.client.max_rows)
         self._key_id: str | None = None
         self._secret: str | None = None
@@ -103,7 +105,11 @@ class RemoteModel:
                             body = response.json()
                         except ValueError:
                             body = {"detail": response.text[:300]}
-                        raise RemoteModelError(f"{method} {path}: {response.status_code}: {body.get('detail')}", response.status_code, body.get("code"))
+                        raise RemoteModelError(
+                            f"{method} {path}: {response.status_code}: {body.get('detail')}",
+                            response.status_code,
+                            body.get("code"),
+                        )
                     return response
             time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")

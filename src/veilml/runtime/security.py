@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 __all__ = [
     "InsecureParametersError",
@@ -234,9 +235,7 @@ def check_client_specs(specs: bytes | str | Any, min_security_bits: int = 128) -
     def lwe(dimension: int, variance: float, what: str) -> None:
         check_lwe(dimension, variance, what, min_security_bits)
 
-    keyset = _fields(
-        root["keyset"], "keyset", ("lweSecretKeys", "lweBootstrapKeys", "lweKeyswitchKeys", "packingKeyswitchKeys")
-    )
+    keyset = _fields(root["keyset"], "keyset", ("lweSecretKeys", "lweBootstrapKeys", "lweKeyswitchKeys", "packingKeyswitchKeys"))
     keys: dict[int, int] = {}
     for i, entry in enumerate(_list(keyset["lweSecretKeys"], "keyset.lweSecretKeys", nonempty=True)):
         where = f"keyset.lweSecretKeys[{i}]"

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -162,10 +163,7 @@ class CircuitLayout:
     def to_bytes(self) -> bytes:
         templates = [self.evaluation_keys, *self.inputs]
         blobs = [t.to_bytes() for t in templates]
-        return b"".join(
-            [_LAYOUT_HEAD.pack(_LAYOUT_MAGIC, _VERSION, len(blobs))]
-            + [struct.pack(">Q", len(b)) + b for b in blobs]
-        )
+        return b"".join([_LAYOUT_HEAD.pack(_LAYOUT_MAGIC, _VERSION, len(blobs))] + [struct.pack(">Q", len(b)) + b for b in blobs])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CircuitLayout:

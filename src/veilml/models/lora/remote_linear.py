@@ -68,7 +68,9 @@ class RemoteLinear(nn.Module):
 
     def remote(self, direction: str, tensor: torch.Tensor) -> torch.Tensor:
         """Run ``tensor``'s rows through the workers (``"forward"``: ``x @ W + b``; ``"backward"``: ``g @ W.T``)."""
-        width_in, width_out = (self.in_features, self.out_features) if direction == "forward" else (self.out_features, self.in_features)
+        width_in, width_out = (
+            (self.in_features, self.out_features) if direction == "forward" else (self.out_features, self.in_features)
+        )
         # C-contiguous float64 rows at the boundary: concrete misreads strided arrays
         rows = np.ascontiguousarray(tensor.detach().to(device="cpu", dtype=torch.float64).reshape(-1, width_in).numpy())
         run = self.executor.forward if direction == "forward" else self.executor.backward

@@ -68,7 +68,15 @@ def _seeded(seed: int, build: Any) -> Any:
         return build()
 
 
-def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_positions: int = 64, dropout: float = 0.0, initializer_range: float = 0.3):
+def tiny_gpt2(
+    seed: int = 0,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_positions: int = 64,
+    dropout: float = 0.0,
+    initializer_range: float = 0.3,
+):
     """A randomly initialised GPT-2 (``Conv1D`` projections) with the :class:`ByteTokenizer` vocabulary.
 
     ``initializer_range`` defaults to 0.3, not GPT-2's 0.02: LoRA trains neither the (tied) embeddings
@@ -95,7 +103,15 @@ def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_head: int = 4
     return _seeded(seed, lambda: GPT2LMHeadModel(config))
 
 
-def tiny_llama(seed: int = 0, num_hidden_layers: int = 2, hidden_size: int = 64, num_attention_heads: int = 4, intermediate_size: int = 128, max_position_embeddings: int = 64, initializer_range: float = 0.3):
+def tiny_llama(
+    seed: int = 0,
+    num_hidden_layers: int = 2,
+    hidden_size: int = 64,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 64,
+    initializer_range: float = 0.3,
+):
     """A randomly initialised Llama-style model (``nn.Linear`` projections, bias-free) with the byte vocabulary
     (``initializer_range`` as in :func:`tiny_gpt2`)."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -119,7 +119,11 @@ class LoraTrainer:
         from peft import PeftModel, get_peft_model
         from transformers import get_scheduler
 
-        for name, value in (("gradient_accumulation_steps", gradient_accumulation_steps), ("max_steps", max_steps), ("logging_steps", logging_steps)):
+        for name, value in (
+            ("gradient_accumulation_steps", gradient_accumulation_steps),
+            ("max_steps", max_steps),
+            ("logging_steps", logging_steps),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         for name, value in (("save_steps", save_steps), ("save_total_limit", save_total_limit), ("eval_steps", eval_steps)):
@@ -159,7 +163,9 @@ class LoraTrainer:
             if optimizer_factory is not None
             else torch.optim.AdamW(self.trainable, lr=learning_rate, weight_decay=weight_decay)
         )
-        self.scheduler = get_scheduler(lr_scheduler_type, self.optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
+        self.scheduler = get_scheduler(
+            lr_scheduler_type, self.optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps
+        )
         self.state = TrainerState(max_steps=max_steps)
 
     # ---- data ---------------------------------------------------------------------------------
@@ -216,7 +222,9 @@ class LoraTrainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if step % self.logging_steps == 0 or step == self.max_steps:
                     mean_loss = float(np.mean(self.state.unlogged_losses))
-                    self.state.log_history.append({"step": step, "loss": mean_loss, "learning_rate": self.scheduler.get_last_lr()[0]})
+                    self.state.log_history.append(
+                        {"step": step, "loss": mean_loss, "learning_rate": self.scheduler.get_last_lr()[0]}
+                    )
                     self.state.unlogged_losses = []
                 if eval_data is not None and (step == self.max_steps or (self.eval_steps and step % self.eval_steps == 0)):
                     self.state.log_history.append({"step": step, **self.evaluate(eval_data)})

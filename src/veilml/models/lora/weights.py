@@ -100,7 +100,9 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 def _check_patterns(patterns: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(patterns, str):
-        raise TypeError(f"patterns must be a sequence of wildcard patterns, got the single string {patterns!r}; use [{patterns!r}]")
+        raise TypeError(
+            f"patterns must be a sequence of wildcard patterns, got the single string {patterns!r}; use [{patterns!r}]"
+        )
     return tuple(patterns)
 
 

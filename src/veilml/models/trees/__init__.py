@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..tree_families import FAMILIES
 from . import estimators
 from .ensemble import Tree, TreeEnsemble
-from ..tree_families import FAMILIES
 from .lowering import LoweredEnsemble, lower_ensemble
 from .supported import CONVERTERS, UnsupportedModelError, to_ensemble
 

@@ -131,7 +131,9 @@ def _check_outputs(graph: Any, tree_node: Any) -> None:
         readers = consumers.get(name, [])
         node = next((n for n in readers if n.op_type in _PASS_THROUGH), None)
         if node is None:
-            node = next((n for n in readers if n.op_type == "Mul" and any(_is_one(i, constants) for i in n.input if i != name)), None)
+            node = next(
+                (n for n in readers if n.op_type == "Mul" and any(_is_one(i, constants) for i in n.input if i != name)), None
+            )
         if node is None:
             ops = ", ".join(sorted({n.op_type for n in readers})) or "nothing"
             raise UnsupportedModelError(
@@ -234,7 +236,7 @@ def _trees(
         swap = np.isin(modes[rows], ("BRANCH_GTE", "BRANCH_GT"))  # x >= t goes to 'true' == x < t goes to 'false'
         strict = np.isin(modes[rows], ("BRANCH_LT", "BRANCH_GTE"))
 
-        def child(ids: np.ndarray) -> np.ndarray:
+        def child(ids: np.ndarray, index: dict[int, int] = index, leaf: np.ndarray = leaf) -> np.ndarray:
             return np.array([index[int(i)] if not is_leaf else -1 for i, is_leaf in zip(ids, leaf)], dtype=np.int64)
 
         try:

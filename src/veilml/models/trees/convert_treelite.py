@@ -85,8 +85,7 @@ def from_treelite(
     task_type = int(header.get_field("task_type")[0])
     if task_type not in (0, 1, 2):
         raise UnsupportedModelError(
-            f"{source} is a {_TASK_TYPES.get(task_type, f'task type {task_type}')}; veilml converts "
-            "regressors and classifiers"
+            f"{source} is a {_TASK_TYPES.get(task_type, f'task type {task_type}')}; veilml converts regressors and classifiers"
         )
     num_target = int(header.get_field("num_target")[0])
     if num_target != 1:
@@ -228,7 +227,9 @@ def convert_sklearn_ensemble(model: Any) -> TreeEnsemble:
                 "is not a constant; fit it with init=None or init='zero'"
             )
         if type(init).__name__ == "DummyClassifier" and init.strategy != "prior":
-            raise UnsupportedModelError(f"this {name} has an init DummyClassifier(strategy={init.strategy!r}); fit it with init=None")
+            raise UnsupportedModelError(
+                f"this {name} has an init DummyClassifier(strategy={init.strategy!r}); fit it with init=None"
+            )
         exponential = classifier and model.loss == "exponential"
     treelite = _import_treelite()
     try:

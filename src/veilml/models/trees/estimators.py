@@ -29,8 +29,8 @@ from ...quantization import UniformQuantizer
 from ...runtime import FHEModel
 from ...runtime.codec import ClientCodec, OutputSpec
 from .._validation import check_sample_weight, check_X, check_y
-from .auto_bits import choose_bits
 from ..tree_families import FAMILIES, Family, library_class
+from .auto_bits import choose_bits
 from .lowering import lower_ensemble
 from .supported import to_ensemble
 
@@ -133,7 +133,9 @@ class _EncryptedEnsemble(BaseEstimator):
         expected = library_class(cls._family)
         if not isinstance(model, expected):
             family = cls._family
-            raise TypeError(f"{cls.__name__}.from_fitted takes a fitted {family.module}.{family.name}, got {type(model).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_fitted takes a fitted {family.module}.{family.name}, got {type(model).__name__}"
+            )
         if n_bits == "auto":
             raise ValueError("n_bits='auto' chooses bits on training data: use fit(X, y), or give from_fitted an integer n_bits")
         ensemble = to_ensemble(model)  # refuses unfitted and unsupported models first
@@ -152,7 +154,9 @@ class _EncryptedEnsemble(BaseEstimator):
         else:
             quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
         leaf_bits = self.leaf_bits if self.leaf_bits is not None else n_bits
-        self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble)
+        self._set_fitted(
+            model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble
+        )
 
     def _set_fitted(
         self,
@@ -294,7 +298,9 @@ def _signature(family: Family) -> inspect.Signature:
     if clash:
         raise RuntimeError(f"{family.name} has parameters named like veilml's: {sorted(clash)}")
     parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    parameters += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in {**VEILML_PARAMS, **defaults}.items()]
+    parameters += [
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in {**VEILML_PARAMS, **defaults}.items()
+    ]
     return inspect.Signature(parameters)
 
 
@@ -309,7 +315,10 @@ def _set_extra_params(estimator: Any, extra: dict[str, Any]) -> None:
     if not _accepts_more_keywords(estimator._family):
         name = next(iter(extra))
         raise TypeError(f"{type(estimator).__name__} got an unexpected keyword argument {name!r}")
-    estimator._extra_params = (*getattr(estimator, "_extra_params", ()), *(k for k in extra if k not in getattr(estimator, "_extra_params", ())))
+    estimator._extra_params = (
+        *getattr(estimator, "_extra_params", ()),
+        *(k for k in extra if k not in getattr(estimator, "_extra_params", ())),
+    )
     for name, value in extra.items():
         setattr(estimator, name, value)
 

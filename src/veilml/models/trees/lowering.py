@@ -106,7 +106,9 @@ def _complementary(ensemble: TreeEnsemble) -> bool:
     return True
 
 
-def _with_complement(ensemble: TreeEnsemble, quantizer: UniformQuantizer, bias: np.ndarray, combine: np.ndarray) -> tuple[UniformQuantizer, np.ndarray, np.ndarray]:
+def _with_complement(
+    ensemble: TreeEnsemble, quantizer: UniformQuantizer, bias: np.ndarray, combine: np.ndarray
+) -> tuple[UniformQuantizer, np.ndarray, np.ndarray]:
     """Output steps for both outputs when only the second one is computed (see ``_complementary``).
 
     With ``K`` the constant sum of both raw scores, ``score0 = K - score1``: the client negates
@@ -124,7 +126,9 @@ def _with_complement(ensemble: TreeEnsemble, quantizer: UniformQuantizer, bias: 
     return both, np.array([total - bias[0], bias[0]]), np.concatenate([-combine, combine], axis=1)
 
 
-def _leaf_tests(tree_codes: np.ndarray, tree: Any, path: list[tuple[int, bool]], qmin: int, qmax: int) -> dict[int, tuple[int, int]] | None:
+def _leaf_tests(
+    tree_codes: np.ndarray, tree: Any, path: list[tuple[int, bool]], qmin: int, qmax: int
+) -> dict[int, tuple[int, int]] | None:
     """The path's tests merged per feature into ``lo <= q_f <= hi``; None if they contradict."""
     intervals: dict[int, tuple[int, int]] = {}
     for node, went_right in path:

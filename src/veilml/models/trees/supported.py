@@ -7,7 +7,8 @@ have their own entry point, :func:`veilml.models.trees.convert_onnx.from_onnx`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .convert_sklearn import convert_decision_tree
 from .convert_treelite import convert_lightgbm, convert_sklearn_ensemble, convert_xgboost

@@ -112,7 +112,7 @@ class LinearServer(abc.ABC):
         ``max_rows`` with this count, so every backend must answer it.
         """
 
-    def check_keys(self, evaluation_keys: bytes) -> None:
+    def check_keys(self, evaluation_keys: bytes) -> None:  # noqa: B027 - optional: backends without keys accept any
         """Raise ValueError if ``evaluation_keys`` cannot be this server's keys (checked at registration)."""
 
 

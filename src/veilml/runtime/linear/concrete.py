@@ -90,7 +90,9 @@ class ConcreteServer(LinearServer):
         rng = np.random.default_rng(0)
         inputset = rng.integers(0, 2**input_bits, size=(8, self.spec.rows))
         configuration = configuration or Configuration(compress_input_ciphertexts=True)
-        self.circuit: CachedCircuit = (cache or CircuitCache()).get(matmul_graph(self.matrix, input_bits), [inputset], configuration)
+        self.circuit: CachedCircuit = (cache or CircuitCache()).get(
+            matmul_graph(self.matrix, input_bits), [inputset], configuration
+        )
         self._runner = runner
         self._run_timeout = run_timeout
         self._fhe: FHEServer | None = None
@@ -105,7 +107,9 @@ class ConcreteServer(LinearServer):
         """The runtime's FHEServer of this circuit, for its checks only: concrete runs in a child process."""
         if self._fhe is None:
             template = self.circuit.layout.inputs[0]
-            self._fhe = FHEServer(None, self.circuit.client_specs, layout=self.circuit.layout, max_bytes=max(MAX_KEY_BYTES, template.length + 4096))
+            self._fhe = FHEServer(
+                None, self.circuit.client_specs, layout=self.circuit.layout, max_bytes=max(MAX_KEY_BYTES, template.length + 4096)
+            )
         return self._fhe
 
     def check_keys(self, evaluation_keys: bytes) -> None:

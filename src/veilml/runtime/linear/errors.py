@@ -8,10 +8,12 @@ client's refusal of a worker that would see its data in plaintext.
 
 from __future__ import annotations
 
+from ..http_limits import ServiceError
+
 __all__ = ["InsecureBackendError", "WorkerError"]
 
 
-class WorkerError(Exception):
+class WorkerError(ServiceError):
     """A request the worker refuses; ``status`` is the HTTP status it maps to.
 
     ``code`` tells a client what to do about it without parsing the message: ``"unknown-session"``
@@ -20,9 +22,7 @@ class WorkerError(Exception):
     """
 
     def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+        super().__init__(status, message, code)
 
 
 class InsecureBackendError(ValueError):

@@ -64,7 +64,9 @@ class EncryptedLinearExecutor:
         bytes_sent / bytes_received: payload bytes exchanged with workers (ciphertexts and keys).
     """
 
-    def __init__(self, transports: Transport | list[Transport], backend: str | LinearBackend | None = None, **backend_options: Any) -> None:
+    def __init__(
+        self, transports: Transport | list[Transport], backend: str | LinearBackend | None = None, **backend_options: Any
+    ) -> None:
         transports = transports if isinstance(transports, list) else [transports]
         names = {t.backend for t in transports}
         if backend is None and len(names) != 1:
@@ -157,7 +159,9 @@ class EncryptedLinearExecutor:
         product = self.session.decrypt(key, result)
         expected = (rows.shape[0], info.spec(direction).cols)
         if product.shape != expected:  # a faulty or hostile worker: never broadcast or truncate its answer
-            raise ValueError(f"the worker answered {name}/{direction} with shape {product.shape} for {expected[0]} rows sent; expected {expected}")
+            raise ValueError(
+                f"the worker answered {name}/{direction} with shape {product.shape} for {expected[0]} rows sent; expected {expected}"
+            )
         return product, scale, zero
 
     def forward(self, name: str, x: np.ndarray) -> np.ndarray:

@@ -7,8 +7,9 @@ correct and rescale (``GET /layers`` sends one per layer).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -33,8 +33,6 @@ session id replaced by ``{session}``, and uvicorn's own access log is off (``ser
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -43,15 +41,14 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
+from ..http_limits import BodyBudget, ServiceError, receive_body
 from .errors import WorkerError
 from .http import SECRET_HEADER, redact_path
 from .layers import ALL
@@ -140,26 +137,6 @@ class _KeyMemory:
         self.worker.close_session(session)
 
 
-class _BodyBudget:
-    """Caps the request-body bytes held at once, across all requests (a stalled upload holds its share).
-
-    Touched only from the event loop, so it needs no lock.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.used = max_bytes, 0
-
-    def take(self, size: int) -> None:
-        if self.used + size > self.max_bytes:
-            raise WorkerError(
-                503,
-                f"the worker is receiving {self.used} bytes of other requests and this one would pass its limit of "
-                f"{self.max_bytes} bytes in flight; retry shortly",
-                "busy",
-            )
-        self.used += size
-
-
 def _error(status: int, detail: str, code: str | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if code == "access-token" else None
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
@@ -168,13 +145,6 @@ def _error(status: int, detail: str, code: str | None = None) -> JSONResponse:
 def _check_session(session: str) -> None:
     if not SESSION_ID.fullmatch(session):
         raise WorkerError(400, "the session id is not 16 to 128 lowercase hex characters; use the id POST /sessions returned")
-
-
-def _too_large(size: int, limit: int, at_least: bool = False) -> str:
-    return (
-        f"request body of {'more than ' if at_least else ''}{size} bytes exceeds this worker's limit of {limit} bytes; "
-        "send fewer rows per request, or restart the worker with a larger --max-payload-mb"
-    )
 
 
 def _layers_document(worker: Worker, limits: dict[str, int]) -> tuple[bytes, str]:
@@ -225,7 +195,7 @@ def create_app(
     limits = {"max_rows": worker.max_rows, "max_payload_bytes": max_payload_bytes, "max_key_bytes": max_key_bytes}
     layers_json, fingerprint = _layers_document(worker, limits)
     memory = _KeyMemory(worker, max_key_bytes, max_sessions)
-    budget = _BodyBudget(max_inflight_bytes)
+    budget = BodyBudget(max_inflight_bytes)
     token_digest = None if access_token is None else hashlib.sha256(access_token.encode()).digest()
 
     app = FastAPI(
@@ -246,7 +216,9 @@ def create_app(
             given = request.headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not token:
-                response: Response = _error(401, "this worker needs an access token: send 'Authorization: Bearer <token>'", "access-token")
+                response: Response = _error(
+                    401, "this worker needs an access token: send 'Authorization: Bearer <token>'", "access-token"
+                )
             elif not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), token_digest):
                 response = _error(403, "wrong access token for this worker", "forbidden")
             else:
@@ -256,44 +228,12 @@ def create_app(
         access_logger.info("%s %s %d %.3fs", request.method, path, response.status_code, time.perf_counter() - start)
         return response
 
-    @contextlib.asynccontextmanager
-    async def receive(request: Request) -> AsyncIterator[bytes]:
-        """The request body, within the size limit, the in-flight budget and the read timeout."""
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise WorkerError(400, "the Content-Length header is not a byte count; send a well-formed request")
-            if int(declared) > max_payload_bytes:
-                raise WorkerError(413, _too_large(int(declared), max_payload_bytes))
-        held = int(declared or 0)
-        budget.take(held)
-        try:
-            chunks, size = [], 0
-            stream = request.stream().__aiter__()
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), timeout=read_timeout)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    raise WorkerError(408, f"the request body stalled for {read_timeout:g} s; send it again") from None
-                except ClientDisconnect:
-                    raise WorkerError(400, "the client disconnected before sending the whole body") from None
-                size += len(chunk)
-                if size > max_payload_bytes:
-                    raise WorkerError(413, _too_large(size, max_payload_bytes, at_least=True))
-                if size > held:  # no (or a short) Content-Length: count bytes as they come
-                    budget.take(size - held)
-                    held = size
-                chunks.append(chunk)
-            body = b"".join(chunks)
-            del chunks
-            yield body
-        finally:
-            budget.used -= held
+    def receive(request: Request) -> Any:
+        """The request body within the size limit, the in-flight budget and the read timeout."""
+        return receive_body(request, max_payload_bytes, budget, read_timeout)
 
-    @app.exception_handler(WorkerError)
-    async def _worker_error(request: Request, error: WorkerError) -> JSONResponse:
+    @app.exception_handler(ServiceError)  # WorkerError and the body limits' errors
+    async def _worker_error(request: Request, error: ServiceError) -> JSONResponse:
         return _error(error.status, str(error), error.code)
 
     @app.exception_handler(StarletteHTTPException)

@@ -22,8 +22,8 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 
@@ -190,13 +190,17 @@ class Worker:
         with self._lock:
             keys = owned.keys.get((layer, direction), owned.keys.get((ALL, ALL)))
         if keys is None:
-            raise WorkerError(401, f"this session has registered no evaluation key for {layer}/{direction}; register first", "no-keys")
+            raise WorkerError(
+                401, f"this session has registered no evaluation key for {layer}/{direction}; register first", "no-keys"
+            )
         try:
             rows = server.request_rows(ciphertext)
         except (ValueError, TypeError) as error:
             raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
         if rows > self.max_rows:
-            raise WorkerError(413, f"{rows} rows in one request, over this worker's limit of {self.max_rows}; send fewer rows per request")
+            raise WorkerError(
+                413, f"{rows} rows in one request, over this worker's limit of {self.max_rows}; send fewer rows per request"
+            )
         try:
             return server.run(ciphertext, keys)
         except (ValueError, TypeError) as error:

@@ -108,9 +108,7 @@ class GLWEServer(LinearServer):
         fhext = load_fhext()
         header, frames = self._read_request(ciphertext)
         if header["rows"] != self.spec.rows:
-            raise ValueError(
-                f"the ciphertext holds rows of {header['rows']} features; this matrix takes {self.spec.rows}"
-            )
+            raise ValueError(f"the ciphertext holds rows of {header['rows']} features; this matrix takes {self.spec.rows}")
         expected = len(self.blocks) if header["n"] else 0
         if header["blocks"] != expected or len(frames) != expected + 1:
             raise ValueError(f"expected {expected} encrypted row blocks, got {len(frames) - 1}")
@@ -230,9 +228,7 @@ class GLWESession(ClientSession):
         header = read_header(frames[0], RESULT_FORMAT)
         n = header["n"]
         if header["rows"] != spec.rows:
-            raise ValueError(
-                f"result for {name!r} comes from a matrix with {header['rows']} rows, expected {spec.rows}"
-            )
+            raise ValueError(f"result for {name!r} comes from a matrix with {header['rows']} rows, expected {spec.rows}")
         if n == 0:
             return np.zeros((0, spec.cols), np.int64)
         if header["blocks"] != len(setup.blocks) or len(frames) != len(setup.blocks) + 1:

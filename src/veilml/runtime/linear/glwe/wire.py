@@ -109,15 +109,8 @@ class GLWESetup:
         except MALFORMED as error:
             raise ValueError(f"not a GLWE setup from a 'glwe' worker ({error})") from None
         edges = [0] + [b for _, b in blocks]
-        if (
-            not blocks
-            or any(a != e for (a, _), e in zip(blocks, edges))
-            or edges[-1] != rows
-            or col_sums.shape != (cols,)
-        ):
-            raise ValueError(
-                "inconsistent GLWE setup: row blocks must tile the matrix rows and col_sums match its columns"
-            )
+        if not blocks or any(a != e for (a, _), e in zip(blocks, edges)) or edges[-1] != rows or col_sums.shape != (cols,):
+            raise ValueError("inconsistent GLWE setup: row blocks must tile the matrix rows and col_sums match its columns")
         return cls(params, rows, cols, input_bits, blocks, col_sums)
 
 
