@@ -28,6 +28,8 @@ import numpy as np
 from ..compiler import Configuration, Graph, compile_graph
 from ..compiler.serialize import graph_hash
 from .envelope import specs_fingerprint
+from .manifest import sha256_file
+from .manifest import versions as _versions
 from .validation import CircuitLayout, learn_circuit_layout
 
 __all__ = ["CachedCircuit", "CircuitCache", "default_cache_dir"]
@@ -58,22 +60,6 @@ class CachedCircuit:
         return self.directory / "server.zip"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    from veilml import __version__
-
-    return {"veilml": __version__, "concrete-python": version("concrete-python")}
-
-
 class CircuitCache:
     """Compiled circuits under ``directory`` (default :func:`default_cache_dir`)."""
 
@@ -100,7 +86,7 @@ class CircuitCache:
             specs = specs.encode() if isinstance(specs, str) else bytes(specs)
             (staging / "client.specs.json").write_bytes(specs)
             (staging / "layout.bin").write_bytes(learn_circuit_layout(circuit.client.specs).to_bytes())
-            manifest = {"format": FORMAT, **_versions(), "files": {name: _sha256(staging / name) for name in _FILES}}
+            manifest = {"format": FORMAT, **_versions(), "files": {name: sha256_file(staging / name) for name in _FILES}}
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
             if entry.exists():  # another process cached it meanwhile, or a corrupt entry: replace it
                 shutil.rmtree(entry, ignore_errors=True)
@@ -124,7 +110,7 @@ class CircuitCache:
                 raise ValueError("made by another version")
             for name in _FILES:
                 path = entry / name
-                if path.is_symlink() or files.get(name) != _sha256(path):
+                if path.is_symlink() or files.get(name) != sha256_file(path):
                     raise ValueError(f"{name} does not match the manifest")
             specs = (entry / "client.specs.json").read_bytes()
             layout = CircuitLayout.from_bytes((entry / "layout.bin").read_bytes())
