@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data_checks import check_X
 from .client import FHEClient
 from .codec import ClientCodec
 from .envelope import DEFAULT_MAX_BYTES, pack_batch, specs_fingerprint, unpack_batch
@@ -160,8 +161,6 @@ class ModelClient:
 
     def encrypt(self, X: Any) -> bytes:
         """One batch of ciphertexts for the float rows of ``X`` (quantized and encoded first)."""
-        from ..models._validation import check_X
-
         X = check_X(X, self.n_features, "ModelClient")
         if len(X) > self.max_rows:
             raise ValueError(f"{len(X)} rows in one call, the limit is {self.max_rows} (max_rows); encrypt in chunks")

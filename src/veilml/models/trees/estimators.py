@@ -25,10 +25,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ...compiler import Configuration
+from ...data_checks import check_sample_weight, check_X, check_y
 from ...quantization import UniformQuantizer
 from ...runtime import FHEModel
 from ...runtime.codec import ClientCodec, OutputSpec
-from .._validation import check_sample_weight, check_X, check_y
 from ..tree_families import FAMILIES, Family, library_class
 from .auto_bits import choose_bits
 from .lowering import lower_ensemble

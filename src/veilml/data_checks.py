@@ -1,4 +1,4 @@
-"""Input checks shared by the estimators: each error says what came in and how to fix it."""
+"""Checks of the rows, targets and weights users pass (estimators and deployed clients): each error says what came in and how to fix it."""
 
 from __future__ import annotations
 
