@@ -1,5 +1,7 @@
 """``veilml serve BUNDLE`` as a real process on loopback, and RemoteModel as its client in this one."""
 
+import shutil
+
 import numpy as np
 import pytest
 from worker_helpers import CLIWorker, files_bytes, holding, key_windows
@@ -59,6 +61,14 @@ def test_a_restart_keeps_the_registered_keys(served, compiled_cancer_tree, cance
     model._http.event_hooks["request"] = [lambda request: uploads.append(request.url.path)]
     np.testing.assert_array_equal(model.predict_integers(X), compiled_cancer_tree.predict_integers(X, "simulate"))
     assert uploads == ["/predict"] and model.register() == key_id  # no new POST /keys after the restart
+    # a server that lost its key store answers 401 unknown-key: the client registers its keys again, once
+    server.kill()
+    shutil.rmtree(directory / "state")
+    server._start(server.port)
+    server.wait_ready()
+    uploads.clear()
+    np.testing.assert_array_equal(model.predict_integers(X), compiled_cancer_tree.predict_integers(X, "simulate"))
+    assert uploads == ["/predict", "/keys", "/predict"]
 
 
 def test_refused_requests(served, cancer, tmp_path, no_clip_warning):

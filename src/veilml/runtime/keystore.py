@@ -20,6 +20,8 @@ from pathlib import Path
 __all__ = ["KeyStore", "KeyStoreError"]
 
 _KEY_ID = re.compile(r"[0-9a-f]{64}")
+#: secrets kept per key set: each POST /keys of the same keys adds one
+MAX_SECRETS = 16
 
 
 class KeyStoreError(Exception):
@@ -73,7 +75,7 @@ class KeyStore:
                         "key-store-full",
                     )
                 _write_atomic(keys_path, envelope)
-            meta["secrets"].append(_digest(secret))
+            meta["secrets"] = [*meta["secrets"], _digest(secret)][-MAX_SECRETS:]  # the oldest secret goes first
             _write_atomic(meta_path, json.dumps(meta).encode())
         return secret
 

@@ -123,15 +123,24 @@ class RemoteModel:
             self._key_id, self._secret = answer["key_id"], answer["secret"]
         return self._key_id
 
+    def _predict(self, body: bytes) -> bytes:
+        """One request; keys registered again once if the server no longer knows them (a new key store)."""
+        for attempt in range(2):
+            headers = {"x-veilml-key-id": self.register(), "x-veilml-key-secret": self._secret or ""}
+            try:
+                return self._request("POST", "/predict", content=body, headers=headers).content
+            except RemoteModelError as error:
+                if error.code != "unknown-key" or attempt:
+                    raise
+                self._key_id = self._secret = None
+        raise AssertionError("unreachable")
+
     def _results(self, X: Any) -> list[bytes]:
         X = np.asarray(X, dtype=np.float64)
-        key_id = self.register()
-        headers = {"x-veilml-key-id": key_id, "x-veilml-key-secret": self._secret or ""}
-        out = []
-        for start in range(0, max(len(X), 1), self.max_rows):
-            body = self.client.encrypt(X[start : start + self.max_rows])
-            out.append(self._request("POST", "/predict", content=body, headers=headers).content)
-        return out
+        return [
+            self._predict(self.client.encrypt(X[start : start + self.max_rows]))
+            for start in range(0, max(len(X), 1), self.max_rows)
+        ]
 
     def predict(self, X: Any) -> np.ndarray:
         """Labels (classifiers) or values (regressors) of the rows of ``X``, computed encrypted."""
