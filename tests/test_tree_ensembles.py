@@ -154,6 +154,21 @@ def test_the_sum_stays_inside_the_circuit_and_the_output_does_not_grow(cancer, t
     assert seen[5] == seen[40], f"(decrypted values, widest lookup) changed with the number of trees: {seen}"
 
 
+def test_reference_forest_costs_no_more_than_today(cancer, test_config):
+    """The random forest of benchmarks/trees.py (20 trees of depth 4, 6 bits, breast cancer): its circuit
+    statistics are pinned to at most the values measured on 2026-12-01 (Concrete-ML 1.9: 2,540 PBS,
+    complexity 1.43e11), so that a gain cannot silently regress."""
+    X_train, X_test, y_train, y_test = cancer
+    model = veilml.RandomForestClassifier(n_estimators=20, max_depth=4, n_bits=6, random_state=0).fit(X_train, y_train)
+    model.compile(X_train, test_config)
+    report = model.report_
+    print(report)
+    assert report.pbs_count <= 147 and max(report.pbs_by_precision) <= 3
+    assert report.complexity <= 1.04e10 * 1.01
+    assert report.input_bytes <= 45 * 2**10 and report.output_bytes <= 37 * 2**10
+    assert np.mean(model.predict(X_test) == y_test) >= 0.965  # the float forest's accuracy, 0.9650
+
+
 def _sum_range(model) -> int:
     """The largest value an encrypted output digit-sum can take (the graph's declared bound)."""
     from veilml.compiler import Ops
