@@ -170,3 +170,22 @@ def test_unfitted_or_uncompiled_models_cannot_be_saved(cancer, tmp_path):
     with pytest.raises(NotCompiledError, match="compile"):
         model.save(tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_model_server_access_token(bundle, tmp_path):
+    """With an access token, every endpoint but /health needs it (in-process app, no FHE run)."""
+    from starlette.testclient import TestClient
+
+    from veilml.runtime.model_service import create_model_app
+
+    token = "t" * 32
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        create_model_app(bundle, tmp_path / "state", access_token="short")
+    with TestClient(create_model_app(bundle, tmp_path / "state", access_token=token)) as http:
+        assert http.get("/health").status_code == 200
+        missing = http.get("/bundle/client")
+        assert (missing.status_code, missing.json()["code"]) == (401, "access-token")
+        wrong = http.post("/keys", content=b"x", headers={"authorization": "Bearer " + "u" * 32})
+        assert (wrong.status_code, wrong.json()["code"]) == (403, "forbidden")
+        good = http.get("/bundle/client", headers={"authorization": f"Bearer {token}"})
+        assert good.status_code == 200 and good.headers["content-type"] == "application/zip"

@@ -14,13 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from veilml.cli_common import LOOPBACK, CommandError, read_token
+
 __all__ = ["build_parser", "main", "serve"]
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class CommandError(Exception):
-    """A command that cannot go on; printed as ``veilml <command>: error: ...`` with exit status 1."""
 
 
 def _positive_int(text: str) -> int:
@@ -267,20 +263,6 @@ def _log_to_stderr(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-def _read_token(path: str) -> str:
-    from veilml.runtime.client import read_private_file
-
-    try:
-        token = read_private_file(path).decode().strip()
-    except (OSError, PermissionError, UnicodeDecodeError) as error:
-        raise CommandError(f"cannot read the access token from {path}: {error}") from None
-    if len(token) < 16:
-        raise CommandError(
-            f"the access token in {path} is shorter than 16 characters; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-    return token
-
-
 def _worker_command(args: argparse.Namespace) -> int:
     path = args.weights
     if not os.path.exists(path):
@@ -309,7 +291,7 @@ def _worker_command(args: argparse.Namespace) -> int:
 
     weights = {name: w for name, (w, _) in loaded.items()}
     biases = {name: b for name, (_, b) in loaded.items() if b is not None}
-    token = _read_token(args.access_token_file) if args.access_token_file else None
+    token = read_token(args.access_token_file) if args.access_token_file else None
     if args.backend != "clear":
         print(f"veilml worker: preparing {2 * len(weights)} {args.backend} circuits (forward and backward)…", flush=True)
     try:

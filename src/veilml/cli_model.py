@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from veilml.cli_common import LOOPBACK, CommandError, read_token
+
 __all__ = ["add_model_commands"]
-
-
-class CommandError(Exception):
-    """A user error: printed as one line, exit status 1."""
 
 
 def _read_rows(path: str) -> np.ndarray:
@@ -127,12 +125,21 @@ def _serve(args: argparse.Namespace) -> int:
         from veilml.runtime.model_service import create_model_app
     except ImportError as error:
         raise CommandError(f"serving needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
-    app = create_model_app(args.bundle, args.state, workers=args.workers, max_payload_bytes=int(args.max_payload_mb * 2**20))
+    token = read_token(args.access_token_file) if args.access_token_file else None
+    app = create_model_app(
+        args.bundle, args.state, workers=args.workers, max_payload_bytes=int(args.max_payload_mb * 2**20), access_token=token
+    )
     server = app.state.server
     print(
         f"veilml serve: model {server.fingerprint[:12]}…, {server.n_features} features, {args.workers} FHE worker(s)", flush=True
     )
     print(f"veilml serve: keys kept in {Path(args.state) / 'keys'}", flush=True)
+    if args.host not in LOOPBACK:
+        print(
+            f"veilml serve: WARNING: listening on {args.host}, beyond this machine, without TLS"
+            + ("" if token else " and without an access token (--access-token-file): anyone who reaches it can query the model"),
+            flush=True,
+        )
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"veilml serve: listening on http://{host}:{args.port} (GET /health, GET /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
@@ -204,4 +211,5 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="threads running FHE work")
     p.add_argument("--max-payload-mb", type=float, default=256.0, help="largest request body")
+    p.add_argument("--access-token-file", help="a file (mode 0600) holding a token that every request but /health must present")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

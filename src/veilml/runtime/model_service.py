@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import io
 import logging
 import os
@@ -76,6 +78,7 @@ def create_model_app(
     max_key_store_bytes: int = 64 * 2**30,
     key_cache_size: int = 4,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
+    access_token: str | None = None,
 ) -> Any:
     """A FastAPI app serving the model bundle ``bundle`` (see the module docstring).
 
@@ -87,6 +90,9 @@ def create_model_app(
         max_payload_bytes / max_inflight_bytes / read_timeout: body limits (see :mod:`.http_limits`).
         max_key_store_bytes: evaluation-key bytes kept on disk. ``key_cache_size``: key sets
             kept deserialized in memory (least recently used goes first; reloaded from disk).
+        access_token: if set, every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.
+            Whoever can query the model can learn from its answers (model extraction); the token
+            decides who may query at all.
     """
     from veilml import __version__
 
@@ -95,6 +101,9 @@ def create_model_app(
 
     if min(workers, max_queue, max_payload_bytes, max_inflight_bytes, max_key_store_bytes, key_cache_size) <= 0:
         raise ValueError("workers, max_queue, the byte limits and key_cache_size must be positive")
+    if access_token is not None and len(access_token) < 16:
+        raise ValueError("an access token must have at least 16 characters; make one with secrets.token_urlsafe(32)")
+    token_digest = None if access_token is None else hashlib.sha256(access_token.encode()).digest()
     rows = max_rows or DEFAULT_MAX_ROWS
     server = ModelServer(bundle, key_cache_size=key_cache_size, max_rows=rows, max_bytes=max_payload_bytes)
     client_dir = _side(bundle, "client")
@@ -122,9 +131,17 @@ def create_model_app(
         return JSONResponse({"detail": detail, "code": code}, status_code=status)
 
     @app.middleware("http")
-    async def _log(request: Request, call_next: Any) -> Any:
+    async def _guard_and_log(request: Request, call_next: Any) -> Any:
         start = time.perf_counter()
-        response = await call_next(request)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if token_digest is None or request.url.path == "/health":
+            response = await call_next(request)
+        elif scheme.lower() != "bearer" or not token:
+            response = error(401, "this server needs an access token: send 'Authorization: Bearer <token>'", "access-token")
+        elif not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), token_digest):
+            response = error(403, "wrong access token for this server", "forbidden")
+        else:
+            response = await call_next(request)
         access_logger.info("%s %s %d %.3fs", request.method, request.url.path, response.status_code, time.perf_counter() - start)
         return response
 

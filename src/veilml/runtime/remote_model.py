@@ -48,6 +48,7 @@ class RemoteModel:
         bundle_dir: where the client bundle is unpacked (default: a temporary directory).
         retries / backoff: attempts after a transient failure, and the first wait in seconds (doubling).
         timeout: seconds per HTTP request (FHE work on many rows can take a while).
+        access_token: the server's access token, if it has one (``veilml serve --access-token-file``).
     """
 
     def __init__(
@@ -59,12 +60,14 @@ class RemoteModel:
         retries: int = 3,
         backoff: float = 0.5,
         timeout: float = 600.0,
+        access_token: str | None = None,
     ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self.retries, self.backoff = retries, backoff
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        headers = {} if access_token is None else {"authorization": f"Bearer {access_token}"}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
         self._bundle_dir = Path(bundle_dir) if bundle_dir is not None else Path(tempfile.mkdtemp(prefix="veilml-client-"))
         self._unpack(self._request("GET", "/bundle/client").content)
         self.client = ModelClient(self._bundle_dir, key_dir=None if key_dir is None else Path(key_dir).expanduser())
