@@ -167,10 +167,14 @@ class ModelClient:
         self.keygen()
         return pack_batch(self._fhe.encrypt(X))
 
+    def decrypt_integers(self, results: bytes) -> np.ndarray:
+        """The raw integers of a result batch (what ``predict_integers`` gives in the clear)."""
+        items = unpack_batch(results, max_items=self.max_rows, max_bytes=self._fhe.max_result_bytes, what="result batch")
+        return np.stack([self._fhe.decrypt_integers(r) for r in items])
+
     def decrypt_scores(self, results: bytes) -> np.ndarray:
         """Raw scores (n_rows, n_outputs) of a result batch: decrypted, combined, dequantized."""
-        items = unpack_batch(results, max_items=self.max_rows, max_bytes=self._fhe.max_result_bytes, what="result batch")
-        return self._fhe.decrypt(items)
+        return self.codec.decode(self.decrypt_integers(results))
 
     def decrypt_proba(self, results: bytes) -> np.ndarray:
         """Class probabilities (classifiers) or values (regressors) of a result batch."""
@@ -178,13 +182,7 @@ class ModelClient:
 
     def decrypt(self, results: bytes) -> np.ndarray:
         """Predictions of a result batch: labels for classifiers, values for regressors."""
-        items = unpack_batch(results, max_items=self.max_rows, max_bytes=self._fhe.max_result_bytes, what="result batch")
-        return self.codec.predict(np.stack([self._fhe.decrypt_integers(r) for r in items]))
-
-    def decrypt_integers(self, results: bytes) -> np.ndarray:
-        """The raw integers of a result batch (what ``predict_integers`` gives in the clear)."""
-        items = unpack_batch(results, max_items=self.max_rows, max_bytes=self._fhe.max_result_bytes, what="result batch")
-        return np.stack([self._fhe.decrypt_integers(r) for r in items])
+        return self.codec.predict(self.decrypt_integers(results))
 
 
 class ModelServer:
