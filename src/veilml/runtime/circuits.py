@@ -3,8 +3,8 @@
 An entry is a directory named by the sha256 of (the graph's content hash, the compilation
 configuration, the veilml and concrete versions). It holds concrete's compiled server
 (``server.zip``), the public client specs, the layout of the circuit's keys and inputs
-(:mod:`veilml.runtime.validation`) and a ``manifest.json`` with the sha256 of each file. An entry
-whose files do not match their manifest is compiled again, never loaded. Entries are written to a
+(:mod:`veilml.runtime.validation`) and a ``manifest.json`` (:mod:`veilml.runtime.manifest`, as in bundles). An entry
+whose files do not match their manifest (or that holds other files) is compiled again, never loaded. Entries are written to a
 temporary directory and renamed into place, so a reader never sees half an entry.
 
 Nothing secret is cached: the server needs no key, and the layout is learned from throw-away keys
@@ -28,7 +28,7 @@ import numpy as np
 from ..compiler import Configuration, Graph, compile_graph
 from ..compiler.serialize import graph_hash
 from .envelope import specs_fingerprint
-from .manifest import sha256_file
+from .manifest import check_manifest, write_manifest
 from .manifest import versions as _versions
 from .validation import CircuitLayout, learn_circuit_layout
 
@@ -86,8 +86,7 @@ class CircuitCache:
             specs = specs.encode() if isinstance(specs, str) else bytes(specs)
             (staging / "client.specs.json").write_bytes(specs)
             (staging / "layout.bin").write_bytes(learn_circuit_layout(circuit.client.specs).to_bytes())
-            manifest = {"format": FORMAT, **_versions(), "files": {name: sha256_file(staging / name) for name in _FILES}}
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            write_manifest(staging, FORMAT)
             if entry.exists():  # another process cached it meanwhile, or a corrupt entry: replace it
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(staging, entry)
@@ -100,18 +99,12 @@ class CircuitCache:
         return cached
 
     def _load(self, entry: Path) -> CachedCircuit | None:
-        manifest_path = entry / "manifest.json"
-        if not manifest_path.is_file():
+        if not (entry / "manifest.json").is_file():
             return None
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            files = manifest["files"]
-            if manifest.get("format") != FORMAT or {k: manifest.get(k) for k in _versions()} != _versions():
-                raise ValueError("made by another version")
-            for name in _FILES:
-                path = entry / name
-                if path.is_symlink() or files.get(name) != sha256_file(path):
-                    raise ValueError(f"{name} does not match the manifest")
+        try:  # the manifest checks format, versions, hashes and that no file was added or is a link
+            manifest = check_manifest(entry, FORMAT)
+            if sorted(manifest["files"]) != sorted(_FILES):
+                raise ValueError(f"the entry holds {sorted(manifest['files'])}, not {sorted(_FILES)}")
             specs = (entry / "client.specs.json").read_bytes()
             layout = CircuitLayout.from_bytes((entry / "layout.bin").read_bytes())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
