@@ -189,3 +189,28 @@ def test_model_server_access_token(bundle, tmp_path):
         assert (wrong.status_code, wrong.json()["code"]) == (403, "forbidden")
         good = http.get("/bundle/client", headers={"authorization": f"Bearer {token}"})
         assert good.status_code == 200 and good.headers["content-type"] == "application/zip"
+
+
+def test_remote_model_refuses_a_hostile_client_bundle(tmp_path):
+    """The zip a server sends: unknown names and oversized members are refused before extraction."""
+    import io
+    import zipfile
+
+    from veilml.runtime.remote_model import RemoteModel, RemoteModelError
+
+    def archive(files):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+        return buffer.getvalue()
+
+    remote = RemoteModel.__new__(RemoteModel)
+    remote.url, remote._bundle_dir = "http://server", tmp_path / "client"
+    with pytest.raises(RemoteModelError, match="unexpected files"):
+        remote._unpack(archive({"manifest.json": b"{}", "../evil.py": b"x"}))
+    with pytest.raises(RemoteModelError, match="files over 16777216 bytes"):
+        remote._unpack(archive({"manifest.json": b"{}", "codec.json": b"0" * (16 * 2**20 + 1)}))
+    with pytest.raises(RemoteModelError, match="did not send a zip"):
+        remote._unpack(b"not a zip")
+    assert not (tmp_path / "client").exists()

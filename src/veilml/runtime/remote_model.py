@@ -29,6 +29,8 @@ __all__ = ["RemoteModel", "RemoteModelError"]
 
 _RETRY_STATUSES = {502, 503, 504}
 _CLIENT_FILES = {"manifest.json", "codec.json", "client.specs.json"}
+#: the largest file a client bundle may hold once decompressed (they are a few KiB)
+_MAX_CLIENT_FILE_BYTES = 16 * 2**20
 
 
 class RemoteModelError(RuntimeError):
@@ -88,6 +90,11 @@ class RemoteModel:
         names = set(archive.namelist())
         if not names <= _CLIENT_FILES or "manifest.json" not in names:
             raise RemoteModelError(f"the client bundle from {self.url} has unexpected files: {sorted(names - _CLIENT_FILES)}")
+        too_large = [i.filename for i in archive.infolist() if i.file_size > _MAX_CLIENT_FILE_BYTES]
+        if too_large:  # checked before anything is decompressed: a hostile server's zip bomb stops here
+            raise RemoteModelError(
+                f"the client bundle from {self.url} has files over {_MAX_CLIENT_FILE_BYTES} bytes: {too_large}"
+            )
         self._bundle_dir.mkdir(parents=True, exist_ok=True)
         for name in names:  # only the three known flat names: nothing can land outside the directory
             (self._bundle_dir / name).write_bytes(archive.read(name))
