@@ -84,7 +84,7 @@ def test_parameters_are_the_librarys_own(name):
     params = estimator.get_params()
     assert set(params) == set(library().get_params()) | set(VEILML_PARAMS)
     assert {k: params[k] for k in library().get_params()}.keys() == library().get_params().keys()
-    assert list(inspect.signature(type(estimator)).parameters)[:3] == list(VEILML_PARAMS)
+    assert list(inspect.signature(type(estimator)).parameters)[: len(VEILML_PARAMS)] == list(VEILML_PARAMS)
     if name.startswith(("XGB", "LGBM")):  # these libraries take further keyword arguments themselves
         estimator = getattr(veilml, name)(n_estimators=2, max_bin=31)
         assert clone(estimator).get_params()["max_bin"] == 31
@@ -227,6 +227,24 @@ def test_auto_bits_are_the_smallest_that_keep_the_metric(name, cancer, diabetes)
         assert report[kind][chosen] >= report["target"] or chosen == BITS[-1]
         assert all(report[kind][bits] < report["target"] for bits in report[kind] if bits < chosen)
     assert report["float"] - report["target"] == pytest.approx(0.005 if "Classifier" in name else 0.01)
+
+
+@pytest.mark.parametrize("name", ["GradientBoostingClassifier", "XGBRegressor"])
+def test_train_on_float_is_the_float_model_with_rounded_thresholds(name, cancer, diabetes):
+    X_train, X_test, y_train, _ = data_for(name, cancer, diabetes, None)
+    reference = float_model(name).fit(X_train, y_train)
+    model = small(name, n_bits=8, train_on="float").fit(X_train, y_train)
+    # the library's model is trained on the float features: the same model as the reference
+    assert np.allclose(model.model_.predict(X_test), reference.predict(X_test))
+    ours, theirs = model.predict(X_test), reference.predict(X_test)
+    if FAMILIES[name].task == "classification":
+        assert np.mean(ours == theirs) >= 0.99
+    else:  # the float model's predictions, explained by ours
+        assert 1 - np.sum((ours - theirs) ** 2) / np.sum((theirs - theirs.mean()) ** 2) >= 0.99
+    auto = small(name, n_bits="auto", train_on="float").fit(X_train, y_train)
+    assert auto.auto_bits_report_["n_bits"][auto.n_bits_] >= auto.auto_bits_report_["target"]
+    with pytest.raises(ValueError, match="train_on"):
+        small(name, train_on="floats").fit(X_train, y_train)
 
 
 # ------------------------------------------------------------------------------- from_fitted

@@ -37,7 +37,7 @@ from .supported import to_ensemble
 __all__ = list(FAMILIES)
 
 #: veilml's own parameters and their defaults, first in every estimator's signature
-VEILML_PARAMS: dict[str, Any] = {"n_bits": 6, "leaf_bits": None, "encoding": "thermometer"}
+VEILML_PARAMS: dict[str, Any] = {"n_bits": 6, "leaf_bits": None, "encoding": "thermometer", "train_on": "codes"}
 
 
 class _EncryptedEnsemble(BaseEstimator):
@@ -48,6 +48,7 @@ class _EncryptedEnsemble(BaseEstimator):
         "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
         "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
         "encoding": [StrOptions({"thermometer", "identity"})],
+        "train_on": [StrOptions({"codes", "float"})],
     }
 
     # ------------------------------------------------------------------------------ parameters
@@ -79,10 +80,16 @@ class _EncryptedEnsemble(BaseEstimator):
 
     # ----------------------------------------------------------------------------------- fitting
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _EncryptedEnsemble:
-        """Quantize ``X`` per feature, then train the library's model on the integer codes.
+        """Quantize ``X`` per feature and train the library's model so that it reads the integer codes.
+
+        ``train_on="codes"`` (default) trains the library's model on the codes themselves, as a
+        tree learner on binned data. ``train_on="float"`` trains it on the float features, then
+        moves each threshold to the nearest code boundary: the encrypted model is the float model
+        with its thresholds rounded, which tracks the float model's accuracy more closely at a given
+        ``n_bits`` (a model trained on codes is another model, not the float one rounded).
 
         With ``n_bits="auto"`` the smallest input and leaf precisions whose ``fhe="disable"``
-        metric on a held-out fifth of ``X`` stays within ``auto_bits.TOLERANCE`` of the float model
+        metric, cross-validated on ``X``, stays within ``auto_bits.TOLERANCE`` of the float model
         are chosen first; they are in ``n_bits_`` and ``leaf_bits_``, the metrics of every
         precision tried in ``auto_bits_report_``.
         """
@@ -104,8 +111,12 @@ class _EncryptedEnsemble(BaseEstimator):
         quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         model = self._new_library_model()
         fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
-        model.fit(quantizer.quantize(X, warn=False), self._library_targets(y), **fit_params)
-        self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=True, warn_on_clip=True)
+        if self.train_on == "float":
+            model.fit(X, self._library_targets(y), **fit_params)
+            self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=True)
+        else:
+            model.fit(quantizer.quantize(X, warn=False), self._library_targets(y), **fit_params)
+            self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=True, warn_on_clip=True)
         if hasattr(model, "n_iter_"):  # boosting with max_iter: scikit-learn's convention
             self.n_iter_ = model.n_iter_
         return self
@@ -345,6 +356,9 @@ Parameters:
     leaf_bits: precision of the quantized leaf values (default: ``n_bits``).
     encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
         ciphertexts) or ``"identity"`` (one comparison lookup per distinct threshold).
+    train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
+        features, then round each threshold to the nearest code boundary; closer to the float
+        model's accuracy at a given ``n_bits``).
     Every other parameter is passed to :class:`{module}.{name}` unchanged.
 """
 
