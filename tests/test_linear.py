@@ -224,7 +224,7 @@ def test_a_transport_without_max_rows_gets_the_default_limit():
 
 
 def test_worker_defaults_to_an_encrypting_backend():
-    assert Worker({"a": rng.normal(size=(4, 2))}).backend == "concrete"
+    assert Worker({"a": rng.normal(size=(4, 2))}).backend == "bfv"
 
 
 def test_client_refuses_a_plaintext_worker_unless_it_asks_for_plaintext():

@@ -784,7 +784,7 @@ def test_readme_client_refuses_a_plaintext_worker_over_http(remote: WorkerProces
         with pytest.raises(InsecureBackendError, match="UNENCRYPTED"):
             EncryptedLinearExecutor(transport)
     out = _cli("worker", "--help")
-    assert "default: concrete" in " ".join(out.stdout.split())
+    assert "default: bfv" in " ".join(out.stdout.split())
 
 
 def test_another_client_cannot_take_over_a_session_and_ids_stay_out_of_the_log(remote: WorkerProcess) -> None:

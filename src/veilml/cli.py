@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(BACKENDS),
         default=limits.DEFAULT_BACKEND,
         help=(
-            "encrypted-linear backend: 'concrete' (exact), 'glwe' (approximate, compact), or 'clear' "
+            "encrypted-linear backend: 'bfv' (exact, fast: SEAL's BFV with coefficient encoding), 'concrete' "
+            "(exact, compiled through veilml's IR), 'glwe' (approximate, compact, CUDA-capable), or 'clear' "
             "(plaintext: the worker sees the clients' data; testing only, clients must ask for it too)"
         ),
     )
@@ -169,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.DEFAULT_RUN_TIMEOUT,
         metavar="S",
         help="seconds one encrypted computation may take before it is stopped (concrete backend: it runs isolated)",
+    )
+    worker.add_argument(
+        "--weight-cache-mb",
+        type=_positive_float,
+        default=1024.0,
+        metavar="N",
+        help="bfv backend: MiB of weights kept encoded (512 bytes per weight and direction); the rest is encoded per request",
     )
     worker.add_argument(
         "--circuit-cache",
@@ -292,12 +300,16 @@ def _worker_command(args: argparse.Namespace) -> int:
     weights = {name: w for name, (w, _) in loaded.items()}
     biases = {name: b for name, (_, b) in loaded.items() if b is not None}
     token = read_token(args.access_token_file) if args.access_token_file else None
-    if args.backend != "clear":
+    if args.backend in ("concrete", "glwe"):
         print(f"veilml worker: preparing {2 * len(weights)} {args.backend} circuits (forward and backward)…", flush=True)
     try:
         from veilml.runtime.linear import get_backend
 
-        options = {"run_timeout": args.run_timeout, "cache_dir": args.circuit_cache} if args.backend == "concrete" else {}
+        options: dict[str, Any] = {}
+        if args.backend == "concrete":
+            options = {"run_timeout": args.run_timeout, "cache_dir": args.circuit_cache}
+        elif args.backend == "bfv":
+            options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20)}
         backend = get_backend(args.backend, **options)
         worker = Worker(weights, biases, backend=backend, weight_bits=args.weight_bits, input_bits=args.input_bits)
     except ImportError as error:

@@ -14,7 +14,7 @@ def local_executor(weights: RemoteWeights, backend: str, **worker_options: Any) 
     """An executor over one in-process :class:`Worker` holding ``weights`` (from :func:`remote_linear_weights`).
 
     ``backend`` is named by the caller, for both sides: ``"clear"`` (the exact integer protocol on
-    plaintext, for experiments in one process), ``"concrete"`` or ``"glwe"``. ``worker_options`` go to
+    plaintext, for experiments in one process), ``"bfv"``, ``"concrete"`` or ``"glwe"``. ``worker_options`` go to
     :class:`Worker` (``weight_bits``, ``input_bits``...).
     """
     worker = Worker(

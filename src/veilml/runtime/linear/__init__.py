@@ -1,9 +1,9 @@
-"""Encrypted ``x @ M`` with a clear integer matrix: backends ``concrete``, ``glwe``, and ``clear`` (plaintext).
+"""Encrypted ``x @ M`` with a clear integer matrix: backends ``bfv``, ``concrete``, ``glwe``, and ``clear`` (plaintext).
 
 On top of the backends, remote linear layers: a worker holds frozen weights and a client sends
 encrypted quantized rows.
 
-- :mod:`.base`: the backend interface and registry; :mod:`.clear`, :mod:`.concrete`, :mod:`.glwe`
+- :mod:`.base`: the backend interface and registry; :mod:`.clear`, :mod:`.bfv`, :mod:`.concrete`, :mod:`.glwe`
 - :mod:`.layers`: what a worker publishes about its layers (:class:`LayerInfo`)
 - :mod:`.limits`: the limits and defaults both sides share
 - :mod:`.worker`: the worker core (:class:`Worker`) and :class:`LocalTransport`

@@ -166,6 +166,7 @@ class LinearBackend(abc.ABC):
 # name -> "module:Class", loaded on first use so that each backend's dependency stays optional; the one
 # list of backend names (the worker's --backend choices, in this order: exact, approximate, plaintext)
 BACKENDS: dict[str, str] = {
+    "bfv": "veilml.runtime.linear.bfv:BFVBackend",
     "concrete": "veilml.runtime.linear.concrete:ConcreteBackend",
     "glwe": "veilml.runtime.linear.glwe:GLWEBackend",
     "clear": "veilml.runtime.linear.clear:ClearBackend",
@@ -173,7 +174,7 @@ BACKENDS: dict[str, str] = {
 
 
 def get_backend(name: str | LinearBackend, **options: object) -> LinearBackend:
-    """The backend called ``name`` (``"concrete"``, ``"glwe"``, or ``"clear"`` for plaintext)."""
+    """The backend called ``name`` (``"bfv"``, ``"concrete"``, ``"glwe"``, or ``"clear"`` for plaintext)."""
     if isinstance(name, LinearBackend):
         return name
     if name == "simulate":

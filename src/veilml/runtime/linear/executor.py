@@ -52,7 +52,7 @@ class EncryptedLinearExecutor:
     are generated and registered lazily, once per layer and direction.
 
     The client decides the security it requires: ``backend=None`` takes the workers' backend only
-    if it encrypts (``concrete`` or ``glwe``) and raises :class:`InsecureBackendError` for ``clear``;
+    if it encrypts (``bfv``, ``concrete`` or ``glwe``) and raises :class:`InsecureBackendError` for ``clear``;
     plaintext needs ``backend="clear"`` here, an explicit choice. Crypto parameters that a worker
     hands over are checked by the backend's session before any key is made from them.
 
@@ -75,7 +75,7 @@ class EncryptedLinearExecutor:
         if backend is None and not self._backend.encrypts:
             raise InsecureBackendError(
                 f"the worker serves the {self._backend.name!r} backend, which sends your activations and gradients "
-                "UNENCRYPTED; connect to a worker started with --backend concrete or glwe, or pass "
+                "UNENCRYPTED; connect to a worker started with --backend bfv, concrete or glwe, or pass "
                 f"backend={self._backend.name!r} to accept plaintext explicitly (testing only)"
             )
         if any(t.backend != self._backend.name for t in transports):

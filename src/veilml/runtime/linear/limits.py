@@ -30,8 +30,8 @@ __all__ = [
 
 MIB = 2**20
 
-#: the backend a worker serves unless told otherwise (exact and encrypted)
-DEFAULT_BACKEND = "concrete"
+#: the backend a worker serves unless told otherwise (exact and encrypted; the fastest exact one)
+DEFAULT_BACKEND = "bfv"
 #: precision of the worker's quantized weights and of the client's quantized rows
 DEFAULT_WEIGHT_BITS = 8
 DEFAULT_INPUT_BITS = 8

@@ -62,7 +62,8 @@ class Worker:
         weights: layer name -> float weight (d_in, d_out), oriented so that the layer computes
             ``x @ W`` (GPT-2 ``Conv1D`` as stored; ``nn.Linear`` weights transposed).
         biases: optional layer name -> (d_out,) bias, published to clients (added in the clear).
-        backend: ``"concrete"`` (exact, the default), ``"glwe"`` (approximate, compact), ``"clear"``
+        backend: ``"bfv"`` (exact and fast, the default), ``"concrete"`` (exact, compiled through the IR),
+            ``"glwe"`` (approximate, compact), ``"clear"``
             (plaintext: the worker sees the client's codes; testing only), or a backend object.
         weight_bits / input_bits: precision of the quantized weights and of the client's rows.
         max_rows: largest number of rows accepted in one request, for every backend; published to

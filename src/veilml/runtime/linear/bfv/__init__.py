@@ -1,0 +1,21 @@
+"""The ``bfv`` encrypted-linear backend: exact ``x @ M`` by RLWE coefficient encoding, with SEAL's BFV.
+
+The technique of Cheetah and BumbleBee: a block of rows and a block of weights become two polynomials
+whose product holds many dot products in known coefficients, so one ciphertext-plaintext product
+does the work of hundreds of multiply-adds, and the result goes back switched to a small modulus with
+only its useful coefficients. SEAL (through the ``tenseal`` wheel's ``sealapi``, pinned in ``setup.cfg``)
+encrypts, multiplies in NTT form and checks parameters; no evaluation key exists, the worker holds
+public parameters only.
+
+- :mod:`.backend`: :class:`BFVBackend`, :class:`BFVServer` (worker), :class:`BFVSession` (client)
+- :mod:`.params`: parameters, the exactness bound and failure probability, the block planner
+- :mod:`.encoding`: the coefficient encoding, modulus switching, bit packing
+- :mod:`.crypto`: SEAL contexts, the client's key, seeded encryption, decryption in numpy
+- :mod:`.seal_bytes`: SEAL's binary layouts, read and written by hand (small, commented, tested)
+- :mod:`.wire`: setup, ciphertext and result messages
+"""
+
+from .backend import DEFAULT_WEIGHT_CACHE_BYTES, BFVBackend, BFVServer, BFVSession
+from .params import BFVParams, Plan, plan_product
+
+__all__ = ["DEFAULT_WEIGHT_CACHE_BYTES", "BFVBackend", "BFVParams", "BFVServer", "BFVSession", "Plan", "plan_product"]

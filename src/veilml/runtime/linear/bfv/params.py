@@ -1,0 +1,205 @@
+"""Crypto parameters, the exactness bound, and the block planner of the ``bfv`` backend.
+
+Parameters. Polynomial degree N = 2048, one coefficient modulus q: the 54-bit prime SEAL's
+``CoeffModulus.Create(2048, [54])`` returns (SEAL's 128-bit table allows 54 bits at N = 2048:
+``CoeffModulus.MaxBitCount(2048, tc128)``), a plaintext modulus t = 2**plain_bits chosen per matrix, and a
+result modulus q' = t * 2**g chosen per request. The client chooses them all and checks them; the worker
+only validates what it receives.
+
+Exactness. An output is v = sum_k x_k w_k with 0 <= x_k < 2**input_bits and |w_k| <= w_max, so
+|v| <= d * (2**input_bits - 1) * w_max =: V. With t the smallest power of two above 2 V, v mod t read
+in (-t/2, t/2) is v. After the products and their sum over the J row blocks of the matrix,
+``c0 + c1 s = (q/t) v + E (mod q)`` where, per coefficient,
+
+- ``E = sum_j (e_j + eps_j) * w_j``: ``e_j`` is SEAL's fresh encryption noise (centred binomial with 21
+  coin pairs, variance proxy 10.5; SEAL's clipped Gaussian variant, sigma 3.2, has proxy 10.24) and
+  ``eps_j`` in [-1/2, 1/2] the rounding of ``q m / t`` in SEAL's encryption. At most ``J n_d n_m``
+  weights touch one coefficient, so ``|sum e_j w_j| <= TAIL * sqrt(10.5 * J n_d n_m) * w_max`` except
+  with probability 2**-(FAILURE_BITS + 1) (sub-Gaussian tail bound, the e_j being independent) and
+  ``|sum eps_j w_j| <= J n_d n_m w_max / 2`` always. Call the sum B.
+- Switching to q' (round ``q'/q * c`` coefficient-wise) gives ``c0' + c1' s = 2**g v + (q'/q) E + r0 +
+  r1 s (mod q')`` with |r0|, |r1_i| <= 1/2 and a ternary s: the rounding term is at most (N + 1)/2, always.
+
+Decryption ``round((c0' + c1' s) / 2**g) mod t`` is exact when ``2**(g-1) (1 - 2 t B / q) > (N + 1) / 2``:
+g is the smallest such integer. The only failure is the noise tail: at most 2**-FAILURE_BITS per output
+integer (2**-64), nothing else is probabilistic.
+
+Planner. A block shape (n_t, n_d, n_m), powers of two with n_t n_d n_m = N, cuts an (n, d) @ (d, m)
+product into R = ceil(n / n_t) row blocks, J = ceil(d / n_d) inner blocks and C = ceil(m / n_m) column
+blocks: R J ciphertexts up, R J C products, R C ciphertexts down (N + n_t n_m coefficients each) and,
+when the worker does not keep the weights encoded, J C plaintexts to encode per request. The planner
+picks the shape of least estimated cost (seconds measured on one core, plus bytes at 100 MB/s) among
+those whose noise fits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = [
+    "COEFF_BITS",
+    "FAILURE_BITS",
+    "POLY_DEGREE",
+    "BFVParams",
+    "Plan",
+    "client_params",
+    "noise_bound",
+    "plain_bits_for",
+    "plan_product",
+    "result_shift",
+]
+
+POLY_DEGREE = 2048
+COEFF_BITS = 54
+FAILURE_BITS = 64  # at most 2**-64 probability that one output integer is wrong
+NOISE_PROXY = 10.5  # variance proxy of one coefficient of SEAL's fresh noise
+TAIL = math.sqrt(2 * (FAILURE_BITS + 2) * math.log(2))  # P(|X| > TAIL * proxy_sigma) <= 2**-(FAILURE_BITS + 1)
+MAX_PLAIN_BITS = 40
+MAX_RESULT_BITS = 48  # the switch and the decryption stay exact in float64 estimates and uint64 sums
+MAX_CACHED_ROWS = 64  # largest n_t of a plan when the worker keeps the weights encoded (its memory reservation)
+PARAMS_FORMAT = "veilml-bfv-params/1"
+
+# estimated seconds per operation on one core (measured with tenseal 0.3.18) and bytes per second on the wire
+COST_ENCRYPT = 680e-6  # client encryption and worker loading of one ciphertext
+COST_PRODUCT = 18e-6  # one ciphertext x plaintext product and sum, in NTT form
+COST_RESULT = 300e-6  # one result ciphertext out of NTT form, switched, packed and decrypted
+COST_WEIGHT = 60e-6  # one weight plaintext encoded and put in NTT form
+BANDWIDTH = 100e6
+
+
+@dataclass(frozen=True)
+class BFVParams:
+    """The public parameters the client sends for one matrix (``register``'s "evaluation keys")."""
+
+    coeff_modulus: int
+    plain_bits: int
+    poly_degree: int = POLY_DEGREE
+
+    @property
+    def plain_modulus(self) -> int:
+        return 1 << self.plain_bits
+
+    def check(self) -> None:
+        """Raise ValueError unless these are parameters the backend computes with (cheap checks only)."""
+        q, n = self.coeff_modulus, self.poly_degree
+        if n != POLY_DEGREE:
+            raise ValueError(f"the bfv backend uses polynomial degree {POLY_DEGREE}, got {n}")
+        if not (2**40 < q < 2**COEFF_BITS and q % (2 * n) == 1):
+            raise ValueError(f"the coefficient modulus must be a prime of 41 to {COEFF_BITS} bits, 1 mod {2 * n}; got {q}")
+        if not 2 <= self.plain_bits <= MAX_PLAIN_BITS:
+            raise ValueError(f"plain_bits must be in [2, {MAX_PLAIN_BITS}], got {self.plain_bits}")
+
+    def to_bytes(self) -> bytes:
+        d = {"format": PARAMS_FORMAT, "poly_degree": self.poly_degree, "coeff_modulus": self.coeff_modulus}
+        return json.dumps({**d, "plain_bits": self.plain_bits}, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BFVParams:
+        try:
+            d = json.loads(bytes(data).decode())
+            if d.get("format") != PARAMS_FORMAT:
+                raise ValueError(f"format {d.get('format')!r}")
+            values = [d["coeff_modulus"], d["plain_bits"], d["poly_degree"]]
+            if not all(type(v) is int for v in values):
+                raise ValueError("integer fields expected")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as error:
+            raise ValueError(f"expected a {PARAMS_FORMAT} message from a bfv client ({error})") from None
+        params = cls(*values)
+        params.check()
+        return params
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one product is cut into blocks, and the result modulus q' = t * 2**shift."""
+
+    n_t: int
+    n_d: int
+    n_m: int
+    shift: int
+
+    def counts(self, n: int, d: int, m: int) -> tuple[int, int, int]:
+        """(R, J, C): row blocks, inner blocks, column blocks."""
+        return -(-n // self.n_t), -(-d // self.n_d), -(-m // self.n_m)
+
+
+def max_product(d: int, input_bits: int, w_max: int) -> int:
+    """V: the largest |x @ w| of one output (see the module docstring)."""
+    return d * (2**input_bits - 1) * w_max
+
+
+def plain_bits_for(d: int, input_bits: int, w_max: int) -> int:
+    """log2 of the smallest power of two t with V < t / 2."""
+    return max(2, (2 * max_product(d, input_bits, w_max)).bit_length())
+
+
+def noise_bound(j: int, n_d: int, n_m: int, w_max: int) -> float:
+    """B: the noise of one output coefficient before the switch, except with probability 2**-(FAILURE_BITS+1)."""
+    touching = j * n_d * n_m  # weights that touch one coefficient of the sum over the J inner blocks
+    return TAIL * math.sqrt(NOISE_PROXY * touching) * w_max + touching * w_max / 2
+
+
+def result_shift(params: BFVParams, j: int, n_d: int, n_m: int, w_max: int) -> int | None:
+    """g of q' = t * 2**g (see the module docstring), or None when the noise does not fit the modulus."""
+    budget = 1 - 2 * params.plain_modulus * noise_bound(j, n_d, n_m, w_max) / params.coeff_modulus
+    if budget <= 0:
+        return None
+    g = 1
+    while 2 ** (g - 1) * budget <= (params.poly_degree + 1) / 2:
+        g += 1
+    return g if params.plain_bits + g <= MAX_RESULT_BITS else None
+
+
+def row_block_limit(n: int, cached: bool) -> int:
+    """The largest n_t for ``n`` rows: the power of two at or above n (a request cannot hide as many rows as it
+    announces), at most MAX_CACHED_ROWS when the worker keeps its weights encoded."""
+    limit = 2 ** max(0, (n - 1).bit_length())
+    return min(limit, MAX_CACHED_ROWS) if cached else min(limit, POLY_DEGREE)
+
+
+def _powers(limit: int) -> list[int]:
+    return [2**k for k in range(POLY_DEGREE.bit_length()) if 2**k <= limit]
+
+
+@lru_cache(maxsize=4096)
+def plan_product(params: BFVParams, n: int, d: int, m: int, w_max: int, cached: bool) -> Plan:
+    """The cheapest block shape for ``n`` rows of ``(n, d) @ (d, m)`` whose noise fits (see the module docstring)."""
+    best: tuple[float, tuple[int, int, int], Plan] | None = None
+    for n_t in _powers(row_block_limit(n, cached)):
+        for n_d in _powers(POLY_DEGREE // n_t):
+            n_m = POLY_DEGREE // (n_t * n_d)
+            r, j, c = -(-n // n_t), -(-d // n_d), -(-m // n_m)
+            shift = result_shift(params, j, n_d, n_m, w_max)
+            if shift is None:
+                continue
+            bits_down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
+            seconds = r * j * COST_ENCRYPT + r * j * c * COST_PRODUCT + r * c * COST_RESULT
+            seconds += 0 if cached else j * c * COST_WEIGHT
+            seconds += (r * j * POLY_DEGREE * COEFF_BITS + bits_down) / 8 / BANDWIDTH
+            key = (seconds, (n_t, n_d, n_m), Plan(n_t, n_d, n_m, shift))
+            if best is None or key[:2] < best[:2]:
+                best = key
+    if best is None:
+        raise ValueError(
+            f"no block shape keeps the noise of a ({d}, {m}) product with weights up to {w_max} within the "
+            f"{params.coeff_modulus.bit_length()}-bit modulus; lower input_bits or weight_bits"
+        )
+    return best[2]
+
+
+def client_params(d: int, input_bits: int, w_max: int) -> BFVParams:
+    """The parameters a client chooses for a (d, m) matrix, checked against SEAL's 128-bit table."""
+    from tenseal import sealapi
+
+    if sealapi.CoeffModulus.MaxBitCount(POLY_DEGREE, sealapi.SEC_LEVEL_TYPE.TC128) < COEFF_BITS:
+        raise ValueError(f"SEAL's 128-bit table does not allow a {COEFF_BITS}-bit modulus at degree {POLY_DEGREE}")
+    (modulus,) = sealapi.CoeffModulus.Create(POLY_DEGREE, [COEFF_BITS])
+    plain_bits = plain_bits_for(d, input_bits, w_max)
+    if plain_bits > MAX_PLAIN_BITS:
+        raise ValueError(f"{input_bits}-bit inputs and weights up to {w_max} over {d} rows need a {plain_bits}-bit t")
+    params = BFVParams(modulus.value(), plain_bits)
+    params.check()
+    return params
