@@ -1,4 +1,4 @@
-"""LoRA fine-tuning with every base matmul encrypted by a real worker process (concrete backend).
+"""LoRA fine-tuning with every base matmul encrypted by a real worker process (concrete and bfv backends).
 
 The acceptance oracle: the same training steps through the ``clear`` backend in this process
 give exactly the same losses and adapter weights. The worker is started as the README says
@@ -167,3 +167,44 @@ def test_training_through_a_worker_killed_and_restarted_mid_run_is_bit_exact(wor
     finally:
         for worker in workers:
             worker.kill()
+
+
+# -- the default backend, bfv, on the tiny GPT-2 at 8 x 64 tokens per step ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bfv_worker(tmp_path_factory):
+    """``veilml worker --weights ./tiny_gpt2 --backend bfv`` on the tiny GPT-2 (2 layers, 64 wide) as a model folder."""
+    directory = tmp_path_factory.mktemp("bfv")
+    tiny_gpt2(seed=0).save_pretrained(directory / "tiny_gpt2")
+    worker = CLIWorker(directory, "--weights", str(directory / "tiny_gpt2"), "--backend", "bfv", "--log-level", "warning")
+    yield worker.wait_ready()
+    worker.kill()
+
+
+def train_tiny(executor, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    batches = make_batches(load_corpus("train"), seq_len=64, batch_size=8)[:steps]
+    trainer = LoraTrainer(
+        tiny_gpt2(seed=0), executor=executor, max_steps=steps, learning_rate=1e-2, logging_steps=1, progress=False, seed=0
+    )
+    trainer.train(batches)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return losses, {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.execute
+def test_bfv_worker_process_trains_the_tiny_gpt2_bit_exact_at_8x64_tokens(bfv_worker):
+    """Every base matmul of two steps (512 rows per request) through the worker process, against clear."""
+    with HTTPTransport(bfv_worker.url) as transport:
+        executor = EncryptedLinearExecutor(transport)  # the worker's backend, which encrypts
+        assert executor.backend.name == "bfv"
+        losses, adapters = train_tiny(executor, steps=2)
+        assert executor.bytes_received > 0 and transport.reregistrations == 0
+    clear_losses, clear_adapters = train_tiny(local_executor(remote_linear_weights(tiny_gpt2(seed=0)), "clear"), steps=2)
+    print(
+        f"losses: bfv {losses}, clear {clear_losses}; {executor.bytes_sent / 2**20:.1f} MiB up, {executor.bytes_received / 2**20:.1f} MiB down"
+    )
+    assert len(losses) == 2 and losses == clear_losses  # bit-exact floats
+    assert adapters.keys() == clear_adapters.keys() and adapters
+    assert all(torch.equal(adapters[n], clear_adapters[n]) for n in adapters)
+    assert bfv_worker.process.poll() is None

@@ -158,9 +158,9 @@ class BFVServer(LinearServer):
                     continue
                 seal.evaluator.transform_from_ntt_inplace(total)
                 polys = seal.polynomials(total)
-                out[row, col, :POLY_DEGREE] = switch_modulus(polys[1], params.coeff_modulus, bits)
-                out[row, col, POLY_DEGREE:] = switch_modulus(polys[0][positions], params.coeff_modulus, bits)
-        return pack_message(RESULT_FORMAT, n, plan, [pack_bits(out, bits)])
+                out[row, col, :POLY_DEGREE] = polys[1]
+                out[row, col, POLY_DEGREE:] = polys[0][positions]
+        return pack_message(RESULT_FORMAT, n, plan, [pack_bits(switch_modulus(out, params.coeff_modulus, bits), bits)])
 
 
 def sealapi_ciphertext() -> Any:

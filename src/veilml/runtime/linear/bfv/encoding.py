@@ -67,28 +67,45 @@ def switch_modulus(values: np.ndarray, q: int, bits: int) -> np.ndarray:
     return y & np.uint64((1 << bits) - 1)
 
 
-CHUNK = 1 << 16  # values per step of the bit packing (bounds its temporary memory to 4 MiB)
+def _layout(count: int, bits: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    """Per residue r of the value index mod 64: (indices, bit shift in its word, word of each value).
+
+    Value i starts at bit i * bits; the values of one residue class share their shift and never
+    share a word, so each class is packed with one vectorized operation (plus one for the spill).
+    """
+    layout = []
+    for r in range(min(64, count)):
+        start = r * bits
+        index = np.arange(r, count, 64)
+        layout.append((index, start & 63, (start >> 6) + np.arange(index.size) * bits))
+    return layout
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Unsigned integers below 2**bits, ``bits`` bits each, little-endian bit order, the last byte zero-padded."""
-    flat = np.ascontiguousarray(values, dtype="<u8").reshape(-1)
-    planes = np.empty((flat.size, bits), np.uint8)
-    for start in range(0, flat.size, CHUNK):  # the 64 bits of each value, of which the low ``bits`` are kept
-        part = flat[start : start + CHUNK].view(np.uint8).reshape(-1, 8)
-        planes[start : start + CHUNK] = np.unpackbits(part, axis=1, bitorder="little")[:, :bits]
-    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+    """Unsigned integers below 2**bits (bits <= 64), ``bits`` bits each from bit 0 of a little-endian stream."""
+    flat = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
+    words = np.zeros(-(-flat.size * bits // 64) + 1, np.uint64)
+    for index, shift, word in _layout(flat.size, bits):
+        part = flat[index]
+        words[word] |= part << np.uint64(shift)
+        if shift + bits > 64:  # the high bits spill into the next word
+            words[word + 1] |= part >> np.uint64(64 - shift)
+    return words.astype("<u8").view(np.uint8)[: -(-flat.size * bits // 8)].tobytes()
 
 
 def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
     """The ``count`` values of :func:`pack_bits`; ValueError unless ``data`` has exactly their size."""
-    if len(data) != -(-count * bits // 8):
-        raise ValueError(f"expected {count} values of {bits} bits ({-(-count * bits // 8)} bytes), got {len(data)} bytes")
-    planes = np.unpackbits(np.frombuffer(data, np.uint8), count=count * bits, bitorder="little").reshape(count, bits)
-    out = np.empty(count, "<u8")
-    for start in range(0, count, CHUNK):
-        part = planes[start : start + CHUNK]
-        wide = np.zeros((part.shape[0], 64), np.uint8)
-        wide[:, :bits] = part
-        out[start : start + CHUNK] = np.packbits(wide, axis=1, bitorder="little").view("<u8").reshape(-1)
-    return out.astype(np.uint64)
+    size = -(-count * bits // 8)
+    if len(data) != size:
+        raise ValueError(f"expected {count} values of {bits} bits ({size} bytes), got {len(data)} bytes")
+    buffer = np.zeros(-(-size // 8) * 8 + 8, np.uint8)
+    buffer[:size] = np.frombuffer(data, np.uint8)
+    words = buffer.view("<u8").astype(np.uint64)
+    out = np.zeros(count, np.uint64)
+    mask = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
+    for index, shift, word in _layout(count, bits):
+        part = words[word] >> np.uint64(shift)
+        if shift + bits > 64:
+            part |= words[word + 1] << np.uint64(64 - shift)
+        out[index] = part & mask
+    return out
