@@ -1,13 +1,17 @@
 """Private LoRA fine-tuning: the cost of the encrypted linear layers, measured side by side.
 
-    .venv/bin/python benchmarks/lora.py [--shapes 64 256 1024 2048] [--backends clear concrete glwe]
+    .venv/bin/python benchmarks/lora.py [--shapes 64 256 1024 2048] [--backends clear bfv concrete glwe]
 
 1. Per backend and square shape d: one row (one token) of ``x @ W`` with W (d, d), 8-bit inputs
    and weights: server time, client encrypt / decrypt time, bytes on the wire each way, evaluation
    key bytes, and the worker's one-off setup (compilation) time.
 2. One full training step of the tiny GPT-2 model (batch 4 x 32 tokens) per backend, every base
    matmul going through the backend (in-process worker), against float training.
-3. The share of weights and of linear-layer FLOPs that stay on the client, for the tiny model and
+3. Training steps through a real ``veilml worker`` process on loopback: the tiny GPT-2 (2 layers, 64 wide)
+   at 1 x 64 tokens per step with ``bfv`` and ``concrete`` (the ratios), at 8 x 64 tokens with ``bfv``, and
+   one step of a SmolLM2-135M-shaped model (random weights, its dimensions) with ``bfv``: time, the
+   client's encrypt / decrypt time, bytes each way, evaluation-key bytes, the worker's peak memory.
+4. The share of weights and of linear-layer FLOPs that stay on the client, for the tiny model and
    for SmolLM2-135M's architecture (from its configuration; no weights needed).
 
 Writes ``benchmarks/results/lora.json`` and ``benchmarks/results/lora.md``.
@@ -82,6 +86,56 @@ def glwe_check(steps: int) -> dict:
     return glwe_steps_against_clear(steps)
 
 
+def worker_steps(smollm2_tokens: tuple[int, int] | None) -> list[dict]:
+    """Training steps through ``veilml worker`` processes (see the module docstring, item 3)."""
+    import tempfile
+
+    from lora_measures import smollm2_shaped, worker_training_step
+
+    from veilml.models.lora import tiny_gpt2
+
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        for backend in ("bfv", "concrete"):
+            print(f"worker step: tiny GPT-2, 1x64 tokens, {backend} ...", file=sys.stderr, flush=True)
+            rows.append(worker_training_step(backend, tiny_gpt2, directory, seq_len=64, batch_size=1))
+        print("worker step: tiny GPT-2, 8x64 tokens, bfv ...", file=sys.stderr, flush=True)
+        rows.append(worker_training_step("bfv", tiny_gpt2, directory, seq_len=64, batch_size=8))
+        rows[-1]["model"] = rows[0]["model"] = rows[1]["model"] = "tiny GPT-2 (2 layers, 64 wide)"
+    if smollm2_tokens:
+        with tempfile.TemporaryDirectory() as directory:
+            batch, seq = smollm2_tokens
+            print(f"worker step: SmolLM2-135M-shaped, {batch}x{seq} tokens, bfv ...", file=sys.stderr, flush=True)
+            row = worker_training_step("bfv", smollm2_shaped, directory, seq_len=seq, batch_size=batch, warmup=False)
+            rows.append({**row, "model": "SmolLM2-135M-shaped (random weights)"})
+    return rows
+
+
+def worker_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| model | backend | tokens | s / step | client encrypt (s) | client decrypt (s) | worker round trips (s) | up | down "
+        "| eval. keys | first step (s) | worker peak memory | loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['tokens_per_step']} | {r['seconds_per_step']:.2f} | {r['client_encrypt_s']:.2f} | "
+            f"{r['client_decrypt_s']:.2f} | {r['worker_round_trips_s']:.2f} | {human(r['bytes_up'])} | {human(r['bytes_down'])} | "
+            f"{human(r['evaluation_key_bytes'])} | {r['first_step_s']:.1f} | {human(r['worker_peak_rss_bytes'])} | {r['loss']:.4f} |"
+        )
+    bfv, concrete = rows[0], rows[1]
+    time_ratio = concrete["seconds_per_step"] / bfv["seconds_per_step"]
+    bytes_ratio = (concrete["bytes_up"] + concrete["bytes_down"]) / (bfv["bytes_up"] + bfv["bytes_down"])
+    lines += [
+        "",
+        f"Same tiny GPT-2 step (1x64 tokens) through a worker process: bfv {bfv['seconds_per_step']:.2f} s against concrete "
+        f"{concrete['seconds_per_step']:.2f} s (**{time_ratio:.0f}x faster**), {human(bfv['bytes_up'] + bfv['bytes_down'])} "
+        f"against {human(concrete['bytes_up'] + concrete['bytes_down'])} on the wire (**1/{bytes_ratio:.0f} of the bytes**); "
+        f"losses {bfv['loss']:.6f} and {concrete['loss']:.6f} (both exact: the same integers).",
+    ]
+    return lines
+
+
 def client_share() -> list[dict]:
     from lora_measures import client_share_of_model
 
@@ -113,8 +167,12 @@ def matmul_table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", type=int, nargs="+", default=[64, 256, 1024, 2048])
-    parser.add_argument("--backends", nargs="+", default=["clear", "concrete", "glwe"])
+    parser.add_argument("--backends", nargs="+", default=["clear", "bfv", "concrete", "glwe"])
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-worker", action="store_true", help="no training steps through worker processes")
+    parser.add_argument(
+        "--smollm2-tokens", type=int, nargs=2, default=[1, 32], metavar=("BATCH", "SEQ"), help="0 0: no SmolLM2 step"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
@@ -124,11 +182,20 @@ def main() -> int:
             rows.append(matmul_row(backend, d))
     training = [] if args.skip_training else training_steps(args.backends)
     glwe = glwe_check(3) if "glwe" in args.backends and not args.skip_training else None
+    workers = [] if args.skip_worker else worker_steps(tuple(args.smollm2_tokens) if all(args.smollm2_tokens) else None)
     shares = client_share()
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
     (RESULTS / "lora.json").write_text(
         json.dumps(
-            {"machine": machine, "matmul": rows, "training_step": training, "glwe_steps": glwe, "client_share": shares}, indent=2
+            {
+                "machine": machine,
+                "matmul": rows,
+                "training_step": training,
+                "glwe_steps": glwe,
+                "worker_steps": workers,
+                "client_share": shares,
+            },
+            indent=2,
         )
         + "\n"
     )
@@ -160,6 +227,8 @@ def main() -> int:
             f"{'all within' if glwe['glwe']['within_bound'] else 'NOT all within'} the bound.",
             "",
         ]
+    if workers:
+        text += ["## Training steps through a `veilml worker` process on loopback\n", *worker_table(workers), ""]
     text += ["## What stays on the client\n", "| model | weights on the client | linear FLOPs on the client |", "|---|---|---|"]
     for s in shares:
         text.append(f"| {s['model']} | {s['client_weight_share']:.1%} | {s['client_flop_share']:.1%} |")

@@ -13,7 +13,7 @@ from veilml.models.lora.trainer import LoraTrainer
 from veilml.models.lora.weights import find_remote_layers, remote_linear_weights
 from veilml.models.lora.workers import local_executor
 
-__all__ = ["client_share_of_model", "time_training_step"]
+__all__ = ["client_share_of_model", "smollm2_shaped", "time_training_step", "worker_training_step"]
 
 #: Small enough for real encryption: every row of every projection goes through the backend.
 BENCH_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 16}
@@ -164,3 +164,161 @@ def glwe_steps_against_clear(steps: int = 3, *, seq_len: int = 8, batch_size: in
     sim, glwe = results["clear"]["losses"], results["glwe"]["losses"]
     results["max_relative_loss_difference"] = max(abs(a - b) / abs(a) for a, b in zip(sim, glwe))
     return results
+
+
+# -- training steps through a real ``veilml worker`` process ------------------------------------------------------
+
+
+def smollm2_shaped(seed: int = 0) -> torch.nn.Module:
+    """A LlamaForCausalLM with SmolLM2-135M's dimensions and random weights (no model hub is reachable here)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+class _Timed:
+    """Client-side seconds spent encrypting, decrypting and waiting for the worker, per executor."""
+
+    def __init__(self, executor: Any) -> None:
+        self.encrypt = self.decrypt = self.remote = 0.0
+        self.key_bytes = 0
+        session = executor.session
+        for name in ("encrypt", "decrypt"):
+            setattr(session, name, self._wrap(getattr(session, name), name))
+        for transport in executor.transports:
+            transport.run = self._wrap(transport.run, "remote")
+            transport.register = self._count_keys(transport.register)
+
+    def _count_keys(self, call: Any) -> Any:
+        def counted(session: str, layer: str, direction: str, keys: bytes) -> Any:
+            self.key_bytes += len(keys)
+            return call(session, layer, direction, keys)
+
+        return counted
+
+    def _wrap(self, call: Any, field: str) -> Any:
+        def timed(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                setattr(self, field, getattr(self, field) + time.perf_counter() - started)
+
+        return timed
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    """The high-water mark of a process's resident memory (Linux ``VmHWM``)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker_training_step(
+    backend: str,
+    model_factory: Any,
+    directory: str,
+    *,
+    seq_len: int,
+    batch_size: int,
+    steps: int = 1,
+    worker_args: tuple[str, ...] = (),
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """LoRA training steps through ``veilml worker --backend BACKEND`` (the console script) on loopback.
+
+    The model is saved as a Hugging Face folder for the worker; a first step (keys, registration, the
+    worker's first encodings or compilation) is timed apart from the ``steps`` measured after it; without
+    ``warmup`` the one step measured is the first (``steps`` must be 1), key generation included.
+    """
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from veilml.runtime.linear import EncryptedLinearExecutor
+    from veilml.runtime.linear.transport import HTTPTransport
+
+    folder = Path(directory) / "model"
+    if not folder.exists():
+        model_factory().save_pretrained(folder)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(sys.executable).parent / "veilml"
+    args = [str(script), "worker", "--weights", str(folder), "--backend", backend, "--port", str(port), "--log-level", "warning"]
+    log = open(Path(directory) / f"worker-{backend}.log", "wb")
+    started = time.perf_counter()
+    process = subprocess.Popen([*args, *worker_args], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.perf_counter() - started > 1800:
+                raise RuntimeError(
+                    f"the {backend} worker did not start: {(Path(directory) / f'worker-{backend}.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.5)
+        worker_start = time.perf_counter() - started
+        batches = make_batches(load_corpus("train"), seq_len=seq_len, batch_size=batch_size)[: steps + 1]
+        with HTTPTransport(url, timeout=1800.0) as transport:
+            executor = EncryptedLinearExecutor(transport)
+            timed = _Timed(executor)
+            trainer = LoraTrainer(
+                model_factory(), executor=executor, max_steps=1, learning_rate=1e-2, logging_steps=1, progress=False, seed=0
+            )
+            first, sent, received, before = 0.0, 0, 0, (0.0, 0.0, 0.0)
+            if warmup:
+                started = time.perf_counter()
+                trainer.train(batches)
+                first = time.perf_counter() - started
+                sent, received = executor.bytes_sent, executor.bytes_received
+                before = (timed.encrypt, timed.decrypt, timed.remote)
+                trainer.max_steps = trainer.state.max_steps = 1 + steps
+            elif steps != 1:
+                raise ValueError("without warm-up, one step is measured")
+            started = time.perf_counter()
+            output = trainer.train(batches)
+            seconds = (time.perf_counter() - started) / steps
+        return {
+            "backend": backend,
+            "tokens_per_step": f"{batch_size}x{seq_len}",
+            "rows_per_request": batch_size * seq_len,
+            "remote_layers": len(executor.infos),
+            "worker_start_s": worker_start,
+            "first_step_s": first,
+            "seconds_per_step": seconds,
+            "client_encrypt_s": (timed.encrypt - before[0]) / steps,
+            "client_decrypt_s": (timed.decrypt - before[1]) / steps,
+            "worker_round_trips_s": (timed.remote - before[2]) / steps,
+            "bytes_up": (executor.bytes_sent - sent) / steps,
+            "bytes_down": (executor.bytes_received - received) / steps,
+            "first_step_bytes_up": sent,
+            "first_step_bytes_down": received,
+            "evaluation_key_bytes": timed.key_bytes,
+            "loss": output.training_loss,
+            "worker_peak_rss_bytes": _peak_rss_bytes(process.pid),
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
