@@ -606,3 +606,13 @@ def test_smollm2_loads_a_local_gguf_file(tmp_path):
     folder.mkdir()
     with pytest.raises(FileNotFoundError, match="no .gguf file"):
         smollm2(folder)
+
+
+def test_local_executor_defaults_to_the_bfv_backend_and_equals_clear():
+    """An in-process worker encrypts unless told otherwise (``bfv``); its float outputs equal ``clear``'s."""
+    weights = remote_linear_weights(tiny_gpt2(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=16))
+    encrypted, clear = local_executor(weights), local_executor(weights, "clear")
+    assert encrypted.backend.name == "bfv" and encrypted.backend.encrypts
+    name = "transformer.h.0.mlp.c_fc"
+    x = np.random.default_rng(3).normal(size=(5, 32))
+    np.testing.assert_array_equal(encrypted.forward(name, x), clear.forward(name, x))

@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from ...runtime.linear import EncryptedLinearExecutor, LocalTransport, Worker
+from ...runtime.linear.limits import DEFAULT_BACKEND
 from .weights import RemoteWeights
 
 __all__ = ["local_executor"]
 
 
-def local_executor(weights: RemoteWeights, backend: str, **worker_options: Any) -> EncryptedLinearExecutor:
+def local_executor(weights: RemoteWeights, backend: str = DEFAULT_BACKEND, **worker_options: Any) -> EncryptedLinearExecutor:
     """An executor over one in-process :class:`Worker` holding ``weights`` (from :func:`remote_linear_weights`).
 
-    ``backend`` is named by the caller, for both sides: ``"clear"`` (the exact integer protocol on
-    plaintext, for experiments in one process), ``"bfv"``, ``"concrete"`` or ``"glwe"``. ``worker_options`` go to
+    ``backend`` names the backend of both sides: ``"bfv"`` (exact and encrypted, the default),
+    ``"concrete"``, ``"glwe"``, or ``"clear"`` (the exact integer protocol on plaintext, for experiments
+    in one process; never a default). ``worker_options`` go to
     :class:`Worker` (``weight_bits``, ``input_bits``...).
     """
     worker = Worker(
