@@ -8,6 +8,10 @@ before it is a separate, per-model object).
 - ``identity``: the quantized value itself, one ciphertext per feature.
 - ``thermometer``: bit ``k`` of feature ``f`` is ``[q_f >= qmin + k]`` for ``k = 1 .. 2**n_bits - 1``.
   Every comparison ``q_f >= t`` is then one of the encrypted bits: comparisons cost nothing in FHE.
+- ``chunked``: ``q_f - qmin`` is cut into a high and a low chunk (``low_bits`` bits), and each chunk
+  is thermometer-coded: ``2**high_bits - 1 + 2**low_bits - 1`` bits per feature (14 instead of 63
+  at 6 bits). A comparison on a chunk boundary is one of the bits; any other one is a single
+  2-bit lookup on the sum of three of them (see :meth:`InputEncoding.chunk_columns`).
 """
 
 from __future__ import annotations
@@ -20,18 +24,38 @@ import numpy as np
 __all__ = ["InputEncoding"]
 
 
+KINDS = ("identity", "thermometer", "chunked")
+
+
 @dataclass(frozen=True)
 class InputEncoding:
-    kind: Literal["identity", "thermometer"]
+    kind: Literal["identity", "thermometer", "chunked"]
     n_features: int
     qmin: int
     qmax: int
+    low_bits: int = 0  # chunked only: bits of the low chunk
 
     def __post_init__(self) -> None:
-        if self.kind not in ("identity", "thermometer"):
-            raise ValueError(f"unknown input encoding {self.kind!r}; use 'identity' or 'thermometer'")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown input encoding {self.kind!r}; use one of {', '.join(map(repr, KINDS))}")
         if self.qmax <= self.qmin:
             raise ValueError("an input encoding needs qmax > qmin")
+        if self.kind == "chunked":
+            if self.levels & (self.levels - 1):
+                raise ValueError("a chunked encoding needs a power-of-two number of levels")
+            if not 1 <= self.low_bits < self.total_bits:
+                raise ValueError(f"low_bits must be in [1, {self.total_bits - 1}], got {self.low_bits}")
+        elif self.low_bits:
+            raise ValueError("low_bits is for chunked encodings only")
+
+    @property
+    def total_bits(self) -> int:
+        return (self.levels - 1).bit_length()
+
+    @property
+    def _chunk_sizes(self) -> tuple[int, int]:
+        """Thermometer bits of the high and the low chunk of one feature."""
+        return 2 ** (self.total_bits - self.low_bits) - 1, 2**self.low_bits - 1
 
     @property
     def levels(self) -> int:
@@ -40,6 +64,8 @@ class InputEncoding:
     @property
     def size(self) -> int:
         """Encrypted integers per sample."""
+        if self.kind == "chunked":
+            return self.n_features * sum(self._chunk_sizes)
         return self.n_features if self.kind == "identity" else self.n_features * (self.levels - 1)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +82,34 @@ class InputEncoding:
             raise ValueError(f"code {code} has no thermometer bit; it must be in ({self.qmin}, {self.qmax}]")
         return feature * (self.levels - 1) + (code - self.qmin - 1)
 
+    def chunk_columns(self, feature: int, code: int) -> tuple[list[int], int]:
+        """How a chunked encoding computes ``[q_feature >= code]``: (columns, constant).
+
+        With ``code - qmin = h * 2**low_bits + l`` and ``H(k)`` the high chunk's thermometer bit
+        ``[high >= k]`` (``H(0) = 1``, ``H(2**high_bits) = 0``), ``L(k)`` the low chunk's:
+
+        - ``l == 0``: the comparison is ``H(h)``, one column and no constant;
+        - otherwise ``s = H(h) + H(h + 1) + L(l)`` (the columns' sum plus the constant) is 2 or 3
+          exactly when ``high > h``, or ``high == h`` and ``low >= l``: the comparison is
+          ``[s >= 2]``, a lookup on 2 bits.
+        """
+        if self.kind != "chunked":
+            raise ValueError("chunk_columns() is defined for chunked encodings only")
+        if not self.qmin < code <= self.qmax:
+            raise ValueError(f"code {code} has no chunked comparison; it must be in ({self.qmin}, {self.qmax}]")
+        n_high, n_low = self._chunk_sizes
+        base = feature * (n_high + n_low)
+        h, low = divmod(code - self.qmin, 2**self.low_bits)
+        if low == 0:
+            return [base + h - 1], 0
+        columns, constant = [base + n_high + low - 1], 0
+        for k in (h, h + 1):
+            if k == 0:
+                constant += 1
+            elif k <= n_high:
+                columns.append(base + k - 1)
+        return columns, constant
+
     def encode(self, q: np.ndarray) -> np.ndarray:
         """Encoded batch (n_samples, size) of quantized inputs q (n_samples, n_features)."""
         q = np.asarray(q, dtype=np.int64)
@@ -63,12 +117,22 @@ class InputEncoding:
             raise ValueError(f"expected quantized inputs of shape (n, {self.n_features}), got {q.shape}")
         if self.kind == "identity":
             return q
+        if self.kind == "chunked":
+            high, low = np.divmod(q - self.qmin, 2**self.low_bits)
+            n_high, n_low = self._chunk_sizes
+            bits = np.concatenate(
+                [high[:, :, None] >= np.arange(1, n_high + 1), low[:, :, None] >= np.arange(1, n_low + 1)], axis=2
+            )
+            return bits.reshape(q.shape[0], -1).astype(np.int64)
         codes = np.arange(self.qmin + 1, self.qmax + 1)
         bits = q[:, :, None] >= codes[None, None, :]
         return bits.reshape(q.shape[0], -1).astype(np.int64)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.low_bits:  # documents written before chunked encodings existed stay the same
+            del d["low_bits"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputEncoding:

@@ -238,7 +238,11 @@ class TreeEnsemble:
         return [np.asarray(v, dtype=np.float64) for v in found]
 
     def to_codes(self, quantizer: UniformQuantizer) -> TreeEnsemble:
-        """The same ensemble with thresholds moved to the quantizer's (unrounded) code scale."""
+        """The same ensemble with thresholds moved to the quantizer's code scale.
+
+        A threshold ``t`` falls inside the bucket of code ``round(t_c)``, ``t_c = t / scale +
+        zero_point``; that bucket goes right (see :func:`_bucket_goes_right`).
+        """
         trees = []
         for tree in self.trees:
             codes = tree.threshold.copy()
@@ -246,12 +250,29 @@ class TreeEnsemble:
             # per node: threshold / scale[feature] + zero_point[feature], unrounded
             scale = np.broadcast_to(quantizer.scale, (self.n_features,))[tree.feature[inner]]
             zero = np.broadcast_to(quantizer.zero_point, (self.n_features,))[tree.feature[inner]]
-            codes[inner] = tree.threshold[inner] / scale + zero
+            codes[inner] = _bucket_goes_right(tree.threshold[inner] / scale + zero, tree.strict[inner])
             trees.append(replace(tree, threshold=codes))
         return replace(self, trees=tuple(trees))
 
 
 # --------------------------------------------------------------------------------- helpers
+
+
+def _bucket_goes_right(t_c: np.ndarray, strict: np.ndarray) -> np.ndarray:
+    """Code-scale thresholds that send the bucket holding the float threshold right.
+
+    The inputs of a bucket go one way in FHE; in float, those on either side of ``t`` differ. Hist-
+    based boosting (XGBoost, LightGBM) puts its thresholds on data values, which go right
+    (``x >= t``; ``x <= t'`` for the float32 midpoint ``t'`` just below): the bucket of ``t`` is
+    sent right, so that the data value there keeps its side (measured: XGBoost on diabetes, R²
+    0.186 against 0.212 in float at 8 bits when that bucket went left). The returned threshold
+    ``r`` makes ``lowering.right_code`` give ``round(t_c)``: ``r`` for ``<`` tests, ``r - 1`` for
+    ``<=`` ones. A threshold exactly on a bucket boundary (grids built from the thresholds,
+    ``UniformQuantizer.from_cut_points``) is kept as is: no bucket straddles it.
+    """
+    on_boundary = np.abs(t_c - np.floor(t_c) - 0.5) < 1e-9
+    first_right = np.floor(t_c + 0.5)
+    return np.where(on_boundary, t_c, np.where(strict, first_right, first_right - 1))
 
 
 _F32_TOP = float(2.0**128 - 2.0**103)  # float64 values >= this round to +inf in float32

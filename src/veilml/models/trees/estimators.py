@@ -32,6 +32,7 @@ from ...runtime.codec import ClientCodec, OutputSpec
 from ..tree_families import FAMILIES, Family, library_class
 from .auto_bits import choose_bits
 from .lowering import lower_ensemble
+from .report import FHEReport, fhe_report
 from .supported import to_ensemble
 
 __all__ = list(FAMILIES)
@@ -47,7 +48,7 @@ class _EncryptedEnsemble(BaseEstimator):
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
         "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
-        "encoding": [StrOptions({"thermometer", "identity"})],
+        "encoding": [StrOptions({"thermometer", "identity", "chunked", "auto"})],
         "train_on": [StrOptions({"codes", "float"})],
     }
 
@@ -185,6 +186,7 @@ class _EncryptedEnsemble(BaseEstimator):
             ensemble = ensemble.to_codes(quantizer)
         lowered = lower_ensemble(ensemble, n_bits, leaf_bits, self.encoding)
         self.model_ = model
+        self.lowering_ = lowered.stages
         self.input_quantizer_ = quantizer
         self.ensemble_ = ensemble
         self.n_bits_, self.leaf_bits_ = n_bits, leaf_bits
@@ -238,6 +240,13 @@ class _EncryptedEnsemble(BaseEstimator):
         """The raw integers the circuit returns: the exact oracle between FHE modes."""
         X = self._fitted_input(X)
         return self.fhe_model_.run_integers(X, fhe)
+
+    def fhe_report(self) -> FHEReport:
+        """The lowering's strategy per stage, PBS by precision, complexity and key sizes (once
+        compiled), bytes up and down per row, and the estimated split of a row's time between
+        client and server (:mod:`veilml.compiler.cost`); ``print`` it for a summary."""
+        check_is_fitted(self)
+        return fhe_report(self.fhe_model_.graph, self.lowering_, getattr(self, "report_", None))
 
     def save(self, directory: Any) -> Any:
         """Write the compiled model as a deployment bundle: ``client/`` for data owners
@@ -355,7 +364,12 @@ Parameters:
         to choose the smallest precision that keeps the float model's metric (see ``fit``).
     leaf_bits: precision of the quantized leaf values (default: ``n_bits``).
     encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
-        ciphertexts) or ``"identity"`` (one comparison lookup per distinct threshold).
+        ciphertexts), ``"chunked"`` (a thermometer code of a high and a low chunk of each
+        feature: ~4x fewer bits at 6 bits, one 2-bit lookup per threshold off a chunk boundary),
+        ``"identity"`` (one comparison lookup per distinct threshold), or ``"auto"``: the one the
+        cost model (:mod:`veilml.compiler.cost`) estimates fastest per row. Each is independent
+        of the model's thresholds; with ``"chunked"`` and ``"auto"`` the *choice* of encoding is
+        made from the model's costs, which tells the client that much (see ``fhe_report()``).
     train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
         features, then round each threshold to the nearest code boundary; closer to the float
         model's accuracy at a given ``n_bits``).

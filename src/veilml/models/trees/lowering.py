@@ -1,11 +1,13 @@
-"""TreeEnsemble -> integer IR.
+"""TreeEnsemble -> integer IR, in the named stages of :mod:`.stages`.
 
-The whole ensemble becomes four steps, with one table lookup per reachable leaf and nothing else
-bootstrapped:
+The whole ensemble becomes four steps; with the thermometer encoding the only lookups are one per
+reachable leaf:
 
 1. comparison bits ``c_j = [q_f >= k]``, one per distinct (feature, code) pair in the ensemble:
-   a free gather of thermometer bits (``encoding="thermometer"``), or one encrypted comparison
-   each on the raw quantized values (``encoding="identity"``);
+   a free gather of thermometer bits (``encoding="thermometer"``), a gather or one 2-bit lookup
+   on chunked thermometer bits (``"chunked"``), or one encrypted comparison each on the raw
+   quantized values (``"identity"``); ``"auto"`` lowers each and keeps the cheapest by the IR's
+   cost function (:mod:`veilml.compiler.cost`);
 2. for each leaf, the number of tests on its path that the sample fails,
    ``u = c @ B0 + (1 - c) @ B1`` (clear matrix products: free). A path's tests on one feature are first merged into one
    interval, so ``u`` counts at most two tests per feature, and contradictory paths are dropped;
@@ -24,10 +26,12 @@ from typing import Any, Literal
 import numpy as np
 
 from ...compiler import Graph, GraphBuilder, InputEncoding, bit_width
+from ...compiler.cost import CostModel, graph_cost
 from ...quantization import UniformQuantizer
 from .ensemble import TreeEnsemble
+from .stages import COMPARISONS, describe_comparisons, describe_encoding, leaf_selection, scores
 
-__all__ = ["LoweredEnsemble", "lower_ensemble", "right_code"]
+__all__ = ["ENCODINGS", "LoweredEnsemble", "candidate_encodings", "lower_ensemble", "right_code"]
 
 
 def right_code(threshold: np.ndarray, split: str | np.ndarray) -> np.ndarray:
@@ -57,6 +61,7 @@ class LoweredEnsemble:
     output_combine: np.ndarray
     n_comparisons: int
     n_leaves: int
+    stages: dict[str, str]  # the strategy of each stage, in words (``fhe_report``)
 
 
 def _quantize_leaves(
@@ -149,15 +154,45 @@ def _digits(values: np.ndarray, digit_bits: int, n_digits: int) -> np.ndarray:
     return np.concatenate([(values >> (k * digit_bits)) & mask for k in range(n_digits)], axis=1)
 
 
+#: the encodings ``encoding="auto"`` chooses among (every one model-independent)
+ENCODINGS = ("thermometer", "chunked", "identity")
+
+
+def candidate_encodings(n_features: int, n_bits: int, kind: str) -> list[InputEncoding]:
+    """The encodings named by ``kind``: one, or for ``"chunked"`` every split of the bits, or all for ``"auto"``."""
+    qmax = 2**n_bits - 1
+    if kind == "auto":
+        return [enc for k in ENCODINGS for enc in candidate_encodings(n_features, n_bits, k)]
+    if kind == "chunked":
+        return [InputEncoding("chunked", n_features, 0, qmax, low) for low in range(1, n_bits)]
+    return [InputEncoding(kind, n_features, 0, qmax)]
+
+
 def lower_ensemble(
     ensemble: TreeEnsemble,
     n_bits: int,
     leaf_bits: int,
-    encoding: Literal["thermometer", "identity"] = "thermometer",
+    encoding: Literal["thermometer", "identity", "chunked", "auto"] | InputEncoding = "thermometer",
+    cost_model: CostModel | None = None,
 ) -> LoweredEnsemble:
-    """Lower ``ensemble`` whose thresholds are on the unsigned ``n_bits`` code scale."""
+    """Lower ``ensemble`` whose thresholds are on the unsigned ``n_bits`` code scale.
+
+    ``encoding`` is what the client encrypts (:class:`~veilml.compiler.InputEncoding`); with
+    ``"auto"`` (or ``"chunked"``, whose split between the chunks is then chosen), every candidate
+    is lowered and the one whose estimated time per row (:func:`~veilml.compiler.cost.graph_cost`
+    under ``cost_model``) is smallest wins; ties go to the earlier of :data:`ENCODINGS`.
+    """
+    if isinstance(encoding, InputEncoding):
+        return _lower(ensemble, n_bits, leaf_bits, encoding)
+    candidates = candidate_encodings(ensemble.n_features, n_bits, encoding)
+    if len(candidates) == 1:
+        return _lower(ensemble, n_bits, leaf_bits, candidates[0])
+    lowered = [_lower(ensemble, n_bits, leaf_bits, enc) for enc in candidates]
+    return min(lowered, key=lambda low: graph_cost(low.graph).estimate(cost_model)["total_s"])
+
+
+def _lower(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int, enc: InputEncoding) -> LoweredEnsemble:
     qmin, qmax = 0, 2**n_bits - 1
-    enc = InputEncoding(encoding, ensemble.n_features, qmin, qmax)
     complement = _complementary(ensemble)
     outputs = [1] if complement else list(range(ensemble.n_outputs))
     leaf_values, output_quantizer, bias = _quantize_leaves(ensemble, leaf_bits, outputs)
@@ -186,7 +221,7 @@ def lower_ensemble(
     n_cmp, n_leaves = len(comparisons), len(values)
     # u = bits @ B0 + (1 - bits) @ B1 counts the failed tests of each leaf. Every term is >= 0,
     # so no intermediate is signed or wider than the longest merged path.
-    B0 = np.zeros((max(n_cmp, 1), n_leaves), dtype=np.int64)
+    B0 = np.zeros((n_cmp, n_leaves), dtype=np.int64)
     B1 = np.zeros_like(B0)
     for leaf in range(n_leaves):
         B0[must_be_zero[leaf], leaf] = 1
@@ -208,16 +243,18 @@ def lower_ensemble(
         output_quantizer, bias, combine = _with_complement(ensemble, output_quantizer, bias, combine)
 
     pairs = sorted(comparisons, key=comparisons.get) or [(0, qmax)]  # a constant model still reads x
+    if not comparisons:
+        B0, B1 = np.zeros((1, n_leaves), dtype=np.int64), np.zeros((1, n_leaves), dtype=np.int64)
     g = GraphBuilder()
     x = g.input("x", *enc.bounds())
-    if encoding == "thermometer":
-        bits = g.gather(x, [enc.column(f, k) for f, k in pairs])
-    else:
-        features = g.gather(x, [f for f, _ in pairs])
-        bits = g.cmp(features, g.const([k for _, k in pairs]), "ge")
-    flipped = g.sub(g.const(np.ones(len(pairs), dtype=np.int64)), bits)
-    failed = g.add(g.matmul(bits, B0), g.matmul(flipped, B1))
-    indicator = g.lut(failed, [1] + [0] * max_failed)
-    digits = g.assume(g.matmul(indicator, V), 0, maxima)  # exactly one leaf per tree is reached
-    g.output(digits, "scores")
-    return LoweredEnsemble(g.build(), enc, output_quantizer, bias, combine.astype(np.int64), n_cmp, n_leaves)
+    parts = COMPARISONS[enc.kind](g, x, enc, pairs)
+    indicator = leaf_selection(g, parts, B0, B1)
+    g.output(scores(g, indicator, V, maxima), "scores")
+    stages = {
+        "encoding": describe_encoding(enc),
+        "comparisons": describe_comparisons(enc, parts, g),
+        "leaf selection": f"{n_leaves} leaf lookups [failed tests == 0] on {bit_width(0, max_failed)} bits",
+        "scores": f"{len(outputs)} output(s) x {n_digits} digit(s) of {digit_bits} bit(s), summed over "
+        f"{len(ensemble.trees)} tree(s) in FHE" + ("; output 0 derived by the client" if complement else ""),
+    }
+    return LoweredEnsemble(g.build(), enc, output_quantizer, bias, combine.astype(np.int64), n_cmp, n_leaves, stages)

@@ -1,0 +1,111 @@
+"""The stages of a tree ensemble's lowering, each a small function over a :class:`GraphBuilder`.
+
+1. **comparisons**: the bits ``c_j = [q_f >= k]`` of every distinct (feature, code) pair, by one of
+   the strategies of :data:`COMPARISONS`; a strategy also names what the client encrypts;
+2. **leaf selection**: for each leaf the number of failed tests on its path, ``u = c @ B0 + (1 - c)
+   @ B1`` (free), and ``[u == 0]`` through one small table (a lookup per leaf);
+3. **scores**: leaf indicators times a clear matrix of leaf-value digits, summed over trees (free).
+
+A comparisons strategy returns *parts*: pairs of (graph node holding bits, the comparison indices
+those bits are, in order), so that strategies may compute some comparisons one way and the rest
+another (the chunked encoding reads boundary comparisons directly and looks the others up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ...compiler import GraphBuilder, InputEncoding
+
+__all__ = ["COMPARISONS", "Parts", "comparisons_chunked", "describe_comparisons", "describe_encoding", "leaf_selection", "scores"]
+
+#: (bits node, comparison indices held by its elements, in order)
+Parts = list[tuple[int, list[int]]]
+
+
+def comparisons_thermometer(g: GraphBuilder, x: int, enc: InputEncoding, pairs: list[tuple[int, int]]) -> Parts:
+    """Every comparison is one encrypted thermometer bit: a free gather."""
+    return [(g.gather(x, [enc.column(f, k) for f, k in pairs]), list(range(len(pairs))))]
+
+
+def comparisons_identity(g: GraphBuilder, x: int, enc: InputEncoding, pairs: list[tuple[int, int]]) -> Parts:
+    """One encrypted comparison (a lookup at the input precision) per distinct threshold."""
+    features = g.gather(x, [f for f, _ in pairs])
+    return [(g.cmp(features, g.const([k for _, k in pairs]), "ge"), list(range(len(pairs))))]
+
+
+def comparisons_chunked(g: GraphBuilder, x: int, enc: InputEncoding, pairs: list[tuple[int, int]]) -> Parts:
+    """Comparisons on a chunk boundary are gathered bits; each other one is one 2-bit lookup.
+
+    See :meth:`InputEncoding.chunk_columns`: ``[s >= 2]`` of ``s = H(h) + H(h + 1) + L(l)``.
+    """
+    direct, direct_columns, looked_up, sums, constants = [], [], [], [], []
+    for j, (f, k) in enumerate(pairs):
+        columns, constant = enc.chunk_columns(f, k)
+        if len(columns) == 1 and constant == 0 and (k - enc.qmin) % 2**enc.low_bits == 0:
+            direct.append(j)
+            direct_columns.append(columns[0])
+        else:
+            looked_up.append(j)
+            sums.append(columns)
+            constants.append(constant)
+    parts: Parts = []
+    if direct:
+        parts.append((g.gather(x, direct_columns), direct))
+    if looked_up:
+        used = sorted({c for columns in sums for c in columns})
+        position = {c: i for i, c in enumerate(used)}
+        M = np.zeros((len(used), len(looked_up)), dtype=np.int64)
+        for j, columns in enumerate(sums):
+            M[[position[c] for c in columns], j] = 1
+        s = g.add(g.matmul(g.gather(x, used), M), g.const(constants))
+        parts.append((g.lut(s, [0, 0, 1, 1]), looked_up))
+    return parts
+
+
+#: strategy name -> (function, encoding kind it needs)
+COMPARISONS: dict[str, Callable[[GraphBuilder, int, InputEncoding, list[tuple[int, int]]], Parts]] = {
+    "thermometer": comparisons_thermometer,
+    "identity": comparisons_identity,
+    "chunked": comparisons_chunked,
+}
+
+
+def leaf_selection(g: GraphBuilder, parts: Parts, B0: np.ndarray, B1: np.ndarray) -> int:
+    """``[failed tests == 0]`` per leaf: ``B0[j, leaf]`` = 1 where comparison j must fail, ``B1`` hold."""
+    failed = None
+    for bits, indices in parts:
+        flipped = g.sub(g.const(np.ones(len(indices), dtype=np.int64)), bits)
+        term = g.add(g.matmul(bits, B0[indices]), g.matmul(flipped, B1[indices]))
+        failed = term if failed is None else g.add(failed, term)
+    assert failed is not None
+    max_failed = max(1, int((B0 + B1).sum(axis=0).max(initial=0)))
+    return g.lut(failed, [1] + [0] * max_failed)
+
+
+def scores(g: GraphBuilder, indicator: int, V: np.ndarray, maxima: np.ndarray) -> int:
+    """The summed leaf-value digits: one leaf per tree is reached, so the sum is at most ``maxima``."""
+    return g.assume(g.matmul(indicator, V), 0, maxima)
+
+
+def describe_encoding(enc: InputEncoding) -> str:
+    """What the client encrypts, in words."""
+    if enc.kind == "chunked":
+        high = enc.total_bits - enc.low_bits
+        return f"chunked thermometer ({high}+{enc.low_bits} bits): {enc.size} bits per row"
+    if enc.kind == "thermometer":
+        return f"thermometer: {enc.size} bits per row"
+    return f"identity: {enc.size} values per row"
+
+
+def describe_comparisons(enc: InputEncoding, parts: Parts, g: GraphBuilder) -> str:
+    """How the comparisons were computed, in words."""
+    from ...compiler import Ops
+
+    looked_up = sum(len(indices) for node, indices in parts if g.nodes[node].op in (Ops.LUT, Ops.CMP))
+    total = sum(len(indices) for _, indices in parts)
+    if not looked_up:
+        return f"{total} comparisons, all encrypted bits (no lookup)"
+    return f"{total} comparisons: {total - looked_up} encrypted bits, {looked_up} lookups"
