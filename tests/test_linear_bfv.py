@@ -160,12 +160,12 @@ def test_noise_bound_and_plan_fit_the_modulus():
         params = client_params(d, 8, 128)
         assert (2 * d * 255 * 128) < params.plain_modulus <= 4 * d * 255 * 128
         for n in (1, 64, 512):
-            plan = plan_product(params, n, d, 2048, 128, False)
+            plan = plan_product(params, n, d, 2048, 128, 0)
             assert plan.n_t * plan.n_d * plan.n_m == 2048 and 1 <= plan.shift <= 20
     assert plain_bits_for(2048, 8, 128) == 27
-    assert plan_product(client_params(64, 8, 127), 512, 64, 192, 127, True).n_t == 64  # the probe's shapes
+    assert plan_product(client_params(64, 8, 127), 512, 64, 192, 127, 64).n_t == 64  # the probe's shapes
     with pytest.raises(ValueError, match="no block shape"):
-        plan_product(client_params(2**20, 8, 128), 1, 2**20, 4, 128, False)
+        plan_product(client_params(2**20, 8, 128), 1, 2**20, 4, 128, 0)
 
 
 # -- the worker, the client, and what each holds ------------------------------------------------------------------
@@ -262,6 +262,12 @@ def test_weights_beyond_the_cache_budget_are_encoded_per_request():
     x = rng.integers(0, 256, size=(20, 64))
     small = BFVBackend(weight_cache_bytes=0)
     result, (server, *_) = product(small, M, x)
-    assert not server.cached and server._encoded is None and np.array_equal(result, x @ M)
+    assert server.cached_rows == 0 and server._encoded is None and np.array_equal(result, x @ M)
     result, (server, *_) = product(BFVBackend(), M, x)
-    assert server.cached and server._encoded is not None and np.array_equal(result, x @ M)
+    assert server.cached_rows == 64 and server._encoded is not None and np.array_equal(result, x @ M)
+    tight = BFVBackend(weight_cache_bytes=64 * 96 * 8 * 5)  # two such matrices fit at 2 rows per block, not 4
+    servers = [tight.server(M, 8) for _ in range(2)]
+    assert [s.cached_rows for s in servers] == [2, 2]
+    greedy = BFVBackend(weight_cache_bytes=64 * 96 * 8 * 3 // 2)  # n_t = 1 for one of them only
+    servers = [greedy.server(M, 8) for _ in range(2)]
+    assert [s.cached_rows for s in servers] == [1, 0]

@@ -174,9 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--weight-cache-mb",
         type=_positive_float,
-        default=1024.0,
+        default=2048.0,
         metavar="N",
-        help="bfv backend: MiB of weights kept encoded (512 bytes per weight and direction); the rest is encoded per request",
+        help=(
+            "bfv backend: MiB of weights kept encoded (8 bytes per weight, direction and row of a block, up to 64 "
+            "rows); what does not fit is encoded per request"
+        ),
     )
     worker.add_argument(
         "--circuit-cache",

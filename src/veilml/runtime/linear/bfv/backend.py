@@ -34,25 +34,41 @@ from .wire import CIPHERTEXT_FORMAT, RESULT_FORMAT, BFVSetup, pack_message, read
 
 __all__ = ["DEFAULT_WEIGHT_CACHE_BYTES", "BFVBackend", "BFVServer", "BFVSession", "WeightBudget"]
 
-#: memory a worker may spend on weights kept encoded in NTT form (512 bytes per weight and direction);
-#: matrices beyond it are encoded again for every request
-DEFAULT_WEIGHT_CACHE_BYTES = 1 << 30
+#: memory a worker may spend on weights kept encoded in NTT form (8 n_t bytes per weight and direction
+#: for blocks of n_t rows); what does not fit is encoded again for every request
+DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
 
 
 @dataclass
 class WeightBudget:
-    """Bytes of encoded weights the servers of one backend may keep, claimed matrix by matrix."""
+    """Bytes of encoded weights the servers of one backend may keep.
+
+    Every server announces its weight count when it is made; at the first ``setup()`` (once the worker
+    has made them all), each gets the same row block: the largest n_t <= MAX_CACHED_ROWS for which all
+    the weights fit in NTT form (8 n_t bytes each). If not even n_t = 1 fits, the first matrices to ask
+    take n_t = 1 while the budget lasts, the others are encoded per request.
+    """
 
     limit: int
+    weights: int = 0
     used: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def claim(self, size: int) -> bool:
+    def announce(self, weights: int) -> None:
         with self._lock:
-            if self.used + size > self.limit:
-                return False
-            self.used += size
-            return True
+            self.weights += weights
+
+    def rows_for(self, weights: int) -> int:
+        with self._lock:
+            rows = MAX_CACHED_ROWS
+            while rows >= 1 and self.weights * rows * 8 > self.limit:
+                rows //= 2
+            if rows >= 1:
+                return rows
+            if self.used + weights * 8 > self.limit:
+                return 0
+            self.used += weights * 8
+            return 1
 
 
 class BFVServer(LinearServer):
@@ -65,14 +81,24 @@ class BFVServer(LinearServer):
         self.w_max = int(np.abs(self.matrix).max(initial=0))
         if self.w_max < 2**15:  # the same integers in 2 bytes instead of 8 (a SmolLM2-sized worker)
             self.matrix = self.matrix.astype(np.int16)
-        rows, cols = self.matrix.shape
-        self.cached = budget is not None and budget.claim(rows * cols * MAX_CACHED_ROWS * 8)
-        self._setup = BFVSetup(rows, cols, int(input_bits), self.w_max, self.cached).to_bytes()
+        self._budget = budget
+        if budget is not None:
+            budget.announce(self.matrix.size)
+        self._cached_rows: int | None = None if budget is not None else 0
         self._encoded: tuple[tuple[Any, ...], list[list[Any]]] | None = None
         self._lock = threading.Lock()
 
+    @property
+    def cached_rows(self) -> int:
+        """Plans of at most this many rows per block use weights kept encoded (decided at the first setup)."""
+        with self._lock:
+            if self._cached_rows is None:
+                self._cached_rows = self._budget.rows_for(self.matrix.size)
+            return self._cached_rows
+
     def setup(self) -> bytes:
-        return self._setup
+        rows, cols = self.matrix.shape
+        return BFVSetup(rows, cols, self.spec.input_bits, self.w_max, self.cached_rows).to_bytes()
 
     def params(self, evaluation_keys: bytes) -> BFVParams:
         params = BFVParams.from_bytes(evaluation_keys)
@@ -94,7 +120,7 @@ class BFVServer(LinearServer):
         return [seal.plaintext(p, ntt=True) if p.any() else None for p in polys]
 
     def _weights(self, seal: SealContext, plan: Plan, c: int) -> list[Any]:
-        if not self.cached:
+        if plan.n_t > self.cached_rows:
             return self._weight_column(seal, plan, c)
         key = (seal.params, plan.n_t, plan.n_d, plan.n_m)
         with self._lock:  # one encoding kept: that of the last parameters and shape
@@ -107,10 +133,9 @@ class BFVServer(LinearServer):
         n, plan, frames = read_message(ciphertext, CIPHERTEXT_FORMAT)
         if n == 0:
             return 0, None, np.zeros(0, np.uint64), []
-        if plan.n_t > row_block_limit(n, self.cached):
+        if plan.n_t > row_block_limit(n):
             raise ValueError(
-                f"a block of {plan.n_t} rows for {n} rows: blocks are at most the power of two at or above the row "
-                f"count (and {MAX_CACHED_ROWS} rows when the worker keeps its weights encoded)"
+                f"a block of {plan.n_t} rows for {n} rows: blocks are at most the power of two at or above the row count"
             )
         r, j, _ = plan.counts(n, self.spec.rows, self.spec.cols)
         shift = result_shift(params, j, plan.n_d, plan.n_m, self.w_max)
@@ -208,7 +233,7 @@ class BFVSession(ClientSession):
 
     def _plan(self, matrix: _Matrix, n: int) -> Plan:
         setup = matrix.setup
-        return plan_product(matrix.key.params, n, setup.rows, setup.cols, max(setup.w_max, 1), setup.cached)
+        return plan_product(matrix.key.params, n, setup.rows, setup.cols, max(setup.w_max, 1), setup.cached_rows)
 
     def encrypt(self, name: str, x_q: np.ndarray) -> bytes:
         matrix = self._matrix(name)
@@ -249,8 +274,9 @@ class BFVBackend(LinearBackend):
     """Exact encrypted products with SEAL's BFV and coefficient encoding (see the module docstring).
 
     Args:
-        weight_cache_bytes: memory the worker's servers may keep weights encoded in (NTT form, 512 bytes
-            per weight and direction); matrices beyond it are encoded for every request instead.
+        weight_cache_bytes: memory the worker's servers may keep weights encoded in (NTT form, 8 n_t bytes
+            per weight and direction for blocks of n_t rows, n_t <= 64); what does not fit is encoded for
+            every request instead.
     """
 
     name = "bfv"

@@ -27,9 +27,9 @@ integer (2**-64), nothing else is probabilistic.
 Planner. A block shape (n_t, n_d, n_m), powers of two with n_t n_d n_m = N, cuts an (n, d) @ (d, m)
 product into R = ceil(n / n_t) row blocks, J = ceil(d / n_d) inner blocks and C = ceil(m / n_m) column
 blocks: R J ciphertexts up, R J C products, R C ciphertexts down (N + n_t n_m coefficients each) and,
-when the worker does not keep the weights encoded, J C plaintexts to encode per request. The planner
-picks the shape of least estimated cost (seconds measured on one core, plus bytes at 100 MB/s) among
-those whose noise fits.
+unless the worker keeps the weights encoded for blocks of n_t rows (its ``cached_rows``: weights in NTT
+form take 8 n_t bytes each), J C plaintexts to encode per request. The planner picks the shape of least
+estimated cost (seconds measured on one core, plus bytes at 100 MB/s) among those whose noise fits.
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ NOISE_PROXY = 10.5  # variance proxy of one coefficient of SEAL's fresh noise
 TAIL = math.sqrt(2 * (FAILURE_BITS + 2) * math.log(2))  # P(|X| > TAIL * proxy_sigma) <= 2**-(FAILURE_BITS + 1)
 MAX_PLAIN_BITS = 40
 MAX_RESULT_BITS = 48  # the switch and the decryption stay exact in float64 estimates and uint64 sums
-MAX_CACHED_ROWS = 64  # largest n_t of a plan when the worker keeps the weights encoded (its memory reservation)
+MAX_CACHED_ROWS = 64  # the largest n_t a worker keeps weights encoded for (8 n_t bytes per weight)
 PARAMS_FORMAT = "veilml-bfv-params/1"
 
 # estimated seconds per operation on one core (measured with tenseal 0.3.18) and bytes per second on the wire
-COST_ENCRYPT = 680e-6  # client encryption and worker loading of one ciphertext
-COST_PRODUCT = 18e-6  # one ciphertext x plaintext product and sum, in NTT form
+COST_ENCRYPT = 700e-6  # client encryption and worker loading of one ciphertext
+COST_PRODUCT = 25e-6  # one ciphertext x plaintext product and sum, in NTT form
 COST_RESULT = 300e-6  # one result ciphertext out of NTT form, switched, packed and decrypted
-COST_WEIGHT = 60e-6  # one weight plaintext encoded and put in NTT form
+COST_WEIGHT = 200e-6  # one weight plaintext encoded and put in NTT form
 BANDWIDTH = 100e6
 
 
@@ -153,11 +153,10 @@ def result_shift(params: BFVParams, j: int, n_d: int, n_m: int, w_max: int) -> i
     return g if params.plain_bits + g <= MAX_RESULT_BITS else None
 
 
-def row_block_limit(n: int, cached: bool) -> int:
+def row_block_limit(n: int) -> int:
     """The largest n_t for ``n`` rows: the power of two at or above n (a request cannot hide as many rows as it
-    announces), at most MAX_CACHED_ROWS when the worker keeps its weights encoded."""
-    limit = 2 ** max(0, (n - 1).bit_length())
-    return min(limit, MAX_CACHED_ROWS) if cached else min(limit, POLY_DEGREE)
+    announces)."""
+    return min(2 ** max(0, (n - 1).bit_length()), POLY_DEGREE)
 
 
 def _powers(limit: int) -> list[int]:
@@ -165,10 +164,10 @@ def _powers(limit: int) -> list[int]:
 
 
 @lru_cache(maxsize=4096)
-def plan_product(params: BFVParams, n: int, d: int, m: int, w_max: int, cached: bool) -> Plan:
+def plan_product(params: BFVParams, n: int, d: int, m: int, w_max: int, cached_rows: int) -> Plan:
     """The cheapest block shape for ``n`` rows of ``(n, d) @ (d, m)`` whose noise fits (see the module docstring)."""
     best: tuple[float, tuple[int, int, int], Plan] | None = None
-    for n_t in _powers(row_block_limit(n, cached)):
+    for n_t in _powers(row_block_limit(n)):
         for n_d in _powers(POLY_DEGREE // n_t):
             n_m = POLY_DEGREE // (n_t * n_d)
             r, j, c = -(-n // n_t), -(-d // n_d), -(-m // n_m)
@@ -177,7 +176,7 @@ def plan_product(params: BFVParams, n: int, d: int, m: int, w_max: int, cached: 
                 continue
             bits_down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
             seconds = r * j * COST_ENCRYPT + r * j * c * COST_PRODUCT + r * c * COST_RESULT
-            seconds += 0 if cached else j * c * COST_WEIGHT
+            seconds += 0 if n_t <= cached_rows else j * c * COST_WEIGHT
             seconds += (r * j * POLY_DEGREE * COEFF_BITS + bits_down) / 8 / BANDWIDTH
             key = (seconds, (n_t, n_d, n_m), Plan(n_t, n_d, n_m, shift))
             if best is None or key[:2] < best[:2]:

@@ -1,7 +1,8 @@
 """What travels between a ``bfv`` worker and its clients: setup, ciphertext and result messages.
 
-- setup (worker -> client, JSON): the matrix shape, input bits, the largest |weight| and whether the
-  worker keeps the weights encoded (the client's planner needs both; neither reveals a weight).
+- setup (worker -> client, JSON): the matrix shape, input bits, the largest |weight| and the largest row
+  block for which the worker keeps the weights encoded (the client's planner needs both; neither reveals
+  a weight).
 - evaluation keys (client -> worker): only the public parameters, :class:`~.params.BFVParams`.
 - ciphertext (client -> worker): ``pack_frames([header, first polynomials, seeds])``: the JSON header
   names the row count and the block plan, the first polynomials of the R J seeded ciphertexts are
@@ -42,7 +43,7 @@ class BFVSetup:
     cols: int
     input_bits: int
     w_max: int
-    cached: bool
+    cached_rows: int  # the worker keeps the weights encoded for plans of at most this many rows per block (0: never)
 
     def to_bytes(self) -> bytes:
         return json.dumps({"format": SETUP_FORMAT, **self.__dict__}, sort_keys=True).encode()
@@ -58,7 +59,7 @@ class BFVSetup:
                 _int(d["cols"], 1, 2**24, "cols"),
                 _int(d["input_bits"], 1, 16, "input_bits"),
                 _int(d["w_max"], 0, 2**24, "w_max"),
-                bool(d["cached"]),
+                _int(d["cached_rows"], 0, POLY_DEGREE, "cached_rows"),
             )
         except MALFORMED as error:
             raise ValueError(f"not a setup from a 'bfv' worker ({error})") from None
