@@ -379,9 +379,13 @@ def main() -> int:
     from veilml.models.trees import auto_bits
 
     folds = getattr(auto_bits, "FOLDS", None)
-    auto_bits_rule = (
-        (f"{folds}-fold cross-validation" if folds else "one held-out fifth")
-        + f" against the float model, tolerance {auto_bits.TOLERANCE['classification']} accuracy, "
+    auto_bits_rule = (f"{folds}-fold cross-validation" if folds else "one held-out fifth") + (
+        f" of the agreement with the float model's predictions (at least {1 - auto_bits.AGREEMENT_TOLERANCE:.3f} "
+        'of equal labels, or 1 - MSE / var(y)) for the measured `train_on="float"` models; of the metric against '
+        f"the float model's, tolerance {auto_bits.TOLERANCE['classification']} accuracy, "
+        f'{auto_bits.TOLERANCE["regression"]} R², for `train_on="codes"`; `veilml.models.trees.auto_bits`'
+        if hasattr(auto_bits, "AGREEMENT_TOLERANCE")
+        else f" against the float model, tolerance {auto_bits.TOLERANCE['classification']} accuracy, "
         f"{auto_bits.TOLERANCE['regression']} R²; `veilml.models.trees.auto_bits`"
     )
     import veilml

@@ -136,3 +136,20 @@ def test_codec_round_trips_a_chunked_encoding(cancer):
     again = ClientCodec.from_dict(codec.to_dict())
     assert again.encoding == codec.encoding
     assert np.array_equal(again.encode(X_train[:5]), codec.encode(X_train[:5]))
+
+
+def test_batched_circuit_runs_many_rows_per_call(cancer, test_config, tmp_path):
+    """batch_size=4: one circuit call per 4 rows; the same integers in every mode, 5 rows = 2 calls."""
+    X_train, X_test, y_train, _ = cancer
+    model = veilml.DecisionTreeClassifier(max_depth=3, random_state=0).fit(X_train, y_train)
+    model.compile(X_train, test_config, batch_size=4)
+    compiled = model.fhe_model_.compiled
+    assert compiled.batch_size == 4 and compiled.circuit.client.specs is not None
+    clear = model.predict_integers(X_test[:10], "disable")
+    assert np.array_equal(model.predict_integers(X_test[:10], "simulate"), clear)
+    assert np.array_equal(model.predict_integers(X_test[:5], "execute"), clear[:5])
+    assert len(model.fhe_model_.last_latencies) == 2  # two calls: 4 rows, then 1 row padded to 4
+    with pytest.raises(ValueError, match="batch_size=1"):
+        model.save(tmp_path / "bundle")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.compile(X_train, test_config, batch_size=0)

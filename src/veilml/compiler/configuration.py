@@ -34,6 +34,9 @@ class Configuration:
         insecure_key_cache: a directory where concrete caches keys across runs. Unsafe: for
             tests only; it turns on concrete's unsafe features.
         show_progress: concrete's progress bar while compiling.
+        batch_size: rows per circuit call: the circuit takes ``batch_size`` encoded rows at once,
+            so that its lookups spread over more cores (throughput); one row's latency does not
+            drop. Bundles (``save``) hold one-row circuits only.
         extra: any other ``concrete.fhe.Configuration`` keyword, passed through unchanged.
     """
 
@@ -48,6 +51,7 @@ class Configuration:
     security_level: int = 128
     insecure_key_cache: str | Path | None = None
     show_progress: bool = False
+    batch_size: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +63,8 @@ class Configuration:
             value = getattr(self, name)
             if value is not None and not 0 < value < 1:
                 raise ValueError(f"{name} must be in (0, 1) or None, got {value!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.security_level not in (128, 132):
             raise ValueError(f"security_level must be 128 or 132, got {self.security_level!r}")
 

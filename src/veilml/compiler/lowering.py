@@ -48,12 +48,13 @@ def _round(fhe: Any, node: Node, x: Any, source: Range) -> Any:
 # How each op is written with concrete-python's traced numpy; ``fhe`` is the concrete.fhe module.
 LOWER: dict[Ops, Callable[..., Any]] = {
     Ops.CONST: lambda fhe, n: np.ascontiguousarray(n.arg),
-    Ops.GATHER: lambda fhe, n, x: x[np.asarray(n.arg, dtype=np.int64)],
+    # a batched circuit (Configuration.batch_size > 1) carries rows on a leading axis
+    Ops.GATHER: lambda fhe, n, x: x[np.asarray(n.arg, dtype=np.int64)] if len(x.shape) == 1 else x[:, np.asarray(n.arg)],
     Ops.ADD: lambda fhe, n, a, b: a + b,
     Ops.SUB: lambda fhe, n, a, b: a - b,
     Ops.MUL: lambda fhe, n, a, c: a * c,
     Ops.MATMUL: lambda fhe, n, x: x @ np.ascontiguousarray(n.arg),
-    Ops.SUM: lambda fhe, n, x: np.sum(x, keepdims=True),
+    Ops.SUM: lambda fhe, n, x: np.sum(x, axis=-1, keepdims=True),
     Ops.CMP: lambda fhe, n, x, c: _CMP[n.arg](x, c),
     Ops.LUT: _lut,
     Ops.ROUND: _round,  # also receives the source's Range
@@ -191,15 +192,40 @@ class CompiledGraph:
     def n_inputs(self) -> int:
         return len(self.graph.inputs)
 
+    @property
+    def batch_size(self) -> int:
+        return self.configuration.batch_size
+
+    def calls(self, rows: np.ndarray) -> list[np.ndarray]:
+        """``rows`` cut into the circuit's calls: single rows, or ``batch_size`` rows (the last padded
+        by repeating its last row; :meth:`uncall` drops what the padding produced)."""
+        if self.batch_size == 1:
+            return [np.ascontiguousarray(row) for row in rows]
+        chunks = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            padding = np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)
+            chunks.append(np.ascontiguousarray(np.concatenate([chunk, padding])))
+        return chunks
+
+    def uncall(self, outputs: list[np.ndarray], n_rows: int) -> np.ndarray:
+        """The (n_rows, size) stack of the per-call outputs of :meth:`calls`."""
+        return np.concatenate([np.asarray(out).reshape(-1 if self.batch_size == 1 else self.batch_size, -1) for out in outputs])[
+            :n_rows
+        ]
+
     def simulate(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """concrete's simulation of the circuit on a batch (one call per sample)."""
+        """concrete's simulation of the circuit on a batch (one call per sample, or per ``batch_size`` samples)."""
         inputs = [np.asarray(x, dtype=np.int64) for x in inputs]
         n = inputs[0].shape[0]
-        rows: list[tuple[np.ndarray, ...]] = []
-        for r in range(n):
-            out = self.circuit.simulate(*(np.ascontiguousarray(x[r]) for x in inputs))
-            rows.append(out if isinstance(out, tuple) else (out,))
-        return [np.stack([np.asarray(row[k]).reshape(-1) for row in rows]) for k in range(len(rows[0]))]
+        calls = [self.calls(x) for x in inputs]
+        outs: list[tuple[np.ndarray, ...]] = []
+        for args in zip(*calls):
+            out = self.circuit.simulate(*args)
+            outs.append(out if isinstance(out, tuple) else (out,))
+        if not outs:
+            return [np.zeros((0, self.graph.nodes[o].size), np.int64) for o in self.graph.outputs]
+        return [self.uncall([out[k] for out in outs], n) for k in range(len(outs[0]))]
 
     def __repr__(self) -> str:
         return f"CompiledGraph({len(self.graph)} nodes; {self.report})"
@@ -224,6 +250,12 @@ def compile_graph(
         raise ValueError(f"inputset must be one (n_samples, size) array per graph input ({len(graph.inputs)})")
     evaluate(graph, batches)  # raises with a clear message on bad shapes or out-of-range values
     samples = [list(row) for row in zip(*batches)] + _corner_samples(graph)
+    if configuration.batch_size > 1:  # every sample a block of batch_size rows, corners included
+        b = configuration.batch_size
+        samples = [
+            [np.stack([samples[(i + j) % len(samples)][k] for j in range(b)]) for k in range(len(batches))]
+            for i in range(len(samples))
+        ]
     samples = [[np.ascontiguousarray(x) for x in s] for s in samples]
     if len(graph.inputs) == 1:
         samples_for_concrete: list[Any] = [s[0] for s in samples]

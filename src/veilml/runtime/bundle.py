@@ -53,6 +53,12 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike) -> Path:
     half a bundle; an existing bundle there is replaced.
     """
     compiled = fhe_model._require_compiled("save")
+    if compiled.batch_size != 1:
+        raise ValueError(
+            f"this model is compiled for batches of {compiled.batch_size} rows, and a bundle holds a one-row "
+            "circuit (servers batch requests themselves): compile it again with batch_size=1 (the default) "
+            "before save()"
+        )
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))

@@ -128,14 +128,18 @@ class FHEModel:
         if not client.has_keys:
             client.keygen()
         keys = client.evaluation_keys()
-        rows, self.last_latencies = [], []
+        compiled = self._require_compiled("execute")
+        outputs, self.last_latencies = [], []
         show = None if progress is None else not progress  # None: shown on a terminal only
-        for row in tqdm(encoded, desc="FHE execute", unit="row", disable=show):
+        unit = "row" if compiled.batch_size == 1 else f"batch of {compiled.batch_size}"
+        for call in tqdm(compiled.calls(encoded), desc="FHE execute", unit=unit, disable=show):
             start = time.perf_counter()
-            result = server.run(client.encrypt_encoded(row), keys)
-            rows.append(client.decrypt_integers(result))
-            self.last_latencies.append(time.perf_counter() - start)
-        return np.stack(rows) if rows else np.zeros((0, self.graph.nodes[self.graph.outputs[0]].size), np.int64)
+            result = server.run(client.encrypt_encoded(call), keys)
+            outputs.append(client.decrypt_integers(result))
+            self.last_latencies.append(time.perf_counter() - start)  # per call
+        if not outputs:
+            return np.zeros((0, self.graph.nodes[self.graph.outputs[0]].size), np.int64)
+        return compiled.uncall(outputs, len(encoded))
 
     def run(self, X: np.ndarray, fhe: Literal["disable", "simulate", "execute"] = "disable", **kwargs: Any) -> np.ndarray:
         """Dequantized outputs of float rows ``X``."""

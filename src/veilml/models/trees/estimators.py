@@ -114,7 +114,7 @@ class _EncryptedEnsemble(BaseEstimator):
         fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
         if self.train_on == "float":
             model.fit(X, self._library_targets(y), **fit_params)
-            self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=True)
+            self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=True, X=X)
         else:
             model.fit(quantizer.quantize(X, warn=False), self._library_targets(y), **fit_params)
             self._set_fitted(model, quantizer, n_bits, leaf_bits, thresholds_are_codes=True, warn_on_clip=True)
@@ -167,7 +167,7 @@ class _EncryptedEnsemble(BaseEstimator):
             quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
         leaf_bits = self.leaf_bits if self.leaf_bits is not None else n_bits
         self._set_fitted(
-            model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble
+            model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble, X=X
         )
 
     def _set_fitted(
@@ -180,10 +180,11 @@ class _EncryptedEnsemble(BaseEstimator):
         thresholds_are_codes: bool,
         warn_on_clip: bool,
         ensemble: Any = None,
+        X: np.ndarray | None = None,
     ) -> None:
         ensemble = to_ensemble(model) if ensemble is None else ensemble
         if not thresholds_are_codes:
-            ensemble = ensemble.to_codes(quantizer)
+            ensemble = ensemble.to_codes(quantizer, X)
         lowered = lower_ensemble(ensemble, n_bits, leaf_bits, self.encoding)
         self.model_ = model
         self.lowering_ = lowered.stages
