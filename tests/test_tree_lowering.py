@@ -69,10 +69,12 @@ def test_chunked_encoding_refuses_bad_splits():
 def test_every_encoding_computes_the_same_integers(name, params, cancer, diabetes):
     X_train, X_test, y_train, _ = diabetes if "Regressor" in name else cancer
     outputs = {}
-    for encoding in ("thermometer", "chunked", "identity", "auto"):
+    for encoding in ("thermometer", "chunked", "identity", "auto", "thresholds"):
         model = getattr(veilml, name)(n_bits=6, encoding=encoding, random_state=0, **params).fit(X_train, y_train)
         outputs[encoding] = model.predict_integers(X_test)
-        assert model.fhe_model_.encoding.kind in ("thermometer", "chunked", "identity")
+        # "auto" chooses among the model-independent encodings only
+        expected = {"auto": ("thermometer", "chunked", "identity")}.get(encoding, (encoding,))
+        assert model.fhe_model_.encoding.kind in expected
     for encoding, integers in outputs.items():
         assert np.array_equal(integers, outputs["thermometer"]), encoding
 
@@ -153,3 +155,20 @@ def test_batched_circuit_runs_many_rows_per_call(cancer, test_config, tmp_path):
         model.save(tmp_path / "bundle")
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         model.compile(X_train, test_config, batch_size=0)
+
+
+def test_thresholds_encoding_is_opt_in_and_lists_the_split_points(cancer, test_config):
+    """The model-dependent encoding: one bit per comparison the model makes, and its codec shows them."""
+    X_train, X_test, y_train, _ = cancer
+    model = veilml.DecisionTreeClassifier(max_depth=5, random_state=0, encoding="thresholds").fit(X_train, y_train)
+    enc = model.fhe_model_.encoding
+    pairs = {(f, k) for f, k in enc.thresholds}
+    assert enc.size == len(pairs) == model.fhe_model_.codec.to_dict()["encoding"]["thresholds"].__len__() <= 31
+    q = model.input_quantizer_.quantize(X_test, warn=False)
+    assert np.array_equal(enc.encode(q), np.stack([q[:, f] >= k for f, k in enc.thresholds], axis=1).astype(np.int64))
+    model.compile(X_train, test_config)
+    assert np.array_equal(model.predict_integers(X_test[:2], "execute"), model.predict_integers(X_test[:2], "disable"))
+    assert "model-dependent" in model.fhe_report().stages["encoding"]
+    assert veilml.DecisionTreeClassifier().get_params()["encoding"] == "thermometer"  # never the default
+    with pytest.raises(ValueError, match="thresholds encoding needs"):
+        InputEncoding("thresholds", 2, 0, 63, thresholds=((2, 5),))

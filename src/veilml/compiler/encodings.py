@@ -12,6 +12,9 @@ before it is a separate, per-model object).
   is thermometer-coded: ``2**high_bits - 1 + 2**low_bits - 1`` bits per feature (14 instead of 63
   at 6 bits). A comparison on a chunk boundary is one of the bits; any other one is a single
   2-bit lookup on the sum of three of them (see :meth:`InputEncoding.chunk_columns`).
+- ``thresholds`` (model-dependent, opt-in): only the bits ``[q_f >= k]`` a model reads, one per
+  (feature, code) pair it lists. The fewest ciphertexts by far, but the list is the model's split
+  points on the code grid: whoever holds the client side learns them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 __all__ = ["InputEncoding"]
 
 
-KINDS = ("identity", "thermometer", "chunked")
+KINDS = ("identity", "thermometer", "chunked", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class InputEncoding:
     qmin: int
     qmax: int
     low_bits: int = 0  # chunked only: bits of the low chunk
+    thresholds: tuple[tuple[int, int], ...] = ()  # thresholds only: the (feature, code) pairs encrypted
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -47,6 +51,17 @@ class InputEncoding:
                 raise ValueError(f"low_bits must be in [1, {self.total_bits - 1}], got {self.low_bits}")
         elif self.low_bits:
             raise ValueError("low_bits is for chunked encodings only")
+        if self.kind == "thresholds":
+            pairs = tuple((int(f), int(k)) for f, k in self.thresholds)
+            object.__setattr__(self, "thresholds", pairs)
+            bad = [(f, k) for f, k in pairs if not (0 <= f < self.n_features and self.qmin < k <= self.qmax)]
+            if not pairs or bad:
+                raise ValueError(
+                    f"a thresholds encoding needs (feature, code) pairs with 0 <= feature < {self.n_features} and "
+                    f"{self.qmin} < code <= {self.qmax}; got {list(pairs)[:4] if not bad else bad[:4]}"
+                )
+        elif self.thresholds:
+            raise ValueError("thresholds is for thresholds encodings only")
 
     @property
     def total_bits(self) -> int:
@@ -66,6 +81,8 @@ class InputEncoding:
         """Encrypted integers per sample."""
         if self.kind == "chunked":
             return self.n_features * sum(self._chunk_sizes)
+        if self.kind == "thresholds":
+            return len(self.thresholds)
         return self.n_features if self.kind == "identity" else self.n_features * (self.levels - 1)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +134,10 @@ class InputEncoding:
             raise ValueError(f"expected quantized inputs of shape (n, {self.n_features}), got {q.shape}")
         if self.kind == "identity":
             return q
+        if self.kind == "thresholds":
+            features = np.array([f for f, _ in self.thresholds])
+            codes = np.array([k for _, k in self.thresholds])
+            return (q[:, features] >= codes).astype(np.int64)
         if self.kind == "chunked":
             high, low = np.divmod(q - self.qmin, 2**self.low_bits)
             n_high, n_low = self._chunk_sizes
@@ -132,8 +153,15 @@ class InputEncoding:
         d = asdict(self)
         if not self.low_bits:  # documents written before chunked encodings existed stay the same
             del d["low_bits"]
+        if self.thresholds:
+            d["thresholds"] = [list(pair) for pair in self.thresholds]
+        else:
+            del d["thresholds"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputEncoding:
+        d = dict(d)
+        if "thresholds" in d:
+            d["thresholds"] = tuple(tuple(pair) for pair in d["thresholds"])
         return cls(**d)

@@ -210,9 +210,7 @@ class CompiledGraph:
 
     def uncall(self, outputs: list[np.ndarray], n_rows: int) -> np.ndarray:
         """The (n_rows, size) stack of the per-call outputs of :meth:`calls`."""
-        return np.concatenate([np.asarray(out).reshape(-1 if self.batch_size == 1 else self.batch_size, -1) for out in outputs])[
-            :n_rows
-        ]
+        return np.concatenate([np.asarray(out).reshape(self.batch_size, -1) for out in outputs])[:n_rows]
 
     def simulate(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """concrete's simulation of the circuit on a batch (one call per sample, or per ``batch_size`` samples)."""

@@ -48,7 +48,7 @@ class _EncryptedEnsemble(BaseEstimator):
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
         "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
-        "encoding": [StrOptions({"thermometer", "identity", "chunked", "auto"})],
+        "encoding": [StrOptions({"thermometer", "identity", "chunked", "auto", "thresholds"})],
         "train_on": [StrOptions({"codes", "float"})],
     }
 
@@ -371,6 +371,10 @@ Parameters:
         cost model (:mod:`veilml.compiler.cost`) estimates fastest per row. Each is independent
         of the model's thresholds; with ``"chunked"`` and ``"auto"`` the *choice* of encoding is
         made from the model's costs, which tells the client that much (see ``fhe_report()``).
+        ``"thresholds"`` (opt-in, model-dependent) encrypts only the comparisons the model
+        makes, ``[q_f >= k]`` per split point: the fewest ciphertexts by far, but the client-side
+        codec lists the model's split points on the code grid (not the tree's structure or its
+        leaf values), so use it only where the client may know them.
     train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
         features, then round each threshold to the nearest code boundary; closer to the float
         model's accuracy at a given ``n_bits``).

@@ -165,6 +165,8 @@ def candidate_encodings(n_features: int, n_bits: int, kind: str) -> list[InputEn
         return [enc for k in ENCODINGS for enc in candidate_encodings(n_features, n_bits, k)]
     if kind == "chunked":
         return [InputEncoding("chunked", n_features, 0, qmax, low) for low in range(1, n_bits)]
+    if kind == "thresholds":  # a placeholder: the lowering lists the model's own pairs
+        return [InputEncoding("thresholds", n_features, 0, qmax, thresholds=((0, qmax),))]
     return [InputEncoding(kind, n_features, 0, qmax)]
 
 
@@ -172,7 +174,7 @@ def lower_ensemble(
     ensemble: TreeEnsemble,
     n_bits: int,
     leaf_bits: int,
-    encoding: Literal["thermometer", "identity", "chunked", "auto"] | InputEncoding = "thermometer",
+    encoding: Literal["thermometer", "identity", "chunked", "thresholds", "auto"] | InputEncoding = "thermometer",
     cost_model: CostModel | None = None,
 ) -> LoweredEnsemble:
     """Lower ``ensemble`` whose thresholds are on the unsigned ``n_bits`` code scale.
@@ -181,6 +183,8 @@ def lower_ensemble(
     ``"auto"`` (or ``"chunked"``, whose split between the chunks is then chosen), every candidate
     is lowered and the one whose estimated time per row (:func:`~veilml.compiler.cost.graph_cost`
     under ``cost_model``) is smallest wins; ties go to the earlier of :data:`ENCODINGS`.
+    ``"thresholds"`` (never chosen by ``"auto"``) encrypts only the comparisons the model makes:
+    the client then holds the model's split points.
     """
     if isinstance(encoding, InputEncoding):
         return _lower(ensemble, n_bits, leaf_bits, encoding)
@@ -243,6 +247,8 @@ def _lower(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int, enc: InputEncodi
         output_quantizer, bias, combine = _with_complement(ensemble, output_quantizer, bias, combine)
 
     pairs = sorted(comparisons, key=comparisons.get) or [(0, qmax)]  # a constant model still reads x
+    if enc.kind == "thresholds":  # model-dependent: exactly the comparisons this model makes
+        enc = InputEncoding("thresholds", ensemble.n_features, qmin, qmax, thresholds=tuple(pairs))
     if not comparisons:
         B0, B1 = np.zeros((1, n_leaves), dtype=np.int64), np.zeros((1, n_leaves), dtype=np.int64)
     g = GraphBuilder()

@@ -65,8 +65,15 @@ def comparisons_chunked(g: GraphBuilder, x: int, enc: InputEncoding, pairs: list
     return parts
 
 
-#: strategy name -> (function, encoding kind it needs)
+def comparisons_thresholds(g: GraphBuilder, x: int, enc: InputEncoding, pairs: list[tuple[int, int]]) -> Parts:
+    """The client encrypted exactly these comparisons (a model-dependent encoding): nothing to do."""
+    assert list(enc.thresholds) == list(pairs)
+    return [(x, list(range(len(pairs))))]
+
+
+#: strategy name (= the encoding kind it reads) -> function
 COMPARISONS: dict[str, Callable[[GraphBuilder, int, InputEncoding, list[tuple[int, int]]], Parts]] = {
+    "thresholds": comparisons_thresholds,
     "thermometer": comparisons_thermometer,
     "identity": comparisons_identity,
     "chunked": comparisons_chunked,
@@ -97,6 +104,8 @@ def describe_encoding(enc: InputEncoding) -> str:
         return f"chunked thermometer ({high}+{enc.low_bits} bits): {enc.size} bits per row"
     if enc.kind == "thermometer":
         return f"thermometer: {enc.size} bits per row"
+    if enc.kind == "thresholds":
+        return f"the model's thresholds: {enc.size} bits per row (model-dependent: the client holds the split points)"
     return f"identity: {enc.size} values per row"
 
 
