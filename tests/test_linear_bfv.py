@@ -115,14 +115,14 @@ def test_bit_packing_and_modulus_switch_are_exact():
 # -- exact products --------------------------------------------------------------------------------------------
 
 
-TINY_SHAPES = [
-    (d, m) for d, m in [(32, 96), (96, 32), (32, 32), (32, 128), (128, 32), (64, 192), (192, 64), (64, 256), (256, 64)]
-]
+# forward (d, m) and backward (m, d) of every projection of the tiny models: GPT-2 32 and 64 wide, Llama 64 wide
+TINY_SHAPES = [(32, 96), (96, 32), (32, 32), (32, 128), (128, 32), (64, 192), (192, 64), (64, 64), (64, 256), (256, 64)]
+TINY_SHAPES += [(64, 128), (128, 64)]
 
 
 @pytest.mark.parametrize("d, m", TINY_SHAPES)
 def test_equals_clear_on_every_layer_shape_of_the_tiny_models(backend, d, m):
-    """Forward (d, m) and backward (m, d) shapes of tiny GPT-2 (32 and 64 wide); 16 and 512 rows."""
+    """Every layer shape of the tiny models, 16 and 512 rows (one and eight row blocks of 64)."""
     M = rng.integers(-127, 128, size=(d, m))
     for n in (16, 512):
         x = rng.integers(0, 256, size=(n, d))
@@ -145,9 +145,10 @@ def test_one_row_through_a_2048_by_2048_matrix(backend):
     assert len(ciphertext) < 600_000 and len(answer) < 800_000  # ~0.44 MB up, ~0.65 MB down
 
 
-@pytest.mark.parametrize("n, d, m", [(1, 2048, 2048), (2, 16384, 4), (64, 2048, 4)])
+@pytest.mark.parametrize("n, d, m", [(1, 2048, 2048), (2, 32896, 4), (64, 2048, 4)])
 def test_extreme_values_at_the_widest_layers(backend, n, d, m):
-    """All-max activations against all-min and all-max weights, and alternating signs: the largest |x @ W|."""
+    """All-max activations against all-min and all-max weights, and alternating signs: the largest |x @ W|,
+    up to the widest inner dimension the noise allows (32,896 at 8 bits)."""
     for weight in (-128, 127):
         M = np.full((d, m), weight)
         M[:, -1] = np.where(np.arange(d) % 2, -128, 127)
@@ -166,6 +167,9 @@ def test_noise_bound_and_plan_fit_the_modulus():
     assert plan_product(client_params(64, 8, 127), 512, 64, 192, 127, 64).n_t == 64  # the probe's shapes
     with pytest.raises(ValueError, match="no block shape"):
         plan_product(client_params(2**20, 8, 128), 1, 2**20, 4, 128, 0)
+    server = BFVBackend().server(np.full((32897, 2), -128), 8)  # one row wider than the noise allows
+    with pytest.raises(ValueError, match="no block shape"):
+        BFVBackend().session().register("m", server.spec, server.setup())
 
 
 # -- the worker, the client, and what each holds ------------------------------------------------------------------

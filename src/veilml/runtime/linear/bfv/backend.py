@@ -221,6 +221,7 @@ class BFVSession(ClientSession):
         from .params import client_params
 
         params = client_params(spec.rows, spec.input_bits, max(parsed.w_max, 1))
+        plan_product(params, 1, spec.rows, spec.cols, max(parsed.w_max, 1), 0)  # ValueError if no block shape fits
         if params not in self._keys:
             self._keys[params] = ClientKey(params)
         self._matrices[name] = _Matrix(spec, parsed, self._keys[params])

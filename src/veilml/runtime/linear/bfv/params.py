@@ -22,7 +22,8 @@ in (-t/2, t/2) is v. After the products and their sum over the J row blocks of t
 
 Decryption ``round((c0' + c1' s) / 2**g) mod t`` is exact when ``2**(g-1) (1 - 2 t B / q) > (N + 1) / 2``:
 g is the smallest such integer. The only failure is the noise tail: at most 2**-FAILURE_BITS per output
-integer (2**-64), nothing else is probabilistic.
+integer (2**-64), nothing else is probabilistic. The noise fits for d up to 32,896 with 8-bit inputs and
+|w| <= 128 (t = 2**31, one output per block); wider matrices are refused when the client registers.
 
 Planner. A block shape (n_t, n_d, n_m), powers of two with n_t n_d n_m = N, cuts an (n, d) @ (d, m)
 product into R = ceil(n / n_t) row blocks, J = ceil(d / n_d) inner blocks and C = ceil(m / n_m) column
