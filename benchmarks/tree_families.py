@@ -214,8 +214,9 @@ def render(record: dict[str, Any]) -> str:
         f"Made by `{record['command']}` on {record['machine']['cpu_count']} cores ({record['machine']['platform']}, "
         f"Python {record['machine']['python']}; {', '.join(record['versions'])}), "
         f"{record['total_time_s'] / 60:.1f} min of measurement in all, at commit {record['source']['commit'][:7]}"
-        f"{' (with uncommitted changes in src/)' if record['source']['src_uncommitted_changes'] else ''}. "
-        "Raw figures: `benchmarks/results/tree_families.json`.",
+        f"{' (with uncommitted changes in src/)' if record['source']['src_uncommitted_changes'] else ''}"
+        + (f"; {record['source']['note']}" if record["source"].get("note") else "")
+        + ". Raw figures: `benchmarks/results/tree_families.json`.",
         "",
         f"Each data set is split by `train_test_split(test_size={TEST_SIZE}, random_state={SEED})`. Columns:",
         "",
