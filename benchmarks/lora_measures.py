@@ -19,6 +19,18 @@ __all__ = ["client_share_of_model", "smollm2_shaped", "time_training_step", "wor
 BENCH_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 16}
 
 
+#: SmolLM2-135M's dimensions (HuggingFaceTB/SmolLM2-135M's config; no model hub is reachable here)
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+)
+
+
 def time_training_step(
     backend: str | None, steps: int = 1, *, seq_len: int = 8, batch_size: int = 2, seed: int = 0
 ) -> dict[str, Any]:
@@ -79,17 +91,7 @@ def client_share_of_model(r: int = 8) -> list[dict[str, Any]]:
     configs = {
         "tiny GPT-2 (tests)": lambda: tiny_gpt2(),
         "GPT-2 small (124M)": lambda: GPT2LMHeadModel(GPT2Config()),
-        "SmolLM2-135M": lambda: LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=49152,
-                hidden_size=576,
-                intermediate_size=1536,
-                num_hidden_layers=30,
-                num_attention_heads=9,
-                num_key_value_heads=3,
-                tie_word_embeddings=True,
-            )
-        ),
+        "SmolLM2-135M": lambda: LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)),
         "Llama-3.2-1B": lambda: LlamaForCausalLM(
             LlamaConfig(
                 vocab_size=128256,
@@ -173,16 +175,7 @@ def smollm2_shaped(seed: int = 0) -> torch.nn.Module:
     """A LlamaForCausalLM with SmolLM2-135M's dimensions and random weights (no model hub is reachable here)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(**SMOLLM2_135M, max_position_embeddings=2048)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
