@@ -159,14 +159,13 @@ ENCODINGS = ("thermometer", "chunked", "identity")
 
 
 def candidate_encodings(n_features: int, n_bits: int, kind: str) -> list[InputEncoding]:
-    """The encodings named by ``kind``: one, or for ``"chunked"`` every split of the bits, or all for ``"auto"``."""
+    """The model-independent encodings named by ``kind``: one, every split of the bits for
+    ``"chunked"``, or all of :data:`ENCODINGS` for ``"auto"``."""
     qmax = 2**n_bits - 1
     if kind == "auto":
         return [enc for k in ENCODINGS for enc in candidate_encodings(n_features, n_bits, k)]
     if kind == "chunked":
         return [InputEncoding("chunked", n_features, 0, qmax, low) for low in range(1, n_bits)]
-    if kind == "thresholds":  # a placeholder: the lowering lists the model's own pairs
-        return [InputEncoding("thresholds", n_features, 0, qmax, thresholds=((0, qmax),))]
     return [InputEncoding(kind, n_features, 0, qmax)]
 
 
@@ -180,22 +179,38 @@ def lower_ensemble(
     """Lower ``ensemble`` whose thresholds are on the unsigned ``n_bits`` code scale.
 
     ``encoding`` is what the client encrypts (:class:`~veilml.compiler.InputEncoding`); with
-    ``"auto"`` (or ``"chunked"``, whose split between the chunks is then chosen), every candidate
-    is lowered and the one whose estimated time per row (:func:`~veilml.compiler.cost.graph_cost`
-    under ``cost_model``) is smallest wins; ties go to the earlier of :data:`ENCODINGS`.
-    ``"thresholds"`` (never chosen by ``"auto"``) encrypts only the comparisons the model makes:
-    the client then holds the model's split points.
+    ``"auto"`` (or ``"chunked"``, whose split between the chunks is then chosen), the graph is
+    built for every candidate and the one whose estimated time per row (:func:`~veilml.compiler.
+    cost.graph_cost` under ``cost_model``) is smallest wins; ties go to the earlier of
+    :data:`ENCODINGS`. ``"thresholds"`` (never chosen by ``"auto"``) encrypts only the
+    comparisons the model makes: the client then holds the model's split points.
     """
+    tables = _leaf_tables(ensemble, n_bits, leaf_bits)
     if isinstance(encoding, InputEncoding):
-        return _lower(ensemble, n_bits, leaf_bits, encoding)
-    candidates = candidate_encodings(ensemble.n_features, n_bits, encoding)
-    if len(candidates) == 1:
-        return _lower(ensemble, n_bits, leaf_bits, candidates[0])
-    lowered = [_lower(ensemble, n_bits, leaf_bits, enc) for enc in candidates]
-    return min(lowered, key=lambda low: graph_cost(low.graph).estimate(cost_model)["total_s"])
+        return _build(tables, encoding)
+    if encoding == "thresholds":  # model-dependent: exactly the comparisons this model makes
+        return _build(tables, InputEncoding("thresholds", ensemble.n_features, 0, 2**n_bits - 1, thresholds=tables.pairs))
+    built = [_build(tables, enc) for enc in candidate_encodings(ensemble.n_features, n_bits, encoding)]
+    return min(built, key=lambda low: graph_cost(low.graph).estimate(cost_model)["total_s"])
 
 
-def _lower(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int, enc: InputEncoding) -> LoweredEnsemble:
+@dataclass(frozen=True)
+class _LeafTables:
+    """What the lowering computes once, whatever the encoding: comparisons, leaf tests and values."""
+
+    pairs: tuple[tuple[int, int], ...]  # (feature, code) of each comparison, in index order
+    B0: np.ndarray  # (comparisons, leaves): 1 where the comparison must fail for the leaf
+    B1: np.ndarray  # (comparisons, leaves): 1 where it must hold
+    V: np.ndarray  # (leaves, outputs x digits): leaf-value digits
+    maxima: np.ndarray  # largest sum of each digit column over the trees
+    output_quantizer: UniformQuantizer
+    bias: np.ndarray
+    combine: np.ndarray
+    n_comparisons: int
+    stages: dict[str, str]  # the encoding-independent stages, in words
+
+
+def _leaf_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int) -> _LeafTables:
     qmin, qmax = 0, 2**n_bits - 1
     complement = _complementary(ensemble)
     outputs = [1] if complement else list(range(ensemble.n_outputs))
@@ -224,8 +239,9 @@ def _lower(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int, enc: InputEncodi
         must_be_one, must_be_zero, values, tree_of_leaf = [[]], [[]], [leaf_values[0][0]], [0]
     n_cmp, n_leaves = len(comparisons), len(values)
     # u = bits @ B0 + (1 - bits) @ B1 counts the failed tests of each leaf. Every term is >= 0,
-    # so no intermediate is signed or wider than the longest merged path.
-    B0 = np.zeros((n_cmp, n_leaves), dtype=np.int64)
+    # so no intermediate is signed or wider than the longest merged path. A model without
+    # comparisons still reads one (constant-free) bit: a row of zeros.
+    B0 = np.zeros((max(n_cmp, 1), n_leaves), dtype=np.int64)
     B1 = np.zeros_like(B0)
     for leaf in range(n_leaves):
         B0[must_be_zero[leaf], leaf] = 1
@@ -245,22 +261,24 @@ def _lower(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int, enc: InputEncodi
     combine = np.kron((1 << (digit_bits * np.arange(n_digits)))[:, None], np.eye(len(outputs), dtype=np.int64))
     if complement:
         output_quantizer, bias, combine = _with_complement(ensemble, output_quantizer, bias, combine)
-
-    pairs = sorted(comparisons, key=comparisons.get) or [(0, qmax)]  # a constant model still reads x
-    if enc.kind == "thresholds":  # model-dependent: exactly the comparisons this model makes
-        enc = InputEncoding("thresholds", ensemble.n_features, qmin, qmax, thresholds=tuple(pairs))
-    if not comparisons:
-        B0, B1 = np.zeros((1, n_leaves), dtype=np.int64), np.zeros((1, n_leaves), dtype=np.int64)
-    g = GraphBuilder()
-    x = g.input("x", *enc.bounds())
-    parts = COMPARISONS[enc.kind](g, x, enc, pairs)
-    indicator = leaf_selection(g, parts, B0, B1)
-    g.output(scores(g, indicator, V, maxima), "scores")
     stages = {
-        "encoding": describe_encoding(enc),
-        "comparisons": describe_comparisons(enc, parts, g),
         "leaf selection": f"{n_leaves} leaf lookups [failed tests == 0] on {bit_width(0, max_failed)} bits",
         "scores": f"{len(outputs)} output(s) x {n_digits} digit(s) of {digit_bits} bit(s), summed over "
         f"{len(ensemble.trees)} tree(s) in FHE" + ("; output 0 derived by the client" if complement else ""),
     }
-    return LoweredEnsemble(g.build(), enc, output_quantizer, bias, combine.astype(np.int64), n_cmp, n_leaves, stages)
+    pairs = tuple(sorted(comparisons, key=comparisons.get)) or ((0, qmax),)  # a constant model still reads x
+    return _LeafTables(pairs, B0, B1, V, maxima, output_quantizer, bias, combine.astype(np.int64), n_cmp, stages)
+
+
+def _build(tables: _LeafTables, enc: InputEncoding) -> LoweredEnsemble:
+    """The graph of ``tables`` for the client encoding ``enc``: comparisons, leaf selection, scores."""
+    g = GraphBuilder()
+    x = g.input("x", *enc.bounds())
+    parts = COMPARISONS[enc.kind](g, x, enc, list(tables.pairs))
+    indicator = leaf_selection(g, parts, tables.B0, tables.B1)
+    g.output(scores(g, indicator, tables.V, tables.maxima), "scores")
+    stages = {"encoding": describe_encoding(enc), "comparisons": describe_comparisons(enc, parts, g), **tables.stages}
+    n_leaves = tables.B0.shape[1]
+    return LoweredEnsemble(
+        g.build(), enc, tables.output_quantizer, tables.bias, tables.combine, tables.n_comparisons, n_leaves, stages
+    )
