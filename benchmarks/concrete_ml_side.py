@@ -2,21 +2,29 @@
 """Concrete-ML side of the veilml vs Concrete-ML benchmark.
 
 Runs inside the Concrete-ML virtualenv (see ``concrete_ml_env.sh``); it must
-NOT import veilml. It trains a Concrete-ML tree model on sklearn's breast
-cancer data set, compiles it to FHE and prints ONE JSON object on stdout with
-accuracy (float sklearn / fhe="disable" / fhe="simulate"), circuit statistics
-(PBS count, complexity, max bit width, key sizes), compile and keygen times,
-the serialized evaluation-key size and the median per-row latency of
-``predict(..., fhe="execute")``. Every log line goes to stderr.
+NOT import veilml. It trains a Concrete-ML tree model on one data set (25 %
+test split, seed 0), compiles it to FHE and prints ONE JSON object on stdout with
+the metric (accuracy for classifiers, R² for regressors: float model /
+fhe="disable" / fhe="simulate" on every test row / fhe="execute" on the timed
+rows), circuit statistics (PBS count, complexity, max bit width, key sizes),
+compile and keygen times, the serialized evaluation-key size, the bytes of one
+serialized encrypted input and output, the median per-row latency of
+``predict_proba(row, fhe="execute")`` (``predict`` for regressors), the
+throughput of one ``fhe="execute"`` call on a batch of rows, and whether
+``execute`` returned exactly what ``simulate`` returns on every executed row.
+Every log line goes to stderr.
 
 Usage::
 
     benchmarks/.venv-concrete-ml/bin/python benchmarks/concrete_ml_side.py \
-        --model decision_tree --rows 3 > out.json
+        --model decision_tree --dataset breast_cancer --rows 5 --batch 8 > out.json
 
-Models are registered in ``MODELS``: ``decision_tree`` (depth 5), ``random_forest``
-and ``xgboost`` (20 trees of depth 4), all at 6 bits with ``random_state=0``, the
-configurations of ``benchmarks/trees.py`` (which also passes them explicitly).
+Models are registered in ``MODELS``: ``decision_tree`` and ``decision_tree_regressor``
+(depth 5), ``random_forest`` and ``xgboost`` (20 trees of depth 4), all at 6 bits with
+``random_state=0`` by default; ``benchmarks/trees.py`` passes its hyper-parameters
+explicitly. Data sets are registered in ``DATASETS`` (the same calls as
+``benchmarks/tree_families.py``, repeated here because this side must not import
+anything of veilml's).
 """
 
 from __future__ import annotations
@@ -122,6 +130,18 @@ def _rf_float(hp):
     )
 
 
+def _dtr_fhe(hp):
+    from concrete.ml.sklearn import DecisionTreeRegressor
+
+    return DecisionTreeRegressor(max_depth=hp["max_depth"], n_bits=hp["n_bits"], random_state=hp["random_state"])
+
+
+def _dtr_float(hp):
+    from sklearn.tree import DecisionTreeRegressor
+
+    return DecisionTreeRegressor(max_depth=hp["max_depth"], random_state=hp["random_state"])
+
+
 def _xgb_fhe(hp):
     from concrete.ml.sklearn import XGBClassifier
 
@@ -159,6 +179,42 @@ MODELS: dict[str, ModelSpec] = {
         make_fhe=_xgb_fhe,
         make_float=_xgb_float,
     ),
+    "decision_tree_regressor": ModelSpec(
+        defaults={"max_depth": 5, "n_bits": 6, "random_state": 0},
+        make_fhe=_dtr_fhe,
+        make_float=_dtr_float,
+        notes={"task": "regression"},
+    ),
+}
+
+
+# --- data sets (the calls of benchmarks/tree_families.py) ----------------------
+def _breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    return load_breast_cancer(return_X_y=True)
+
+
+def _classification_60():
+    from sklearn.datasets import make_classification
+
+    return make_classification(n_samples=600, n_features=60, n_informative=12, n_redundant=8, random_state=0)
+
+
+def _diabetes():
+    from sklearn.datasets import load_diabetes
+
+    return load_diabetes(return_X_y=True)
+
+
+#: data set name -> (the call that makes it, loader)
+DATASETS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "breast_cancer": ("sklearn.datasets.load_breast_cancer()", _breast_cancer),
+    "classification_60": (
+        "sklearn.datasets.make_classification(n_samples=600, n_features=60, n_informative=12, n_redundant=8, random_state=0)",
+        _classification_60,
+    ),
+    "diabetes": ("sklearn.datasets.load_diabetes()", _diabetes),
 }
 
 
@@ -200,9 +256,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _metric(task: str, y_true: Any, y_pred: Any) -> float:
+    import numpy as np
+
+    if task == "regression":
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y_true, y_pred))
+    return float(np.mean(np.asarray(y_pred) == np.asarray(y_true)))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
-    from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
     shim = force_legacy_onnx_export()
@@ -210,22 +275,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("torch>=2.9: torch.onnx.export now defaults to dynamo=False (legacy exporter)")
 
     spec = MODELS[args.model]
+    task = spec.notes.get("task", "classification")
     hp = dict(spec.defaults)
     for key in ("max_depth", "n_bits", "n_estimators", "random_state"):
         val = getattr(args, key)
         if val is not None and key in hp:
             hp[key] = val
 
-    X, y = load_breast_cancer(return_X_y=True)
+    dataset_call, load = DATASETS[args.dataset]
+    X, y = load()
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
-    log(f"data: train={X_train.shape} test={X_test.shape}; model={args.model} hp={hp}")
+    log(f"data: {args.dataset} train={X_train.shape} test={X_test.shape}; model={args.model} hp={hp}")
 
     result: dict[str, Any] = {
         "side": "concrete-ml",
         "model": args.model,
+        "task": task,
+        "metric": "r2" if task == "regression" else "accuracy",
         "hyperparameters": hp,
         "dataset": {
-            "name": "sklearn.datasets.load_breast_cancer",
+            "name": args.dataset,
+            "call": dataset_call,
             "split": "train_test_split(test_size=0.25, random_state=0)",
             "n_train": int(X_train.shape[0]),
             "n_test": int(X_test.shape[0]),
@@ -239,7 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Float reference with the same hyper-parameters.
     float_model = spec.make_float(hp)
     float_model.fit(X_train, y_train)
-    result["float_accuracy"] = float(np.mean(float_model.predict(X_test) == y_test))
+    result["float_metric"] = _metric(task, y_test, float_model.predict(X_test))
 
     # Concrete-ML model.
     model = spec.make_fhe(hp)
@@ -270,18 +340,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["statistics_evaluation_key_size_bytes"] = sizes["size_of_bootstrap_keys"] + sizes["size_of_keyswitch_keys"]
     cfg = getattr(circuit, "configuration", None)
     result["compress_evaluation_keys"] = getattr(cfg, "compress_evaluation_keys", None)
+    result["compress_input_ciphertexts"] = getattr(cfg, "compress_input_ciphertexts", None)
 
-    # Accuracy in the clear-quantized and simulated modes (all test rows).
+    # What is timed and compared between modes: class probabilities for classifiers (predict
+    # is their argmax), values for regressors; both are the dequantized circuit outputs.
+    def outputs(rows: Any, fhe: str) -> Any:
+        method = model.predict if task == "regression" else model.predict_proba
+        return np.asarray(method(rows, fhe=fhe))
+
+    def labels(out: Any) -> Any:
+        return out if task == "regression" else np.asarray(model.classes_)[np.argmax(out, axis=1)]
+
+    # Metric in the clear-quantized and simulated modes (all test rows).
     y_disable = np.asarray(model.predict(X_test, fhe="disable"))
-    result["accuracy_disable"] = float(np.mean(y_disable == y_test))
+    result["metric_disable"] = _metric(task, y_test, y_disable)
     t0 = time.perf_counter()
-    y_sim = np.asarray(model.predict(X_test, fhe="simulate"))
+    simulated = outputs(X_test, "simulate")
     result["simulate_time_s"] = time.perf_counter() - t0
-    result["accuracy_simulate"] = float(np.mean(y_sim == y_test))
-    result["simulate_agrees_with_disable"] = float(np.mean(y_sim == y_disable))
+    y_sim = labels(simulated)
+    result["metric_simulate"] = _metric(task, y_test, y_sim)
+    result["simulate_agrees_with_disable"] = float(np.mean(np.isclose(y_sim, y_disable, rtol=0, atol=1e-9)))
+    if task == "classification":  # the keys of the first version of this file
+        result["float_accuracy"] = result["float_metric"]
+        result["accuracy_disable"] = result["metric_disable"]
+        result["accuracy_simulate"] = result["metric_simulate"]
     log(
-        f"acc float={result['float_accuracy']:.4f} disable={result['accuracy_disable']:.4f}"
-        f" simulate={result['accuracy_simulate']:.4f}"
+        f"{result['metric']} float={result['float_metric']:.4f} disable={result['metric_disable']:.4f}"
+        f" simulate={result['metric_simulate']:.4f}"
     )
 
     # Key generation + evaluation key size.
@@ -296,26 +381,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Encrypted execution, one row per call, timed.
     n_rows = min(args.rows, X_test.shape[0])
     result["execute_rows"] = n_rows
+    executed, agree = [], []
     if n_rows > 0:
-        latencies, preds = [], []
+        # Bytes on the wire for one row: the serialized encrypted input and output, as
+        # predict(fhe="execute") makes them (quantize_input, then the circuit's encrypt and run).
+        encrypted = circuit.encrypt(model.quantize_input(X_test[:1]))
+        ran = circuit.run(encrypted)
+        result["bytes_up_per_row"] = len(encrypted.serialize())
+        result["bytes_down_per_row"] = len(ran.serialize())
+        log(f"bytes per row: up {result['bytes_up_per_row']}, down {result['bytes_down_per_row']}")
+        latencies = []
         for i in range(n_rows):
             t0 = time.perf_counter()
-            pred = np.asarray(model.predict(X_test[i : i + 1], fhe="execute"))
+            out = outputs(X_test[i : i + 1], "execute")
             latencies.append(time.perf_counter() - t0)
-            preds.append(int(pred.reshape(-1)[0]))
-            log(f"execute row {i}: {latencies[-1]:.3f}s pred={preds[-1]}")
+            executed.append(out[0])
+            agree.append(bool(np.array_equal(out[0], simulated[i])))
+            log(f"execute row {i}: {latencies[-1]:.3f}s, equals simulate: {agree[-1]}")
+        preds = labels(np.stack(executed))
         result["execute_latencies_s"] = latencies
         result["execute_latency_median_s"] = float(pystats.median(latencies))
-        result["execute_predictions"] = preds
-        result["execute_agrees_with_disable"] = bool(np.array_equal(np.asarray(preds), y_disable[:n_rows]))
-        result["execute_correct"] = int(np.sum(np.asarray(preds) == y_test[:n_rows]))
+        result["execute_predictions"] = preds.tolist()
+        result["execute_agrees_with_disable"] = bool(np.allclose(preds, y_disable[:n_rows], rtol=0, atol=1e-9))
+        result["execute_correct"] = int(np.sum(preds == y_test[:n_rows])) if task == "classification" else None
+
+    # One execute call on a batch of rows: encrypt, run and decrypt each (Concrete-ML's predict
+    # loops over the rows); the rows are capped so that the batch takes about --batch-budget-s.
+    n_batch = min(args.batch, X_test.shape[0])
+    if n_batch > 0 and n_rows > 0 and args.batch_budget_s:
+        n_batch = min(n_batch, max(2, int(args.batch_budget_s // result["execute_latency_median_s"])))
+    result["batch_rows"] = n_batch
+    if n_batch > 0:
+        t0 = time.perf_counter()
+        out = outputs(X_test[:n_batch], "execute")
+        result["batch_time_s"] = time.perf_counter() - t0
+        result["batch_throughput_rows_per_s"] = n_batch / result["batch_time_s"]
+        executed.extend(out)
+        agree.extend(bool(np.array_equal(a, b)) for a, b in zip(out, simulated[:n_batch]))
+        log(f"batch of {n_batch} rows: {result['batch_time_s']:.2f}s")
+    if executed:
+        # The metric on the executed rows (timed rows, then the batch's).
+        rows_y = np.concatenate([y_test[:n_rows], y_test[:n_batch]])
+        result["metric_execute"] = _metric(task, rows_y, labels(np.stack(executed)))
+        result["metric_execute_rows"] = len(executed)
+        result["execute_equals_simulate_rows"] = int(sum(agree))
+        result["execute_equals_simulate"] = bool(all(agree))
     return _jsonable(result)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="decision_tree")
-    parser.add_argument("--rows", type=int, default=3, help="test rows run with fhe='execute' (0: skip)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="breast_cancer")
+    parser.add_argument("--rows", type=int, default=5, help="test rows run one by one with fhe='execute' (0: skip)")
+    parser.add_argument("--batch", type=int, default=8, help="rows of the timed batch call (0: skip)")
+    parser.add_argument(
+        "--batch-budget-s",
+        dest="batch_budget_s",
+        type=float,
+        default=None,
+        help="fewer batch rows (at least 2) when the median row latency says the batch would take longer",
+    )
     parser.add_argument("--max-depth", dest="max_depth", type=int, default=None)
     parser.add_argument("--n-bits", dest="n_bits", type=int, default=None)
     parser.add_argument("--n-estimators", dest="n_estimators", type=int, default=None)
@@ -324,6 +450,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.rows > 0 and args.skip_keygen:
         parser.error("--rows > 0 needs keys; drop --skip-keygen or use --rows 0")
+    if args.skip_keygen:
+        args.batch = 0  # no keys, no batch
 
     t0 = time.perf_counter()
     result = run(args)

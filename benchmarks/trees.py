@@ -1,19 +1,32 @@
 """veilml against Concrete-ML 1.9 on the same tree models, side by side in one run.
 
-    .venv/bin/python benchmarks/trees.py [--rows 3] [--models decision_tree random_forest xgboost]
+    .venv/bin/python benchmarks/trees.py [--rows 5] [--batch 8] [--cases dt_cancer rf_cancer ...]
                                          [--skip-concrete-ml]
 
-Breast cancer (scikit-learn), 25 % test split with seed 0, 6 bits, three models: a decision tree of
-depth 5, a random forest of 20 trees of depth 4 and an XGBoost classifier of 20 trees of depth 4
-(``random_state=0`` everywhere, every other hyper-parameter at its library's default). Concrete-ML
-pins old torch / scikit-learn / xgboost, so it runs in its own virtual environment
-(``benchmarks/concrete_ml_env.sh`` builds it) through ``benchmarks/concrete_ml_side.py``, which prints
-one JSON object. Deterministic figures (PBS count, complexity, key sizes) come first; wall-clock
-figures are medians over ``--rows`` encrypted rows, measured on this machine in the same run, one
-side after the other (never concurrently).
+Cases (``CASES``): a decision tree of depth 5, a random forest of 20 trees of depth 4 and an
+XGBoost classifier of 20 trees of depth 4 on breast cancer at 6 bits; the same three on
+``make_classification(n_samples=600, n_features=60, n_informative=12, n_redundant=8,
+random_state=0)`` (``classification_60`` of ``benchmarks/tree_families.py``); the decision tree on
+breast cancer at 8 bits; a decision-tree regressor of depth 5 on ``load_diabetes`` at 6 bits (R²).
+25 % test split with seed 0, ``random_state=0`` everywhere, every other hyper-parameter at its
+library's default, the same data, hyper-parameters and n_bits on both sides.
 
-Writes ``benchmarks/results/trees.json``, ``benchmarks/results/trees.md`` and, per model,
-``benchmarks/results/concrete_ml_<model>.json`` (Concrete-ML's raw output).
+Sides, one after the other (never concurrently): Concrete-ML 1.9, in its own virtual environment
+(``benchmarks/concrete_ml_env.sh`` builds it) through ``benchmarks/concrete_ml_side.py``, which
+prints one JSON object; veilml in its default configuration (``encoding="thermometer"``); veilml
+with ``encoding="auto"`` (a cost model picks the comparison strategy); veilml (default encoding)
+compiled at Concrete-ML's global p_error. For each: PBS, complexity, keygen time, evaluation-key
+size, bytes per row up and down, the median latency per row over ``--rows`` rows (one row per
+call: encrypt, run, decrypt), the throughput of a batch of ``--batch`` rows run end to end
+(encrypt all, run all, decrypt all; Concrete-ML's batch is cut to fit ``--cml-batch-budget-s`` where
+one of its rows takes long), the metric (accuracy, or R²) float / quantized (``disable``) / FHE
+(``simulate`` on every test row, ``execute`` on the executed rows), and whether ``execute``
+returned exactly ``simulate``'s output on every executed row. veilml's ``fhe_report()`` (its
+estimate of bytes and of the client / server split of a row's time) is recorded next to what was
+measured.
+
+Writes ``benchmarks/results/trees.json`` and ``benchmarks/results/trees.md`` (after every case)
+and, per case, ``benchmarks/results/concrete_ml_<case>.json`` (Concrete-ML's raw output).
 """
 
 from __future__ import annotations
@@ -26,35 +39,86 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
 
-#: model name (concrete_ml_side.py --model) -> (title, veilml estimator, hyper-parameters)
-MODELS: dict[str, tuple[str, str, dict]] = {
-    "decision_tree": ("Decision tree, depth 5", "DecisionTreeClassifier", {"max_depth": 5, "random_state": 0}),
+#: model kind (concrete_ml_side.py --model) -> (veilml estimator, hyper-parameters, task)
+MODELS: dict[str, tuple[str, dict, str]] = {
+    "decision_tree": ("DecisionTreeClassifier", {"max_depth": 5, "random_state": 0}, "classification"),
     "random_forest": (
-        "Random forest, 20 trees of depth 4",
         "RandomForestClassifier",
         {"n_estimators": 20, "max_depth": 4, "random_state": 0},
+        "classification",
     ),
-    "xgboost": ("XGBoost, 20 trees of depth 4", "XGBClassifier", {"n_estimators": 20, "max_depth": 4, "random_state": 0}),
+    "xgboost": ("XGBClassifier", {"n_estimators": 20, "max_depth": 4, "random_state": 0}, "classification"),
+    "decision_tree_regressor": ("DecisionTreeRegressor", {"max_depth": 5, "random_state": 0}, "regression"),
 }
-N_BITS = 6
 
 
-def concrete_ml_side(model: str, rows: int) -> dict:
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked model: its kind (a key of ``MODELS``), data set, bits and a title."""
+
+    title: str
+    model: str
+    dataset: str  # a data set of benchmarks/tree_families.py DATASETS[task]
+    n_bits: int
+
+    @property
+    def task(self) -> str:
+        return MODELS[self.model][2]
+
+    @property
+    def metric(self) -> str:
+        return "r2" if self.task == "regression" else "accuracy"
+
+
+#: in the order they run: the costliest last (a run cut short keeps the others)
+CASES: dict[str, Case] = {
+    "dt_cancer": Case("decision tree, depth 5, breast cancer, 6 bits", "decision_tree", "breast_cancer", 6),
+    "rf_cancer": Case("random forest, 20 trees × depth 4, breast cancer, 6 bits", "random_forest", "breast_cancer", 6),
+    "xgb_cancer": Case("XGBoost, 20 trees × depth 4, breast cancer, 6 bits", "xgboost", "breast_cancer", 6),
+    "dt_wide": Case("decision tree, depth 5, 60 features, 6 bits", "decision_tree", "classification_60", 6),
+    "dt_cancer_8bit": Case("decision tree, depth 5, breast cancer, 8 bits", "decision_tree", "breast_cancer", 8),
+    "dtr_diabetes": Case("decision-tree regressor, depth 5, diabetes, 6 bits (R²)", "decision_tree_regressor", "diabetes", 6),
+    "xgb_wide": Case("XGBoost, 20 trees × depth 4, 60 features, 6 bits", "xgboost", "classification_60", 6),
+    "rf_wide": Case("random forest, 20 trees × depth 4, 60 features, 6 bits", "random_forest", "classification_60", 6),
+}
+
+
+def load_case_data(case: Case) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+    from tree_families import DATASETS
+
+    X, y = DATASETS[case.task][case.dataset][1]()
+    return tuple(train_test_split(X, y, test_size=0.25, random_state=0))
+
+
+def metric(case: Case, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    if case.task == "regression":
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y_true, y_pred))
+    return float(np.mean(np.asarray(y_pred) == np.asarray(y_true)))
+
+
+def concrete_ml_side(name: str, rows: int, batch: int, batch_budget_s: float) -> dict:
+    case = CASES[name]
     python = HERE / ".venv-concrete-ml" / "bin" / "python"
-    hp = MODELS[model][2]
-    command = [str(python), str(HERE / "concrete_ml_side.py"), "--model", model, "--rows", str(rows)]
-    command += ["--n-bits", str(N_BITS), "--max-depth", str(hp["max_depth"]), "--random-state", str(hp["random_state"])]
+    hp = MODELS[case.model][1]
+    command = [str(python), str(HERE / "concrete_ml_side.py"), "--model", case.model, "--dataset", case.dataset]
+    command += ["--rows", str(rows), "--batch", str(batch), "--batch-budget-s", str(batch_budget_s)]
+    command += ["--n-bits", str(case.n_bits), "--max-depth", str(hp["max_depth"]), "--random-state", str(hp["random_state"])]
     if "n_estimators" in hp:
         command += ["--n-estimators", str(hp["n_estimators"])]
     start = time.perf_counter()
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # its log goes to our stderr
     result = json.loads(out.stdout)
     result["side_wall_time_s"] = time.perf_counter() - start
     return result
@@ -66,10 +130,7 @@ def _library_version(module: str) -> str:
     return getattr(importlib.import_module(module), "__version__", "?")
 
 
-def veilml_side(model_name: str, rows: int, global_p_error: float | None = None) -> dict:
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.model_selection import train_test_split
-
+def veilml_side(name: str, rows: int, batch: int, encoding: str = "thermometer", global_p_error: float | None = None) -> dict:
     import veilml
     from veilml import Configuration
     from veilml.models.tree_families import FAMILIES, library_class
@@ -77,22 +138,23 @@ def veilml_side(model_name: str, rows: int, global_p_error: float | None = None)
 
     warnings.simplefilter("ignore", QuantizationRangeWarning)
     side_start = time.perf_counter()
-    _, estimator_name, hp = MODELS[model_name]
-    X, y = load_breast_cancer(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
+    case = CASES[name]
+    estimator_name, hp, _ = MODELS[case.model]
+    X_train, X_test, y_train, y_test = load_case_data(case)
 
-    model = getattr(veilml, estimator_name)(n_bits=N_BITS, **hp)
+    model = getattr(veilml, estimator_name)(n_bits=case.n_bits, encoding=encoding, **hp)
     float_model = library_class(FAMILIES[estimator_name])(**hp).fit(X_train, y_train)  # same library and hyper-parameters
-    float_accuracy = float(np.mean(float_model.predict(X_test) == y_test))
     model.fit(X_train, y_train)
     configuration = Configuration() if global_p_error is None else Configuration(global_p_error=global_p_error)
     start = time.perf_counter()
     model.compile(X_train, configuration)
     compile_time = time.perf_counter() - start
     clear = model.predict_integers(X_test, "disable")
+    start = time.perf_counter()
     simulated = model.predict_integers(X_test, "simulate")
-    predictions = model.predict(X_test, "disable")
-    simulated_predictions = model.predict(X_test, "simulate")
+    simulate_time = time.perf_counter() - start
+    codec = model.fhe_model_.codec
+    predictions, simulated_predictions = codec.predict(clear), codec.predict(simulated)
     scores = model.decision_scores(X_test, "disable")
 
     client, server = model.fhe_model_.client(), model.fhe_model_.server()
@@ -100,7 +162,9 @@ def veilml_side(model_name: str, rows: int, global_p_error: float | None = None)
     client.keygen(force=True)
     keys = client.evaluation_keys()
     keygen_time = time.perf_counter() - start
+    # One row per call, timed: encrypt (the envelope the client sends), run, decrypt.
     latencies, results, split = [], [], {"encrypt": [], "run": [], "decrypt": []}
+    bytes_up = bytes_down = None
     for row in X_test[:rows]:
         start = time.perf_counter()
         (ciphertext,) = client.encrypt(row[None, :])
@@ -112,28 +176,62 @@ def veilml_side(model_name: str, rows: int, global_p_error: float | None = None)
         split["encrypt"].append(encrypted - start)
         split["run"].append(ran - encrypted)
         split["decrypt"].append(start + latencies[-1] - ran)
+        bytes_up, bytes_down = len(ciphertext), len(result)
+    # A batch end to end: encrypt every row, run every row, decrypt every row.
+    batch_rows = min(batch, len(X_test))
+    batch_record: dict = {"batch_rows": batch_rows}
+    batch_results: list[np.ndarray] = []
+    if batch_rows:
+        start = time.perf_counter()
+        ciphertexts = client.encrypt(X_test[:batch_rows])
+        encrypted = time.perf_counter()
+        outputs = [server.run(c, keys) for c in ciphertexts]
+        ran = time.perf_counter()
+        batch_results = [client.decrypt_integers(r) for r in outputs]
+        end = time.perf_counter()
+        batch_record.update(
+            batch_time_s=end - start,
+            batch_split_s={"encrypt": encrypted - start, "run": ran - encrypted, "decrypt": end - ran},
+            batch_throughput_rows_per_s=batch_rows / (end - start),
+        )
+    executed = results + batch_results
+    expected = [*simulated[:rows], *simulated[:batch_rows]]
+    agree = [bool(np.array_equal(a, b)) for a, b in zip(executed, expected)]
+    executed_y = np.concatenate([y_test[:rows], y_test[:batch_rows]])
+
     report = model.report_
     ensemble = model.ensemble_
     combine = model.fhe_model_.output_combine
-    return {
+    fhe_report = model.fhe_report().to_dict()
+    float_metric = metric(case, y_test, float_model.predict(X_test))
+    record = {
         "side": "veilml",
-        "model": model_name,
-        "hyperparameters": {"n_bits": N_BITS, **hp},
+        "case": name,
+        "model": case.model,
+        "task": case.task,
+        "metric": case.metric,
+        "dataset": {"name": case.dataset, "n_train": len(X_train), "n_test": len(X_test), "n_features": X_train.shape[1]},
+        "encoding": encoding,
+        "hyperparameters": {"n_bits": case.n_bits, **hp},
         "versions": {
             "veilml": veilml.__version__,
             "library": f"{float_model.__class__.__module__.split('.')[0]} "
             f"{_library_version(float_model.__class__.__module__.split('.')[0])}",
         },
-        "float_accuracy": float_accuracy,
-        "accuracy_disable": float(np.mean(predictions == y_test)),
-        "accuracy_simulate": float(np.mean(simulated_predictions == y_test)),
+        "lowering": dict(model.lowering_),
+        "float_metric": float_metric,
+        "metric_disable": metric(case, y_test, predictions),
+        "metric_simulate": metric(case, y_test, simulated_predictions),
+        "metric_execute": metric(case, executed_y, codec.predict(np.stack(executed))) if executed else None,
+        "metric_execute_rows": len(executed),
         "simulate_agrees_with_disable": float(np.mean(np.all(clear == simulated, axis=1))),
-        "execute_agrees_with_disable": bool(np.array_equal(np.stack(results), clear[:rows])),
+        "execute_agrees_with_disable": bool(np.array_equal(np.stack(results), clear[:rows])) if results else None,
+        "execute_equals_simulate": bool(all(agree)) if agree else None,
+        "execute_equals_simulate_rows": int(sum(agree)),
         # The ensemble's sum is computed in the circuit: what the client decrypts per row is one
         # score per output (class), possibly as several digits, never one value per tree.
         "n_trees": len(ensemble.trees),
         "n_outputs": int(ensemble.n_outputs),
-        "n_classes": int(len(model.classes_)),
         "decrypted_integers_per_row": int(results[0].size) if results else int(clear.shape[1]),
         "decision_scores_shape": list(scores.shape),
         "output_combine_shape": None if combine is None else list(np.shape(combine)),
@@ -146,90 +244,329 @@ def veilml_side(model_name: str, rows: int, global_p_error: float | None = None)
         "statistics_evaluation_key_size_bytes": report.evaluation_key_bytes,
         "compressed_evaluation_key_bytes": report.compressed_evaluation_key_bytes,
         "evaluation_key_serialized_bytes": len(keys),
-        "input_ciphertext_bytes": len(ciphertext) if rows else None,
+        "bytes_up_per_row": bytes_up,
+        "bytes_down_per_row": bytes_down,
+        "input_ciphertext_bytes": bytes_up,
+        "fhe_report": fhe_report,
         "compile_time_s": compile_time,
+        "simulate_time_s": simulate_time,
         "keygen_time_s": keygen_time,
         "execute_rows": rows,
         "execute_latencies_s": latencies,
         "execute_latency_median_s": float(np.median(latencies)) if latencies else None,
         "execute_median_split_s": {k: float(np.median(v)) for k, v in split.items()} if latencies else {},
+        **batch_record,
         "side_wall_time_s": time.perf_counter() - side_start,
     }
+    if case.task == "classification":  # the keys of the first version of this file
+        record["n_classes"] = int(len(model.classes_))
+        record["float_accuracy"] = record["float_metric"]
+        record["accuracy_disable"] = record["metric_disable"]
+        record["accuracy_simulate"] = record["metric_simulate"]
+    record["sum_inside_fhe"] = sum_inside_fhe(record)
+    return record
 
 
 def sum_inside_fhe(side: dict) -> bool:
-    """The client decrypts only per-class scores: one decision score per output, and fewer
-    decrypted integers than per-tree scores would need (each is a digit of one output's sum)."""
+    """The client decrypts only per-output scores: one decision score per output, from fewer
+    decrypted integers than one per tree and output (each is a digit of one output's sum; for two
+    classes the circuit may compute one output and the client derive the other)."""
     n_rows, n_columns = side["decision_scores_shape"]
-    per_output = side["decrypted_integers_per_row"] / side["n_outputs"]
-    return (
-        n_columns == side["n_outputs"]
-        and per_output == int(per_output)
-        and (side["n_trees"] == 1 or side["decrypted_integers_per_row"] < side["n_trees"] * side["n_outputs"])
+    return n_columns == side["n_outputs"] and (
+        side["n_trees"] == 1 or side["decrypted_integers_per_row"] < side["n_trees"] * side["n_outputs"]
     )
 
 
-CML, OURS, SAME_ERROR = "Concrete-ML 1.9", "veilml", "veilml at Concrete-ML's global p_error"
+CML, OURS, AUTO, SAME_ERROR = "Concrete-ML 1.9", "veilml", "veilml, encoding='auto'", "veilml at Concrete-ML's global p_error"
+VEILML_SIDES = {OURS: {}, AUTO: {"encoding": "auto"}, SAME_ERROR: {}}  # SAME_ERROR: + Concrete-ML's global_p_error
+
+#: (label, key, format, ratio: None, "lower" (Concrete-ML / veilml) or "higher" (veilml / Concrete-ML is better))
 ROWS = [
-    ("PBS per row", "pbs_count", "{:,}", True),
-    ("max bit width", "max_bit_width", "{}", False),
-    ("complexity", "complexity", "{:.3g}", True),
-    ("global p_error", "global_p_error", "{:.1e}", False),
-    ("evaluation keys, serialized (MiB)", "evaluation_key_serialized_bytes", "{:.1f}", True),
-    ("keygen time (s)", "keygen_time_s", "{:.2f}", True),
-    ("median latency per row (s)", "execute_latency_median_s", "{:.2f}", True),
-    ("accuracy, disable (143 rows)", "accuracy_disable", "{:.4f}", False),
-    ("accuracy, simulate (143 rows)", "accuracy_simulate", "{:.4f}", False),
-    ("simulate agrees with disable (share of rows)", "simulate_agrees_with_disable", "{:.4f}", False),
-    ("execute agrees with disable (timed rows)", "execute_agrees_with_disable", "{}", False),
-    ("float accuracy (same library, same hyper-parameters)", "float_accuracy", "{:.4f}", False),
+    ("PBS per row", "pbs_count", "{:,}", "lower"),
+    ("max bit width", "max_bit_width", "{}", None),
+    ("complexity", "complexity", "{:.3g}", "lower"),
+    ("global p_error", "global_p_error", "{:.1e}", None),
+    ("evaluation keys, serialized (MiB)", "evaluation_key_serialized_bytes", "{:.1f}", "lower"),
+    ("keygen time (s)", "keygen_time_s", "{:.2f}", "lower"),
+    ("bytes up per row (KiB)", "bytes_up_per_row", "{:.1f}", "lower"),
+    ("bytes down per row (KiB)", "bytes_down_per_row", "{:.1f}", "lower"),
+    ("median latency per row (s)", "execute_latency_median_s", "{:.3f}", "lower"),
+    ("batch throughput (rows/s)", "batch_throughput_rows_per_s", "{:.3f}", "higher"),
+    ("batch rows", "batch_rows", "{}", None),
+    ("metric float (same library, same hyper-parameters)", "float_metric", "{:.4f}", None),
+    ("metric disable (all test rows)", "metric_disable", "{:.4f}", None),
+    ("metric simulate (all test rows)", "metric_simulate", "{:.4f}", None),
+    ("metric execute (executed rows)", "metric_execute", "{:.4f}", None),
+    ("simulate agrees with disable (share of test rows)", "simulate_agrees_with_disable", "{:.4f}", None),
+    ("execute == simulate (executed rows)", "execute_equals_simulate_rows", "{}", None),
 ]
-RATIOS = [row for row in ROWS if row[3]]
+BYTES = {"evaluation_key_serialized_bytes": 2**20, "bytes_up_per_row": 2**10, "bytes_down_per_row": 2**10}
+RATIOS = [(label, key, kind) for label, key, _, kind in ROWS if kind]
+#: the README's acceptance lines (Concrete-ML / veilml at least this much)
+ACCEPTANCE = {"execute_latency_median_s": 10.0, "complexity": 15.0}
 
 
-def ratio(sides: dict[str, dict], key: str) -> float | None:
-    theirs, ours = sides.get(CML, {}).get(key), sides.get(OURS, {}).get(key)
-    return theirs / ours if theirs and ours else None
+def ratio(sides: dict[str, dict], key: str, ours: str = OURS) -> float | None:
+    """Concrete-ML / veilml for costs, veilml / Concrete-ML for throughput: above 1 is better for veilml."""
+    theirs, mine = sides.get(CML, {}).get(key), sides.get(ours, {}).get(key)
+    if not theirs or not mine:
+        return None
+    kind = next(kind for _, k, kind in RATIOS if k == key)
+    return theirs / mine if kind == "lower" else mine / theirs
+
+
+def all_ratios(sides: dict[str, dict], ours: str) -> dict[str, float | None]:
+    return {key: ratio(sides, key, ours) for _, key, _ in RATIOS}
+
+
+def acceptance(entry: dict, ratios_key: str) -> dict:
+    """Whether the case meets the acceptance lines (and FHE metric no worse than Concrete-ML's)."""
+    r = entry[ratios_key]
+    sides = entry["sides"]
+    ours = {"ratios_concrete_ml_over_veilml": OURS, "ratios_at_concrete_ml_p_error": SAME_ERROR, "ratios_auto": AUTO}[ratios_key]
+    met = {key: (r.get(key) or 0) >= bound for key, bound in ACCEPTANCE.items()}
+    theirs, mine = sides[CML].get("metric_simulate"), sides[ours].get("metric_simulate")
+    met["metric_no_worse"] = theirs is not None and mine is not None and mine >= theirs
+    return met
 
 
 def table(sides: dict[str, dict]) -> str:
     names = list(sides)
-    lines = ["| | " + " | ".join(names) + " | Concrete-ML / veilml |", "|---" * (len(names) + 2) + "|"]
-    for label, key, fmt, with_ratio in ROWS:
+    header = "| | " + " | ".join(names) + " | " + " | ".join(f"ratio, {n}" for n in names[1:]) + " |"
+    lines = [header, "|---" * (2 * len(names)) + "|"]
+    for label, key, fmt, kind in ROWS:
         values = [sides[n].get(key) for n in names]
-        if key == "evaluation_key_serialized_bytes":
-            values = [v / 2**20 if v is not None else None for v in values]
-        cells = [fmt.format(v) if v is not None else "n/a" for v in values]
-        r = ratio(sides, key) if with_ratio else None
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {f'{r:.2f}x' if r else ''} |")
+        if key in BYTES:
+            values = [v / BYTES[key] if v is not None else None for v in values]
+        if key == "execute_equals_simulate_rows":
+            cells = [
+                f"{sides[n].get(key)}/{sides[n].get('metric_execute_rows', '?')}" if sides[n].get(key) is not None else "n/a"
+                for n in names
+            ]
+        else:
+            cells = [fmt.format(v) if v is not None else "n/a" for v in values]
+        ratios = [ratio(sides, key, n) if kind else None for n in names[1:]]
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(f"{r:.2f}x" if r else "" for r in ratios) + " |")
     return "\n".join(lines)
 
 
-def summary(models: dict[str, dict]) -> str:
-    lines = ["| model | " + " | ".join(label for label, *_ in RATIOS) + " |", "|---" * (len(RATIOS) + 1) + "|"]
-    for name, entry in models.items():
-        cells = [ratio(entry["sides"], key) for _, key, *_ in RATIOS]
-        lines.append(f"| {MODELS[name][0]} | " + " | ".join(f"{c:.2f}x" if c else "n/a" for c in cells) + " |")
+SUMMARY = [
+    ("latency", "execute_latency_median_s"),
+    ("complexity", "complexity"),
+    ("PBS", "pbs_count"),
+    ("eval. keys", "evaluation_key_serialized_bytes"),
+    ("keygen", "keygen_time_s"),
+    ("bytes up", "bytes_up_per_row"),
+    ("bytes down", "bytes_down_per_row"),
+    ("throughput", "batch_throughput_rows_per_s"),
+]
+
+
+def summary(cases: dict[str, dict], ratios_key: str) -> str:
+    head = "| case | " + " | ".join(label for label, _ in SUMMARY) + " | latency ≥10x | complexity ≥15x | FHE metric no worse |"
+    lines = [head, "|---" * (len(SUMMARY) + 4) + "|"]
+    for entry in cases.values():
+        r = entry[ratios_key]
+        met = acceptance(entry, ratios_key)
+        cells = [f"{r[key]:.1f}x" if r.get(key) else "n/a" for _, key in SUMMARY]
+        verdicts = ["met" if met[k] else "**missed**" for k in (*ACCEPTANCE, "metric_no_worse")]
+        lines.append(f"| {entry['title']} | " + " | ".join(cells + verdicts) + " |")
     return "\n".join(lines)
 
 
-def outputs_sentence(name: str, ours: dict) -> str:
+def execute_table(cases: dict[str, dict]) -> str:
+    names = [CML, OURS, AUTO, SAME_ERROR]
+    lines = ["| case | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for entry in cases.values():
+        cells = []
+        for n in names:
+            side = entry["sides"].get(n, {})
+            ok = side.get("execute_equals_simulate")
+            cells.append(
+                "n/a"
+                if ok is None
+                else f"{'yes' if ok else '**NO**'} ({side['execute_equals_simulate_rows']}/{side['metric_execute_rows']})"
+            )
+        lines.append(f"| {entry['title']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def estimate_table(sides: dict[str, dict]) -> str:
+    """veilml's fhe_report() estimate (one core) against the measured medians of one row."""
+    lines = [
+        "| | encrypt est. / measured (s) | run est. / measured (s) | decrypt est. / measured (s) | total est. / measured (s) "
+        "| bytes up est. / measured | bytes down est. / measured |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in (OURS, AUTO, SAME_ERROR):
+        side = sides.get(name)
+        if not side or not side.get("execute_median_split_s"):
+            continue
+        e, m = side["fhe_report"]["estimate"], side["execute_median_split_s"]
+        lines.append(
+            f"| {name} ({side['encoding']}) | {e['client_encrypt_s']:.3f} / {m['encrypt']:.3f} | {e['server_s']:.3f} / {m['run']:.3f} "
+            f"| {e['client_decrypt_s']:.4f} / {m['decrypt']:.4f} | {e['total_s']:.3f} / {side['execute_latency_median_s']:.3f} "
+            f"| {int(e['bytes_up']):,} / {side['bytes_up_per_row']:,} | {int(e['bytes_down']):,} / {side['bytes_down_per_row']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def outputs_sentence(ours: dict) -> str:
     scores = ours["decision_scores_shape"]
-    digits = ours["decrypted_integers_per_row"] // max(ours["n_outputs"], 1)
     verdict = "yes" if ours["sum_inside_fhe"] else "**NO**"
     return (
         f"Sum over trees inside FHE: {verdict}. The circuit adds the {ours['n_trees']} tree(s) itself: the client "
-        f"decrypts {ours['decrypted_integers_per_row']} integer(s) per row ({ours['n_outputs']} output(s) × {digits} "
-        f"digit(s)), which `decision_scores` turns into shape ({scores[0]}, {scores[1]}), one score per "
-        f"{'class' if ours['n_outputs'] > 1 else 'row (the margin of the positive class)'}; "
-        f"no per-tree score is decrypted."
+        f"decrypts {ours['decrypted_integers_per_row']} integer(s) per row (scores: {ours['lowering'].get('scores', '?')}), "
+        f"which `decision_scores` turns into shape ({scores[0]}, {scores[1]}), one score per "
+        f"{'class' if ours['task'] == 'classification' else 'output'}; no per-tree score is decrypted."
     )
+
+
+def case_section(name: str, entry: dict) -> list[str]:
+    sides = entry["sides"]
+    ours, cml = sides[OURS], sides[CML]
+    hp = ", ".join(f"{k}={v}" for k, v in ours["hyperparameters"].items())
+    data = ours["dataset"]
+    parts = [
+        f"## {entry['title']} (`{name}`)\n",
+        f"Data: `{data['name']}` ({data['n_train']} train, {data['n_test']} test rows, {data['n_features']} features); "
+        f"metric: {ours['metric']}. Hyper-parameters: {hp}. Versions: veilml {ours['versions']['veilml']} with "
+        f"{ours['versions']['library']}; Concrete-ML {cml['versions'].get('concrete-ml')} with scikit-learn "
+        f"{cml['versions'].get('scikit-learn')}"
+        + (f", xgboost {cml['versions'].get('xgboost')}" if ours["model"] == "xgboost" else "")
+        + ".\n",
+        table(sides) + "\n",
+        "veilml's lowering: default "
+        + "; ".join(f"{k}: {v}" for k, v in ours["lowering"].items())
+        + ". With `encoding='auto'`: "
+        + "; ".join(f"{k}: {v}" for k, v in sides[AUTO]["lowering"].items())
+        + ".\n",
+        f"veilml's circuit (default): max bit width {ours['max_bit_width']}, PBS by precision "
+        + ", ".join(f"{k}-bit: {v}" for k, v in sorted(ours["pbs_by_precision"].items(), key=lambda kv: int(kv[0])))
+        + f"; Concrete-ML's: max bit width {cml['max_bit_width']}.\n",
+        outputs_sentence(ours)
+        + (
+            f" Concrete-ML's circuit returns shape {tuple(cml['circuit_output_shapes'][0])} per row "
+            "(batch, outputs, trees): the client decrypts one score per output and tree and sums the trees in the clear.\n"
+            if cml.get("circuit_output_shapes") and ours["n_trees"] > 1
+            else "\n"
+        ),
+        "Estimated (`fhe_report()`, one core) against measured (median of the timed rows, this machine):\n",
+        estimate_table(sides) + "\n",
+    ]
+    if ours["execute_median_split_s"]:
+        parts.append(
+            "Per-row latencies (s), in order: "
+            + "; ".join(f"{n} " + ", ".join(f"{v:.2f}" for v in sides[n].get("execute_latencies_s", [])) for n in sides)
+            + ". The first row of each side carries one-time costs (veilml's includes loading the evaluation keys "
+            "into the server's cache).\n"
+        )
+    return parts
+
+
+#: the README's tables (first header cell, ratios shown, columns): tests/test_readme.py reads them back
+README_TABLES = [
+    (
+        "case",
+        "ratios_concrete_ml_over_veilml",
+        [
+            ("PBS", "pbs_count"),
+            ("complexity", "complexity"),
+            ("evaluation keys", "evaluation_key_serialized_bytes"),
+            ("bytes up", "bytes_up_per_row"),
+            ("bytes down", "bytes_down_per_row"),
+            ("latency per row", "execute_latency_median_s"),
+            ("batch throughput", "batch_throughput_rows_per_s"),
+        ],
+    ),
+    (
+        "case, at Concrete-ML's p_error",
+        "ratios_at_concrete_ml_p_error",
+        [
+            ("complexity", "complexity"),
+            ("evaluation keys", "evaluation_key_serialized_bytes"),
+            ("latency per row", "execute_latency_median_s"),
+            ("batch throughput", "batch_throughput_rows_per_s"),
+        ],
+    ),
+    (
+        "case, encoding='auto'",
+        "ratios_auto",
+        [
+            ("PBS", "pbs_count"),
+            ("complexity", "complexity"),
+            ("bytes up", "bytes_up_per_row"),
+            ("latency per row", "execute_latency_median_s"),
+            ("batch throughput", "batch_throughput_rows_per_s"),
+        ],
+    ),
+]
+
+
+def readme_tables(cases: dict[str, dict]) -> str:
+    """The README's copies of the ratios (one decimal), ready to paste."""
+    out = []
+    for first, ratios_key, columns in README_TABLES:
+        lines = [f"| {first} | " + " | ".join(label for label, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for entry in cases.values():
+            r = entry[ratios_key]
+            lines.append(
+                f"| {entry['title']} | " + " | ".join(f"{r[key]:.1f}x" if r.get(key) else "n/a" for _, key in columns) + " |"
+            )
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def write(record: dict, args: argparse.Namespace) -> str:
+    (RESULTS / "trees.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    machine, source, cases = record["machine"], record["source"], record["cases"]
+    parts = [
+        "# Trees: veilml vs Concrete-ML 1.9, side by side\n",
+        f"`{record['command']}` at commit {source['commit'][:7]}"
+        f"{' (with uncommitted changes in src/)' if source['src_uncommitted_changes'] else ''} "
+        f"on {machine['cpu_count']} cores ({machine['platform']}), {record['total_time_s'] / 60:.1f} min in all"
+        f"{'' if record['complete'] else ' so far (run still going or interrupted)'}; "
+        f"{record['rows']} encrypted rows timed one by one per side, then a batch of {record['batch']} rows "
+        f"(Concrete-ML's batch cut to about {record['cml_batch_budget_s']:.0f} s: at least 2 rows), one side after "
+        "the other in the same run"
+        f"{' (Concrete-ML figures reused from its last run)' if args.skip_concrete_ml else ''}. "
+        "Test split: `train_test_split(test_size=0.25, random_state=0)`. Hyper-parameters and n_bits: the same on "
+        "both sides, every other one at its library's default; each side's float metric is its own library's model "
+        "trained on the float features.\n",
+        "Ratios: Concrete-ML / veilml for costs (time, PBS, complexity, keys, bytes), veilml / Concrete-ML for "
+        "throughput: higher is better for veilml. Evaluation keys are the serialized bytes each client hands its "
+        "server (both compressed). Bytes up / down: veilml's ciphertext and result envelopes of one row; "
+        "Concrete-ML's serialized encrypted input and output of one row. Latency per row: encrypt + server run + "
+        "decrypt of one row, median over the timed rows. Throughput: rows / seconds of one batch run end to end "
+        "(encrypt all, run all, decrypt all). "
+        f"Load average (1 min): {machine['load_average_1_5_15_min_at_start'][0]:.1f} at the start, "
+        f"{machine['load_average_1_5_15_min_at_end'][0]:.1f} at the end; wall-clock ratios are noisier than the "
+        "deterministic ones (PBS, complexity, key size).\n",
+        "## Summary: veilml's default (thermometer encoding, default global p_error)\n",
+        summary(cases, "ratios_concrete_ml_over_veilml") + "\n",
+        "## Summary: veilml at Concrete-ML's global p_error (thermometer encoding)\n",
+        summary(cases, "ratios_at_concrete_ml_p_error") + "\n",
+        "## Summary: veilml with `encoding='auto'` (default global p_error)\n",
+        summary(cases, "ratios_auto") + "\n",
+        "## `execute` == `simulate` on every executed row (timed rows and batch rows)\n",
+        execute_table(cases) + "\n",
+    ]
+    for name, entry in cases.items():
+        parts += case_section(name, entry)
+    parts += ["## The README's tables (ratios, one decimal)\n", readme_tables(cases) + "\n"]
+    text = "\n".join(parts)
+    (RESULTS / "trees.md").write_text(text)
+    return text
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=3, help="encrypted rows timed per side")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--rows", type=int, default=5, help="encrypted rows timed one by one per side")
+    parser.add_argument("--batch", type=int, default=8, help="rows of the timed batch per side")
+    parser.add_argument(
+        "--cml-batch-budget-s", type=float, default=120.0, help="Concrete-ML's batch is cut (to at least 2 rows) to about this"
+    )
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--skip-concrete-ml", action="store_true", help="reuse the last Concrete-ML results")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -237,109 +574,56 @@ def main() -> int:
     load_start = os.getloadavg()
     if not args.skip_concrete_ml:
         subprocess.run(["bash", str(HERE / "concrete_ml_env.sh")], check=True)
-    models: dict[str, dict] = {}
-    for name in args.models:
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    git = lambda *a: subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    source = {"commit": git("rev-parse", "HEAD"), "src_uncommitted_changes": bool(git("status", "--porcelain", "--", "src"))}
+    cases: dict[str, dict] = {}
+    record = {
+        "command": command,
+        "source": source,
+        "rows": args.rows,
+        "batch": args.batch,
+        "cml_batch_budget_s": args.cml_batch_budget_s,
+        "cases": cases,
+    }
+    for name in args.cases:
+        case = CASES[name]
         cml_path = RESULTS / f"concrete_ml_{name}.json"
         if args.skip_concrete_ml:
             cml = json.loads(cml_path.read_text())
         else:
             print(f"[trees] {name}: Concrete-ML side", file=sys.stderr, flush=True)
-            cml = concrete_ml_side(name, args.rows)
+            cml = concrete_ml_side(name, args.rows, args.batch, args.cml_batch_budget_s)
             cml_path.write_text(json.dumps(cml, indent=2, sort_keys=True) + "\n")
-        print(f"[trees] {name}: veilml side", file=sys.stderr, flush=True)
-        ours = veilml_side(name, args.rows)
-        ours["sum_inside_fhe"] = sum_inside_fhe(ours)
-        print(f"[trees] {name}: veilml at Concrete-ML's global p_error", file=sys.stderr, flush=True)
-        same_error = veilml_side(name, args.rows, global_p_error=cml["global_p_error"])
-        same_error["sum_inside_fhe"] = sum_inside_fhe(same_error)
-        sides = {CML: cml, OURS: ours, SAME_ERROR: same_error}
-        ratios = {key: ratio(sides, key) for _, key, *_ in RATIOS}
-        models[name] = {"title": MODELS[name][0], "ratios_concrete_ml_over_veilml": ratios, "sides": sides}
-    total = time.perf_counter() - run_start
+        sides = {CML: cml}
+        for side, options in VEILML_SIDES.items():
+            print(f"[trees] {name}: {side}", file=sys.stderr, flush=True)
+            p_error = cml["global_p_error"] if side == SAME_ERROR else None
+            sides[side] = veilml_side(name, args.rows, args.batch, global_p_error=p_error, **options)
+        entry = {"title": case.title, "model": case.model, "dataset": case.dataset, "n_bits": case.n_bits, "task": case.task}
+        entry["ratios_concrete_ml_over_veilml"] = all_ratios(sides, OURS)
+        entry["ratios_at_concrete_ml_p_error"] = all_ratios(sides, SAME_ERROR)
+        entry["ratios_auto"] = all_ratios(sides, AUTO)
+        entry["sides"] = sides
+        cases[name] = entry
+        for key in ("ratios_concrete_ml_over_veilml", "ratios_at_concrete_ml_p_error", "ratios_auto"):
+            entry["acceptance_" + key.removeprefix("ratios_")] = acceptance(entry, key)
+        _finish(record, run_start, load_start, complete=name == args.cases[-1])
+        text = write(record, args)
+    print(text)
+    return 0
 
-    machine = {
+
+def _finish(record: dict, run_start: float, load_start: tuple, complete: bool) -> None:
+    record["total_time_s"] = time.perf_counter() - run_start
+    record["complete"] = complete
+    record["machine"] = {
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "load_average_1_5_15_min_at_start": load_start,
         "load_average_1_5_15_min_at_end": os.getloadavg(),
     }
-    command = " ".join([Path(sys.executable).name, *sys.argv])
-    git = lambda *a: subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    source = {"commit": git("rev-parse", "HEAD"), "src_uncommitted_changes": bool(git("status", "--porcelain", "--", "src"))}
-    record = {
-        "command": command,
-        "machine": machine,
-        "source": source,
-        "rows": args.rows,
-        "total_time_s": total,
-        "models": models,
-    }
-    (RESULTS / "trees.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-    parts = [
-        f"# Trees: veilml vs Concrete-ML 1.9, breast cancer, {N_BITS} bits\n",
-        f"`{command}` at commit {source['commit'][:7]}"
-        f"{' (with uncommitted changes in src/)' if source['src_uncommitted_changes'] else ''} "
-        f"on {machine['cpu_count']} cores ({machine['platform']}), {total / 60:.1f} min in all; "
-        f"{args.rows} encrypted rows per side, one side after the other in the same run"
-        f"{' (Concrete-ML figures reused from its last run)' if args.skip_concrete_ml else ''}. "
-        "Data: `load_breast_cancer`, `train_test_split(test_size=0.25, random_state=0)` (426 train, 143 test rows). "
-        "Hyper-parameters: the same on both sides (below), every other one at its library's default; each side's "
-        "float accuracy is its own library's model trained on the float features.\n",
-        "Ratios are Concrete-ML / veilml (veilml in its default configuration): higher is better for veilml. "
-        "Evaluation keys are the serialized bytes each client hands its server (both compressed by default). "
-        "Latency per row is encrypt + server run + decrypt of one row, median over the timed rows. "
-        f"Load average (1 min) on the machine: {machine['load_average_1_5_15_min_at_start'][0]:.1f} at the start, "
-        f"{machine['load_average_1_5_15_min_at_end'][0]:.1f} at the end; other jobs may share the cores, so "
-        "wall-clock ratios are noisier than the deterministic ones (PBS, complexity, key size).\n",
-        "## Summary: Concrete-ML / veilml\n",
-        summary(models) + "\n",
-    ]
-    for name, entry in models.items():
-        sides = entry["sides"]
-        ours, cml = sides[OURS], sides[CML]
-        hp = ", ".join(f"{k}={v}" for k, v in ours["hyperparameters"].items())
-        parts += [
-            f"## {entry['title']}\n",
-            f"Hyper-parameters: {hp}. Versions: veilml {ours['versions']['veilml']} with {ours['versions']['library']}; "
-            f"Concrete-ML {cml['versions'].get('concrete-ml')} with scikit-learn {cml['versions'].get('scikit-learn')}"
-            + (f", xgboost {cml['versions'].get('xgboost')}" if name == "xgboost" else "")
-            + ".\n",
-            table(sides) + "\n",
-            f"veilml's circuit: max bit width {ours['max_bit_width']}, PBS by precision "
-            + ", ".join(f"{k}-bit: {v}" for k, v in sorted(ours["pbs_by_precision"].items(), key=lambda kv: int(kv[0])))
-            + f"; Concrete-ML's: max bit width {cml['max_bit_width']}."
-            + (
-                f" veilml's {ours['max_bit_width']}-bit values are the encrypted sums (leveled additions, no PBS); "
-                f"every PBS is at {max(int(k) for k in ours['pbs_by_precision'])} bits or less.\n"
-                if ours["max_bit_width"] > max(int(k) for k in ours["pbs_by_precision"])
-                else "\n"
-            ),
-            outputs_sentence(name, ours)
-            + (
-                f" Concrete-ML's circuit returns shape {tuple(cml['circuit_output_shapes'][0])} per row "
-                "(batch, classes, trees): the client decrypts one score per class and tree and sums the trees in the clear.\n"
-                if cml.get("circuit_output_shapes") and ours["n_trees"] > 1
-                else "\n"
-            ),
-        ]
-        if ours["execute_median_split_s"]:
-            parts.append(
-                "veilml's latency per row, split (medians, s): "
-                + ", ".join(f"{k} {v:.3f}" for k, v in ours["execute_median_split_s"].items())
-                + ". The client encrypts a thermometer code of every feature (sent compressed); the server's "
-                "share includes decompressing it. Per-row latencies (s), in order: veilml "
-                + ", ".join(f"{v:.2f}" for v in ours["execute_latencies_s"])
-                + " (the first row of each side carries one-time costs; veilml's includes loading the evaluation "
-                "keys into the server's cache); Concrete-ML "
-                + ", ".join(f"{v:.2f}" for v in cml.get("execute_latencies_s", []))
-                + ".\n"
-            )
-    text = "\n".join(parts)
-    (RESULTS / "trees.md").write_text(text)
-    print(text)
-    return 0
 
 
 if __name__ == "__main__":

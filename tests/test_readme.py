@@ -108,25 +108,56 @@ def test_readme_tree_table_is_the_compiled_circuit_and_the_benchmark(compiled_ca
     pbs, complexity = (cell.strip() for cell in rows["veilml"].split("|"))
     assert pbs == f"{report.pbs_count} ({report.max_bit_width}-bit)"
     assert complexity == f"{report.complexity:.1e}".replace("e+0", "e")
-    theirs = json.loads((ROOT / "benchmarks" / "results" / "concrete_ml_decision_tree.json").read_text())
+    theirs = json.loads((ROOT / "benchmarks" / "results" / "concrete_ml_dt_cancer.json").read_text())
     assert theirs["versions"]["concrete-ml"].startswith("1.9")
     their_pbs, their_complexity = (cell.strip() for cell in rows["Concrete-ML 1.9"].split("|"))
     assert their_pbs == str(theirs["pbs_count"])
     assert their_complexity == f"{theirs['complexity']:.1e}".replace("e+0", "e")
 
 
+#: README table (its first header cell) -> (ratios of trees.json it shows, their keys, in column order)
+BENCHMARK_TABLES = {
+    "case": (
+        "ratios_concrete_ml_over_veilml",
+        (
+            "pbs_count",
+            "complexity",
+            "evaluation_key_serialized_bytes",
+            "bytes_up_per_row",
+            "bytes_down_per_row",
+            "execute_latency_median_s",
+            "batch_throughput_rows_per_s",
+        ),
+    ),
+    "case, at Concrete-ML's p_error": (
+        "ratios_at_concrete_ml_p_error",
+        ("complexity", "evaluation_key_serialized_bytes", "execute_latency_median_s", "batch_throughput_rows_per_s"),
+    ),
+    "case, encoding='auto'": (
+        "ratios_auto",
+        ("pbs_count", "complexity", "bytes_up_per_row", "execute_latency_median_s", "batch_throughput_rows_per_s"),
+    ),
+}
+
+
+def _readme_table(first_header_cell: str) -> dict[str, list[str]]:
+    """The rows (first cell -> other cells) of the README table whose header starts with that cell."""
+    match = re.search(rf"^\| {re.escape(first_header_cell)} \|.*\n\|[-| ]+\|\n((?:\|.*\|\n)+)", README, re.M)
+    assert match, f"README lost the benchmark table headed {first_header_cell!r}"
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in match.group(1).splitlines()]
+    return {row[0]: row[1:] for row in rows}
+
+
 def test_readme_ensemble_table_is_the_committed_benchmark():
-    """The README's Concrete-ML / veilml ratios are benchmarks/results/trees.json's, rounded."""
-    results = json.loads((ROOT / "benchmarks" / "results" / "trees.json").read_text())["models"]
-    keys = ("pbs_count", "complexity", "evaluation_key_serialized_bytes", "keygen_time_s", "execute_latency_median_s")
-    rows = {
-        "decision tree, depth 5": "decision_tree",
-        "random forest, 20 trees × depth 4": "random_forest",
-        "XGBoost, 20 trees × depth 4": "xgboost",
-    }
-    for label, name in rows.items():
-        match = re.search(rf"^\| {re.escape(label)} \| (.+?) \|$", README, re.M)
-        assert match, f"README lost the row {label!r}"
-        shown = [float(cell.strip().rstrip("x")) for cell in match.group(1).split("|")]
-        measured = results[name]["ratios_concrete_ml_over_veilml"]
-        assert shown == [round(measured[key], 1) for key in keys], f"{label}: README {shown}, benchmark {measured}"
+    """The README's Concrete-ML / veilml ratios are benchmarks/results/trees.json's, rounded, for every case."""
+    results = json.loads((ROOT / "benchmarks" / "results" / "trees.json").read_text())
+    assert results["complete"], "benchmarks/results/trees.json is from an unfinished run"
+    cases = results["cases"]
+    assert len(cases) >= 8, f"the committed benchmark has {len(cases)} cases: {sorted(cases)}"
+    for header, (ratios, keys) in BENCHMARK_TABLES.items():
+        table = _readme_table(header)
+        assert set(table) == {entry["title"] for entry in cases.values()}, f"{header!r}: README rows {sorted(table)}"
+        for entry in cases.values():
+            shown = [float(cell.rstrip("x")) for cell in table[entry["title"]]]
+            measured = entry[ratios]
+            assert shown == [round(measured[key], 1) for key in keys], f"{entry['title']}: README {shown}, benchmark {measured}"
