@@ -85,14 +85,16 @@ class _EncryptedEnsemble(BaseEstimator):
 
         ``train_on="codes"`` (default) trains the library's model on the codes themselves, as a
         tree learner on binned data. ``train_on="float"`` trains it on the float features, then
-        moves each threshold to the nearest code boundary: the encrypted model is the float model
-        with its thresholds rounded, which tracks the float model's accuracy more closely at a given
-        ``n_bits`` (a model trained on codes is another model, not the float one rounded).
+        moves each threshold to one of the two code boundaries around it, the one that sends fewer
+        rows of ``X`` the other way: the encrypted model is the float model with its thresholds
+        rounded, which tracks the float model's accuracy more closely at a given ``n_bits`` (a
+        model trained on codes is another model, not the float one rounded).
 
-        With ``n_bits="auto"`` the smallest input and leaf precisions whose ``fhe="disable"``
-        metric, cross-validated on ``X``, stays within ``auto_bits.TOLERANCE`` of the float model
-        are chosen first; they are in ``n_bits_`` and ``leaf_bits_``, the metrics of every
-        precision tried in ``auto_bits_report_``.
+        With ``n_bits="auto"`` the smallest input and leaf precisions are chosen first, cross-
+        validated on ``X``: whose ``fhe="disable"`` metric stays within ``auto_bits.TOLERANCE`` of
+        the float model's (``train_on="codes"``), or whose predictions agree with the float
+        model's within ``auto_bits.AGREEMENT_TOLERANCE`` (``train_on="float"``). They are in
+        ``n_bits_`` and ``leaf_bits_``, the scores of every precision tried in ``auto_bits_report_``.
         """
         self._validate_params()
         if self._family is None:
@@ -376,8 +378,8 @@ Parameters:
         codec lists the model's split points on the code grid (not the tree's structure or its
         leaf values), so use it only where the client may know them.
     train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
-        features, then round each threshold to the nearest code boundary; closer to the float
-        model's accuracy at a given ``n_bits``).
+        features, then round each threshold to a code boundary; closer to the float model's
+        accuracy at a given ``n_bits``, which ``n_bits="auto"`` then tends to choose larger).
     Every other parameter is passed to :class:`{module}.{name}` unchanged.
 """
 
