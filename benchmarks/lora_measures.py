@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from veilml.models.lora.remote import remote_layer_names
-from veilml.models.lora.tiny import load_corpus, make_batches, tiny_gpt2
+from veilml.models.lora.tiny import _seeded, load_corpus, make_batches, tiny_gpt2
 from veilml.models.lora.trainer import LoraTrainer
 from veilml.models.lora.weights import find_remote_layers, remote_linear_weights
 from veilml.models.lora.workers import local_executor
@@ -176,9 +176,7 @@ def smollm2_shaped(seed: int = 0) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SMOLLM2_135M, max_position_embeddings=2048)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+    return _seeded(seed, lambda: LlamaForCausalLM(config))
 
 
 class _Timed:
