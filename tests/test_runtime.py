@@ -18,6 +18,7 @@ from veilml.runtime.envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
+from veilml.runtime.seeded_inputs import SeededInputError
 from veilml.runtime.validation import CircuitLayout, LayoutError, StructureTemplate, learn_template
 
 
@@ -326,14 +327,11 @@ def test_tampered_ciphertexts_and_keys_are_refused_before_concrete(compiled_canc
             server.run(value.payload, keys)  # concrete's raw bytes
         with pytest.raises(EnvelopeError, match="expected evaluation keys.*swapped"):
             server.run(keys, ciphertext)
-        # the concrete payload, behind a consistent header
-        with pytest.raises(LayoutError, match="not one of this circuit's inputs: it is 45,"):
+        # the seeded payload, behind a consistent header (runtime/seeded_inputs.py)
+        with pytest.raises(SeededInputError, match="is 15,160 bytes, got 15,152"):
             server.run(_repack(value, value.payload[:-8]), keys)
-        structural = layout.inputs[0].runs[0][0] + 37  # inside the constant header of the ciphertext
-        flipped = bytearray(value.payload)
-        flipped[structural] ^= 0x10
-        with pytest.raises(LayoutError, match=f"not one of this circuit's inputs: byte {structural} differs"):
-            server.run(_repack(value, bytes(flipped)), keys)
+        with pytest.raises(SeededInputError, match="bad magic"):
+            server.run(_repack(value, b"X" + value.payload[1:]), keys)
         # keys that do not hash to their id, and keys with a flipped structural byte (new id, not cached)
         with pytest.raises(KeyMismatchError, match="do not hash to their key id.*modified or corrupted"):
             server.run(ciphertext, _repack(key_envelope, key_envelope.payload[:-1] + b"\x00"))
@@ -342,7 +340,7 @@ def test_tampered_ciphertexts_and_keys_are_refused_before_concrete(compiled_canc
         bad_id = key_id(bytes(bad))
         with pytest.raises(LayoutError, match="evaluation keys do not have this circuit's layout: byte 5 differs"):
             server.run(_repack(value, key_id=bad_id), _repack(key_envelope, bytes(bad), key_id=bad_id))
-    assert len(value.payload) == layout.inputs[0].length and len(key_envelope.payload) == layout.evaluation_keys.length
+    assert len(value.payload) == 40 + 8 * 1890 and len(key_envelope.payload) == layout.evaluation_keys.length
 
 
 @pytest.mark.execute

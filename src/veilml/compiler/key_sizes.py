@@ -51,3 +51,23 @@ def key_sizes(specs: Any) -> KeySizes:
     if keyset.get("packingKeyswitchKeys"):
         raise NotImplementedError("key sizes of packing keyswitch keys are not computed (no veilml circuit uses them)")
     return KeySizes(secret, bootstrap, keyswitch, bootstrap_compressed, keyswitch_compressed)
+
+
+#: bytes before the bodies of a veilml seeded input (see veilml.runtime.seeded_inputs)
+SEEDED_HEADER_BYTES = 40
+
+
+def wire_input_bytes(specs: Any, size_of_inputs: int) -> int:
+    """Bytes of a circuit's input on the wire: concrete's size, unless veilml seeds the input.
+
+    A circuit whose one input concrete takes uncompressed receives veilml's seeded inputs
+    (``Configuration(input_encryption="veilml")``): a header and 8 bytes per ciphertext.
+    """
+    inputs = _specs_json(specs)["circuits"][0]["inputs"]
+    lwe = inputs[0].get("typeInfo", {}).get("lweCiphertext") if len(inputs) == 1 else None
+    if lwe is None or lwe.get("compression") != "none":
+        return size_of_inputs
+    count = 1
+    for dimension in lwe["abstractShape"]["dimensions"]:
+        count *= int(dimension)
+    return SEEDED_HEADER_BYTES + WORD * count

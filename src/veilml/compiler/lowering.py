@@ -13,7 +13,7 @@ import numpy as np
 from .configuration import Configuration
 from .interpreter import evaluate
 from .ir import Graph, Node, Ops
-from .key_sizes import key_sizes
+from .key_sizes import key_sizes, wire_input_bytes
 from .ranges import Range, bit_width, infer_ranges
 from .spec import verify_graph
 
@@ -165,7 +165,7 @@ def make_report(circuit: Any) -> CircuitReport:
         bootstrap_key_bytes=keys.bootstrap,
         keyswitch_key_bytes=keys.keyswitch,
         compressed_evaluation_key_bytes=keys.bootstrap_compressed + keys.keyswitch_compressed,
-        input_bytes=int(stats["size_of_inputs"]),
+        input_bytes=wire_input_bytes(circuit.client.specs, int(stats["size_of_inputs"])),
         output_bytes=int(stats["size_of_outputs"]),
         p_error=float(stats["p_error"]),
         global_p_error=float(stats["global_p_error"]),

@@ -24,6 +24,7 @@ from .envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
+from .seeded_inputs import SeededEncryptor, input_secret_key, seeded_input_spec
 
 __all__ = ["FHEClient", "read_private_file", "write_private_file"]
 
@@ -124,6 +125,8 @@ class FHEClient:
         self._client = fhe.Client(client_specs, keyset_cache_directory=key_cache)
         self._evaluation_keys: bytes | None = None
         self._key_id: str | None = None
+        self._input_spec = seeded_input_spec(client_specs)  # None: concrete encrypts the inputs
+        self._encryptor: SeededEncryptor | None = None
 
     # ----------------------------------------------------------------------------------- keys
     def keygen(self, *, seed: int | None = None, force: bool = False) -> None:
@@ -132,7 +135,9 @@ class FHEClient:
         self._forget_evaluation_keys()
 
     def _forget_evaluation_keys(self) -> None:
+        """Drop what was derived from the previous key set (new keys were made or loaded)."""
         self._evaluation_keys = self._key_id = None
+        self._encryptor = None
 
     @property
     def has_keys(self) -> bool:
@@ -174,8 +179,13 @@ class FHEClient:
         if not self.has_keys:
             self.keygen()
         identifier = self.key_id
-        value = self._client.encrypt(np.ascontiguousarray(encoded_row, dtype=np.int64))
-        return pack_envelope("ciphertext", value.serialize(), fingerprint=self.fingerprint, key_id=identifier)
+        if self._input_spec is not None:  # veilml's seeded inputs (Configuration.input_encryption)
+            if self._encryptor is None:
+                self._encryptor = SeededEncryptor(self._input_spec, input_secret_key(self._client.keys, self._input_spec))
+            payload = self._encryptor.encrypt(np.asarray(encoded_row))
+        else:
+            payload = self._client.encrypt(np.ascontiguousarray(encoded_row, dtype=np.int64)).serialize()
+        return pack_envelope("ciphertext", payload, fingerprint=self.fingerprint, key_id=identifier)
 
     def encrypt(self, X: np.ndarray) -> list[bytes]:
         """One ciphertext envelope per row of ``X``."""

@@ -15,6 +15,7 @@ from .envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
+from .seeded_inputs import SeededInputs, seeded_input_spec
 from .validation import CircuitLayout, learn_circuit_layout
 
 __all__ = ["FHEServer", "UnknownKeyError"]
@@ -66,6 +67,8 @@ class FHEServer:
         self.key_cache_size = key_cache_size
         self.max_bytes = max_bytes
         self._keys: OrderedDict[str, Any] = OrderedDict()  # key id -> deserialized evaluation keys
+        self._input_spec = seeded_input_spec(self._client_specs)  # None: inputs arrive as concrete's bytes
+        self._seeded: SeededInputs | None = None
         self._lock = threading.Lock()
 
     @property
@@ -121,6 +124,10 @@ class FHEServer:
         value = unpack_envelope(ciphertext, "ciphertext", max_bytes=self.max_bytes)
         check_model(value, self.fingerprint)
         check_key_id(value, identifier)
+        if self._input_spec is not None:  # a seeded input: checked, then written in the input's layout
+            if self._seeded is None:
+                self._seeded = SeededInputs(self._input_spec, self.layout.inputs[0])
+            return self._seeded.to_concrete(value.payload)
         self.layout.inputs[0].check(
             value.payload,
             "this ciphertext is not one of this circuit's inputs",

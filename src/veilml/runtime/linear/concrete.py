@@ -89,7 +89,7 @@ class ConcreteServer(LinearServer):
         super().__init__(matrix, input_bits)
         rng = np.random.default_rng(0)
         inputset = rng.integers(0, 2**input_bits, size=(8, self.spec.rows))
-        configuration = configuration or Configuration(compress_input_ciphertexts=True)
+        configuration = configuration or Configuration(input_encryption="concrete")
         self.circuit: CachedCircuit = (cache or CircuitCache()).get(
             matmul_graph(self.matrix, input_bits), [inputset], configuration
         )

@@ -1,0 +1,251 @@
+"""veilml's seeded input ciphertexts: small on the wire, fast on both sides.
+
+An LWE ciphertext is a mask of ``d`` uniform words and a body ``<mask, s> + m * delta + e``. Only
+the body depends on the secret key: the masks can be regenerated from a public seed, so a row
+travels as one 16-byte seed and one 8-byte body per ciphertext (concrete's own seeded inputs carry
+a seed per ciphertext: 24 bytes each). Masks are the AES-128-CTR keystream of the seed, expanded
+with the processor's AES instructions (through ``cryptography``/OpenSSL); concrete-python's
+wheel expands its seeds with a software AES, which made encrypting (client) and decompressing
+(server) a thermometer row of breast cancer cost more than its whole circuit (0.1-0.2 ms per
+ciphertext on each side, against about 15 microseconds here).
+
+The circuit itself is compiled with uncompressed inputs (``Configuration(input_encryption=
+"veilml")``, the default); the server expands the seed and writes concrete's uncompressed value
+into the input's learned layout (:class:`~veilml.runtime.validation.StructureTemplate`), so
+concrete only ever sees bytes of the shape it produced itself.
+
+The encryption is the one concrete performs, checked against it in the tests: the key is the
+input's LWE secret key of the client's key set, ``delta = 2**(64 - width - 1)`` (one bit of
+padding) and the noise is a centred Gaussian of the input's variance (the specs' ``variance``,
+relative to the torus), drawn from the operating system's CSPRNG.
+
+Payload: ``magic (8) | version (u16) | reserved (u16) | dimension d (u32) | count n (u64) |
+seed (16) | n bodies (u64)``, little-endian. The mask of ciphertext ``i`` is words ``[i * (d + 1),
+i * (d + 1) + d)`` of the keystream (the word after each mask is not used).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..compiler.key_sizes import SEEDED_HEADER_BYTES
+from .validation import LayoutError, StructureTemplate
+
+__all__ = ["InputSpec", "SeededEncryptor", "SeededInputError", "SeededInputs", "input_secret_key", "seeded_input_spec"]
+
+MAGIC = b"veilmlSI"
+VERSION = 1
+_HEAD = struct.Struct("<8sHHIQ16s")  # 40 bytes: the bodies that follow are 8-byte aligned
+assert _HEAD.size == SEEDED_HEADER_BYTES
+WORD = 8
+
+
+class SeededInputError(ValueError):
+    """A seeded input payload that is malformed or not made for this circuit's input."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What encrypting a circuit's input needs, read from its (public) client specs."""
+
+    shape: tuple[int, ...]  # the clear input's shape
+    dimension: int  # LWE dimension d of the input key
+    key_id: int
+    variance: float  # of the encryption noise, relative to the torus
+    width: int  # bits of the encoded integer
+    signed: bool
+
+    @property
+    def count(self) -> int:
+        """Ciphertexts per input: one per clear value."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def payload_bytes(self) -> int:
+        return _HEAD.size + WORD * self.count
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of concrete's uncompressed ciphertexts (masks and bodies)."""
+        return WORD * self.count * (self.dimension + 1)
+
+
+def seeded_input_spec(client_specs: Any) -> InputSpec | None:
+    """The :class:`InputSpec` of a one-input circuit whose input concrete takes uncompressed, else None.
+
+    ``client_specs`` is concrete's ``ClientSpecs`` or its serialization. Anything but the native
+    64-bit modulus and integer encoding that concrete uses for tree and matrix circuits is refused.
+    """
+    from .security import check_lwe
+
+    text = client_specs.serialize() if hasattr(client_specs, "serialize") else client_specs
+    program = json.loads(text)
+    circuits = program.get("circuits", [])
+    if len(circuits) != 1 or len(circuits[0].get("inputs", [])) != 1:
+        return None
+    lwe = circuits[0]["inputs"][0].get("typeInfo", {}).get("lweCiphertext")
+    if lwe is None or lwe.get("compression") != "none":
+        return None
+    encryption, integer = lwe["encryption"], lwe["encoding"].get("integer")
+    shape = tuple(int(d) for d in lwe["abstractShape"]["dimensions"])
+    dimension = int(encryption["lweDimension"])
+    problems = []
+    if "native" not in encryption.get("modulus", {}).get("modulus", {}) or lwe.get("integerPrecision") != 64:
+        problems.append("a modulus other than 2**64")
+    if integer is None or "native" not in integer.get("mode", {}):
+        problems.append("an encoding other than concrete's native integer one")
+    if [int(d) for d in lwe["concreteShape"]["dimensions"]] != [*shape, dimension + 1]:
+        problems.append("a concrete shape that is not the clear shape times (d + 1) words")
+    keys = {int(k["id"]): int(k["params"]["lweDimension"]) for k in program["keyset"]["lweSecretKeys"]}
+    if keys.get(int(encryption["keyId"])) != dimension:
+        problems.append("an input key whose dimension differs from the ciphertext's")
+    if problems:
+        raise SeededInputError(f"this circuit's input has {', '.join(problems)}; compile it with input_encryption='concrete'")
+    check_lwe(dimension, float(encryption["variance"]), "the circuit's input encryption")
+    width = int(integer["width"])
+    if not 1 <= width <= 62:
+        raise SeededInputError(f"this circuit's input is {width} bits wide; seeded inputs handle 1 to 62 bits")
+    return InputSpec(shape, dimension, int(encryption["keyId"]), float(encryption["variance"]), width, bool(integer["isSigned"]))
+
+
+def input_secret_key(keys: Any, spec: InputSpec) -> np.ndarray:
+    """The input's binary LWE secret key, as ``d`` words, from concrete's ``Keys`` of a client.
+
+    concrete serializes a secret key as a versioned header followed by its ``d`` coefficients;
+    the length and the binary values are checked, so another layout fails here, not silently.
+    """
+    secret_keys = keys._keyset.get_client_keys().get_secret_keys()  # concrete-python 2.10-2.11
+    key = secret_keys[spec.key_id]
+    if key.param.dimension() != spec.dimension:
+        raise SeededInputError(
+            f"secret key {spec.key_id} has dimension {key.param.dimension()}, the input needs {spec.dimension}"
+        )
+    raw = key.serialize()
+    if len(raw) < WORD * spec.dimension:
+        raise SeededInputError("concrete's secret key is shorter than its dimension: this concrete-python is not supported")
+    coefficients = np.frombuffer(raw[-WORD * spec.dimension :], dtype="<u8").astype(np.uint64)
+    if not np.all(coefficients <= 1):
+        raise SeededInputError(
+            "concrete's secret key is not binary in the expected layout: this concrete-python is not supported"
+        )
+    return coefficients
+
+
+def _keystream_into(seed: bytes, size: int, buffer: bytearray | memoryview) -> None:
+    """Write ``size`` bytes of the AES-128-CTR keystream of ``seed`` at the start of ``buffer``
+    (which has 15 bytes of room beyond ``size``: OpenSSL may write a whole last block)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(bytes(size), buffer)
+
+
+def _keystream(seed: bytes, spec: InputSpec) -> np.ndarray:
+    """The keystream of ``seed`` as a writable (n, d + 1) array of words."""
+    buffer = bytearray(spec.data_bytes + 15)
+    _keystream_into(seed, spec.data_bytes, buffer)
+    words = np.frombuffer(buffer, dtype="<u8", count=spec.count * (spec.dimension + 1))
+    return words.reshape(spec.count, spec.dimension + 1)
+
+
+def _gaussian_noise(count: int, stddev: float) -> np.ndarray:
+    """``count`` rounded centred Gaussian samples of ``stddev`` (in 2**-64 torus units) as words.
+
+    Box-Muller on uniforms from ``os.urandom``: the noise hides the message, so it comes from the
+    operating system's CSPRNG, never from numpy's generators.
+    """
+    uniform = (np.frombuffer(os.urandom(16 * count), dtype="<u8").reshape(2, count) >> np.uint64(11)).astype(np.float64)
+    u1, u2 = (uniform + 0.5) * 2.0**-53  # in (0, 1): log(u1) is finite
+    gaussian = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+    return np.rint(gaussian * stddev).astype(np.int64).view(np.uint64)
+
+
+class SeededEncryptor:
+    """The client's side: encrypts clear inputs under ``secret_key`` into seeded payloads."""
+
+    def __init__(self, spec: InputSpec, secret_key: np.ndarray) -> None:
+        if secret_key.shape != (spec.dimension,):
+            raise ValueError(f"the secret key has shape {secret_key.shape}, the input needs ({spec.dimension},)")
+        self.spec = spec
+        self._key = np.ascontiguousarray(secret_key, dtype=np.uint64)
+        self._stddev = math.sqrt(spec.variance) * 2.0**64
+
+    def encrypt(self, values: np.ndarray) -> bytes:
+        """A seeded payload of ``values`` (the input's shape, integers within its width)."""
+        spec = self.spec
+        values = np.asarray(values)
+        if values.shape != spec.shape or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"expected integers of shape {spec.shape}, got {values.dtype} of shape {values.shape}")
+        low, high = (-(2 ** (spec.width - 1)), 2 ** (spec.width - 1) - 1) if spec.signed else (0, 2**spec.width - 1)
+        if values.size and (values.min() < low or values.max() > high):
+            raise ValueError(f"input values must be in [{low}, {high}] ({spec.width} bits), got [{values.min()}, {values.max()}]")
+        seed = os.urandom(16)
+        masks = _keystream(seed, spec)[:, : spec.dimension]
+        delta = np.uint64(1 << (64 - spec.width - 1))
+        plain = values.reshape(-1).astype(np.int64).view(np.uint64) * delta  # wraps: two's complement for signed values
+        bodies = masks @ self._key + plain + _gaussian_noise(spec.count, self._stddev)
+        head = _HEAD.pack(MAGIC, VERSION, 0, spec.dimension, spec.count, seed)
+        return head + bodies.astype("<u8").tobytes()
+
+
+class SeededInputs:
+    """The server's side: checks a seeded payload and writes concrete's uncompressed value.
+
+    ``template`` is the learned layout of concrete's serialization of this input (a header, the
+    ciphertext words, a trailer); its variable bytes must be exactly the ciphertext words.
+    """
+
+    def __init__(self, spec: InputSpec, template: StructureTemplate) -> None:
+        gaps, end = [], 0
+        for offset, value in template.runs:
+            if offset > end:
+                gaps.append((end, offset))
+            end = offset + len(value)
+        if end < template.length:
+            gaps.append((end, template.length))
+        if sum(b - a for a, b in gaps) != spec.data_bytes:
+            raise LayoutError(
+                "this circuit's input layout does not hold exactly its uncompressed ciphertext words; "
+                "compile it with input_encryption='concrete'"
+            )
+        self.spec, self.template, self._gaps = spec, template, gaps
+
+    def to_concrete(self, payload: bytes) -> bytes:
+        """concrete's serialized input value of a seeded ``payload``, which is checked first."""
+        spec = self.spec
+        if len(payload) != spec.payload_bytes:
+            raise SeededInputError(
+                f"a seeded input of this circuit is {spec.payload_bytes:,} bytes, got {len(payload):,}; "
+                "encrypt with this model's client and send the ciphertext unmodified"
+            )
+        magic, version, reserved, dimension, count, seed = _HEAD.unpack_from(payload)
+        if magic != MAGIC or version != VERSION or reserved != 0:
+            raise SeededInputError("not a veilml seeded input (bad magic, version or reserved field)")
+        if (dimension, count) != (spec.dimension, spec.count):
+            raise SeededInputError(
+                f"this seeded input holds {count} ciphertexts of dimension {dimension}; "
+                f"the circuit takes {spec.count} of dimension {spec.dimension}"
+            )
+        bodies = np.frombuffer(payload, dtype="<u8", offset=_HEAD.size)
+        out = bytearray(self.template.length)
+        start, stop = self._gaps[0]
+        if len(self._gaps) == 1 and self.template.length - start >= spec.data_bytes + 15:
+            _keystream_into(seed, spec.data_bytes, memoryview(out)[start:])  # in place: no copy
+            words = np.frombuffer(out, dtype="<u8", count=spec.count * (spec.dimension + 1), offset=start)
+            words.reshape(spec.count, spec.dimension + 1)[:, spec.dimension] = bodies
+        else:  # ciphertext words split by constant bytes (or no room after them): copy gap by gap
+            words = _keystream(seed, spec)
+            words[:, spec.dimension] = bodies
+            data, position = memoryview(words.reshape(-1)).cast("B"), 0
+            for start, stop in self._gaps:
+                out[start:stop] = data[position : position + stop - start]
+                position += stop - start
+        for offset, value in self.template.runs:  # after the keystream: it may have run past its gap
+            out[offset : offset + len(value)] = value
+        return bytes(out)  # concrete's deserializer takes bytes only
