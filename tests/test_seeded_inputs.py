@@ -43,7 +43,7 @@ def _phases(payload: bytes, spec, key: np.ndarray) -> np.ndarray:
     from veilml.runtime.seeded_inputs import _HEAD, _keystream
 
     seed = _HEAD.unpack_from(payload)[-1]
-    masks = _keystream(seed, spec)[:, : spec.dimension]
+    masks = _keystream(seed, spec.count, spec.dimension)[:, : spec.dimension]
     bodies = np.frombuffer(payload, dtype="<u8", offset=_HEAD.size)
     return bodies - masks @ key
 
@@ -145,3 +145,47 @@ def test_a_concrete_encrypted_model_still_runs(cancer, test_config):
     truncated = pack_envelope("ciphertext", value.payload[:-8], fingerprint=value.fingerprint, key_id=value.key_id)
     with pytest.raises(LayoutError, match="not one of this circuit's inputs"):
         server.run(truncated, keys)
+
+
+def test_the_server_expands_only_the_masks_it_reads(circuit):
+    from veilml.runtime.seeded_inputs import _keystream, _masks_of
+
+    _, spec, _, _ = circuit
+    seed = bytes(range(16))
+    picks = np.array([0, 1, 7, 299, 150])
+    full = _keystream(seed, 300, spec.dimension)[:, : spec.dimension]
+    np.testing.assert_array_equal(_masks_of(seed, picks, spec.dimension), full[picks])
+
+
+def test_a_narrowed_input_reads_only_the_gathered_elements():
+    """The circuit takes the gathered elements (compiler/narrowing.py); the integers are unchanged."""
+    from veilml.compiler import GraphBuilder, evaluate
+    from veilml.compiler.narrowing import narrow_input
+
+    g = GraphBuilder()
+    x = g.input("x", np.zeros(10), np.full(10, 3))
+    a = g.gather(x, [7, 2, 7])
+    b = g.gather(x, [5])
+    g.output(g.add(g.lut(a, [0, 1, 1, 0]), g.matmul(b, np.ones((1, 3), dtype=np.int64))))
+    graph = g.build()
+    narrowed, columns = narrow_input(graph)
+    np.testing.assert_array_equal(columns, [2, 5, 7])
+    assert narrowed.nodes[narrowed.inputs[0]].size == 3
+    rows = np.random.default_rng(0).integers(0, 4, size=(20, 10))
+    np.testing.assert_array_equal(evaluate(narrowed, [rows[:, columns]])[0], evaluate(graph, [rows])[0])
+    # an input read by anything but gathers is kept whole
+    h = GraphBuilder()
+    y = h.input("y", np.zeros(4), np.ones(4))
+    h.output(h.matmul(y, np.ones((4, 1), dtype=np.int64)))
+    assert narrow_input(h.build())[1] is None
+
+
+def test_a_narrowed_tree_circuit_runs_on_whole_rows(compiled_cancer_tree, cancer, no_clip_warning):
+    """The client encrypts the whole thermometer row (model-independent); the circuit reads 13 bits."""
+    model = compiled_cancer_tree
+    compiled = model.fhe_model_.compiled
+    assert compiled.input_columns is not None and len(compiled.input_columns) < model.fhe_model_.encoding.size
+    assert model.fhe_model_.client().encrypt(cancer[1][:1])[0].count(b"veilmlSI") == 1
+    rows = cancer[1][:2]
+    np.testing.assert_array_equal(model.predict_integers(rows, "execute"), model.predict_integers(rows, "simulate"))
+    assert model.report_.input_bytes == 40 + 8 * model.fhe_model_.encoding.size

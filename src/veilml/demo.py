@@ -49,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     client.keygen()
     keys = client.evaluation_keys()
     print(f"keys generated in {time.perf_counter() - start:.1f} s; evaluation keys: {len(keys) / 2**20:.1f} MiB")
+    key_id = server.register(keys)  # on the server, once per client: checked and loaded
 
     encrypted, latencies = [], []
     for row in X_test[:rows]:
         start = time.perf_counter()
         (ciphertext,) = client.encrypt(row[None, :])  # on the client
-        result = server.run(ciphertext, keys)  # on the server: ciphertexts and public keys only
+        result = server.run_registered(ciphertext, key_id)  # on the server: ciphertexts and public keys only
         scores = client.decrypt([result])  # back on the client
         latencies.append(time.perf_counter() - start)
         encrypted.append(model.classes_[int(np.argmax(scores))])

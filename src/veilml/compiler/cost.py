@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .ir import Graph, Ops
+from .narrowing import narrow_input
 from .ranges import infer_ranges
 
 __all__ = ["CostModel", "GraphCost", "graph_cost"]
@@ -55,6 +56,7 @@ class GraphCost:
     inputs: int
     outputs: int
     pbs_by_precision: dict[int, int]
+    read_inputs: int | None = None  # of the inputs, those the circuit reads (narrowing); None: all
 
     @property
     def pbs_count(self) -> int:
@@ -65,7 +67,7 @@ class GraphCost:
         model = model or CostModel()
         client_encrypt = self.inputs * model.client_per_input_s
         client_decrypt = self.outputs * model.client_per_output_s
-        server_inputs = self.inputs * model.server_per_input_s
+        server_inputs = (self.inputs if self.read_inputs is None else self.read_inputs) * model.server_per_input_s
         server_pbs = sum(n * model.pbs_seconds(p) for p, n in self.pbs_by_precision.items())
         return {
             "client_encrypt_s": client_encrypt,
@@ -129,4 +131,5 @@ def graph_cost(graph: Graph) -> GraphCost:
             if node.op is Ops.ROUND:
                 width -= node.arg[0]
             pbs[width] = pbs.get(width, 0) + node.size
-    return GraphCost(inputs, outputs, dict(sorted(pbs.items())))
+    _, columns = narrow_input(graph)  # what the server keeps of a seeded row
+    return GraphCost(inputs, outputs, dict(sorted(pbs.items())), None if columns is None else len(columns))

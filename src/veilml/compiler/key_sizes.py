@@ -57,11 +57,12 @@ def key_sizes(specs: Any) -> KeySizes:
 SEEDED_HEADER_BYTES = 40
 
 
-def wire_input_bytes(specs: Any, size_of_inputs: int) -> int:
+def wire_input_bytes(specs: Any, size_of_inputs: int, values: int | None = None) -> int:
     """Bytes of a circuit's input on the wire: concrete's size, unless veilml seeds the input.
 
     A circuit whose one input concrete takes uncompressed receives veilml's seeded inputs
-    (``Configuration(input_encryption="veilml")``): a header and 8 bytes per ciphertext.
+    (``Configuration(input_encryption="veilml")``): a header and 8 bytes per ciphertext, for the
+    ``values`` the client encrypts (by default the circuit's input size).
     """
     inputs = _specs_json(specs)["circuits"][0]["inputs"]
     lwe = inputs[0].get("typeInfo", {}).get("lweCiphertext") if len(inputs) == 1 else None
@@ -70,4 +71,4 @@ def wire_input_bytes(specs: Any, size_of_inputs: int) -> int:
     count = 1
     for dimension in lwe["abstractShape"]["dimensions"]:
         count *= int(dimension)
-    return SEEDED_HEADER_BYTES + WORD * count
+    return SEEDED_HEADER_BYTES + WORD * (count if values is None else values)

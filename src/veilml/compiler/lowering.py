@@ -14,6 +14,7 @@ from .configuration import Configuration
 from .interpreter import evaluate
 from .ir import Graph, Node, Ops
 from .key_sizes import key_sizes, wire_input_bytes
+from .narrowing import narrow_input
 from .ranges import Range, bit_width, infer_ranges
 from .spec import verify_graph
 
@@ -152,7 +153,9 @@ def _pbs_by_precision(circuit: Any) -> dict[int, int]:
     return counts
 
 
-def make_report(circuit: Any) -> CircuitReport:
+def make_report(circuit: Any, wire_values: int | None = None) -> CircuitReport:
+    """The report of a compiled circuit; ``wire_values``: values per call the client encrypts, when
+    the circuit takes fewer (narrowed input)."""
     stats = circuit.statistics
     keys = key_sizes(circuit.client.specs)
     return CircuitReport(
@@ -165,7 +168,7 @@ def make_report(circuit: Any) -> CircuitReport:
         bootstrap_key_bytes=keys.bootstrap,
         keyswitch_key_bytes=keys.keyswitch,
         compressed_evaluation_key_bytes=keys.bootstrap_compressed + keys.keyswitch_compressed,
-        input_bytes=wire_input_bytes(circuit.client.specs, int(stats["size_of_inputs"])),
+        input_bytes=wire_input_bytes(circuit.client.specs, int(stats["size_of_inputs"]), wire_values),
         output_bytes=int(stats["size_of_outputs"]),
         p_error=float(stats["p_error"]),
         global_p_error=float(stats["global_p_error"]),
@@ -180,13 +183,24 @@ def _corner_samples(graph: Graph) -> list[list[np.ndarray]]:
 
 
 class CompiledGraph:
-    """A graph together with its concrete circuit."""
+    """A graph together with its concrete circuit.
 
-    def __init__(self, graph: Graph, circuit: Any, configuration: Configuration) -> None:
+    ``input_columns``: when the circuit takes only some elements of the graph's input (see
+    :mod:`veilml.compiler.narrowing`), their positions; callers keep passing whole rows: the
+    simulation selects them here, the server (``FHEServer(input_columns=...)``) before concrete.
+    """
+
+    def __init__(self, graph: Graph, circuit: Any, configuration: Configuration, input_columns: np.ndarray | None = None) -> None:
         self.graph = graph
         self.circuit = circuit
         self.configuration = configuration
-        self.report = make_report(circuit)
+        self.input_columns = input_columns
+        wire = graph.nodes[graph.inputs[0]].size * configuration.batch_size if len(graph.inputs) == 1 else None
+        self.report = make_report(circuit, wire_values=wire)
+
+    def select(self, rows: np.ndarray) -> np.ndarray:
+        """The elements of whole input rows (last axis) that the circuit takes."""
+        return rows if self.input_columns is None else np.ascontiguousarray(rows[..., self.input_columns])
 
     @property
     def n_inputs(self) -> int:
@@ -214,7 +228,7 @@ class CompiledGraph:
 
     def simulate(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """concrete's simulation of the circuit on a batch (one call per sample, or per ``batch_size`` samples)."""
-        inputs = [np.asarray(x, dtype=np.int64) for x in inputs]
+        inputs = [self.select(np.asarray(x, dtype=np.int64)) for x in inputs]
         n = inputs[0].shape[0]
         calls = [self.calls(x) for x in inputs]
         outs: list[tuple[np.ndarray, ...]] = []
@@ -247,6 +261,11 @@ def compile_graph(
     if len(batches) != len(graph.inputs) or any(b.ndim != 2 for b in batches):
         raise ValueError(f"inputset must be one (n_samples, size) array per graph input ({len(graph.inputs)})")
     evaluate(graph, batches)  # raises with a clear message on bad shapes or out-of-range values
+    whole, columns = graph, None
+    if configuration.input_encryption == "veilml":  # the server drops what is not read (seeded inputs)
+        graph, columns = narrow_input(graph)
+        if columns is not None:
+            batches = [batches[0][:, columns]]
     samples = [list(row) for row in zip(*batches)] + _corner_samples(graph)
     if configuration.batch_size > 1:  # every sample a block of batch_size rows, corners included
         b = configuration.batch_size
@@ -262,4 +281,4 @@ def compile_graph(
     function = to_concrete_function(graph)
     compiler = fhe.Compiler(function, {name: "encrypted" for name in graph.input_names()})
     circuit = compiler.compile(samples_for_concrete, configuration.to_concrete())
-    return CompiledGraph(graph, circuit, configuration)
+    return CompiledGraph(whole, circuit, configuration, columns)

@@ -79,7 +79,8 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike) -> Path:
         compiled.circuit.server.save(str(server / "server.zip"))
         (server / _SPECS).write_bytes(specs)
         (server / "layout.bin").write_bytes(fhe_model.server().layout.to_bytes())
-        write_manifest(server, SERVER_FORMAT, **facts)
+        columns = None if compiled.input_columns is None else [int(c) for c in compiled.input_columns]
+        write_manifest(server, SERVER_FORMAT, **facts, input_columns=columns)
 
         if directory.exists():
             shutil.rmtree(directory)
@@ -222,6 +223,8 @@ class ModelServer:
             layout=(self.directory / "layout.bin").read_bytes(),
             key_cache_size=key_cache_size,
             max_bytes=max_bytes,
+            input_columns=self.manifest.get("input_columns"),
+            row_size=int(self.manifest["input_size"]),
         )
 
     @property

@@ -181,7 +181,11 @@ class FHEClient:
         identifier = self.key_id
         if self._input_spec is not None:  # veilml's seeded inputs (Configuration.input_encryption)
             if self._encryptor is None:
-                self._encryptor = SeededEncryptor(self._input_spec, input_secret_key(self._client.keys, self._input_spec))
+                spec = self._input_spec
+                # the whole encoded row, also when the circuit reads part of it (the server drops the rest)
+                size = getattr(getattr(self.codec, "encoding", None), "size", None)
+                shape = spec.shape if size is None else (*spec.shape[:-1], int(size))
+                self._encryptor = SeededEncryptor(spec, input_secret_key(self._client.keys, spec), shape)
             payload = self._encryptor.encrypt(np.asarray(encoded_row))
         else:
             payload = self._client.encrypt(np.ascontiguousarray(encoded_row, dtype=np.int64)).serialize()

@@ -103,7 +103,12 @@ class FHEModel:
         """The server of this compiled model: the circuit and its public client specs, no key."""
         compiled = self._require_compiled("execute")
         if self._server is None:
-            self._server = FHEServer(compiled.circuit.server, compiled.circuit.client.specs)
+            self._server = FHEServer(
+                compiled.circuit.server,
+                compiled.circuit.client.specs,
+                input_columns=compiled.input_columns,
+                row_size=self.codec.encoding.size,
+            )
         return self._server
 
     # ----------------------------------------------------------------------------------- run

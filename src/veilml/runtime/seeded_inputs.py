@@ -68,10 +68,6 @@ class InputSpec:
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
-    def payload_bytes(self) -> int:
-        return _HEAD.size + WORD * self.count
-
-    @property
     def data_bytes(self) -> int:
         """Bytes of concrete's uncompressed ciphertexts (masks and bodies)."""
         return WORD * self.count * (self.dimension + 1)
@@ -146,12 +142,26 @@ def _keystream_into(seed: bytes, size: int, buffer: bytearray | memoryview) -> N
     Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(bytes(size), buffer)
 
 
-def _keystream(seed: bytes, spec: InputSpec) -> np.ndarray:
-    """The keystream of ``seed`` as a writable (n, d + 1) array of words."""
-    buffer = bytearray(spec.data_bytes + 15)
-    _keystream_into(seed, spec.data_bytes, buffer)
-    words = np.frombuffer(buffer, dtype="<u8", count=spec.count * (spec.dimension + 1))
-    return words.reshape(spec.count, spec.dimension + 1)
+def _keystream(seed: bytes, count: int, dimension: int) -> np.ndarray:
+    """The keystream of ``seed`` as a writable (count, d + 1) array of words."""
+    size = WORD * count * (dimension + 1)
+    buffer = bytearray(size + 15)
+    _keystream_into(seed, size, buffer)
+    return np.frombuffer(buffer, dtype="<u8", count=count * (dimension + 1)).reshape(count, dimension + 1)
+
+
+def _masks_of(seed: bytes, picks: np.ndarray, dimension: int) -> np.ndarray:
+    """The masks of ciphertexts ``picks`` only: CTR mode starts anywhere (its counter is the block
+    index, a 128-bit big-endian integer), so the server expands only what the circuit reads."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key, stride = algorithms.AES(seed), WORD * (dimension + 1)
+    masks = np.empty((len(picks), dimension), dtype="<u8")
+    for j, i in enumerate(picks):
+        block, skip = divmod(int(i) * stride, 16)
+        stream = Cipher(key, modes.CTR(block.to_bytes(16, "big"))).encryptor().update(bytes(skip + WORD * dimension))
+        masks[j] = np.frombuffer(stream, dtype="<u8", count=dimension, offset=skip)
+    return masks
 
 
 def _gaussian_noise(count: int, stddev: float) -> np.ndarray:
@@ -167,30 +177,35 @@ def _gaussian_noise(count: int, stddev: float) -> np.ndarray:
 
 
 class SeededEncryptor:
-    """The client's side: encrypts clear inputs under ``secret_key`` into seeded payloads."""
+    """The client's side: encrypts clear inputs under ``secret_key`` into seeded payloads.
 
-    def __init__(self, spec: InputSpec, secret_key: np.ndarray) -> None:
+    ``shape``: what the client encrypts per call, by default the circuit's input shape; the whole
+    encoded row when the circuit reads only some of it (a narrowed input: the server drops the rest).
+    """
+
+    def __init__(self, spec: InputSpec, secret_key: np.ndarray, shape: tuple[int, ...] | None = None) -> None:
         if secret_key.shape != (spec.dimension,):
             raise ValueError(f"the secret key has shape {secret_key.shape}, the input needs ({spec.dimension},)")
         self.spec = spec
+        self.shape = spec.shape if shape is None else tuple(int(d) for d in shape)
         self._key = np.ascontiguousarray(secret_key, dtype=np.uint64)
         self._stddev = math.sqrt(spec.variance) * 2.0**64
 
     def encrypt(self, values: np.ndarray) -> bytes:
-        """A seeded payload of ``values`` (the input's shape, integers within its width)."""
+        """A seeded payload of ``values`` (of :attr:`shape`, integers within the input's width)."""
         spec = self.spec
         values = np.asarray(values)
-        if values.shape != spec.shape or not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"expected integers of shape {spec.shape}, got {values.dtype} of shape {values.shape}")
+        if values.shape != self.shape or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"expected integers of shape {self.shape}, got {values.dtype} of shape {values.shape}")
         low, high = (-(2 ** (spec.width - 1)), 2 ** (spec.width - 1) - 1) if spec.signed else (0, 2**spec.width - 1)
         if values.size and (values.min() < low or values.max() > high):
             raise ValueError(f"input values must be in [{low}, {high}] ({spec.width} bits), got [{values.min()}, {values.max()}]")
-        seed = os.urandom(16)
-        masks = _keystream(seed, spec)[:, : spec.dimension]
+        seed, count = os.urandom(16), values.size
+        masks = _keystream(seed, count, spec.dimension)[:, : spec.dimension]
         delta = np.uint64(1 << (64 - spec.width - 1))
         plain = values.reshape(-1).astype(np.int64).view(np.uint64) * delta  # wraps: two's complement for signed values
-        bodies = masks @ self._key + plain + _gaussian_noise(spec.count, self._stddev)
-        head = _HEAD.pack(MAGIC, VERSION, 0, spec.dimension, spec.count, seed)
+        bodies = masks @ self._key + plain + _gaussian_noise(count, self._stddev)
+        head = _HEAD.pack(MAGIC, VERSION, 0, spec.dimension, count, seed)
         return head + bodies.astype("<u8").tobytes()
 
 
@@ -199,9 +214,13 @@ class SeededInputs:
 
     ``template`` is the learned layout of concrete's serialization of this input (a header, the
     ciphertext words, a trailer); its variable bytes must be exactly the ciphertext words.
+    ``columns`` and ``row_size``, for a narrowed input (:mod:`veilml.compiler.narrowing`): the client
+    sends rows of ``row_size`` values, of which the circuit reads ``columns``.
     """
 
-    def __init__(self, spec: InputSpec, template: StructureTemplate) -> None:
+    def __init__(
+        self, spec: InputSpec, template: StructureTemplate, columns: np.ndarray | None = None, row_size: int | None = None
+    ) -> None:
         gaps, end = [], 0
         for offset, value in template.runs:
             if offset > end:
@@ -215,33 +234,50 @@ class SeededInputs:
                 "compile it with input_encryption='concrete'"
             )
         self.spec, self.template, self._gaps = spec, template, gaps
+        self.wire_count, self._picks = spec.count, None
+        if columns is not None:
+            columns = np.asarray(columns, dtype=np.int64).reshape(-1)
+            rows, rest = divmod(spec.count, max(len(columns), 1))
+            if row_size is None or rest or not len(columns) or columns.min() < 0 or columns.max() >= row_size:
+                raise ValueError(f"input columns {len(columns)} do not fit rows of {row_size} values and this circuit's input")
+            self.wire_count = rows * int(row_size)
+            self._picks = (np.arange(rows)[:, None] * int(row_size) + columns[None, :]).reshape(-1)
+
+    @property
+    def payload_bytes(self) -> int:
+        return _HEAD.size + WORD * self.wire_count
 
     def to_concrete(self, payload: bytes) -> bytes:
         """concrete's serialized input value of a seeded ``payload``, which is checked first."""
         spec = self.spec
-        if len(payload) != spec.payload_bytes:
+        if len(payload) != self.payload_bytes:
             raise SeededInputError(
-                f"a seeded input of this circuit is {spec.payload_bytes:,} bytes, got {len(payload):,}; "
+                f"a seeded input of this circuit is {self.payload_bytes:,} bytes, got {len(payload):,}; "
                 "encrypt with this model's client and send the ciphertext unmodified"
             )
         magic, version, reserved, dimension, count, seed = _HEAD.unpack_from(payload)
         if magic != MAGIC or version != VERSION or reserved != 0:
             raise SeededInputError("not a veilml seeded input (bad magic, version or reserved field)")
-        if (dimension, count) != (spec.dimension, spec.count):
+        if (dimension, count) != (spec.dimension, self.wire_count):
             raise SeededInputError(
                 f"this seeded input holds {count} ciphertexts of dimension {dimension}; "
-                f"the circuit takes {spec.count} of dimension {spec.dimension}"
+                f"the circuit takes {self.wire_count} of dimension {spec.dimension}"
             )
         bodies = np.frombuffer(payload, dtype="<u8", offset=_HEAD.size)
         out = bytearray(self.template.length)
-        start, stop = self._gaps[0]
-        if len(self._gaps) == 1 and self.template.length - start >= spec.data_bytes + 15:
+        start, _ = self._gaps[0]
+        if self._picks is None and len(self._gaps) == 1 and self.template.length - start >= spec.data_bytes + 15:
             _keystream_into(seed, spec.data_bytes, memoryview(out)[start:])  # in place: no copy
             words = np.frombuffer(out, dtype="<u8", count=spec.count * (spec.dimension + 1), offset=start)
             words.reshape(spec.count, spec.dimension + 1)[:, spec.dimension] = bodies
-        else:  # ciphertext words split by constant bytes (or no room after them): copy gap by gap
-            words = _keystream(seed, spec)
-            words[:, spec.dimension] = bodies
+        else:
+            if self._picks is None:
+                words = _keystream(seed, spec.count, spec.dimension)
+                words[:, spec.dimension] = bodies
+            else:  # the ciphertexts the circuit reads: only their masks are expanded
+                words = np.empty((spec.count, spec.dimension + 1), dtype="<u8")
+                words[:, : spec.dimension] = _masks_of(seed, self._picks, spec.dimension)
+                words[:, spec.dimension] = bodies[self._picks]
             data, position = memoryview(words.reshape(-1)).cast("B"), 0
             for start, stop in self._gaps:
                 out[start:stop] = data[position : position + stop - start]

@@ -45,6 +45,9 @@ class FHEServer:
             generations of time), which are dropped at once.
         key_cache_size: how many deserialized key sets are kept (least recently used goes first).
         max_bytes: the largest envelope accepted.
+        input_columns / row_size: for a circuit compiled on part of its rows (a narrowed input,
+            :mod:`veilml.compiler.narrowing`), which of the ``row_size`` values of each seeded row
+            it reads; the others are dropped before concrete sees the row.
     """
 
     def __init__(
@@ -55,6 +58,8 @@ class FHEServer:
         layout: CircuitLayout | bytes | None = None,
         key_cache_size: int = 8,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        input_columns: Any = None,
+        row_size: int | None = None,
     ) -> None:
         if key_cache_size < 1:
             raise ValueError(f"key_cache_size must be at least 1, got {key_cache_size}")
@@ -68,6 +73,9 @@ class FHEServer:
         self.max_bytes = max_bytes
         self._keys: OrderedDict[str, Any] = OrderedDict()  # key id -> deserialized evaluation keys
         self._input_spec = seeded_input_spec(self._client_specs)  # None: inputs arrive as concrete's bytes
+        if input_columns is not None and self._input_spec is None:
+            raise ValueError("input_columns apply to seeded inputs only (Configuration(input_encryption='veilml'))")
+        self._input_columns, self._row_size = input_columns, row_size
         self._seeded: SeededInputs | None = None
         self._lock = threading.Lock()
 
@@ -126,7 +134,7 @@ class FHEServer:
         check_key_id(value, identifier)
         if self._input_spec is not None:  # a seeded input: checked, then written in the input's layout
             if self._seeded is None:
-                self._seeded = SeededInputs(self._input_spec, self.layout.inputs[0])
+                self._seeded = SeededInputs(self._input_spec, self.layout.inputs[0], self._input_columns, self._row_size)
             return self._seeded.to_concrete(value.payload)
         self.layout.inputs[0].check(
             value.payload,
