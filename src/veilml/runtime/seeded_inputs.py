@@ -134,20 +134,47 @@ def input_secret_key(keys: Any, spec: InputSpec) -> np.ndarray:
     return coefficients
 
 
-def _keystream_into(seed: bytes, size: int, buffer: bytearray | memoryview) -> None:
+_CHUNK = 1 << 20  # keystream bytes per OpenSSL call: a zero block this size is encrypted again and again
+_ZEROS = bytes(_CHUNK)
+
+
+def _keystream_into(seed: bytes, size: int, buffer: Any) -> None:
     """Write ``size`` bytes of the AES-128-CTR keystream of ``seed`` at the start of ``buffer``
-    (which has 15 bytes of room beyond ``size``: OpenSSL may write a whole last block)."""
+    (a writable buffer with 15 bytes of room beyond ``size``: OpenSSL may write a whole last block)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(bytes(size), buffer)
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    view = memoryview(buffer).cast("B")
+    for start in range(0, size, _CHUNK):
+        step = min(_CHUNK, size - start)
+        encryptor.update_into(_ZEROS[:step] if step < _CHUNK else _ZEROS, view[start:])
 
 
 def _keystream(seed: bytes, count: int, dimension: int) -> np.ndarray:
     """The keystream of ``seed`` as a writable (count, d + 1) array of words."""
     size = WORD * count * (dimension + 1)
-    buffer = bytearray(size + 15)
+    buffer = np.empty(size + 15, dtype=np.uint8)  # not zeroed: every byte used is written
     _keystream_into(seed, size, buffer)
-    return np.frombuffer(buffer, dtype="<u8", count=count * (dimension + 1)).reshape(count, dimension + 1)
+    return buffer[:size].view("<u8").reshape(count, dimension + 1)
+
+
+def _mask_products(seed: bytes, count: int, dimension: int, key: np.ndarray) -> np.ndarray:
+    """``<mask_i, key>`` for the ``count`` masks of ``seed``, without holding the whole keystream:
+    block by block in one reused buffer of about 1 MiB (a 94 MiB keystream cost more in page faults
+    than in AES)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    row_bytes = WORD * (dimension + 1)
+    rows = max(1, _CHUNK // row_bytes)
+    buffer = np.empty(rows * row_bytes + 15, dtype=np.uint8)
+    zeros = _ZEROS if rows * row_bytes <= _CHUNK else bytes(rows * row_bytes)
+    products = np.empty(count, dtype=np.uint64)
+    for start in range(0, count, rows):
+        n = min(rows, count - start)
+        encryptor.update_into(zeros[: n * row_bytes] if n < rows else zeros[: rows * row_bytes], buffer)
+        products[start : start + n] = buffer[: n * row_bytes].view("<u8").reshape(n, dimension + 1) @ key
+    return products
 
 
 def _masks_of(seed: bytes, picks: np.ndarray, dimension: int) -> np.ndarray:
@@ -188,7 +215,8 @@ class SeededEncryptor:
             raise ValueError(f"the secret key has shape {secret_key.shape}, the input needs ({spec.dimension},)")
         self.spec = spec
         self.shape = spec.shape if shape is None else tuple(int(d) for d in shape)
-        self._key = np.ascontiguousarray(secret_key, dtype=np.uint64)
+        # one more coefficient, 0, for the word after each mask: the product then runs on contiguous rows
+        self._key = np.append(np.asarray(secret_key, dtype=np.uint64), np.uint64(0))
         self._stddev = math.sqrt(spec.variance) * 2.0**64
 
     def encrypt(self, values: np.ndarray) -> bytes:
@@ -201,10 +229,9 @@ class SeededEncryptor:
         if values.size and (values.min() < low or values.max() > high):
             raise ValueError(f"input values must be in [{low}, {high}] ({spec.width} bits), got [{values.min()}, {values.max()}]")
         seed, count = os.urandom(16), values.size
-        masks = _keystream(seed, count, spec.dimension)[:, : spec.dimension]
         delta = np.uint64(1 << (64 - spec.width - 1))
         plain = values.reshape(-1).astype(np.int64).view(np.uint64) * delta  # wraps: two's complement for signed values
-        bodies = masks @ self._key + plain + _gaussian_noise(count, self._stddev)
+        bodies = _mask_products(seed, count, spec.dimension, self._key) + plain + _gaussian_noise(count, self._stddev)
         head = _HEAD.pack(MAGIC, VERSION, 0, spec.dimension, count, seed)
         return head + bodies.astype("<u8").tobytes()
 

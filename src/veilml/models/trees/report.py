@@ -29,6 +29,7 @@ class FHEReport:
     bytes_up_per_row: int
     bytes_down_per_row: int
     estimate: dict[str, float]
+    inputs_read_per_row: int | None = None  # of the inputs, those the circuit reads (None: all)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -45,8 +46,9 @@ class FHEReport:
                 f"  evaluation keys: {self.evaluation_key_bytes / 2**20:.1f} MiB "
                 f"({(self.compressed_evaluation_key_bytes or 0) / 2**20:.1f} MiB compressed)"
             )
+        read = "" if self.inputs_read_per_row is None else f"; the circuit reads {self.inputs_read_per_row}"
         lines.append(
-            f"  per row: {self.inputs_per_row} ciphertexts up (~{self.bytes_up_per_row / 2**10:.1f} KiB), "
+            f"  per row: {self.inputs_per_row} ciphertexts up (~{self.bytes_up_per_row / 2**10:.1f} KiB{read}), "
             f"{self.outputs_per_row} down (~{self.bytes_down_per_row / 2**10:.1f} KiB)"
         )
         lines.append(
@@ -73,4 +75,5 @@ def fhe_report(graph: Any, stages: dict[str, str], compiled_report: Any = None, 
         bytes_up_per_row=int(estimate["bytes_up"]),
         bytes_down_per_row=int(estimate["bytes_down"]),
         estimate=estimate,
+        inputs_read_per_row=cost.read_inputs,
     )
