@@ -32,11 +32,13 @@ class CostModel:
     """Seconds (one core) per item of a row's work, and bytes per ciphertext on the wire."""
 
     # veilml's seeded inputs (runtime/seeded_inputs.py), measured on breast cancer's 1,890 thermometer
-    # bits at dimension 1280-1536: 15 ms to encrypt a row; 10 ms to expand it on the server, 17 ms
-    # for concrete to read it and 55 ms to carry it into the circuit (concrete's own seeded
-    # inputs cost 1.3e-4 s and 1.4e-4 s per ciphertext: its wheel expands seeds in software)
-    client_per_input_s: float = 8e-6  # seeded encryption of one input ciphertext
-    server_per_input_s: float = 4.3e-5  # expanding it and carrying it into the circuit
+    # bits at dimension 1536: 6 ms to encrypt a row; the server expands and hands concrete only the
+    # ciphertexts the circuit reads (narrowed inputs), about 40 microseconds each (concrete's own
+    # seeded inputs cost 1.3e-4 s on the client and 1.4e-4 s on the server per ciphertext: its wheel
+    # expands seeds with a software AES)
+    client_per_input_s: float = 3.5e-6  # seeded encryption of one input ciphertext
+    server_per_input_s: float = 4e-5  # expanding one read ciphertext and carrying it into the circuit
+    server_per_call_s: float = 0.04  # concrete's set-up of each call (measured: 45-50 ms for one lookup)
     client_per_output_s: float = 1.0e-4  # decrypting one output ciphertext
     pbs_s: dict[int, float] = field(default_factory=_default_pbs_seconds)
     bytes_per_input: int = 8  # a seeded input: one 8-byte body per ciphertext
@@ -71,12 +73,13 @@ class GraphCost:
         server_pbs = sum(n * model.pbs_seconds(p) for p, n in self.pbs_by_precision.items())
         return {
             "client_encrypt_s": client_encrypt,
+            "server_call_s": model.server_per_call_s,
             "server_inputs_s": server_inputs,
             "server_pbs_s": server_pbs,
             "client_decrypt_s": client_decrypt,
             "client_s": client_encrypt + client_decrypt,
-            "server_s": server_inputs + server_pbs,
-            "total_s": client_encrypt + client_decrypt + server_inputs + server_pbs,
+            "server_s": model.server_per_call_s + server_inputs + server_pbs,
+            "total_s": client_encrypt + client_decrypt + model.server_per_call_s + server_inputs + server_pbs,
             "bytes_up": float(model.bytes_per_row_up + self.inputs * model.bytes_per_input),
             "bytes_down": float(self.outputs * model.bytes_per_output),
         }

@@ -54,7 +54,8 @@ class FHEReport:
         lines.append(
             f"  estimated time per row, one core: client {e['client_s'] * 1e3:.0f} ms (encrypt "
             f"{e['client_encrypt_s'] * 1e3:.0f}, decrypt {e['client_decrypt_s'] * 1e3:.0f}), server "
-            f"{e['server_s'] * 1e3:.0f} ms (inputs {e['server_inputs_s'] * 1e3:.0f}, lookups {e['server_pbs_s'] * 1e3:.0f})"
+            f"{e['server_s'] * 1e3:.0f} ms (call {e['server_call_s'] * 1e3:.0f}, inputs {e['server_inputs_s'] * 1e3:.0f}, "
+            f"lookups {e['server_pbs_s'] * 1e3:.0f})"
         )
         return "FHE report\n" + "\n".join(lines)
 
