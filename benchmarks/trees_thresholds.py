@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/trees_thresholds.py
 
 Same data split, hyper-parameters and 6 bits as ``benchmarks/trees.py``. Each model is compiled,
-keys are made, one throw-away row loads the evaluation keys on the server, then 5 test rows are
+keys are made and registered on the server, one throw-away row runs, then 5 test rows are
 timed one by one (encrypt + run + decrypt) and each result is compared with ``simulate``. The
 Concrete-ML figures are those of the last ``trees.py`` run (``results/concrete_ml_<case>.json``),
 not re-measured here. Writes ``results/trees_thresholds.json``.
@@ -34,12 +34,13 @@ def measure(name: str, hp: dict, X_train, y_train, X_test, y_test) -> dict:
     client, server = model.fhe_model_.client(), model.fhe_model_.server()
     client.keygen(force=True)
     keys = client.evaluation_keys()
-    server.run(client.encrypt(X_test[:1])[0], keys)  # the first row loads the keys on the server
+    key_id = server.register(keys)  # the server checks and loads the keys once
+    server.run_registered(client.encrypt(X_test[:1])[0], key_id)  # one throw-away row
     latencies, equal = [], []
     for row in X_test[:5]:
         start = time.perf_counter()
         (ciphertext,) = client.encrypt(row[None, :])
-        result = client.decrypt_integers(server.run(ciphertext, keys))
+        result = client.decrypt_integers(server.run_registered(ciphertext, key_id))
         latencies.append(time.perf_counter() - start)
         equal.append(bool(np.array_equal(result, model.predict_integers(row[None, :], "simulate")[0])))
     return {

@@ -30,8 +30,8 @@ class Configuration:
         input_encryption: who encrypts the inputs. ``"veilml"`` (default): veilml's seeded
             inputs (:mod:`veilml.runtime.seeded_inputs`): one seed per row and 8 bytes per
             ciphertext on the wire, masks expanded with the processor's AES instructions on both
-            sides (a thermometer row of breast cancer: 15 KiB, about 15 ms to encrypt, against
-            45 KiB and 0.25 s through concrete's client); concrete compiles the circuit with
+            sides (a thermometer row of breast cancer: 15 KiB, 6 ms to encrypt, against 45 KiB
+            and 0.25 s through concrete's client); concrete compiles the circuit with
             uncompressed inputs, which only the server builds in memory. ``"concrete"``:
             concrete's own seeded encryption (``compress_input_ciphertexts`` must then be True).
         compress_input_ciphertexts / compress_evaluation_keys: concrete's seeded, compressed
