@@ -224,6 +224,7 @@ def veilml_side(name: str, rows: int, batch: int, encoding: str = "thermometer",
             f"{_library_version(float_model.__class__.__module__.split('.')[0])}",
         },
         "lowering": dict(model.lowering_),
+        "leaf_bits": int(model.leaf_bits_),
         "float_metric": float_metric,
         "metric_disable": metric(case, y_test, predictions),
         "metric_simulate": metric(case, y_test, simulated_predictions),
@@ -538,7 +539,9 @@ def write(record: dict, args: argparse.Namespace) -> str:
         f"{' (Concrete-ML figures reused from its last run)' if args.skip_concrete_ml else ''}. "
         "Test split: `train_test_split(test_size=0.25, random_state=0)`. Hyper-parameters and n_bits: the same on "
         "both sides, every other one at its library's default; each side's float metric is its own library's model "
-        "trained on the float features.\n",
+        "trained on the float features. Leaf values: Concrete-ML quantizes each tree's leaves to n_bits and sums the "
+        "trees in the clear; veilml (default `leaf_bits=None`) gives a single tree's leaves n_bits and sums an "
+        "ensemble's trees in FHE into an (n_bits + 1)-bit score.\n",
         "Ratios: Concrete-ML / veilml for costs (time, PBS, complexity, keys, bytes), veilml / Concrete-ML for "
         "throughput: higher is better for veilml. Evaluation keys are the serialized bytes each client hands its "
         "server (both compressed). Bytes up / down: veilml's ciphertext and result envelopes of one row; "

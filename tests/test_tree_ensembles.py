@@ -134,7 +134,7 @@ def test_sample_weights_reach_the_library(name, cancer, diabetes):
 
 
 def test_the_sum_stays_inside_the_circuit_and_the_output_does_not_grow(cancer, test_config):
-    """5 or 40 trees: the client decrypts the same number of values; lookups keep the leaf stage's width.
+    """5 or 40 trees: the client decrypts no more values; lookups keep the leaf stage's width.
 
     The summed scores need about log2(number of trees) more bits than one tree's leaves; that width
     is only for the leveled sums, never for a lookup, and no wider than the sum's own range.
@@ -151,21 +151,23 @@ def test_the_sum_stays_inside_the_circuit_and_the_output_does_not_grow(cancer, t
         print(f"{n} trees: {report} (sum range needs {sum_width} bits)")
         seen[n] = (sum(graph.nodes[i].size for i in graph.outputs), max(report.pbs_by_precision))
         assert report.max_bit_width <= max(sum_width, max(report.pbs_by_precision) + 1)
-    assert seen[5] == seen[40], f"(decrypted values, widest lookup) changed with the number of trees: {seen}"
+    # more trees share the same (n_bits + 1)-bit score, so each tree's leaves get fewer digits, never more
+    assert seen[40][0] <= seen[5][0] and seen[40][1] == seen[5][1], f"(decrypted values, widest lookup): {seen}"
 
 
 def test_reference_forest_costs_no_more_than_today(cancer, test_config):
     """The random forest of benchmarks/trees.py (20 trees of depth 4, 6 bits, breast cancer): its circuit
-    statistics are pinned to at most the values measured on 2026-12-01 (Concrete-ML 1.9: 2,540 PBS,
-    complexity 1.43e11), so that a gain cannot silently regress."""
+    statistics are pinned to at most the values measured on 2026-12-02, with sibling leaves paired and
+    the score at 7 bits (Concrete-ML 1.9: 2,540 PBS, complexity 1.43e11; veilml on 2026-12-01: 147 PBS,
+    1.04e10, 37 KiB down), so that a gain cannot silently regress."""
     X_train, X_test, y_train, y_test = cancer
     model = veilml.RandomForestClassifier(n_estimators=20, max_depth=4, n_bits=6, random_state=0).fit(X_train, y_train)
     model.compile(X_train, test_config)
     report = model.report_
     print(report)
-    assert report.pbs_count <= 147 and max(report.pbs_by_precision) <= 3
-    assert report.complexity <= 1.04e10 * 1.01
-    assert report.input_bytes <= 45 * 2**10 and report.output_bytes <= 37 * 2**10
+    assert report.pbs_count <= 108 and max(report.pbs_by_precision) <= 3
+    assert report.complexity <= 6.96e9 * 1.01
+    assert report.input_bytes <= 15 * 2**10 and report.output_bytes <= 17 * 2**10
     assert np.mean(model.predict(X_test) == y_test) >= 0.965  # the float forest's accuracy, 0.9650
 
 

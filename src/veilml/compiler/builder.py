@@ -69,7 +69,9 @@ class GraphBuilder:
         return self._add(Ops.SUM, (x,), None, 1)
 
     def lut(self, x: int, table: Any, offset: int = 0) -> int:
-        table = np.asarray(table, dtype=np.int64).ravel()
+        """``table[clip(x - offset)]`` per element; a 2-D ``table`` holds one table (row) per element."""
+        table = np.asarray(table, dtype=np.int64)
+        table = np.ascontiguousarray(table if table.ndim == 2 else table.ravel())
         return self._add(Ops.LUT, (x,), (table, int(offset)), self.size(x))
 
     def round(self, x: int, lsbs: int, mode: str = "round") -> int:

@@ -27,7 +27,10 @@ _CMP = {
 
 def _lut(node: Node, x: np.ndarray) -> np.ndarray:
     table, offset = node.arg
-    return table[np.clip(x - offset, 0, len(table) - 1)]
+    index = np.clip(x - offset, 0, table.shape[-1] - 1)
+    if table.ndim == 2:  # one table per element
+        return table[np.arange(node.size), index]
+    return table[index]
 
 
 def _assume(node: Node, x: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ class Ops(enum.Enum):
     SUM = "sum"  # src: (x,); size 1
     # ** table lookups (one programmable bootstrap per element) **
     CMP = "cmp"  # src: (x, c); c clear; arg: predicate in CMP_PREDICATES; result in {0, 1}
-    LUT = "lut"  # src: (x,); arg: (table, offset); out = table[clip(x - offset)]
+    LUT = "lut"  # src: (x,); arg: (table, offset); out = table[clip(x - offset)]; a 2-D table has one row per element
     ROUND = "round"  # src: (x,); arg: (lsbs, mode); zero the low bits, rounding or truncating
     # ** hints and results **
     ASSUME = "assume"  # src: (x,); arg: (low, high) a range the producer guarantees

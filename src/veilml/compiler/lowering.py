@@ -23,10 +23,19 @@ __all__ = ["CircuitReport", "CompiledGraph", "compile_graph", "to_concrete_funct
 _CMP = {"le": operator.le, "lt": operator.lt, "ge": operator.ge, "gt": operator.gt, "eq": operator.eq, "ne": operator.ne}
 
 
-def _lut(fhe: Any, node: Node, x: Any) -> Any:
+def _lut(fhe: Any, node: Node, x: Any, source: Range) -> Any:
     table, offset = node.arg
-    last = len(table) - 1
-    return fhe.univariate(lambda v: table[np.clip(v - offset, 0, last)])(x)
+    last = table.shape[-1] - 1
+    if table.ndim == 1:
+        return fhe.univariate(lambda v: table[np.clip(v - offset, 0, last)])(x)
+    # one table per element: concrete's multi-table lookup, each table indexed by the value itself
+    # over the source's whole range (a signed source indexes from the end, as numpy does)
+    low, high = int(source.low.min()), int(source.high.max())
+    width = source.bit_width
+    values = np.arange(2**width) if low >= 0 else np.concatenate([np.arange(2 ** (width - 1)), np.arange(-(2 ** (width - 1)), 0)])
+    rows = table[:, np.clip(values - offset, 0, last)]
+    assert low >= values.min() and high <= values.max()
+    return fhe.LookupTable([fhe.LookupTable([int(v) for v in row]) for row in rows])[x]
 
 
 def _round(fhe: Any, node: Node, x: Any, source: Range) -> Any:
@@ -57,7 +66,7 @@ LOWER: dict[Ops, Callable[..., Any]] = {
     Ops.MATMUL: lambda fhe, n, x: x @ np.ascontiguousarray(n.arg),
     Ops.SUM: lambda fhe, n, x: np.sum(x, axis=-1, keepdims=True),
     Ops.CMP: lambda fhe, n, x, c: _CMP[n.arg](x, c),
-    Ops.LUT: _lut,
+    Ops.LUT: _lut,  # also receives the source's Range
     Ops.ROUND: _round,  # also receives the source's Range
     Ops.ASSUME: lambda fhe, n, x: x,
     Ops.OUTPUT: lambda fhe, n, x: x,
@@ -82,8 +91,8 @@ def to_concrete_function(graph: Graph, ranges: Sequence[Range] | None = None) ->
         for i, node in enumerate(graph.nodes):
             if node.op is Ops.INPUT:
                 value = next(feed)
-            elif node.op is Ops.ROUND:
-                value = _round(fhe, node, values[node.src[0]], ranges[node.src[0]])
+            elif node.op in (Ops.ROUND, Ops.LUT):
+                value = LOWER[node.op](fhe, node, values[node.src[0]], ranges[node.src[0]])
             else:
                 value = LOWER[node.op](fhe, node, *(values[s] for s in node.src))
             if encrypted[i]:

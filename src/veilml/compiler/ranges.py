@@ -43,11 +43,12 @@ class Range:
 
 def _lut_range(node: Node, x: Range) -> Range:
     table, offset = node.arg
-    last = len(table) - 1
-    lo_idx = np.clip(x.low - offset, 0, last)
-    hi_idx = np.clip(x.high - offset, 0, last)
-    low = np.array([table[a : b + 1].min() for a, b in zip(lo_idx, hi_idx)], dtype=np.int64)
-    high = np.array([table[a : b + 1].max() for a, b in zip(lo_idx, hi_idx)], dtype=np.int64)
+    rows = table if table.ndim == 2 else np.broadcast_to(table, (node.size, table.size))
+    last = rows.shape[1] - 1
+    lo_idx = np.broadcast_to(np.clip(x.low - offset, 0, last), (node.size,))
+    hi_idx = np.broadcast_to(np.clip(x.high - offset, 0, last), (node.size,))
+    low = np.array([row[a : b + 1].min() for row, a, b in zip(rows, lo_idx, hi_idx)], dtype=np.int64)
+    high = np.array([row[a : b + 1].max() for row, a, b in zip(rows, lo_idx, hi_idx)], dtype=np.int64)
     return Range(low, high)
 
 

@@ -62,7 +62,9 @@ def check_rules(graph: Graph) -> None:  # noqa: C901 - one flat table of rules r
             _check(len(n.src) == 1 and n.size == 1, i, n, "SUM takes one source, gives size 1")
         elif n.op is Ops.LUT:
             _check(len(n.src) == 1 and n.size == sizes[0], i, n, "LUT is elementwise")
-            _check(len(n.arg) == 2 and np.ndim(n.arg[0]) == 1, i, n, "LUT takes (table, offset)")
+            _check(len(n.arg) == 2 and np.ndim(n.arg[0]) in (1, 2), i, n, "LUT takes (table, offset)")
+            _check(np.ndim(n.arg[0]) == 1 or np.shape(n.arg[0])[0] == n.size, i, n, "a 2-D LUT table has one row per element")
+            _check(np.shape(n.arg[0])[-1] >= 1, i, n, "LUT tables are not empty")
         elif n.op is Ops.ROUND:
             _check(len(n.src) == 1 and n.size == sizes[0], i, n, "ROUND is elementwise")
             _check(n.arg[0] >= 1 and n.arg[1] in ROUND_MODES, i, n, "ROUND takes (lsbs>=1, mode)")

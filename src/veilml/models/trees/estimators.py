@@ -31,14 +31,20 @@ from ...runtime import FHEModel
 from ...runtime.codec import ClientCodec, OutputSpec
 from ..tree_families import FAMILIES, Family, library_class
 from .auto_bits import choose_bits
-from .lowering import lower_ensemble
+from .lowering import LoweredEnsemble, lower_candidates
 from .report import FHEReport, fhe_report
 from .supported import to_ensemble
 
 __all__ = list(FAMILIES)
 
 #: veilml's own parameters and their defaults, first in every estimator's signature
-VEILML_PARAMS: dict[str, Any] = {"n_bits": 6, "leaf_bits": None, "encoding": "thermometer", "train_on": "codes"}
+VEILML_PARAMS: dict[str, Any] = {
+    "n_bits": 6,
+    "leaf_bits": None,
+    "encoding": "thermometer",
+    "leaf_lookups": "auto",
+    "train_on": "codes",
+}
 
 
 class _EncryptedEnsemble(BaseEstimator):
@@ -49,6 +55,7 @@ class _EncryptedEnsemble(BaseEstimator):
         "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
         "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
         "encoding": [StrOptions({"thermometer", "identity", "chunked", "auto", "thresholds"})],
+        "leaf_lookups": [StrOptions({"indicators", "paired", "auto"})],
         "train_on": [StrOptions({"codes", "float"})],
     }
 
@@ -110,7 +117,7 @@ class _EncryptedEnsemble(BaseEstimator):
         if self.n_bits == "auto":
             n_bits, leaf_bits, self.auto_bits_report_ = choose_bits(self, X, y, sample_weight)
         else:
-            n_bits, leaf_bits = self.n_bits, self.leaf_bits if self.leaf_bits is not None else self.n_bits
+            n_bits, leaf_bits = self.n_bits, self.leaf_bits
         quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         model = self._new_library_model()
         fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
@@ -167,9 +174,15 @@ class _EncryptedEnsemble(BaseEstimator):
             quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         else:
             quantizer = UniformQuantizer.from_cut_points(ensemble.thresholds_by_feature(), n_bits)
-        leaf_bits = self.leaf_bits if self.leaf_bits is not None else n_bits
         self._set_fitted(
-            model, quantizer, n_bits, leaf_bits, thresholds_are_codes=False, warn_on_clip=X is not None, ensemble=ensemble, X=X
+            model,
+            quantizer,
+            n_bits,
+            self.leaf_bits,
+            thresholds_are_codes=False,
+            warn_on_clip=X is not None,
+            ensemble=ensemble,
+            X=X,
         )
 
     def _set_fitted(
@@ -177,7 +190,7 @@ class _EncryptedEnsemble(BaseEstimator):
         model: Any,
         quantizer: UniformQuantizer,
         n_bits: int,
-        leaf_bits: int,
+        leaf_bits: int | None,
         *,
         thresholds_are_codes: bool,
         warn_on_clip: bool,
@@ -187,24 +200,30 @@ class _EncryptedEnsemble(BaseEstimator):
         ensemble = to_ensemble(model) if ensemble is None else ensemble
         if not thresholds_are_codes:
             ensemble = ensemble.to_codes(quantizer, X)
-        lowered = lower_ensemble(ensemble, n_bits, leaf_bits, self.encoding)
+        candidates = lower_candidates(ensemble, n_bits, leaf_bits, self.encoding, leaf_lookups=self.leaf_lookups)
         self.model_ = model
-        self.lowering_ = lowered.stages
         self.input_quantizer_ = quantizer
         self.ensemble_ = ensemble
-        self.n_bits_, self.leaf_bits_ = n_bits, leaf_bits
+        self.n_bits_, self.leaf_bits_ = n_bits, candidates[0].leaf_bits
         self.n_features_in_ = ensemble.n_features
         self._set_outputs(model, ensemble)
+        output = self._output_spec(ensemble)
+        # every candidate computes the same scores; compile() keeps the one concrete finds cheapest
+        self._candidates = [(self._fhe_model(low, quantizer, output, warn_on_clip), low.stages) for low in candidates]
+        self.fhe_model_, self.lowering_ = self._candidates[0]
+
+    @staticmethod
+    def _fhe_model(lowered: LoweredEnsemble, quantizer: UniformQuantizer, output: OutputSpec, warn_on_clip: bool) -> FHEModel:
         codec = ClientCodec(
             quantizer,
             lowered.encoding,
             lowered.output_quantizer,
             output_bias=lowered.output_bias,
             output_combine=lowered.output_combine,
-            output=self._output_spec(ensemble),
+            output=output,
             warn_on_clip=warn_on_clip,
         )
-        self.fhe_model_ = FHEModel(codec, lowered.graph)
+        return FHEModel(codec, lowered.graph)
 
     def _set_outputs(self, model: Any, ensemble: Any) -> None:
         """Fitted attributes that depend on the task (``classes_``)."""
@@ -223,11 +242,20 @@ class _EncryptedEnsemble(BaseEstimator):
         """Compile the FHE circuit with an inputset made of the rows of ``X``.
 
         ``options`` override fields of ``configuration`` (for example ``p_error=...``,
-        ``device="cuda"``). The circuit's cost figures are then in ``report_``.
+        ``device="cuda"``). The circuit's cost figures are then in ``report_``. When the lowering
+        left more than one leaf stage worth trying (``leaf_lookups="auto"``), each is compiled and
+        the one with the lowest complexity is kept (they compute the same scores).
         """
         X = self._fitted_input(X)
         configuration = (configuration or Configuration()).fork(**options)
-        self.report_ = self.fhe_model_.compile(X, configuration).report
+        candidates = getattr(self, "_candidates", [(self.fhe_model_, self.lowering_)])
+        reports = [model.compile(X, configuration).report for model, _ in candidates]
+        best = min(range(len(candidates)), key=lambda i: reports[i].complexity)
+        for i, (model, _) in enumerate(candidates):
+            if i != best:
+                model.compiled = None  # free the circuit not kept
+        self.fhe_model_, self.lowering_ = candidates[best]
+        self.report_ = reports[best]
         return self
 
     def decision_scores(self, X: Any, fhe: str = "disable") -> np.ndarray:
@@ -365,7 +393,9 @@ _DOC = """An encrypted {name}: a {module}.{name} trained on quantized inputs, ru
 Parameters:
     n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits, or ``"auto"``
         to choose the smallest precision that keeps the float model's metric (see ``fit``).
-    leaf_bits: precision of the quantized leaf values (default: ``n_bits``).
+    leaf_bits: precision of each tree's quantized leaf values. By default a single tree's leaves
+        get ``n_bits``, and an ensemble's leaves share the scale that makes the summed score an
+        ``n_bits + 1``-bit integer (each tree then gets ``leaf_bits_``, at most ``n_bits``).
     encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
         ciphertexts), ``"chunked"`` (a thermometer code of a high and a low chunk of each
         feature: ~4x fewer bits at 6 bits, one 2-bit lookup per threshold off a chunk boundary),
@@ -377,6 +407,11 @@ Parameters:
         makes, ``[q_f >= k]`` per split point: the fewest ciphertexts by far, but the client-side
         codec lists the model's split points on the code grid (not the tree's structure or its
         leaf values), so use it only where the client may know them.
+    leaf_lookups: how leaves are looked up: ``"indicators"`` (one small lookup per leaf, values
+        applied afterwards by a clear matrix), ``"paired"`` (one lookup per pair of sibling leaves
+        that returns the leaf value itself: fewer lookups, costlier parameters), or ``"auto"``
+        (default): ``compile`` compiles both when pairing saves a fifth of the lookups and keeps
+        the one with the lower complexity. Every choice computes the same scores.
     train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
         features, then round each threshold to a code boundary; closer to the float model's
         accuracy at a given ``n_bits``, which ``n_bits="auto"`` then tends to choose larger).

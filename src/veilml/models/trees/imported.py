@@ -15,10 +15,13 @@ __all__ = ["ImportedTreeClassifier", "ImportedTreeRegressor", "from_onnx"]
 
 
 class _Imported:
-    def __init__(self, *, n_bits: int = 8, leaf_bits: int | None = None, encoding: str = "thermometer") -> None:
+    def __init__(
+        self, *, n_bits: int = 8, leaf_bits: int | None = None, encoding: str = "thermometer", leaf_lookups: str = "auto"
+    ) -> None:
         self.n_bits = n_bits
         self.leaf_bits = leaf_bits
         self.encoding = encoding
+        self.leaf_lookups = leaf_lookups
 
 
 class ImportedTreeClassifier(_Imported, _Classifier):

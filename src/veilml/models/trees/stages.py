@@ -19,7 +19,17 @@ import numpy as np
 
 from ...compiler import GraphBuilder, InputEncoding
 
-__all__ = ["COMPARISONS", "Parts", "comparisons_chunked", "describe_comparisons", "describe_encoding", "leaf_selection", "scores"]
+__all__ = [
+    "COMPARISONS",
+    "Parts",
+    "comparisons_chunked",
+    "describe_comparisons",
+    "describe_encoding",
+    "failed_tests",
+    "leaf_selection",
+    "paired_values",
+    "scores",
+]
 
 #: (bits node, comparison indices held by its elements, in order)
 Parts = list[tuple[int, list[int]]]
@@ -80,16 +90,40 @@ COMPARISONS: dict[str, Callable[[GraphBuilder, int, InputEncoding, list[tuple[in
 }
 
 
-def leaf_selection(g: GraphBuilder, parts: Parts, B0: np.ndarray, B1: np.ndarray) -> int:
-    """``[failed tests == 0]`` per leaf: ``B0[j, leaf]`` = 1 where comparison j must fail, ``B1`` hold."""
+def failed_tests(g: GraphBuilder, parts: Parts, B0: np.ndarray, B1: np.ndarray) -> int:
+    """``c @ B0 + (1 - c) @ B1`` over the comparison bits ``c`` (free): with 0/1 matrices, where
+    ``B0[j, leaf]`` = 1 if comparison j must fail and ``B1`` if it must hold, each leaf's count of failed tests."""
     failed = None
     for bits, indices in parts:
         flipped = g.sub(g.const(np.ones(len(indices), dtype=np.int64)), bits)
         term = g.add(g.matmul(bits, B0[indices]), g.matmul(flipped, B1[indices]))
         failed = term if failed is None else g.add(failed, term)
     assert failed is not None
+    return failed
+
+
+def leaf_selection(g: GraphBuilder, parts: Parts, B0: np.ndarray, B1: np.ndarray) -> int:
+    """``[failed tests == 0]`` per leaf (see :func:`failed_tests`): one lookup per leaf, one shared table."""
     max_failed = max(1, int((B0 + B1).sum(axis=0).max(initial=0)))
-    return g.lut(failed, [1] + [0] * max_failed)
+    return g.lut(failed_tests(g, parts, B0, B1), [1] + [0] * max_failed)
+
+
+def paired_values(
+    g: GraphBuilder, parts: Parts, A0: np.ndarray, A1: np.ndarray, tables: np.ndarray, S: np.ndarray, maxima: np.ndarray
+) -> int:
+    """Leaf values looked up directly, one lookup per pair of sibling leaves (or lone leaf), summed per output.
+
+    ``t = c @ A0 + (1 - c) @ A1`` is, per group, twice the failed tests above the pair plus the
+    parent's comparison bit (a lone leaf: its failed tests): ``t == 0`` selects the left leaf,
+    ``t == 1`` the right one. Row ``i`` of ``tables`` maps ``t`` of group ``i % groups`` to its
+    value for one output; ``S`` sums the rows of each output. One leaf per tree is reached, so
+    each output is at most ``maxima``.
+    """
+    t = failed_tests(g, parts, A0, A1)
+    n_rows, groups = tables.shape[0], A0.shape[1]
+    if n_rows != groups:
+        t = g.gather(t, np.tile(np.arange(groups), n_rows // groups))
+    return g.assume(g.matmul(g.lut(t, tables), S), 0, maxima)
 
 
 def scores(g: GraphBuilder, indicator: int, V: np.ndarray, maxima: np.ndarray) -> int:

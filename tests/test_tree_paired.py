@@ -1,0 +1,198 @@
+"""The paired leaf stage: one lookup per pair of sibling leaves that returns the leaf value itself.
+
+The oracle: on every row of the code grid, the paired lowering's integers recombine to exactly the
+indicators lowering's scores (both sum the same quantized leaf values), on random ensembles and on
+hand-made trees with awkward shapes; ``simulate`` equals ``disable``, ``execute`` equals
+``simulate``; ``compile`` keeps the candidate concrete finds cheaper; and the IR's per-element
+tables behave the same in the interpreter, the range analysis, serialization and concrete.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from requires import require
+
+import veilml
+from veilml.compiler import GraphBuilder, IRError, Ops, compile_graph, evaluate, infer_ranges
+from veilml.compiler.serialize import graph_from_bytes, graph_to_bytes
+from veilml.models.trees import Tree, TreeEnsemble, lower_ensemble
+from veilml.models.trees.lowering import lower_candidates
+from veilml.quantization import QuantizationRangeWarning
+
+require("treelite", "trees")
+
+
+@pytest.fixture(autouse=True)
+def _held_out_rows_clip():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QuantizationRangeWarning)
+        yield
+
+
+def _scores(lowered, codes: np.ndarray) -> np.ndarray:
+    """The integer scores a lowering computes on rows of codes (digits recombined)."""
+    integers = evaluate(lowered.graph, [lowered.encoding.encode(codes)])[0]
+    return integers @ lowered.output_combine
+
+
+def _grid(n_features: int, n_bits: int, rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2**n_bits, size=(rows, n_features))
+
+
+# ------------------------------------------------------------------------------ IR: per-element tables
+def test_per_element_tables_in_the_interpreter_ranges_and_serialization():
+    g = GraphBuilder()
+    x = g.input("x", np.zeros(3), np.full(3, 3))
+    tables = np.array([[5, 0, 0, 1], [0, 7, 0, 0], [2, 2, 9, 2]])
+    y = g.lut(x, tables)
+    g.output(y)
+    graph = g.build()
+    rows = np.array([[0, 1, 2], [3, 0, 1], [1, 1, 1]])
+    assert evaluate(graph, [rows])[0].tolist() == [[5, 7, 9], [1, 0, 2], [0, 7, 2]]
+    ranges = infer_ranges(graph)
+    assert ranges[y].low.tolist() == [0, 0, 2] and ranges[y].high.tolist() == [5, 7, 9]
+    again = graph_from_bytes(graph_to_bytes(graph))
+    assert np.array_equal(again.nodes[y].arg[0], tables)
+    assert evaluate(again, [rows])[0].tolist() == evaluate(graph, [rows])[0].tolist()
+
+
+def test_per_element_tables_need_one_row_per_element():
+    g = GraphBuilder()
+    x = g.input("x", np.zeros(3), np.full(3, 3))
+    g.output(g.lut(x, np.zeros((2, 4), dtype=np.int64)))
+    with pytest.raises(IRError, match="one row per element"):
+        g.build()
+
+
+def test_per_element_tables_in_concrete_equal_the_interpreter(test_config):
+    g = GraphBuilder()
+    x = g.input("x", np.zeros(4), np.full(4, 7))
+    s = g.add(g.gather(x, [0, 1, 2]), g.gather(x, [3, 3, 3]))  # 0..14: 4 bits
+    tables = np.random.default_rng(0).integers(0, 20, size=(3, 15))
+    g.output(g.matmul(g.lut(s, tables), np.ones((3, 1), dtype=np.int64)))
+    graph = g.build()
+    rows = _grid(4, 3, 40, seed=1)
+    compiled = compile_graph(graph, [rows], test_config)
+    assert np.array_equal(compiled.simulate([rows])[0], evaluate(graph, [rows])[0])
+
+
+# ------------------------------------------------------------------------------ the paired lowering
+def _tree(feature, threshold, left, right, value) -> Tree:
+    return Tree(feature=feature, threshold=threshold, left=left, right=right, value=np.asarray(value, dtype=float))
+
+
+def _awkward_trees() -> list[Tree]:
+    """Right leaves numbered before their left siblings, a parent test no code can fail, a
+    sibling made unreachable by a test higher up on the same feature, and a lone leaf."""
+    right_first = _tree(
+        [0, -1, 1, -1, -1], [7.5, 0, 3.5, 0, 0], [2, -1, 4, -1, -1], [1, -1, 3, -1, -1], [[0], [5], [0], [3], [9]]
+    )
+    always_right = _tree([0, -1, -1], [-1.0, 0, 0], [1, -1, -1], [2, -1, -1], [[0], [4], [6]])
+    unreachable = _tree(  # x0 <= 4.5, then x0 <= 9.5: the right leaf under it is never reached
+        [0, 0, -1, -1, -1], [4.5, 9.5, 0, 0, 0], [1, 2, -1, -1, -1], [4, 3, -1, -1, -1], [[0], [0], [2], [11], [1]]
+    )
+    lone_and_pair = _tree(
+        [1, -1, 2, -1, -1], [5.5, 0, 10.5, 0, 0], [1, -1, 3, -1, -1], [2, -1, 4, -1, -1], [[0], [8], [0], [1], [6]]
+    )
+    return [right_first, always_right, unreachable, lone_and_pair]
+
+
+@pytest.mark.parametrize("n_bits", [4, 5])
+def test_paired_equals_indicators_on_awkward_trees(n_bits):
+    ensemble = TreeEnsemble(tuple(_awkward_trees()), 3)
+    codes = np.array(np.meshgrid(*[np.arange(2**n_bits)] * 3)).reshape(3, -1).T
+    indicators = lower_ensemble(ensemble, n_bits, 6, leaf_lookups="indicators")
+    paired = lower_ensemble(ensemble, n_bits, 6, leaf_lookups="paired")
+    assert np.array_equal(_scores(paired, codes), _scores(indicators, codes))
+    assert np.array_equal(paired.output_quantizer.zero_point, indicators.output_quantizer.zero_point)
+    lookups = sum(n.size for n in paired.graph.nodes if n.op is Ops.LUT)
+    assert lookups <= sum(n.size for n in indicators.graph.nodes if n.op is Ops.LUT)  # here every leaf worth a lookup is alone
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("RandomForestClassifier", {"n_estimators": 8, "max_depth": 4}),
+        ("XGBClassifier", {"n_estimators": 8, "max_depth": 4, "n_jobs": 1}),
+        ("XGBRegressor", {"n_estimators": 6, "max_depth": 3, "n_jobs": 1}),
+        ("RandomForestClassifier", {"n_estimators": 4, "max_depth": 3}),  # 3 classes: one lookup per class
+        ("DecisionTreeClassifier", {"max_depth": 5}),
+    ],
+)
+def test_paired_equals_indicators_on_fitted_ensembles(name, params, cancer, diabetes):
+    from sklearn.datasets import load_iris
+
+    if "Regressor" in name:
+        X_train, X_test, y_train, _ = diabetes
+    elif params.get("max_depth") == 3 and name.startswith("Random"):
+        X_train, y_train = load_iris(return_X_y=True)
+        X_test = X_train
+    else:
+        X_train, X_test, y_train, _ = cancer
+    scores, lookups = {}, {}
+    for leaf_lookups in ("indicators", "paired"):
+        model = getattr(veilml, name)(n_bits=5, leaf_lookups=leaf_lookups, random_state=0, **params).fit(X_train, y_train)
+        scores[leaf_lookups] = model.decision_scores(X_test)
+        lookups[leaf_lookups] = sum(n.size for n in model.fhe_model_.graph.nodes if n.op is Ops.LUT)
+    assert np.allclose(scores["paired"], scores["indicators"], rtol=0, atol=1e-9)
+    if params.get("max_depth") == 4:  # depth-4 trees: pairs fit in the same 3-bit lookups
+        assert lookups["paired"] < lookups["indicators"]
+    if len(getattr(model, "classes_", ())) > 2:  # a value lookup per class: "auto" does not even try it
+        assert lookups["paired"] > lookups["indicators"]
+        auto = getattr(veilml, name)(n_bits=5, random_state=0, **params).fit(X_train, y_train)
+        assert len(auto._candidates) == 1
+
+
+def test_auto_compiles_both_and_keeps_the_cheaper(cancer, test_config):
+    X_train, X_test, y_train, _ = cancer
+
+    def forest(**params):
+        return veilml.RandomForestClassifier(n_estimators=8, max_depth=4, n_bits=5, random_state=0, **params).fit(
+            X_train, y_train
+        )
+
+    auto = forest()
+    assert len(auto._candidates) == 2  # pairing saves more than a fifth of the lookups here
+    before = auto.decision_scores(X_test)
+    auto.compile(X_train, test_config)
+    each = {kind: forest(leaf_lookups=kind).compile(X_train, test_config).report_.complexity for kind in ("indicators", "paired")}
+    assert auto.report_.complexity == min(each.values())
+    assert [model.compiled is not None for model, _ in auto._candidates].count(True) == 1  # the other circuit is freed
+    assert np.allclose(auto.decision_scores(X_test), before)
+    assert np.array_equal(auto.predict_integers(X_test, "simulate"), auto.predict_integers(X_test, "disable"))
+    # a single depth-5 tree has no pair whose lookup fits in 3 bits: nothing else to compile
+    tree = veilml.DecisionTreeClassifier(max_depth=5, n_bits=5, random_state=0).fit(X_train, y_train)
+    assert len(tree._candidates) == 1 and "failed tests == 0" in tree.lowering_["leaf selection"]
+
+
+def test_paired_reveals_one_value_per_output(cancer):
+    """Digit columns tell the client more than the score (each digit's sum over the trees); the
+    paired stage's output is the score itself."""
+    X_train, _, y_train, _ = cancer
+    model = veilml.XGBClassifier(n_estimators=8, max_depth=4, n_jobs=1, leaf_lookups="paired", random_state=0)
+    model.fit(X_train, y_train)
+    graph = model.fhe_model_.graph
+    assert sum(graph.nodes[i].size for i in graph.outputs) == 1
+    assert "pairs of sibling leaves" in model.lowering_["leaf selection"]
+
+
+def test_leaf_lookups_is_validated(cancer):
+    X_train, _, y_train, _ = cancer
+    with pytest.raises(ValueError, match="leaf_lookups"):
+        veilml.RandomForestClassifier(leaf_lookups="pairs").fit(X_train, y_train)
+    deep = veilml.DecisionTreeClassifier(max_depth=8, random_state=0).fit(X_train, y_train)
+    with pytest.raises(ValueError, match="leaf_lookups"):
+        lower_candidates(deep.ensemble_, 6, 6, leaf_lookups="pairs")
+
+
+@pytest.mark.execute
+def test_execute_equals_simulate_paired(cancer, test_config):
+    X_train, X_test, y_train, _ = cancer
+    model = veilml.XGBClassifier(n_estimators=3, max_depth=3, n_bits=4, n_jobs=1, leaf_lookups="paired", random_state=0)
+    model.fit(X_train, y_train).compile(X_train, test_config)
+    rows = X_test[:2]
+    assert np.array_equal(model.predict_integers(rows, "execute"), model.predict_integers(rows, "simulate"))
+    assert np.array_equal(model.predict(rows, "execute"), model.predict(rows, "disable"))
