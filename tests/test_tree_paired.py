@@ -113,37 +113,36 @@ def test_paired_equals_indicators_on_awkward_trees(n_bits):
 
 
 @pytest.mark.parametrize(
-    "name, params",
+    "name, params, data",
     [
-        ("RandomForestClassifier", {"n_estimators": 8, "max_depth": 4}),
-        ("XGBClassifier", {"n_estimators": 8, "max_depth": 4, "n_jobs": 1}),
-        ("XGBRegressor", {"n_estimators": 6, "max_depth": 3, "n_jobs": 1}),
-        ("RandomForestClassifier", {"n_estimators": 4, "max_depth": 3}),  # 3 classes: one lookup per class
-        ("DecisionTreeClassifier", {"max_depth": 5}),
+        ("RandomForestClassifier", {"n_estimators": 8, "max_depth": 4}, "cancer"),
+        ("XGBClassifier", {"n_estimators": 8, "max_depth": 4, "n_jobs": 1}, "cancer"),
+        ("XGBRegressor", {"n_estimators": 6, "max_depth": 3, "n_jobs": 1}, "diabetes"),
+        ("RandomForestClassifier", {"n_estimators": 4, "max_depth": 3}, "iris"),  # every leaf scores 3 classes
+        ("XGBClassifier", {"n_estimators": 4, "max_depth": 4, "n_jobs": 1}, "iris"),  # a tree per class and round
+        ("DecisionTreeClassifier", {"max_depth": 5}, "cancer"),
     ],
 )
-def test_paired_equals_indicators_on_fitted_ensembles(name, params, cancer, diabetes):
+def test_paired_equals_indicators_on_fitted_ensembles(name, params, data, cancer, diabetes):
     from sklearn.datasets import load_iris
 
-    if "Regressor" in name:
-        X_train, X_test, y_train, _ = diabetes
-    elif params.get("max_depth") == 3 and name.startswith("Random"):
+    if data == "iris":
         X_train, y_train = load_iris(return_X_y=True)
         X_test = X_train
     else:
-        X_train, X_test, y_train, _ = cancer
+        X_train, X_test, y_train, _ = {"cancer": cancer, "diabetes": diabetes}[data]
     scores, lookups = {}, {}
     for leaf_lookups in ("indicators", "paired"):
         model = getattr(veilml, name)(n_bits=5, leaf_lookups=leaf_lookups, random_state=0, **params).fit(X_train, y_train)
         scores[leaf_lookups] = model.decision_scores(X_test)
         lookups[leaf_lookups] = sum(n.size for n in model.fhe_model_.graph.nodes if n.op is Ops.LUT)
     assert np.allclose(scores["paired"], scores["indicators"], rtol=0, atol=1e-9)
-    if params.get("max_depth") == 4:  # depth-4 trees: pairs fit in the same 3-bit lookups
-        assert lookups["paired"] < lookups["indicators"]
-    if len(getattr(model, "classes_", ())) > 2:  # a value lookup per class: "auto" does not even try it
+    if name.startswith("RandomForest") and data == "iris":  # a value lookup per class: "auto" does not even try it
         assert lookups["paired"] > lookups["indicators"]
         auto = getattr(veilml, name)(n_bits=5, random_state=0, **params).fit(X_train, y_train)
         assert len(auto._candidates) == 1
+    elif params.get("max_depth") == 4:  # depth-4 trees: pairs fit in the same 3-bit lookups, one per class scored
+        assert lookups["paired"] < lookups["indicators"]
 
 
 def test_auto_compiles_both_and_keeps_the_cheaper(cancer, test_config):

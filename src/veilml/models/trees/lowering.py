@@ -360,8 +360,9 @@ class _PairedTables:
     pairs: tuple[tuple[int, int], ...]
     A0: np.ndarray  # (comparisons, groups): coefficient of c_j in each group's lookup input
     A1: np.ndarray  # (comparisons, groups): coefficient of 1 - c_j
-    tables: np.ndarray  # (groups x outputs, 2**width): each group's value per lookup input, per output
-    S: np.ndarray  # (groups x outputs, outputs): sums the rows of each output
+    row_group: np.ndarray  # (lookups,): the group each lookup reads
+    tables: np.ndarray  # (lookups, 2**width): a group's value for one output, per lookup input
+    S: np.ndarray  # (lookups, outputs): sums the lookups of each output
     maxima: np.ndarray
     output_quantizer: UniformQuantizer
     bias: np.ndarray
@@ -443,25 +444,31 @@ def _paired_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, w
     n_groups, n_out = max(len(values), 1), len(outputs)
     A0 = np.zeros((max(len(comparisons), 1), n_groups), dtype=np.int64)
     A1 = np.zeros_like(A0)
-    tables = np.zeros((n_groups * n_out, limit + 1), dtype=np.int64)
+    grouped = np.zeros((n_groups, n_out, limit + 1), dtype=np.int64)  # group, output, t -> value
     for i, (one, zero, vals) in enumerate(zip(ones, zeros, values)):
         for j, c in one.items():
             A1[j, i] += c
         for j, c in zero.items():
             A0[j, i] += c
         for slot, v in enumerate(vals):
-            tables[np.arange(n_out) * n_groups + i, slot] = v
-    S = np.kron(np.eye(n_out, dtype=np.int64), np.ones((n_groups, 1), dtype=np.int64))
+            grouped[i, :, slot] = v
+    # one lookup per (group, output) whose values are not all 0: a boosting tree scores one class
+    rows = [(i, o) for o in range(n_out) for i in range(n_groups) if grouped[i, o].any()] or [(0, 0)]
+    row_group = np.array([i for i, _ in rows], dtype=np.int64)
+    tables = np.stack([grouped[i, o] for i, o in rows])
+    S = np.zeros((len(rows), n_out), dtype=np.int64)
+    S[np.arange(len(rows)), [o for _, o in rows]] = 1
     tree_of_group = np.asarray(tree_of_group or [0])
-    per_group_max = tables.max(axis=1).reshape(n_out, n_groups).T
+    per_group_max = grouped.max(axis=2)  # (groups, outputs)
     maxima = sum(per_group_max[tree_of_group == t].max(axis=0) for t in np.unique(tree_of_group))
     combine = np.eye(n_out, dtype=np.int64)
     if complement:
         output_quantizer, bias, combine = _with_complement(ensemble, output_quantizer, bias, combine)
     n_pairs = sum(len(v) == 2 for v in values)
     stages = {
-        "leaf selection": f"{len(values) * n_out} value lookups on {width} bits: {n_pairs} pairs of sibling leaves "
-        f"and {len(values) - n_pairs} lone leaves" + (f", for each of {n_out} outputs" if n_out > 1 else ""),
+        "leaf selection": f"{len(rows)} value lookups on {width} bits: {n_pairs} pairs of sibling leaves "
+        f"and {len(values) - n_pairs} lone leaves"
+        + (f", one lookup per output each leaf scores ({n_out} outputs)" if n_out > 1 else ""),
         "scores": f"{n_out} output(s) of {_code_bits(leaf_values)}-bit leaf values, summed over {len(ensemble.trees)} tree(s) in FHE"
         + ("; output 0 derived by the client" if complement else ""),
     }
@@ -471,6 +478,7 @@ def _paired_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, w
         pairs,
         A0,
         A1,
+        row_group,
         tables,
         S,
         np.asarray(maxima, dtype=np.int64),
@@ -488,7 +496,7 @@ def _build_paired(tables: _PairedTables, enc: InputEncoding) -> LoweredEnsemble:
     g = GraphBuilder()
     x = g.input("x", *enc.bounds())
     parts = COMPARISONS[enc.kind](g, x, enc, list(tables.pairs))
-    g.output(paired_values(g, parts, tables.A0, tables.A1, tables.tables, tables.S, tables.maxima), "scores")
+    g.output(paired_values(g, parts, tables.A0, tables.A1, tables.row_group, tables.tables, tables.S, tables.maxima), "scores")
     stages = {"encoding": describe_encoding(enc), "comparisons": describe_comparisons(enc, parts, g), **tables.stages}
     return LoweredEnsemble(
         g.build(),

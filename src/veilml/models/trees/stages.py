@@ -109,20 +109,26 @@ def leaf_selection(g: GraphBuilder, parts: Parts, B0: np.ndarray, B1: np.ndarray
 
 
 def paired_values(
-    g: GraphBuilder, parts: Parts, A0: np.ndarray, A1: np.ndarray, tables: np.ndarray, S: np.ndarray, maxima: np.ndarray
+    g: GraphBuilder,
+    parts: Parts,
+    A0: np.ndarray,
+    A1: np.ndarray,
+    row_group: np.ndarray,
+    tables: np.ndarray,
+    S: np.ndarray,
+    maxima: np.ndarray,
 ) -> int:
-    """Leaf values looked up directly, one lookup per pair of sibling leaves (or lone leaf), summed per output.
+    """Leaf values looked up directly, one lookup per pair of sibling leaves (or lone leaf) and output, summed per output.
 
     ``t = c @ A0 + (1 - c) @ A1`` is, per group, twice the failed tests above the pair plus the
     parent's comparison bit (a lone leaf: its failed tests): ``t == 0`` selects the left leaf,
-    ``t == 1`` the right one. Row ``i`` of ``tables`` maps ``t`` of group ``i % groups`` to its
-    value for one output; ``S`` sums the rows of each output. One leaf per tree is reached, so
-    each output is at most ``maxima``.
+    ``t == 1`` the right one. Lookup ``k`` reads group ``row_group[k]`` through its own table
+    ``tables[k]`` (the group's values for one output); ``S`` sums the lookups of each output. One
+    leaf per tree is reached, so each output is at most ``maxima``.
     """
     t = failed_tests(g, parts, A0, A1)
-    n_rows, groups = tables.shape[0], A0.shape[1]
-    if n_rows != groups:
-        t = g.gather(t, np.tile(np.arange(groups), n_rows // groups))
+    if not np.array_equal(row_group, np.arange(A0.shape[1])):
+        t = g.gather(t, row_group)
     return g.assume(g.matmul(g.lut(t, tables), S), 0, maxima)
 
 
