@@ -133,7 +133,8 @@ def test_paired_equals_indicators_on_fitted_ensembles(name, params, data, cancer
         X_train, X_test, y_train, _ = {"cancer": cancer, "diabetes": diabetes}[data]
     scores, lookups = {}, {}
     for leaf_lookups in ("indicators", "paired"):
-        model = getattr(veilml, name)(n_bits=5, leaf_lookups=leaf_lookups, random_state=0, **params).fit(X_train, y_train)
+        model = getattr(veilml, name)(n_bits=5, leaf_bits=5, leaf_lookups=leaf_lookups, random_state=0, **params)
+        model.fit(X_train, y_train)
         scores[leaf_lookups] = model.decision_scores(X_test)
         lookups[leaf_lookups] = sum(n.size for n in model.fhe_model_.graph.nodes if n.op is Ops.LUT)
     assert np.allclose(scores["paired"], scores["indicators"], rtol=0, atol=1e-9)
@@ -155,6 +156,9 @@ def test_auto_compiles_both_and_keeps_the_cheaper(cancer, test_config):
 
     auto = forest()
     assert len(auto._candidates) == 2  # pairing saves more than a fifth of the lookups here
+    # both candidates share the (n_bits + 1)-bit score: the same decision scores
+    assert np.allclose(*(model.run(X_test, "disable") for model, _ in auto._candidates))
+    assert auto.leaf_bits_ < 5  # 8 trees share a 6-bit score
     before = auto.decision_scores(X_test)
     auto.compile(X_train, test_config)
     each = {kind: forest(leaf_lookups=kind).compile(X_train, test_config).report_.complexity for kind in ("indicators", "paired")}

@@ -16,6 +16,12 @@ reachable leaf:
    so every value is >= 0, and cut into digits no wider than the lookups' input so that no
    encrypted value needs more precision than the lookups (free; the client recombines the
    digits). Nothing is padded, and trees are summed encrypted.
+
+Steps 3 and 4 have a second strategy, the *paired* leaf stage: one lookup per pair of sibling
+leaves (on twice the failed tests above their parent plus the parent's bit) that returns the leaf
+value itself, so the client decrypts the score alone (:func:`lower_candidates` offers both; the
+estimators compile both and keep the cheaper). An ensemble's leaves are quantized on one scale
+chosen so that the summed score is an ``(n_bits + 1)``-bit integer (:func:`_quantize_leaves`).
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class LoweredEnsemble:
 
 
 def _quantize_leaves(
-    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, outputs: list[int]
+    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, outputs: list[int], score_rule: bool = False
 ) -> tuple[list[np.ndarray], UniformQuantizer, np.ndarray]:
     """Per-tree non-negative integer leaf values of ``outputs`` and the quantizer that maps their sum back.
 
@@ -74,19 +80,20 @@ def _quantize_leaves(
     shared scale covers the widest tree's spread, not an offset one tree carries (LightGBM puts
     its initial score in the first tree's leaves: 3 bits of leaf precision were lost to it).
 
-    With ``leaf_bits`` the widest tree's spread gets ``2**leaf_bits - 1`` steps. Without it, a
-    single tree gets ``n_bits`` and an ensemble's scale is set on the *sum*: the trees' largest
-    codes add up to at most ``2**(n_bits + 1) - 1``, so the encrypted score is an
-    ``(n_bits + 1)``-bit integer (one tree never gets more than ``n_bits``). The score is what
-    the client decrypts, and its width sets concrete's parameters for every lookup feeding it:
-    on the 20-tree forests and boosters of ``benchmarks/trees.py`` (6 bits), 6-bit leaves summed
-    to 11 bits cost 1.4-1.5x the complexity of this 7-bit score, at the same test accuracy.
+    With ``leaf_bits`` the widest tree's spread gets ``2**leaf_bits - 1`` steps; without it,
+    ``n_bits``, unless ``score_rule`` (the paired leaf stage is compiled, see
+    :func:`lower_candidates`): then an ensemble's scale is set on the *sum*, so that the trees'
+    largest codes add up to at most ``2**(n_bits + 1) - 1`` and the encrypted score is an
+    ``(n_bits + 1)``-bit integer (one tree never gets more than ``n_bits``). With paired lookups
+    the score's width sets concrete's parameters for every lookup: on the 20-tree forests and
+    boosters of ``benchmarks/trees.py`` (6 bits), 6-bit leaves summed to 11 bits cost 1.4-1.5x the
+    complexity of this 7-bit score, at the same test accuracy.
     """
     trees = [(tree, tree.value[:, outputs]) for tree in ensemble.trees]
     lows = [value[tree.is_leaf].min(axis=0) for tree, value in trees]
     shifted = [value - low for (_, value), low in zip(trees, lows)]
     n_trees = len(ensemble.trees)
-    if leaf_bits is None and n_trees > 1:
+    if score_rule and leaf_bits is None and n_trees > 1:
         spreads = np.array([value[tree.is_leaf].max(axis=0) for value, (tree, _) in zip(shifted, trees)])
         target = 2 ** (n_bits + 1) - 1
         # rounding adds at most half a step per tree: keep room for it (or half the range, with very many trees)
@@ -245,16 +252,19 @@ def lower_candidates(
     """
     if leaf_lookups not in ("indicators", "paired", "auto"):
         raise ValueError(f"leaf_lookups must be 'indicators', 'paired' or 'auto', got {leaf_lookups!r}")
-    indicators = _leaf_tables(ensemble, n_bits, leaf_bits)
+    score_rule = leaf_bits is None  # with the paired stage, the (n_bits + 1)-bit score (see _quantize_leaves)
+    indicators = _leaf_tables(ensemble, n_bits, leaf_bits, score_rule)
     width = bit_width(0, max(1, int((indicators.B0 + indicators.B1).sum(axis=0).max(initial=0))))
-    paired = _paired_tables(ensemble, n_bits, leaf_bits, width) if leaf_lookups != "indicators" else None
+    paired = _paired_tables(ensemble, n_bits, leaf_bits, width, score_rule) if leaf_lookups != "indicators" else None
     if leaf_lookups == "paired" and paired is None:
         raise ValueError("leaf_lookups='paired' cannot lower this ensemble (a leaf has too many tests); use 'indicators'")
-    variants: list[_LeafTables | _PairedTables] = [] if leaf_lookups == "paired" else [indicators]
-    if paired is not None:
-        lookups = paired.tables.shape[0]
-        if leaf_lookups == "paired" or lookups <= PAIRED_WORTH_TRYING * indicators.B0.shape[1]:
-            variants.append(paired)
+    worth = paired is not None and (
+        leaf_lookups == "paired" or paired.tables.shape[0] <= PAIRED_WORTH_TRYING * indicators.B0.shape[1]
+    )
+    if not worth:  # indicators alone: each tree's leaves keep n_bits (digits keep every encrypted value narrow)
+        variants: list[_LeafTables | _PairedTables] = [_leaf_tables(ensemble, n_bits, leaf_bits) if score_rule else indicators]
+    else:
+        variants = ([] if leaf_lookups == "paired" else [indicators]) + [paired]
     return [_lower_stage(tables, ensemble, n_bits, encoding, cost_model) for tables in variants]
 
 
@@ -291,11 +301,11 @@ class _LeafTables:
     leaf_bits: int
 
 
-def _leaf_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None) -> _LeafTables:
+def _leaf_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, score_rule: bool = False) -> _LeafTables:
     qmin, qmax = 0, 2**n_bits - 1
     complement = _complementary(ensemble)
     outputs = [1] if complement else list(range(ensemble.n_outputs))
-    leaf_values, output_quantizer, bias = _quantize_leaves(ensemble, n_bits, leaf_bits, outputs)
+    leaf_values, output_quantizer, bias = _quantize_leaves(ensemble, n_bits, leaf_bits, outputs, score_rule)
 
     comparisons: dict[tuple[int, int], int] = {}  # (feature, code) -> comparison index
     must_be_one: list[list[int]] = []  # per reachable leaf: comparisons that must hold
@@ -373,7 +383,9 @@ class _PairedTables:
     leaf_bits: int
 
 
-def _paired_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, width: int) -> _PairedTables | None:
+def _paired_tables(
+    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, width: int, score_rule: bool = True
+) -> _PairedTables | None:
     """Groups of one or two sibling leaves whose values one ``width``-bit lookup returns directly.
 
     A pair under parent ``P`` is looked up on ``t = 2 u + c_P``, with ``u`` the failed tests on
@@ -385,7 +397,7 @@ def _paired_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, w
     qmin, qmax = 0, 2**n_bits - 1
     complement = _complementary(ensemble)
     outputs = [1] if complement else list(range(ensemble.n_outputs))
-    leaf_values, output_quantizer, bias = _quantize_leaves(ensemble, n_bits, leaf_bits, outputs)
+    leaf_values, output_quantizer, bias = _quantize_leaves(ensemble, n_bits, leaf_bits, outputs, score_rule)
     comparisons: dict[tuple[int, int], int] = {}
     ones: list[dict[int, int]] = []  # per group: comparison -> coefficient of (1 - c)
     zeros: list[dict[int, int]] = []  # per group: comparison -> coefficient of c

@@ -6,6 +6,9 @@
    @ B1`` (free), and ``[u == 0]`` through one small table (a lookup per leaf);
 3. **scores**: leaf indicators times a clear matrix of leaf-value digits, summed over trees (free).
 
+:func:`paired_values` replaces stages 2 and 3 with one lookup per pair of sibling leaves that
+returns the leaf value itself.
+
 A comparisons strategy returns *parts*: pairs of (graph node holding bits, the comparison indices
 those bits are, in order), so that strategies may compute some comparisons one way and the rest
 another (the chunked encoding reads boundary comparisons directly and looks the others up).
