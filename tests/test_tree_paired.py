@@ -9,8 +9,6 @@ tables behave the same in the interpreter, the range analysis, serialization and
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 from requires import require
@@ -20,16 +18,9 @@ from veilml.compiler import GraphBuilder, IRError, Ops, compile_graph, evaluate,
 from veilml.compiler.serialize import graph_from_bytes, graph_to_bytes
 from veilml.models.trees import Tree, TreeEnsemble, lower_ensemble
 from veilml.models.trees.lowering import lower_candidates
-from veilml.quantization import QuantizationRangeWarning
 
 require("treelite", "trees")
-
-
-@pytest.fixture(autouse=True)
-def _held_out_rows_clip():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", QuantizationRangeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("no_clip_warning")  # held-out rows beyond the training range are clipped
 
 
 def _scores(lowered, codes: np.ndarray) -> np.ndarray:
