@@ -11,7 +11,16 @@ from ...compiler import bit_width
 from ...quantization import UniformQuantizer
 from .ensemble import TreeEnsemble
 
-__all__ = ["code_bits", "complementary", "digits", "leaf_tests", "quantize_leaves", "right_code", "with_complement"]
+__all__ = [
+    "code_bits",
+    "complementary",
+    "digits",
+    "interval_comparisons",
+    "leaf_tests",
+    "quantize_leaves",
+    "right_code",
+    "with_complement",
+]
 
 
 def right_code(threshold: np.ndarray, split: str | np.ndarray) -> np.ndarray:
@@ -136,6 +145,16 @@ def leaf_tests(
     if any(lo > hi for lo, hi in intervals.values()):
         return None
     return intervals
+
+
+def interval_comparisons(
+    intervals: dict[int, tuple[int, int]], qmin: int, qmax: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The comparisons ``[q_f >= k]`` that ``lo <= q_f <= hi`` per feature needs: those that must
+    hold (``k = lo``) and those that must fail (``k = hi + 1``); a bound at the grid's edge needs none."""
+    hold = [(f, lo) for f, (lo, _) in intervals.items() if lo > qmin]
+    fail = [(f, hi + 1) for f, (_, hi) in intervals.items() if hi < qmax]
+    return hold, fail
 
 
 def code_bits(leaf_values: list[np.ndarray]) -> int:

@@ -35,7 +35,16 @@ from ...compiler import Graph, GraphBuilder, InputEncoding, bit_width
 from ...compiler.cost import CostModel, graph_cost
 from ...quantization import UniformQuantizer
 from .ensemble import TreeEnsemble
-from .leaf_values import code_bits, complementary, digits, leaf_tests, quantize_leaves, right_code, with_complement
+from .leaf_values import (
+    code_bits,
+    complementary,
+    digits,
+    interval_comparisons,
+    leaf_tests,
+    quantize_leaves,
+    right_code,
+    with_complement,
+)
 from .paired import PairedTables, paired_tables
 from .stages import COMPARISONS, describe_comparisons, describe_encoding, leaf_selection, paired_values, scores
 
@@ -186,8 +195,9 @@ def _leaf_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, sco
             intervals = leaf_tests(codes, tree, path, qmin, qmax)
             if intervals is None:
                 continue  # contradictory tests: this leaf is never reached
-            ones = [comparisons.setdefault((f, lo), len(comparisons)) for f, (lo, _) in intervals.items() if lo > qmin]
-            zeros = [comparisons.setdefault((f, hi + 1), len(comparisons)) for f, (_, hi) in intervals.items() if hi < qmax]
+            hold, fail = interval_comparisons(intervals, qmin, qmax)
+            ones = [comparisons.setdefault(pair, len(comparisons)) for pair in hold]
+            zeros = [comparisons.setdefault(pair, len(comparisons)) for pair in fail]
             must_be_one.append(ones)
             must_be_zero.append(zeros)
             values.append(tree_values[leaf])

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...quantization import UniformQuantizer
 from .ensemble import TreeEnsemble
-from .leaf_values import code_bits, complementary, leaf_tests, quantize_leaves, right_code, with_complement
+from .leaf_values import code_bits, complementary, interval_comparisons, leaf_tests, quantize_leaves, right_code, with_complement
 
 __all__ = ["PairedTables", "paired_tables"]
 
@@ -60,8 +60,9 @@ def paired_tables(
     limit = 2**width - 1
 
     def tests(intervals: dict[int, tuple[int, int]], scale: int) -> tuple[dict[int, int], dict[int, int]]:
-        one = {comparisons.setdefault((f, lo), len(comparisons)): scale for f, (lo, _) in intervals.items() if lo > qmin}
-        zero = {comparisons.setdefault((f, hi + 1), len(comparisons)): scale for f, (_, hi) in intervals.items() if hi < qmax}
+        hold, fail = interval_comparisons(intervals, qmin, qmax)
+        one = {comparisons.setdefault(pair, len(comparisons)): scale for pair in hold}
+        zero = {comparisons.setdefault(pair, len(comparisons)): scale for pair in fail}
         return one, zero
 
     def lone(tree_codes: np.ndarray, tree: Any, path: list[tuple[int, bool]], value: np.ndarray, t: int) -> bool:
@@ -87,8 +88,7 @@ def paired_tables(
             paired = left in paths and right in paths and qmin < k <= qmax
             prefix = leaf_tests(codes, tree, path[:-1], qmin, qmax) if paired else None
             if prefix is not None:
-                n_prefix = sum(lo > qmin for lo, _ in prefix.values()) + sum(hi < qmax for _, hi in prefix.values())
-                paired = 2 * n_prefix + 1 <= limit
+                paired = 2 * sum(map(len, interval_comparisons(prefix, qmin, qmax))) + 1 <= limit
             if prefix is None or not paired:
                 if prefix is None and paired:
                     done.update((left, right))  # the path to the parent contradicts itself: never reached
