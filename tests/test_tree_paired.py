@@ -1,6 +1,7 @@
-"""The paired leaf stage: one lookup per pair of sibling leaves that returns the leaf value itself.
+"""The value leaf stages: one lookup per pair of sibling leaves, or per subtree of height two, that
+returns the leaf value itself.
 
-The oracle: on every row of the code grid, the paired lowering's integers recombine to exactly the
+The oracle: on every row of the code grid, the value stages' integers recombine to exactly the
 indicators lowering's scores (both sum the same quantized leaf values), on random ensembles and on
 hand-made trees with awkward shapes; ``simulate`` equals ``disable``, ``execute`` equals
 ``simulate``; ``compile`` keeps the candidate concrete finds cheaper; and the IR's per-element
@@ -91,16 +92,54 @@ def _awkward_trees() -> list[Tree]:
     return [right_first, always_right, unreachable, lone_and_pair]
 
 
+def _deep_tree(seed: int, depth: int = 5) -> Tree:
+    """A full tree on 3 features whose tests repeat features and thresholds (contradictory and
+    redundant paths), with the right child numbered before the left one."""
+    rng = np.random.default_rng(seed)
+    feature, threshold, left, right, value = [], [], [], [], []
+
+    def node(d: int) -> int:
+        i = len(feature)
+        feature.append(-1), threshold.append(0.0), left.append(-1), right.append(-1), value.append([0.0])
+        if d == depth:
+            value[i] = [float(rng.integers(0, 40))]
+            return i
+        feature[i], threshold[i] = int(rng.integers(0, 3)), float(rng.choice([-1.0, 3.5, 7.5, 11.5, 40.0]))
+        right[i] = node(d + 1)
+        left[i] = node(d + 1)
+        return i
+
+    node(0)
+    return _tree(feature, threshold, left, right, value)
+
+
+@pytest.mark.parametrize("stage", ["paired", "subtrees"])
 @pytest.mark.parametrize("n_bits", [4, 5])
-def test_paired_equals_indicators_on_awkward_trees(n_bits):
-    ensemble = TreeEnsemble(tuple(_awkward_trees()), 3)
+def test_value_stages_equal_indicators_on_awkward_trees(n_bits, stage):
+    ensemble = TreeEnsemble(tuple(_awkward_trees()) + (_deep_tree(n_bits), _deep_tree(n_bits + 10, depth=4)), 3)
     codes = np.array(np.meshgrid(*[np.arange(2**n_bits)] * 3)).reshape(3, -1).T
     indicators = lower_ensemble(ensemble, n_bits, 6, leaf_lookups="indicators")
-    paired = lower_ensemble(ensemble, n_bits, 6, leaf_lookups="paired")
-    assert np.array_equal(_scores(paired, codes), _scores(indicators, codes))
-    assert np.array_equal(paired.output_quantizer.zero_point, indicators.output_quantizer.zero_point)
-    lookups = sum(n.size for n in paired.graph.nodes if n.op is Ops.LUT)
-    assert lookups <= sum(n.size for n in indicators.graph.nodes if n.op is Ops.LUT)  # here every leaf worth a lookup is alone
+    values = lower_ensemble(ensemble, n_bits, 6, leaf_lookups=stage)
+    assert np.array_equal(_scores(values, codes), _scores(indicators, codes))
+    assert np.array_equal(values.output_quantizer.zero_point, indicators.output_quantizer.zero_point)
+    lookups = sum(n.size for n in values.graph.nodes if n.op is Ops.LUT)
+    assert lookups <= sum(n.size for n in indicators.graph.nodes if n.op is Ops.LUT)
+    if stage == "subtrees":  # the deep trees' subtrees fit in 5 bits: fewer lookups than pairs of 3 bits
+        assert lookups < sum(
+            n.size for n in lower_ensemble(ensemble, n_bits, 6, leaf_lookups="paired").graph.nodes if n.op is Ops.LUT
+        )
+        assert "subtrees of 2-3 tests" in values.stages["leaf selection"]
+
+
+def test_a_single_tree_equals_its_subtree_lookups():
+    """One deep tree alone: the subtree stage's score is the reached leaf's value on every code."""
+    tree = _deep_tree(3)
+    ensemble = TreeEnsemble((tree,), 3)
+    codes = np.array(np.meshgrid(*[np.arange(16)] * 3)).reshape(3, -1).T
+    lowered = lower_ensemble(ensemble, 4, 6, leaf_lookups="subtrees")
+    leaf_value = lower_ensemble(ensemble, 4, 6, leaf_lookups="indicators")
+    assert np.array_equal(_scores(lowered, codes), _scores(leaf_value, codes))
+    assert max(n.arg[0].shape[-1] for n in lowered.graph.nodes if n.op is Ops.LUT) <= 32  # 5-bit lookups at most
 
 
 @pytest.mark.parametrize(
@@ -123,18 +162,19 @@ def test_paired_equals_indicators_on_fitted_ensembles(name, params, data, cancer
     else:
         X_train, X_test, y_train, _ = {"cancer": cancer, "diabetes": diabetes}[data]
     scores, lookups = {}, {}
-    for leaf_lookups in ("indicators", "paired"):
+    for leaf_lookups in ("indicators", "paired", "subtrees"):
         model = getattr(veilml, name)(n_bits=5, leaf_bits=5, leaf_lookups=leaf_lookups, random_state=0, **params)
         model.fit(X_train, y_train)
         scores[leaf_lookups] = model.decision_scores(X_test)
         lookups[leaf_lookups] = sum(n.size for n in model.fhe_model_.graph.nodes if n.op is Ops.LUT)
     assert np.allclose(scores["paired"], scores["indicators"], rtol=0, atol=1e-9)
+    assert np.allclose(scores["subtrees"], scores["indicators"], rtol=0, atol=1e-9)
     if name.startswith("RandomForest") and data == "iris":  # a value lookup per class: "auto" does not even try it
         assert lookups["paired"] > lookups["indicators"]
         auto = getattr(veilml, name)(n_bits=5, random_state=0, **params).fit(X_train, y_train)
         assert len(auto._candidates) == 1
     elif params.get("max_depth") == 4:  # depth-4 trees: pairs fit in the same 3-bit lookups, one per class scored
-        assert lookups["paired"] < lookups["indicators"]
+        assert lookups["subtrees"] < lookups["paired"] < lookups["indicators"]
 
 
 def test_auto_compiles_both_and_keeps_the_cheaper(cancer, test_config):
@@ -160,6 +200,23 @@ def test_auto_compiles_both_and_keeps_the_cheaper(cancer, test_config):
     # a single depth-5 tree has no pair whose lookup fits in 3 bits: nothing else to compile
     tree = veilml.DecisionTreeClassifier(max_depth=5, n_bits=5, random_state=0).fit(X_train, y_train)
     assert len(tree._candidates) == 1 and "failed tests == 0" in tree.lowering_["leaf selection"]
+
+
+def test_auto_keeps_the_subtrees_of_a_deep_regressor(diabetes, test_config):
+    """The benchmark's depth-5 regressor: 8 subtree lookups of 5 bits cost less than 27 leaf
+    indicators of 3 bits, and ``auto`` keeps them."""
+    X_train, X_test, y_train, _ = diabetes
+    auto = veilml.DecisionTreeRegressor(max_depth=5, n_bits=6, random_state=0).fit(X_train, y_train)
+    assert len(auto._candidates) == 2  # the indicators and the subtrees (the pairs save too little)
+    before = auto.predict(X_test)
+    auto.compile(X_train, test_config)
+    indicators = veilml.DecisionTreeRegressor(max_depth=5, n_bits=6, leaf_lookups="indicators", random_state=0)
+    indicators.fit(X_train, y_train).compile(X_train, test_config)
+    assert "subtrees of 2-3 tests" in auto.lowering_["leaf selection"]
+    assert auto.report_.pbs_count < indicators.report_.pbs_count / 3
+    assert auto.report_.complexity < 0.8 * indicators.report_.complexity
+    assert np.array_equal(auto.predict(X_test), before)
+    assert np.array_equal(auto.predict_integers(X_test, "simulate"), auto.predict_integers(X_test, "disable"))
 
 
 def test_paired_reveals_one_value_per_output(cancer):
@@ -190,3 +247,14 @@ def test_execute_equals_simulate_paired(cancer, test_config):
     rows = X_test[:2]
     assert np.array_equal(model.predict_integers(rows, "execute"), model.predict_integers(rows, "simulate"))
     assert np.array_equal(model.predict(rows, "execute"), model.predict(rows, "disable"))
+
+
+@pytest.mark.execute
+def test_execute_equals_simulate_subtrees(diabetes, test_config):
+    X_train, X_test, y_train, _ = diabetes
+    model = veilml.DecisionTreeRegressor(max_depth=3, n_bits=4, leaf_lookups="subtrees", random_state=0)
+    model.fit(X_train, y_train).compile(X_train, test_config)
+    assert model.report_.pbs_count <= 2  # a depth-3 tree: two subtrees of height two
+    rows = X_test[:2]
+    assert np.array_equal(model.predict_integers(rows, "execute"), model.predict_integers(rows, "simulate"))
+    assert np.allclose(model.predict(rows, "execute"), model.predict(rows, "disable"))

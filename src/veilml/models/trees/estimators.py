@@ -55,7 +55,7 @@ class _EncryptedEnsemble(BaseEstimator):
         "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
         "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
         "encoding": [StrOptions({"thermometer", "identity", "chunked", "auto", "thresholds"})],
-        "leaf_lookups": [StrOptions({"indicators", "paired", "auto"})],
+        "leaf_lookups": [StrOptions({"indicators", "paired", "subtrees", "auto"})],
         "train_on": [StrOptions({"codes", "float"})],
     }
 
@@ -394,7 +394,7 @@ Parameters:
     n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits, or ``"auto"``
         to choose the smallest precision that keeps the float model's metric (see ``fit``).
     leaf_bits: precision of each tree's quantized leaf values. By default ``n_bits``, except for
-        an ensemble whose paired leaf stage is compiled (see ``leaf_lookups``): its leaves then
+        an ensemble whose value leaf stage (pairs or subtrees) is compiled (see ``leaf_lookups``): its leaves then
         share the scale that makes the summed score an ``n_bits + 1``-bit integer (each tree gets
         ``leaf_bits_``, at most ``n_bits``), because that score's width sets concrete's parameters.
     encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
@@ -410,9 +410,11 @@ Parameters:
         leaf values), so use it only where the client may know them.
     leaf_lookups: how leaves are looked up: ``"indicators"`` (one small lookup per leaf, values
         applied afterwards by a clear matrix), ``"paired"`` (one lookup per pair of sibling leaves
-        that returns the leaf value itself: fewer lookups, costlier parameters), or ``"auto"``
-        (default): ``compile`` compiles both when pairing saves a fifth of the lookups and keeps
-        the one with the lower complexity. Every choice computes the same scores.
+        that returns the leaf value itself: fewer lookups, costlier parameters), ``"subtrees"``
+        (one lookup of up to 5 bits per subtree of height two: fewer still, each costlier), or
+        ``"auto"`` (default): ``compile`` compiles the indicators and each value stage that
+        saves enough lookups (pairs: a fifth; subtrees: half), and keeps the one with the lowest
+        complexity. Every choice computes the same scores.
     train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
         features, then round each threshold to a code boundary; closer to the float model's
         accuracy at a given ``n_bits``, which ``n_bits="auto"`` then tends to choose larger).

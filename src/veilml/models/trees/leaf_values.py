@@ -49,7 +49,7 @@ def quantize_leaves(
     its initial score in the first tree's leaves: 3 bits of leaf precision were lost to it).
 
     With ``leaf_bits`` the widest tree's spread gets ``2**leaf_bits - 1`` steps; without it,
-    ``n_bits``, unless ``score_rule`` (the paired leaf stage is compiled, see
+    ``n_bits``, unless ``score_rule`` (a value leaf stage is compiled, see
     :func:`lower_candidates`): then an ensemble's scale is set on the *sum*, so that the trees'
     largest codes add up to at most ``2**(n_bits + 1) - 1`` and the encrypted score is an
     ``(n_bits + 1)``-bit integer (one tree never gets more than ``n_bits``). With paired lookups

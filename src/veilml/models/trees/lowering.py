@@ -17,10 +17,11 @@ reachable leaf:
    encrypted value needs more precision than the lookups (free; the client recombines the
    digits). Nothing is padded, and trees are summed encrypted.
 
-Steps 3 and 4 have a second strategy, the *paired* leaf stage: one lookup per pair of sibling
-leaves (on twice the failed tests above their parent plus the parent's bit) that returns the leaf
-value itself, so the client decrypts the score alone (:func:`lower_candidates` offers both; the
-estimators compile both and keep the cheaper). An ensemble's leaves are quantized on one scale
+Steps 3 and 4 have two more strategies, the *value* leaf stages: one lookup per pair of sibling
+leaves (on twice the failed tests above their parent plus the parent's bit), or per subtree of
+height two (on ``2**k`` times the failed tests above it plus its ``k <= 3`` tests' bits), that
+returns the leaf value itself, so the client decrypts the score alone (:func:`lower_candidates`
+offers those worth trying; the estimators compile each and keep the cheapest). An ensemble's leaves are quantized on one scale
 chosen so that the summed score is an ``(n_bits + 1)``-bit integer (:func:`.leaf_values.quantize_leaves`).
 """
 
@@ -87,7 +88,7 @@ def lower_ensemble(
     leaf_bits: int | None,
     encoding: Literal["thermometer", "identity", "chunked", "thresholds", "auto"] | InputEncoding = "thermometer",
     cost_model: CostModel | None = None,
-    leaf_lookups: Literal["indicators", "paired", "auto"] = "indicators",
+    leaf_lookups: Literal["indicators", "paired", "subtrees", "auto"] = "indicators",
 ) -> LoweredEnsemble:
     """Lower ``ensemble`` whose thresholds are on the unsigned ``n_bits`` code scale.
 
@@ -104,8 +105,17 @@ def lower_ensemble(
     return lower_candidates(ensemble, n_bits, leaf_bits, encoding, cost_model, leaf_lookups)[0]
 
 
-#: a leaf stage with value lookups is worth compiling when it needs at most this share of the indicators' lookups
+#: the leaf stages ``leaf_lookups`` names
+LEAF_LOOKUPS = ("indicators", "paired", "subtrees", "auto")
+#: the paired stage is worth compiling when it needs at most this share of the indicators' lookups
 PAIRED_WORTH_TRYING = 0.8
+#: the subtree stage's lookups are at most this wide, and it is worth compiling when it needs at most
+#: SUBTREES_WORTH_TRYING of the fewest lookups of the stages before it: one of its 5-bit lookups
+#: costs about 2.3x a 3-bit one (measured on the diabetes regressor of ``benchmarks/trees.py``:
+#: 8 subtrees 8.3e8 against 27 leaf indicators 1.2e9; on the 20-tree forests and boosters, with
+#: 0.53-0.65 of the pairs' lookups, it cost 4-17% more)
+SUBTREE_BITS = 5
+SUBTREES_WORTH_TRYING = 0.5
 
 
 def lower_candidates(
@@ -114,33 +124,43 @@ def lower_candidates(
     leaf_bits: int | None,
     encoding: Literal["thermometer", "identity", "chunked", "thresholds", "auto"] | InputEncoding = "thermometer",
     cost_model: CostModel | None = None,
-    leaf_lookups: Literal["indicators", "paired", "auto"] = "auto",
+    leaf_lookups: Literal["indicators", "paired", "subtrees", "auto"] = "auto",
 ) -> list[LoweredEnsemble]:
     """The lowerings worth compiling, for each leaf stage that ``leaf_lookups`` names.
 
     ``"indicators"``: one ``[failed tests == 0]`` lookup per leaf, the values applied by a clear
     matrix in digits (small, cheap lookups). ``"paired"``: one lookup per pair of sibling leaves
     that returns the leaf value itself (half the lookups on full trees, but the lookups' outputs
-    carry the whole score, so concrete picks costlier parameters). ``"auto"``: the indicators,
-    then the paired stage if it saves at least a fifth of the lookups. The IR's cost function does
-    not model the noise that decides between them, so the caller compiles each candidate and keeps
-    the one with the lowest complexity (:meth:`veilml.TreeClassifier.compile` does).
+    carry the whole score, so concrete picks costlier parameters). ``"subtrees"``: one lookup of
+    up to 5 bits per subtree of height two (a quarter of the lookups on full trees, each about
+    2.3x as costly). ``"auto"``: the indicators, then the paired stage if it saves at least a
+    fifth of the lookups, then the subtrees if they save at least half of the fewest so far. The
+    IR's cost function does not model the noise that decides between them, so the caller compiles
+    each candidate and keeps the one with the lowest complexity (:meth:`veilml.TreeClassifier.
+    compile` does).
     """
-    if leaf_lookups not in ("indicators", "paired", "auto"):
-        raise ValueError(f"leaf_lookups must be 'indicators', 'paired' or 'auto', got {leaf_lookups!r}")
-    score_rule = leaf_bits is None  # with the paired stage, the (n_bits + 1)-bit score (see leaf_values.quantize_leaves)
+    if leaf_lookups not in LEAF_LOOKUPS:
+        raise ValueError(f"leaf_lookups must be one of {', '.join(map(repr, LEAF_LOOKUPS))}, got {leaf_lookups!r}")
+    score_rule = leaf_bits is None  # with a value stage, the (n_bits + 1)-bit score (see leaf_values.quantize_leaves)
     indicators = _leaf_tables(ensemble, n_bits, leaf_bits, score_rule)
     width = bit_width(0, max(1, int((indicators.B0 + indicators.B1).sum(axis=0).max(initial=0))))
-    paired = paired_tables(ensemble, n_bits, leaf_bits, width, score_rule) if leaf_lookups != "indicators" else None
-    if leaf_lookups == "paired" and paired is None:
-        raise ValueError("leaf_lookups='paired' cannot lower this ensemble (a leaf has too many tests); use 'indicators'")
-    worth = paired is not None and (
-        leaf_lookups == "paired" or paired.tables.shape[0] <= PAIRED_WORTH_TRYING * indicators.B0.shape[1]
-    )
-    if not worth:  # indicators alone: each tree's leaves keep n_bits (digits keep every encrypted value narrow)
+    value_stages: list[PairedTables] = []
+    for stage, height, bits, share in (
+        ("paired", 1, width, PAIRED_WORTH_TRYING),
+        ("subtrees", 2, SUBTREE_BITS, SUBTREES_WORTH_TRYING),
+    ):
+        if leaf_lookups not in (stage, "auto"):
+            continue
+        tables = paired_tables(ensemble, n_bits, leaf_bits, bits, score_rule, height)
+        if tables is None and leaf_lookups == stage:
+            raise ValueError(f"leaf_lookups={stage!r} cannot lower this ensemble (a leaf has too many tests); use 'indicators'")
+        fewest = min([indicators.B0.shape[1]] + [len(v.tables) for v in value_stages])
+        if tables is not None and (leaf_lookups == stage or len(tables.tables) <= share * fewest):
+            value_stages.append(tables)
+    if not value_stages:  # indicators alone: each tree's leaves keep n_bits (digits keep every encrypted value narrow)
         variants: list[_LeafTables | PairedTables] = [_leaf_tables(ensemble, n_bits, leaf_bits) if score_rule else indicators]
     else:
-        variants = ([] if leaf_lookups == "paired" else [indicators]) + [paired]
+        variants = ([indicators] if leaf_lookups == "auto" else []) + value_stages
     return [_lower_stage(tables, ensemble, n_bits, encoding, cost_model) for tables in variants]
 
 

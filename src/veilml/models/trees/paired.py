@@ -1,4 +1,5 @@
-"""The paired leaf stage's tables: one lookup per pair of sibling leaves that returns the leaf value.
+"""The value leaf stages' tables: one lookup per pair of sibling leaves, or per subtree of height
+two, that returns the leaf value.
 
 See :func:`veilml.models.trees.stages.paired_values` for the graph these tables feed.
 """
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ...compiler import bit_width
 from ...quantization import UniformQuantizer
 from .ensemble import TreeEnsemble
 from .leaf_values import code_bits, complementary, interval_comparisons, leaf_tests, quantize_leaves, right_code, with_complement
@@ -19,7 +21,7 @@ __all__ = ["PairedTables", "paired_tables"]
 
 @dataclass(frozen=True)
 class PairedTables:
-    """The tables of the paired-values leaf stage (see :func:`~.stages.paired_values`)."""
+    """The tables of a value leaf stage, pairs or subtrees (see :func:`~.stages.paired_values`)."""
 
     pairs: tuple[tuple[int, int], ...]
     A0: np.ndarray  # (comparisons, groups): coefficient of c_j in each group's lookup input
@@ -38,15 +40,20 @@ class PairedTables:
 
 
 def paired_tables(
-    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, width: int, score_rule: bool = True
+    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, width: int, score_rule: bool = True, height: int = 1
 ) -> PairedTables | None:
-    """Groups of one or two sibling leaves whose values one ``width``-bit lookup returns directly.
+    """Subtrees of height at most ``height`` whose leaf values one lookup of at most ``width`` bits returns.
 
-    A pair under parent ``P`` is looked up on ``t = 2 u + c_P``, with ``u`` the failed tests on
-    the path to ``P`` (merged per feature): ``t == 0`` is the left leaf, ``t == 1`` the right.
-    A pair whose ``t`` would not fit in ``width`` bits, or whose parent's test is constant on the
-    code scale, becomes two lone leaves, looked up on their own failed tests. Leaves worth 0 (each
-    tree's smallest) need no lookup. Returns None when a lone leaf's tests alone need more bits.
+    ``height=1``: pairs of sibling leaves. A pair under parent ``P`` is looked up on
+    ``t = 2 u + c_P``, with ``u`` the failed tests on the path to ``P`` (merged per feature):
+    ``t == 0`` is the left leaf, ``t == 1`` the right. ``height=2``: a subtree with ``k <= 3``
+    tests ``c_1..c_k`` (in pre-order) is looked up on ``t = 2**k u + sum_i 2**(k-i) c_i``, whose
+    first ``2**k`` entries are the leaf each combination of the bits reaches.
+
+    A subtree whose ``t`` would not fit in ``width`` bits, or with a test that is constant on the
+    code scale, is split into its children's subtrees, down to lone leaves looked up on their own
+    failed tests. Leaves worth 0 (each tree's smallest) need no lookup. Returns None when a lone
+    leaf's tests alone need more than ``width`` bits.
     """
     qmin, qmax = 0, 2**n_bits - 1
     complement = complementary(ensemble)
@@ -57,65 +64,50 @@ def paired_tables(
     zeros: list[dict[int, int]] = []  # per group: comparison -> coefficient of c
     values: list[list[np.ndarray]] = []  # per group: the value at t = 0, 1, ...
     tree_of_group: list[int] = []
+    tests_of_group: list[int] = []  # per group: the tests inside it (0: a lone leaf, 1: a pair)
     limit = 2**width - 1
 
-    def tests(intervals: dict[int, tuple[int, int]], scale: int) -> tuple[dict[int, int], dict[int, int]]:
-        hold, fail = interval_comparisons(intervals, qmin, qmax)
-        one = {comparisons.setdefault(pair, len(comparisons)): scale for pair in hold}
-        zero = {comparisons.setdefault(pair, len(comparisons)): scale for pair in fail}
-        return one, zero
-
-    def lone(tree_codes: np.ndarray, tree: Any, path: list[tuple[int, bool]], value: np.ndarray, t: int) -> bool:
-        intervals = leaf_tests(tree_codes, tree, path, qmin, qmax)
-        if intervals is None or not value.any():
-            return True  # never reached, or worth 0: nothing to look up
-        one, zero = tests(intervals, 1)
-        if len(one) + len(zero) > limit:
-            return False
-        ones.append(one), zeros.append(zero), values.append([value]), tree_of_group.append(t)
-        return True
+    def group(tree: Any, codes: np.ndarray, tree_values: np.ndarray, t: int, node: int, path: list[tuple[int, bool]]) -> bool:
+        """Look up the subtree under ``node`` (reached by ``path``) as one group, or split it; False if it cannot be."""
+        prefix = leaf_tests(codes, tree, path, qmin, qmax)
+        if prefix is None:
+            return True  # the path contradicts itself: never reached
+        inner = _inner_nodes(tree, node, height)
+        if inner is not None and all(qmin < codes[n] <= qmax for n in inner):
+            k = len(inner)
+            hold, fail = interval_comparisons(prefix, qmin, qmax)
+            if (len(hold) + len(fail) + 1) * 2**k - 1 <= limit:
+                slots = [_reached_value(tree, codes, tree_values, node, path, inner, code, qmin, qmax) for code in range(2**k)]
+                if any(v.any() for v in slots):
+                    one = {comparisons.setdefault(pair, len(comparisons)): 2**k for pair in hold}
+                    zero = {comparisons.setdefault(pair, len(comparisons)): 2**k for pair in fail}
+                    for i, n in enumerate(inner):  # test i's bit: c == 1 goes right
+                        j = comparisons.setdefault((int(tree.feature[n]), int(codes[n])), len(comparisons))
+                        zero[j] = zero.get(j, 0) + 2 ** (k - 1 - i)
+                    ones.append(one), zeros.append(zero), values.append(slots)
+                    tree_of_group.append(t), tests_of_group.append(k)
+                return True
+        if tree.left[node] < 0:
+            return False  # a lone leaf with too many tests
+        return group(tree, codes, tree_values, t, int(tree.left[node]), [*path, (node, False)]) and group(
+            tree, codes, tree_values, t, int(tree.right[node]), [*path, (node, True)]
+        )
 
     for t, (tree, tree_values) in enumerate(zip(ensemble.trees, leaf_values)):
-        codes = right_code(tree.threshold, tree.strict)
-        paths = dict(tree.leaf_paths())
-        done: set[int] = set()
-        for leaf, path in sorted(paths.items()):
-            if leaf in done:
-                continue
-            parent = path[-1][0] if path else -1
-            left, right = (int(tree.left[parent]), int(tree.right[parent])) if parent >= 0 else (-1, -1)
-            k, f = (int(codes[parent]), int(tree.feature[parent])) if parent >= 0 else (0, 0)
-            paired = left in paths and right in paths and qmin < k <= qmax
-            prefix = leaf_tests(codes, tree, path[:-1], qmin, qmax) if paired else None
-            if prefix is not None:
-                paired = 2 * sum(map(len, interval_comparisons(prefix, qmin, qmax))) + 1 <= limit
-            if prefix is None or not paired:
-                if prefix is None and paired:
-                    done.update((left, right))  # the path to the parent contradicts itself: never reached
-                elif not lone(codes, tree, path, tree_values[leaf], t):
-                    return None
-                continue
-            done.update((left, right))
-            v_left, v_right = (
-                tree_values[c] if leaf_tests(codes, tree, paths[c], qmin, qmax) is not None else 0 * tree_values[c]
-                for c in (left, right)
-            )
-            if not (v_left.any() or v_right.any()):
-                continue
-            one, zero = tests(prefix, 2)
-            j = comparisons.setdefault((f, k), len(comparisons))  # the parent's bit: c == 1 goes right
-            zero[j] = zero.get(j, 0) + 1
-            ones.append(one), zeros.append(zero), values.append([v_left, v_right]), tree_of_group.append(t)
+        if not group(tree, right_code(tree.threshold, tree.strict), tree_values, t, 0, []):
+            return None
 
     n_groups, n_out = max(len(values), 1), len(outputs)
     A0 = np.zeros((max(len(comparisons), 1), n_groups), dtype=np.int64)
     A1 = np.zeros_like(A0)
-    grouped = np.zeros((n_groups, n_out, limit + 1), dtype=np.int64)  # group, output, t -> value
-    for i, (one, zero, vals) in enumerate(zip(ones, zeros, values)):
+    for i, (one, zero) in enumerate(zip(ones, zeros)):
         for j, c in one.items():
             A1[j, i] += c
         for j, c in zero.items():
             A0[j, i] += c
+    t_bits = bit_width(0, max(1, int((A0 + A1).sum(axis=0).max(initial=0))))
+    grouped = np.zeros((n_groups, n_out, 2**t_bits), dtype=np.int64)  # group, output, t -> value
+    for i, vals in enumerate(values):
         for slot, v in enumerate(vals):
             grouped[i, :, slot] = v
     # one lookup per (group, output) whose values are not all 0: a boosting tree scores one class
@@ -130,16 +122,16 @@ def paired_tables(
     combine = np.eye(n_out, dtype=np.int64)
     if complement:
         output_quantizer, bias, combine = with_complement(ensemble, output_quantizer, bias, combine)
-    n_pairs = sum(len(v) == 2 for v in values)
+    kinds = [(sum(k > 1 for k in tests_of_group), "subtrees of 2-3 tests"), (tests_of_group.count(1), "pairs of sibling leaves")]
+    groups_text = "".join(f"{n} {what}, " for n, what in kinds if n)
     stages = {
-        "leaf selection": f"{len(rows)} value lookups on {width} bits: {n_pairs} pairs of sibling leaves "
-        f"and {len(values) - n_pairs} lone leaves"
+        "leaf selection": f"{len(rows)} value lookups on {t_bits} bits: {groups_text}{tests_of_group.count(0)} lone leaves"
         + (f", one lookup per output each leaf scores ({n_out} outputs)" if n_out > 1 else ""),
         "scores": f"{n_out} output(s) of {code_bits(leaf_values)}-bit leaf values, summed over {len(ensemble.trees)} tree(s) in FHE"
         + ("; output 0 derived by the client" if complement else ""),
     }
     pairs = tuple(sorted(comparisons, key=comparisons.get)) or ((0, qmax),)
-    n_leaves = sum(len(v) for v in values)
+    n_leaves = sum(tests_of_group) + len(tests_of_group)  # a binary subtree has one leaf more than tests
     return PairedTables(
         pairs,
         A0,
@@ -156,3 +148,34 @@ def paired_tables(
         stages,
         code_bits(leaf_values),
     )
+
+
+def _inner_nodes(tree: Any, node: int, height: int) -> list[int] | None:
+    """The tests of the subtree under ``node`` in pre-order, or None if it is deeper than ``height``."""
+    if tree.left[node] < 0:
+        return []
+    if height == 0:
+        return None
+    left, right = _inner_nodes(tree, int(tree.left[node]), height - 1), _inner_nodes(tree, int(tree.right[node]), height - 1)
+    return None if left is None or right is None else [node, *left, *right]
+
+
+def _reached_value(
+    tree: Any,
+    codes: np.ndarray,
+    tree_values: np.ndarray,
+    node: int,
+    path: list[tuple[int, bool]],
+    inner: list[int],
+    code: int,
+    qmin: int,
+    qmax: int,
+) -> np.ndarray:
+    """The value of the leaf that the bits ``code`` (test ``i`` is bit ``k - 1 - i``) reach from
+    ``node``; 0 if that leaf's whole path contradicts itself (never reached)."""
+    k = len(inner)
+    bit = {n: (code >> (k - 1 - i)) & 1 for i, n in enumerate(inner)}
+    while tree.left[node] >= 0:
+        path = [*path, (node, bool(bit[node]))]
+        node = int(tree.right[node]) if bit[node] else int(tree.left[node])
+    return tree_values[node] if leaf_tests(codes, tree, path, qmin, qmax) is not None else 0 * tree_values[node]

@@ -6,8 +6,8 @@
    @ B1`` (free), and ``[u == 0]`` through one small table (a lookup per leaf);
 3. **scores**: leaf indicators times a clear matrix of leaf-value digits, summed over trees (free).
 
-:func:`paired_values` replaces stages 2 and 3 with one lookup per pair of sibling leaves that
-returns the leaf value itself.
+:func:`paired_values` replaces stages 2 and 3 with one lookup per pair of sibling leaves, or per
+subtree of height two, that returns the leaf value itself.
 
 A comparisons strategy returns *parts*: pairs of (graph node holding bits, the comparison indices
 those bits are, in order), so that strategies may compute some comparisons one way and the rest
@@ -121,11 +121,12 @@ def paired_values(
     S: np.ndarray,
     maxima: np.ndarray,
 ) -> int:
-    """Leaf values looked up directly, one lookup per pair of sibling leaves (or lone leaf) and output, summed per output.
+    """Leaf values looked up directly, one lookup per group of leaves and output, summed per output.
 
-    ``t = c @ A0 + (1 - c) @ A1`` is, per group, twice the failed tests above the pair plus the
-    parent's comparison bit (a lone leaf: its failed tests): ``t == 0`` selects the left leaf,
-    ``t == 1`` the right one. Lookup ``k`` reads group ``row_group[k]`` through its own table
+    A group is a subtree with ``k`` tests (a lone leaf: 0, a pair of sibling leaves: 1).
+    ``t = c @ A0 + (1 - c) @ A1`` is, per group, ``2**k`` times the failed tests above it plus
+    its tests' bits (in pre-order, the first the highest): for a pair, ``t == 0`` selects the
+    left leaf, ``t == 1`` the right one (see :func:`~.paired.paired_tables`). Lookup ``k`` reads group ``row_group[k]`` through its own table
     ``tables[k]`` (the group's values for one output); ``S`` sums the lookups of each output. One
     leaf per tree is reached, so each output is at most ``maxima``.
     """
