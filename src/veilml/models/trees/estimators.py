@@ -411,10 +411,10 @@ Parameters:
     leaf_lookups: how leaves are looked up: ``"indicators"`` (one small lookup per leaf, values
         applied afterwards by a clear matrix), ``"paired"`` (one lookup per pair of sibling leaves
         that returns the leaf value itself: fewer lookups, costlier parameters), ``"subtrees"``
-        (one lookup of up to 5 bits per subtree of height two: fewer still, each costlier), or
-        ``"auto"`` (default): ``compile`` compiles the indicators and each value stage that
-        saves enough lookups (pairs: a fifth; subtrees: half), and keeps the one with the lowest
-        complexity. Every choice computes the same scores.
+        (one lookup of up to 5 bits per subtree of several tests: fewer still, each costlier),
+        or ``"auto"`` (default): ``compile`` compiles the indicators and each value stage that
+        saves enough lookups (pairs: a fifth; subtrees: two fifths), and keeps the one with the
+        lowest complexity. Every choice computes the same scores.
     train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
         features, then round each threshold to a code boundary; closer to the float model's
         accuracy at a given ``n_bits``, which ``n_bits="auto"`` then tends to choose larger).

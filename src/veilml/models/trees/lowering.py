@@ -19,7 +19,7 @@ reachable leaf:
 
 Steps 3 and 4 have two more strategies, the *value* leaf stages: one lookup per pair of sibling
 leaves (on twice the failed tests above their parent plus the parent's bit), or per subtree of
-height two (on ``2**k`` times the failed tests above it plus its ``k <= 3`` tests' bits), that
+``k`` tests (on ``2**k`` times the failed tests above it plus its tests' bits, in 5 bits), that
 returns the leaf value itself, so the client decrypts the score alone (:func:`lower_candidates`
 offers those worth trying; the estimators compile each and keep the cheapest). An ensemble's leaves are quantized on one scale
 chosen so that the summed score is an ``(n_bits + 1)``-bit integer (:func:`.leaf_values.quantize_leaves`).
@@ -110,12 +110,12 @@ LEAF_LOOKUPS = ("indicators", "paired", "subtrees", "auto")
 #: the paired stage is worth compiling when it needs at most this share of the indicators' lookups
 PAIRED_WORTH_TRYING = 0.8
 #: the subtree stage's lookups are at most this wide, and it is worth compiling when it needs at most
-#: SUBTREES_WORTH_TRYING of the fewest lookups of the stages before it: one of its 5-bit lookups
-#: costs about 2.3x a 3-bit one (measured on the diabetes regressor of ``benchmarks/trees.py``:
-#: 8 subtrees 8.3e8 against 27 leaf indicators 1.2e9; on the 20-tree forests and boosters, with
-#: 0.53-0.65 of the pairs' lookups, it cost 4-17% more)
+#: SUBTREES_WORTH_TRYING of the fewest lookups of the stages before it. Measured on
+#: ``benchmarks/trees.py``'s models (concrete 2.11, default p_error): a 5-bit lookup costs 1.7-2.3x
+#: the complexity of a 3-bit one, and 4-bit or 6-bit subtrees cost more than 5-bit ones everywhere
+#: (the diabetes regressor: 12 lookups 9.1e8 at 4 bits, 8 lookups 8.3e8 at 5, 27 indicators 1.2e9).
 SUBTREE_BITS = 5
-SUBTREES_WORTH_TRYING = 0.5
+SUBTREES_WORTH_TRYING = 0.6
 
 
 def lower_candidates(
@@ -132,9 +132,10 @@ def lower_candidates(
     matrix in digits (small, cheap lookups). ``"paired"``: one lookup per pair of sibling leaves
     that returns the leaf value itself (half the lookups on full trees, but the lookups' outputs
     carry the whole score, so concrete picks costlier parameters). ``"subtrees"``: one lookup of
-    up to 5 bits per subtree of height two (a quarter of the lookups on full trees, each about
-    2.3x as costly). ``"auto"``: the indicators, then the paired stage if it saves at least a
-    fifth of the lookups, then the subtrees if they save at least half of the fewest so far. The
+    up to 5 bits per subtree of as many tests as fit (3 under 3 failed tests, 5 at the root: a
+    quarter to a third of the lookups on full trees, each 1.7-2.3x as costly). ``"auto"``: the
+    indicators, then the paired stage if it saves at least a fifth of the lookups, then the
+    subtrees if they save at least two fifths of the fewest so far. The
     IR's cost function does not model the noise that decides between them, so the caller compiles
     each candidate and keeps the one with the lowest complexity (:meth:`veilml.TreeClassifier.
     compile` does).
@@ -145,13 +146,13 @@ def lower_candidates(
     indicators = _leaf_tables(ensemble, n_bits, leaf_bits, score_rule)
     width = bit_width(0, max(1, int((indicators.B0 + indicators.B1).sum(axis=0).max(initial=0))))
     value_stages: list[PairedTables] = []
-    for stage, height, bits, share in (
+    for stage, max_tests, bits, share in (
         ("paired", 1, width, PAIRED_WORTH_TRYING),
-        ("subtrees", 2, SUBTREE_BITS, SUBTREES_WORTH_TRYING),
+        ("subtrees", SUBTREE_BITS, SUBTREE_BITS, SUBTREES_WORTH_TRYING),
     ):
         if leaf_lookups not in (stage, "auto"):
             continue
-        tables = paired_tables(ensemble, n_bits, leaf_bits, bits, score_rule, height)
+        tables = paired_tables(ensemble, n_bits, leaf_bits, bits, score_rule, max_tests)
         if tables is None and leaf_lookups == stage:
             raise ValueError(f"leaf_lookups={stage!r} cannot lower this ensemble (a leaf has too many tests); use 'indicators'")
         fewest = min([indicators.B0.shape[1]] + [len(v.tables) for v in value_stages])

@@ -1,5 +1,5 @@
-"""The value leaf stages' tables: one lookup per pair of sibling leaves, or per subtree of height
-two, that returns the leaf value.
+"""The value leaf stages' tables: one lookup per pair of sibling leaves, or per subtree of
+several tests, that returns the leaf value.
 
 See :func:`veilml.models.trees.stages.paired_values` for the graph these tables feed.
 """
@@ -40,20 +40,22 @@ class PairedTables:
 
 
 def paired_tables(
-    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, width: int, score_rule: bool = True, height: int = 1
+    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, width: int, score_rule: bool = True, max_tests: int = 1
 ) -> PairedTables | None:
-    """Subtrees of height at most ``height`` whose leaf values one lookup of at most ``width`` bits returns.
+    """Subtrees of at most ``max_tests`` tests whose leaf values one lookup of at most ``width`` bits returns.
 
-    ``height=1``: pairs of sibling leaves. A pair under parent ``P`` is looked up on
+    ``max_tests=1``: pairs of sibling leaves. A pair under parent ``P`` is looked up on
     ``t = 2 u + c_P``, with ``u`` the failed tests on the path to ``P`` (merged per feature):
-    ``t == 0`` is the left leaf, ``t == 1`` the right. ``height=2``: a subtree with ``k <= 3``
-    tests ``c_1..c_k`` (in pre-order) is looked up on ``t = 2**k u + sum_i 2**(k-i) c_i``, whose
-    first ``2**k`` entries are the leaf each combination of the bits reaches.
+    ``t == 0`` is the left leaf, ``t == 1`` the right. In general a subtree with ``k`` tests
+    ``c_1..c_k`` (in pre-order) is looked up on ``t = 2**k u + sum_i 2**(k-i) c_i``, whose first
+    ``2**k`` entries are the leaf each combination of the bits reaches: ``k`` can be larger where
+    few tests lead to the subtree (a whole 5-test tree in a 5-bit lookup, 3 tests under 3 failed
+    tests).
 
-    A subtree whose ``t`` would not fit in ``width`` bits, or with a test that is constant on the
-    code scale, is split into its children's subtrees, down to lone leaves looked up on their own
-    failed tests. Leaves worth 0 (each tree's smallest) need no lookup. Returns None when a lone
-    leaf's tests alone need more than ``width`` bits.
+    Top down, a subtree whose ``t`` would not fit in ``width`` bits, or with more tests or a test
+    that is constant on the code scale, is split into its children's subtrees, down to lone leaves
+    looked up on their own failed tests. Leaves worth 0 (each tree's smallest) need no lookup.
+    Returns None when a lone leaf's tests alone need more than ``width`` bits.
     """
     qmin, qmax = 0, 2**n_bits - 1
     complement = complementary(ensemble)
@@ -72,7 +74,7 @@ def paired_tables(
         prefix = leaf_tests(codes, tree, path, qmin, qmax)
         if prefix is None:
             return True  # the path contradicts itself: never reached
-        inner = _inner_nodes(tree, node, height)
+        inner = _tests_under(tree, node, min(max_tests, width))
         if inner is not None and all(qmin < codes[n] <= qmax for n in inner):
             k = len(inner)
             hold, fail = interval_comparisons(prefix, qmin, qmax)
@@ -122,7 +124,10 @@ def paired_tables(
     combine = np.eye(n_out, dtype=np.int64)
     if complement:
         output_quantizer, bias, combine = with_complement(ensemble, output_quantizer, bias, combine)
-    kinds = [(sum(k > 1 for k in tests_of_group), "subtrees of 2-3 tests"), (tests_of_group.count(1), "pairs of sibling leaves")]
+    kinds = [
+        (sum(k > 1 for k in tests_of_group), f"subtrees of 2-{max(tests_of_group, default=0)} tests"),
+        (tests_of_group.count(1), "pairs of sibling leaves"),
+    ]
     groups_text = "".join(f"{n} {what}, " for n, what in kinds if n)
     stages = {
         "leaf selection": f"{len(rows)} value lookups on {t_bits} bits: {groups_text}{tests_of_group.count(0)} lone leaves"
@@ -150,14 +155,18 @@ def paired_tables(
     )
 
 
-def _inner_nodes(tree: Any, node: int, height: int) -> list[int] | None:
-    """The tests of the subtree under ``node`` in pre-order, or None if it is deeper than ``height``."""
-    if tree.left[node] < 0:
-        return []
-    if height == 0:
-        return None
-    left, right = _inner_nodes(tree, int(tree.left[node]), height - 1), _inner_nodes(tree, int(tree.right[node]), height - 1)
-    return None if left is None or right is None else [node, *left, *right]
+def _tests_under(tree: Any, node: int, most: int) -> list[int] | None:
+    """The tests of the subtree under ``node`` in pre-order, or None if there are more than ``most``."""
+    tests: list[int] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if tree.left[n] >= 0:
+            if len(tests) == most:
+                return None
+            tests.append(n)
+            stack += [int(tree.right[n]), int(tree.left[n])]  # the left subtree first: pre-order
+    return tests
 
 
 def _reached_value(

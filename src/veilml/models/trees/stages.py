@@ -7,7 +7,7 @@
 3. **scores**: leaf indicators times a clear matrix of leaf-value digits, summed over trees (free).
 
 :func:`paired_values` replaces stages 2 and 3 with one lookup per pair of sibling leaves, or per
-subtree of height two, that returns the leaf value itself.
+subtree of several tests, that returns the leaf value itself.
 
 A comparisons strategy returns *parts*: pairs of (graph node holding bits, the comparison indices
 those bits are, in order), so that strategies may compute some comparisons one way and the rest
