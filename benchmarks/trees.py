@@ -541,7 +541,7 @@ def write(record: dict, args: argparse.Namespace) -> str:
         "both sides, every other one at its library's default; each side's float metric is its own library's model "
         "trained on the float features. Leaf values: Concrete-ML quantizes each tree's leaves to n_bits and sums the "
         "trees in the clear; veilml (default `leaf_bits=None`) gives a single tree's leaves n_bits and, where it "
-        "compiles the paired leaf stage, sums an ensemble's trees in FHE into an (n_bits + 1)-bit score.\n",
+        "compiles a value leaf stage (pairs or subtrees), sums an ensemble's trees in FHE into an (n_bits + 1)-bit score.\n",
         "Ratios: Concrete-ML / veilml for costs (time, PBS, complexity, keys, bytes), veilml / Concrete-ML for "
         "throughput: higher is better for veilml. Evaluation keys are the serialized bytes each client hands its "
         "server (both compressed). Bytes up / down: veilml's ciphertext and result envelopes of one row; "
