@@ -1,5 +1,5 @@
 """Test metric of every tree family on the six data sets of ``tree_families.py``: the default leaf
-quantization (``leaf_bits=None``: where the paired leaf stage is compiled, an ensemble's score is an
+quantization (``leaf_bits=None``: where a value leaf stage is compiled, an ensemble's score is an
 ``n_bits + 1``-bit integer; elsewhere ``n_bits`` per tree) against 6-bit leaves per tree
 (``leaf_bits=6``, the default before 2026-12-02), at ``n_bits=6``.
 
