@@ -394,9 +394,10 @@ Parameters:
     n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits, or ``"auto"``
         to choose the smallest precision that keeps the float model's metric (see ``fit``).
     leaf_bits: precision of each tree's quantized leaf values. By default ``n_bits``, except for
-        an ensemble whose value leaf stage (pairs or subtrees) is compiled (see ``leaf_lookups``): its leaves then
-        share the scale that makes the summed score an ``n_bits + 1``-bit integer (each tree gets
-        ``leaf_bits_``, at most ``n_bits``), because that score's width sets concrete's parameters.
+        an ensemble for which a value leaf stage (pairs or subtrees) is compiled (see
+        ``leaf_lookups``): its leaves then share the scale that makes the summed score an
+        ``n_bits + 1``-bit integer (each tree gets ``leaf_bits_``, at most ``n_bits``), because
+        that score's width sets concrete's parameters.
     encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
         ciphertexts), ``"chunked"`` (a thermometer code of a high and a low chunk of each
         feature: ~4x fewer bits at 6 bits, one 2-bit lookup per threshold off a chunk boundary),

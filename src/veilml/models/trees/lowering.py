@@ -21,8 +21,9 @@ Steps 3 and 4 have two more strategies, the *value* leaf stages: one lookup per 
 leaves (on twice the failed tests above their parent plus the parent's bit), or per subtree of
 ``k`` tests (on ``2**k`` times the failed tests above it plus its tests' bits, in 5 bits), that
 returns the leaf value itself, so the client decrypts the score alone (:func:`lower_candidates`
-offers those worth trying; the estimators compile each and keep the cheapest). An ensemble's leaves are quantized on one scale
-chosen so that the summed score is an ``(n_bits + 1)``-bit integer (:func:`.leaf_values.quantize_leaves`).
+offers those worth trying; the estimators compile each and keep the cheapest). Then an
+ensemble's leaves are quantized on one scale chosen so that the summed score is an
+``(n_bits + 1)``-bit integer (:func:`.leaf_values.quantize_leaves`).
 """
 
 from __future__ import annotations
@@ -135,10 +136,9 @@ def lower_candidates(
     up to 5 bits per subtree of as many tests as fit (3 under 3 failed tests, 5 at the root: a
     quarter to a third of the lookups on full trees, each 1.7-2.3x as costly). ``"auto"``: the
     indicators, then the paired stage if it saves at least a fifth of the lookups, then the
-    subtrees if they save at least two fifths of the fewest so far. The
-    IR's cost function does not model the noise that decides between them, so the caller compiles
-    each candidate and keeps the one with the lowest complexity (:meth:`veilml.TreeClassifier.
-    compile` does).
+    subtrees if they save at least two fifths of the fewest so far. The IR's cost function does
+    not model the noise that decides between them, so the caller compiles each candidate and keeps
+    the one with the lowest complexity (:meth:`veilml.TreeClassifier.compile` does).
     """
     if leaf_lookups not in LEAF_LOOKUPS:
         raise ValueError(f"leaf_lookups must be one of {', '.join(map(repr, LEAF_LOOKUPS))}, got {leaf_lookups!r}")
