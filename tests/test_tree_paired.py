@@ -224,15 +224,16 @@ def test_auto_keeps_the_subtrees_of_a_deep_regressor(diabetes, test_config):
     assert np.array_equal(auto.predict_integers(X_test, "simulate"), auto.predict_integers(X_test, "disable"))
 
 
-def test_paired_reveals_one_value_per_output(cancer):
-    """Digit columns tell the client more than the score (each digit's sum over the trees); the
-    paired stage's output is the score itself."""
+@pytest.mark.parametrize("stage, named", [("paired", "pairs of sibling leaves"), ("subtrees", "subtrees of 2-")])
+def test_value_stages_reveal_one_value_per_output(cancer, stage, named):
+    """Digit columns tell the client more than the score (each digit's sum over the trees); a
+    value stage's output is the score itself."""
     X_train, _, y_train, _ = cancer
-    model = veilml.XGBClassifier(n_estimators=8, max_depth=4, n_jobs=1, leaf_lookups="paired", random_state=0)
+    model = veilml.XGBClassifier(n_estimators=8, max_depth=4, n_jobs=1, leaf_lookups=stage, random_state=0)
     model.fit(X_train, y_train)
     graph = model.fhe_model_.graph
     assert sum(graph.nodes[i].size for i in graph.outputs) == 1
-    assert "pairs of sibling leaves" in model.lowering_["leaf selection"]
+    assert named in model.lowering_["leaf selection"]
 
 
 def test_leaf_lookups_is_validated(cancer):
