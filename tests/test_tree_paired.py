@@ -10,6 +10,8 @@ tables behave the same in the interpreter, the range analysis, serialization and
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from requires import require
@@ -140,6 +142,30 @@ def test_a_single_tree_equals_its_subtree_lookups():
     leaf_value = lower_ensemble(ensemble, 4, 6, leaf_lookups="indicators")
     assert np.array_equal(_scores(lowered, codes), _scores(leaf_value, codes))
     assert max(n.arg[0].shape[-1] for n in lowered.graph.nodes if n.op is Ops.LUT) <= 32  # 5-bit lookups at most
+
+
+def test_a_tree_deeper_than_the_recursion_limit_lowers():
+    """A chain of splits on one feature deeper than Python's recursion limit: the value stages walk
+    the tree without recursion, and still score every code like the leaf indicators."""
+    depth = sys.getrecursionlimit() + 100
+    feature, threshold, left, right, value = [], [], [], [], []
+    for d in range(depth):  # node 2d tests x0 <= d + 0.5: its left child is a leaf, its right the next test
+        i = len(feature)
+        feature += [0, -1]
+        threshold += [d + 0.5, 0.0]
+        left += [i + 1, -1]
+        right += [i + 2, -1]
+        value += [[0.0], [float(d % 7)]]
+    feature.append(-1), threshold.append(0.0), left.append(-1), right.append(-1), value.append([3.0])
+    ensemble = TreeEnsemble((_tree(feature, threshold, left, right, value),), 1)
+    n_bits = int(np.ceil(np.log2(depth + 2)))
+    codes = np.unique(np.r_[0, 2**n_bits - 1, _grid(1, n_bits, 100, seed=2)[:, 0]])[
+        :, None
+    ]  # the interpreter's matmuls are slow here
+    subtrees = lower_ensemble(ensemble, n_bits, 6, leaf_lookups="subtrees")
+    assert np.array_equal(
+        _scores(subtrees, codes), _scores(lower_ensemble(ensemble, n_bits, 6, leaf_lookups="indicators"), codes)
+    )
 
 
 @pytest.mark.parametrize(

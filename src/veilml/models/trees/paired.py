@@ -69,35 +69,40 @@ def paired_tables(
     tests_of_group: list[int] = []  # per group: the tests inside it (0: a lone leaf, 1: a pair)
     limit = 2**width - 1
 
-    def group(tree: Any, codes: np.ndarray, tree_values: np.ndarray, t: int, node: int, path: list[tuple[int, bool]]) -> bool:
-        """Look up the subtree under ``node`` (reached by ``path``) as one group, or split it; False if it cannot be."""
+    def as_group(tree: Any, codes: np.ndarray, tree_values: np.ndarray, t: int, node: int, path: list[tuple[int, bool]]) -> bool:
+        """Look up the subtree under ``node`` (reached by ``path``) as one group (nothing if it is
+        never reached or worth 0); False if it does not fit in one lookup and must be split."""
         prefix = leaf_tests(codes, tree, path, qmin, qmax)
         if prefix is None:
             return True  # the path contradicts itself: never reached
         inner = _tests_under(tree, node, min(max_tests, width))
-        if inner is not None and all(qmin < codes[n] <= qmax for n in inner):
-            k = len(inner)
-            hold, fail = interval_comparisons(prefix, qmin, qmax)
-            if (len(hold) + len(fail) + 1) * 2**k - 1 <= limit:
-                slots = [_reached_value(tree, codes, tree_values, node, path, inner, code, qmin, qmax) for code in range(2**k)]
-                if any(v.any() for v in slots):
-                    one = {comparisons.setdefault(pair, len(comparisons)): 2**k for pair in hold}
-                    zero = {comparisons.setdefault(pair, len(comparisons)): 2**k for pair in fail}
-                    for i, n in enumerate(inner):  # test i's bit: c == 1 goes right
-                        j = comparisons.setdefault((int(tree.feature[n]), int(codes[n])), len(comparisons))
-                        zero[j] = zero.get(j, 0) + 2 ** (k - 1 - i)
-                    ones.append(one), zeros.append(zero), values.append(slots)
-                    tree_of_group.append(t), tests_of_group.append(k)
-                return True
-        if tree.left[node] < 0:
-            return False  # a lone leaf with too many tests
-        return group(tree, codes, tree_values, t, int(tree.left[node]), [*path, (node, False)]) and group(
-            tree, codes, tree_values, t, int(tree.right[node]), [*path, (node, True)]
-        )
+        if inner is None or not all(qmin < codes[n] <= qmax for n in inner):
+            return False
+        k = len(inner)
+        hold, fail = interval_comparisons(prefix, qmin, qmax)
+        if (len(hold) + len(fail) + 1) * 2**k - 1 > limit:
+            return False
+        slots = [_reached_value(tree, codes, tree_values, node, path, inner, code, qmin, qmax) for code in range(2**k)]
+        if any(v.any() for v in slots):
+            one = {comparisons.setdefault(pair, len(comparisons)): 2**k for pair in hold}
+            zero = {comparisons.setdefault(pair, len(comparisons)): 2**k for pair in fail}
+            for i, n in enumerate(inner):  # test i's bit: c == 1 goes right
+                j = comparisons.setdefault((int(tree.feature[n]), int(codes[n])), len(comparisons))
+                zero[j] = zero.get(j, 0) + 2 ** (k - 1 - i)
+            ones.append(one), zeros.append(zero), values.append(slots)
+            tree_of_group.append(t), tests_of_group.append(k)
+        return True
 
     for t, (tree, tree_values) in enumerate(zip(ensemble.trees, leaf_values)):
-        if not group(tree, right_code(tree.threshold, tree.strict), tree_values, t, 0, []):
-            return None
+        codes = right_code(tree.threshold, tree.strict)
+        stack: list[tuple[int, list[tuple[int, bool]]]] = [(0, [])]  # top down, left first (no recursion: deep trees)
+        while stack:
+            node, path = stack.pop()
+            if as_group(tree, codes, tree_values, t, node, path):
+                continue
+            if tree.left[node] < 0:
+                return None  # a lone leaf with too many tests
+            stack += [(int(tree.right[node]), [*path, (node, True)]), (int(tree.left[node]), [*path, (node, False)])]
 
     n_groups, n_out = max(len(values), 1), len(outputs)
     A0 = np.zeros((max(len(comparisons), 1), n_groups), dtype=np.int64)
