@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_X", "check_sample_weight", "check_y"]
+__all__ = ["check_X", "check_feature_names", "check_sample_weight", "check_y"]
 
 
 def check_X(X: Any, n_features: int | None, who: str) -> np.ndarray:
@@ -56,6 +56,23 @@ def check_X(X: Any, n_features: int | None, who: str) -> np.ndarray:
             )
         raise ValueError(f"X contains infinite values in column(s) {inf_cols[:10]}; replace or clip them first")
     return X
+
+
+def check_feature_names(X: Any, feature_names: Any, who: str) -> None:
+    """scikit-learn's check of the column names of ``X`` against those seen in fit.
+
+    Reordered, missing or unknown columns raise scikit-learn's ``ValueError`` ("The feature names
+    should match those that were passed during fit..."); an array without names after a fit on
+    names, or the reverse, gets scikit-learn's ``UserWarning``. For places that hold names but are
+    no estimator (a deployed client's codec): estimators call ``validate_data`` themselves.
+    """
+    from sklearn.utils.validation import _check_feature_names
+
+    # scikit-learn's check reads the names from an estimator and names it by its class: a
+    # stand-in named ``who`` carries them, so messages and warnings are scikit-learn's own
+    names = None if feature_names is None else np.asarray(feature_names, dtype=object)
+    fitted = type(who, (), {"feature_names_in_": names})()
+    _check_feature_names(fitted, X, reset=False)
 
 
 def check_y(y: Any) -> np.ndarray:

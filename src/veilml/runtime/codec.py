@@ -8,7 +8,8 @@ A :class:`ClientCodec` is everything a data owner needs besides concrete's clien
   frequencies of forests) and the class labels.
 
 It holds no graph, no tree, no threshold: a client bundle reveals the input grid and the output
-scale, nothing of the model in between. It is frozen and saved as JSON.
+scale (and the column names the model was fitted on, if any), nothing of the model in between.
+It is frozen and saved as JSON.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..compiler import InputEncoding
+from ..data_checks import check_feature_names, check_X
 from ..quantization import UniformQuantizer
 
-__all__ = ["ClientCodec", "OutputSpec", "finish_scores"]
+__all__ = ["MAX_FEATURE_NAME_LENGTH", "ClientCodec", "OutputSpec", "finish_scores"]
+
+#: the longest feature name a codec reads from JSON (a client bundle can come from an untrusted server)
+MAX_FEATURE_NAME_LENGTH = 512
 
 Task = Literal["classification", "regression"]
 PostTransform = Literal["identity", "sigmoid", "softmax"]
@@ -81,9 +86,26 @@ def _array(values: Any) -> list[Any] | None:
     return None if values is None else np.asarray(values).tolist()
 
 
+def _read_feature_names(value: Any, n_features: int) -> tuple[str, ...] | None:
+    """Feature names read from JSON, bounded: at most ``n_features`` strings of bounded length."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > n_features:
+        raise ValueError(f"feature_names must be a list of at most {n_features} strings (one per feature)")
+    for name in value:
+        if not isinstance(name, str) or len(name) > MAX_FEATURE_NAME_LENGTH:
+            raise ValueError(f"feature_names must be strings of at most {MAX_FEATURE_NAME_LENGTH} characters")
+    return tuple(value)
+
+
 @dataclass(frozen=True, eq=False)
 class ClientCodec:
-    """Quantize and encode before encryption; combine, dequantize and finish after decryption."""
+    """Quantize and encode before encryption; combine, dequantize and finish after decryption.
+
+    ``feature_names``: the column names the model was fitted on (a frame with string column
+    names), or None; :meth:`check_rows` refuses a frame whose columns differ from them, as the
+    estimator does, so that a deployed client cannot encrypt reordered columns by mistake.
+    """
 
     input_quantizer: UniformQuantizer
     encoding: InputEncoding
@@ -92,10 +114,32 @@ class ClientCodec:
     output_combine: np.ndarray | None = None
     output: OutputSpec | None = None
     warn_on_clip: bool = True
+    feature_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.feature_names is None:
+            return
+        names = tuple(self.feature_names)
+        if len(names) != self.n_features or not all(isinstance(name, str) for name in names):
+            raise ValueError(
+                f"feature_names must be {self.n_features} strings, one per feature, got {len(names)} "
+                "names; pass the feature_names_in_ of the fitted model, or None"
+            )
+        object.__setattr__(self, "feature_names", names)  # frozen: a list passed in is kept as a tuple
 
     @property
     def n_features(self) -> int:
         return self.encoding.n_features
+
+    def check_rows(self, X: Any, who: str = "ModelClient") -> np.ndarray:
+        """Float rows to encode from ``X``: its column names checked as scikit-learn does, then its
+        shape and values (:func:`veilml.data_checks.check_X`).
+
+        A frame with other, missing or reordered columns than the model was fitted on raises
+        scikit-learn's ``ValueError``; an array (no names) passes with scikit-learn's warning.
+        """
+        check_feature_names(X, self.feature_names, who)
+        return check_X(X, self.n_features, who)
 
     def encode(self, X: np.ndarray) -> np.ndarray:
         """The integers to encrypt for float rows ``X``: quantized, then encoded."""
@@ -124,7 +168,8 @@ class ClientCodec:
 
     # ----------------------------------------------------------------------------------- storage
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The codec as JSON data; ``feature_names`` only when set (so a bundle without names reads as before)."""
+        d: dict[str, Any] = {
             "input_quantizer": self.input_quantizer.to_dict(),
             "encoding": self.encoding.to_dict(),
             "output_quantizer": self.output_quantizer.to_dict(),
@@ -133,20 +178,25 @@ class ClientCodec:
             "output": None if self.output is None else self.output.to_dict(),
             "warn_on_clip": self.warn_on_clip,
         }
+        if self.feature_names is not None:
+            d["feature_names"] = list(self.feature_names)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClientCodec:
         try:
             combine = d.get("output_combine")
             bias = d.get("output_bias")
+            encoding = InputEncoding.from_dict(d["encoding"])
             return cls(
                 UniformQuantizer.from_dict(d["input_quantizer"]),
-                InputEncoding.from_dict(d["encoding"]),
+                encoding,
                 UniformQuantizer.from_dict(d["output_quantizer"]),
                 None if bias is None else np.asarray(bias, dtype=np.float64),
                 None if combine is None else np.asarray(combine, dtype=np.int64),
                 None if d.get("output") is None else OutputSpec.from_dict(d["output"]),
                 bool(d.get("warn_on_clip", True)),
+                _read_feature_names(d.get("feature_names"), encoding.n_features),  # absent: saved before names
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"not a veilml client codec ({type(error).__name__}: {error}); save the model again") from None

@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ...compiler import Configuration
 from ...data_checks import check_sample_weight, check_X, check_y
@@ -102,6 +102,10 @@ class _EncryptedEnsemble(BaseEstimator):
         the float model's (``train_on="codes"``), or whose predictions agree with the float
         model's within ``auto_bits.AGREEMENT_TOLERANCE`` (``train_on="float"``). They are in
         ``n_bits_`` and ``leaf_bits_``, the scores of every precision tried in ``auto_bits_report_``.
+
+        A frame with string column names sets ``feature_names_in_``: every later call that takes
+        ``X`` (and the client bundle) then refuses other, missing or reordered columns, as
+        scikit-learn does.
         """
         self._validate_params()
         if self._family is None:
@@ -109,6 +113,7 @@ class _EncryptedEnsemble(BaseEstimator):
                 f"{type(self).__name__} wraps an imported model and cannot be refit: train the model in its "
                 "library, export it again and import it with veilml.from_onnx"
             )
+        self._check_column_names(X, reset=True)
         X = check_X(X, None, type(self).__name__)
         y = self._check_targets(y)
         if len(y) != len(X):
@@ -148,6 +153,9 @@ class _EncryptedEnsemble(BaseEstimator):
         raise ``n_bits`` if needed. Values beyond the outermost thresholds are clipped, which
         changes no comparison. Such a grid is derived from the thresholds: whoever holds the
         client-side quantizer can read their range.
+
+        The model's ``feature_names_in_`` (set by its library when it was fitted on a frame) is
+        kept: ``X``, later calls and the client bundle are checked against it.
         """
         if cls._family is None:
             raise TypeError(f"{cls.__name__} is made by veilml.from_onnx, not from_fitted")
@@ -164,12 +172,16 @@ class _EncryptedEnsemble(BaseEstimator):
         library_params = {k: v for k, v in model.get_params(deep=False).items() if k in names}
         estimator = cls(n_bits=n_bits, **{**library_params, **params})
         estimator._validate_params()
+        names = getattr(model, "feature_names_in_", None)  # a property that raises on some libraries
+        if names is not None and len(names) == ensemble.n_features and all(isinstance(n, str) for n in names):
+            estimator.feature_names_in_ = np.asarray(names, dtype=object)
         estimator._set_fitted_float(model, ensemble, X, n_bits, f"the {type(model).__name__}")
         return estimator
 
     def _set_fitted_float(self, model: Any, ensemble: Any, X: Any, n_bits: int, who: str) -> None:
         """Fitted state for an ensemble trained in float: the input grid from ``X`` or from its thresholds."""
         if X is not None:
+            self._check_column_names(X, reset=False)
             X = check_X(X, ensemble.n_features, who)
             quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
         else:
@@ -208,12 +220,20 @@ class _EncryptedEnsemble(BaseEstimator):
         self.n_features_in_ = ensemble.n_features
         self._set_outputs(model, ensemble)
         output = self._output_spec(ensemble)
+        names = getattr(self, "feature_names_in_", None)
+        names = None if names is None else tuple(str(name) for name in names)
         # every candidate computes the same scores; compile() keeps the one concrete finds cheapest
-        self._candidates = [(self._fhe_model(low, quantizer, output, warn_on_clip), low.stages) for low in candidates]
+        self._candidates = [(self._fhe_model(low, quantizer, output, warn_on_clip, names), low.stages) for low in candidates]
         self.fhe_model_, self.lowering_ = self._candidates[0]
 
     @staticmethod
-    def _fhe_model(lowered: LoweredEnsemble, quantizer: UniformQuantizer, output: OutputSpec, warn_on_clip: bool) -> FHEModel:
+    def _fhe_model(
+        lowered: LoweredEnsemble,
+        quantizer: UniformQuantizer,
+        output: OutputSpec,
+        warn_on_clip: bool,
+        feature_names: tuple[str, ...] | None = None,
+    ) -> FHEModel:
         codec = ClientCodec(
             quantizer,
             lowered.encoding,
@@ -222,6 +242,7 @@ class _EncryptedEnsemble(BaseEstimator):
             output_combine=lowered.output_combine,
             output=output,
             warn_on_clip=warn_on_clip,
+            feature_names=feature_names,  # the client bundle checks columns as the estimator does
         )
         return FHEModel(codec, lowered.graph)
 
@@ -233,9 +254,18 @@ class _EncryptedEnsemble(BaseEstimator):
         return OutputSpec("regression", ensemble.post_transform)
 
     # ----------------------------------------------------------------------------------- FHE
+    def _check_column_names(self, X: Any, *, reset: bool) -> None:
+        """Record (``reset``, in fit) or check the column names of ``X``: scikit-learn's rules and messages.
+
+        Names only (``skip_check_array``; ``ensure_2d=False`` also skips scikit-learn's feature
+        count): :func:`~veilml.data_checks.check_X` checks shape and values with veilml's messages.
+        """
+        validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
+
     def _fitted_input(self, X: Any) -> np.ndarray:
-        """``X`` checked against the fitted model (NotFittedError first, then shape and values)."""
+        """``X`` checked against the fitted model (NotFittedError first, then names, shape and values)."""
         check_is_fitted(self)
+        self._check_column_names(X, reset=False)
         return check_X(X, self.n_features_in_, type(self).__name__)
 
     def compile(self, X: Any, configuration: Configuration | None = None, **options: Any) -> _EncryptedEnsemble:
