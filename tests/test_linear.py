@@ -247,11 +247,15 @@ def test_a_session_cannot_be_used_or_rekeyed_without_its_secret():
     assert victim.id != attacker.id and victim.secret != attacker.secret and len(victim.secret) >= 32
     assert victim.secret not in repr(victim) and victim.secret.encode() not in repr(worker.sessions).encode()
     worker.register(victim.id, victim.secret, "*", "*", b"")
-    for secret in (attacker.secret, None, ""):
-        with pytest.raises(WorkerError, match="belongs to another client") as error:
+    for secret, status, words in (
+        (attacker.secret, 403, "belongs to another client"),
+        (None, 401, "needs the secret"),
+        ("", 401, "needs the secret"),
+    ):
+        with pytest.raises(WorkerError, match=words) as error:
             worker.register(victim.id, secret, "a", "forward", b"")
-        assert error.value.status == 403
-        with pytest.raises(WorkerError, match="belongs to another client"):
+        assert error.value.status == status
+        with pytest.raises(WorkerError, match=words):
             worker.run(victim.id, secret, "a", "forward", b"")
     worker.register(victim.id, victim.secret, "*", "*", b"")  # the same keys again: a harmless retry
     assert worker.session_keys == {(victim.id, "*", "*"): b""}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -64,16 +66,17 @@ biases = {k[2:]: data[k] for k in data.files if k.startswith("b:")}
 worker = Worker(weights, biases, backend="clear")
 hang_at = int(os.environ.get("VEILML_TEST_HANG_AT_RUN", "0"))
 if hang_at:  # a worker that hangs inside its hang_at-th run, to be killed in the middle of it
-    run, calls = worker.run, itertools.count(1)
-    def hanging_run(*args):
+    work, calls = worker.work, itertools.count(1)
+    def hanging_work(*args):
         if next(calls) >= hang_at:
             Path(os.environ["VEILML_TEST_RUN_MARKER"]).write_text("inside run")  # the test waits for this
             threading.Event().wait()  # until killed
-        return run(*args)
-    worker.run = hanging_run
+        return work(*args)
+    worker.work = hanging_work
 options = {"max_inflight_bytes": int(os.environ.get("VEILML_TEST_INFLIGHT", str(2**30))),
-           "read_timeout": float(os.environ.get("VEILML_TEST_READ_TIMEOUT", "30"))}
-serve(worker, host="127.0.0.1", port=int(sys.argv[2]), max_payload_bytes=int(sys.argv[3]), log_level="info", **options)
+           "read_timeout": float(os.environ.get("VEILML_TEST_READ_TIMEOUT", "30")),
+           "upload_timeout": float(os.environ.get("VEILML_TEST_UPLOAD_TIMEOUT", "300"))}
+serve(worker, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", max_payload_bytes=int(sys.argv[3]), **options)
 """
 
 
@@ -235,7 +238,7 @@ def test_bad_requests_get_their_status_and_a_clear_message(remote: WorkerProcess
         "unknown session",
     )
     check(post(run, pack_integers(np.zeros((1, 24))), "not-the-secret"), 403, "belongs to another client")
-    check(post(run, pack_integers(np.zeros((1, 24)))), 403, "belongs to another client")
+    check(post(run, pack_integers(np.zeros((1, 24)))), 401, "needs the secret")
     check(post(f"{url}/sessions/NOT-HEX/layers/{QKV}/forward/run", b"", secret), 400, "hex")
     check(post(f"{url}/sessions/{'a' * 200}/layers/{QKV}/forward/run", b"", secret), 400, "16 to 128")
     check(post(run, b"\0" * (MAX_PAYLOAD + 1), secret), 413, f"limit of {MAX_PAYLOAD} bytes", "--max-payload-mb")
@@ -797,9 +800,9 @@ def test_another_client_cannot_take_over_a_session_and_ids_stay_out_of_the_log(r
         session, secret = transport._sessions[victim.sessions[0]]
         _, other_secret = open_session(remote.url)
         for path in (f"/sessions/{session}/keys", f"/sessions/{session}/layers/{FC}/forward/keys"):
-            for attacker in (other_secret, None):
+            for attacker, status, code in ((other_secret, 403, "forbidden"), (None, 401, "no-secret")):
                 response = post(remote.url + path, b"junk", attacker)
-                assert response.status_code == 403 and response.json()["code"] == "forbidden", response.text
+                assert response.status_code == status and response.json()["code"] == code, response.text
         run = f"{remote.url}/sessions/{session}/layers/{FC}/forward/run"
         assert post(run, pack_integers(np.zeros((1, 32))), other_secret).status_code == 403
         np.testing.assert_array_equal(victim.forward(FC, x), expected)  # the victim is unaffected
@@ -809,16 +812,24 @@ def test_another_client_cannot_take_over_a_session_and_ids_stay_out_of_the_log(r
     assert session not in log and session[:8] not in log and secret not in log and other_secret not in log
 
 
-def test_stalled_uploads_are_capped_timed_out_and_freed(worker_dir: Path) -> None:
-    """Finding 5: stalled uploads had no read timeout and no cap across requests, and were not freed.
+def test_slow_uploads_hold_only_what_they_sent_and_are_timed_out(worker_dir: Path) -> None:
+    """Finding 5 of an earlier review (stalled uploads had no read timeout) and finding 9 of issue 21: four
+    uploads that announced ~MAX_PAYLOAD bytes each and trickled made every other client get 503, because
+    the announced size was reserved. Bytes now count as they arrive; stalls and slow uploads are cut.
 
-    The cap is checked on a worker whose read timeout (30 s) cannot fire meanwhile: the test waits
-    until the worker holds 4 stalled uploads, then sends 2 more. The timeout, on a second worker,
-    is the only clock in the test; nothing depends on how fast the test itself runs.
+    The first worker's timeouts (30 s read, 300 s upload) cannot fire meanwhile; the second worker's
+    (1 s read, 3 s upload) are the only clocks in the test.
     """
     held, cap = MAX_PAYLOAD - 10, 4 * MAX_PAYLOAD
-    capped = WorkerProcess(worker_dir, free_port(), wait=False, VEILML_TEST_INFLIGHT=str(cap))
-    timing_out = WorkerProcess(worker_dir, free_port(), wait=False, VEILML_TEST_INFLIGHT=str(cap), VEILML_TEST_READ_TIMEOUT="1")
+    patient = WorkerProcess(worker_dir, free_port(), wait=False, VEILML_TEST_INFLIGHT=str(cap))
+    timing_out = WorkerProcess(
+        worker_dir,
+        free_port(),
+        wait=False,
+        VEILML_TEST_INFLIGHT=str(cap),
+        VEILML_TEST_READ_TIMEOUT="1",
+        VEILML_TEST_UPLOAD_TIMEOUT="3",
+    )
     sockets: list[socket.socket] = []
 
     def stall(worker: WorkerProcess, session: str, secret: str) -> socket.socket:
@@ -840,28 +851,33 @@ def test_stalled_uploads_are_capped_timed_out_and_freed(worker_dir: Path) -> Non
             )
 
     try:
-        capped.wait_ready()
+        patient.wait_ready()
         timing_out.wait_ready()
-        session, secret = open_session(capped.url)
-        stalled = [stall(capped, session, secret) for _ in range(4)]
-        wait_for(lambda: capped.in_flight() == 4 * held, 30, "4 stalled uploads held", capped.text)
-        refused = [stall(capped, session, secret) for _ in range(2)]
-        assert [_read_status(s) for s in refused] == [503, 503]  # over the cap: refused at once
-        assert capped.in_flight() == 4 * held
+        session, secret = open_session(patient.url)
+        stalled = [stall(patient, session, secret) for _ in range(6)]  # they announce 1.5 times the cap
+        wait_for(lambda: patient.in_flight() == 6 * 1000, 30, "6 stalled uploads holding what they sent", patient.text)
+        served(patient)  # an honest client is served meanwhile (it got 503 before)
         for s in stalled:  # clients that go away free their share
             s.close()
-        wait_for(lambda: capped.in_flight() == 0, 30, "the uploads of closed connections freed", capped.text)
-        served(capped)
+        wait_for(lambda: patient.in_flight() == 0, 30, "the uploads of closed connections freed", patient.text)
 
         session, secret = open_session(timing_out.url)
-        stalled = [stall(timing_out, session, secret) for _ in range(4)]  # they fill the cap
+        stalled = [stall(timing_out, session, secret) for _ in range(4)]
         assert [_read_status(s) for s in stalled] == [408] * 4  # every stalled request is answered by the worker itself
+        trickle = stall(timing_out, session, secret)
+        start = time.monotonic()
+        with contextlib.suppress(OSError):
+            for _ in range(40):  # a byte every 0.5 s never stalls for 1 s, but the whole upload may take 3 s
+                trickle.sendall(b"\0")
+                if select.select([trickle], [], [], 0.5)[0]:  # the worker answered
+                    break
+        assert _read_status(trickle) == 408 and time.monotonic() - start < 15
         assert timing_out.in_flight() == 0  # all freed (before the answers went out)
         served(timing_out)
     finally:
         for s in sockets:
             s.close()
-        capped.kill()
+        patient.kill()
         timing_out.kill()
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from veilml.cli_common import LOOPBACK, CommandError, read_token
+from veilml.cli_common import LOOPBACK, CommandError, read_tokens
 
 __all__ = ["build_parser", "main", "serve"]
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     from veilml import __version__
     from veilml.runtime.linear import limits
     from veilml.runtime.linear.base import BACKENDS
+    from veilml.runtime.serving.limits import add_limit_arguments
 
     parser = argparse.ArgumentParser(
         prog="veilml",
@@ -129,48 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     worker.add_argument("--port", type=_port, default=8765, metavar="PORT", help="TCP port to listen on")
-    worker.add_argument(
-        "--max-payload-mb",
-        type=_positive_float,
-        default=limits.DEFAULT_MAX_PAYLOAD_BYTES / limits.MIB,
-        metavar="N",
-        help="largest request body (evaluation keys or ciphertext) in MiB; larger requests get HTTP 413",
-    )
-    worker.add_argument(
-        "--max-key-mb",
-        type=_positive_float,
-        default=limits.DEFAULT_MAX_KEY_BYTES / limits.MIB,
-        metavar="N",
-        help="evaluation-key memory in MiB for all sessions; the least recently used sessions are evicted beyond it",
-    )
-    worker.add_argument(
-        "--max-sessions",
-        type=_positive_int,
-        default=limits.DEFAULT_MAX_SESSIONS,
-        metavar="N",
-        help="most client sessions whose keys are kept; the least recently used are evicted beyond it",
-    )
-    worker.add_argument(
-        "--max-inflight-mb",
-        type=_positive_float,
-        default=limits.DEFAULT_MAX_INFLIGHT_BYTES / limits.MIB,
-        metavar="N",
-        help="request-body MiB held at once over all requests; beyond it requests get HTTP 503 (retry)",
-    )
-    worker.add_argument(
-        "--read-timeout",
-        type=_positive_float,
-        default=limits.DEFAULT_READ_TIMEOUT,
-        metavar="S",
-        help="seconds a request body may stall before the request is dropped (HTTP 408)",
-    )
-    worker.add_argument(
-        "--run-timeout",
-        type=_positive_float,
-        default=limits.DEFAULT_RUN_TIMEOUT,
-        metavar="S",
-        help="seconds one encrypted computation may take before it is stopped (concrete backend: it runs isolated)",
-    )
+    add_limit_arguments(worker, limits.WORKER_LIMITS, aliases={"--max-key-sets": "--max-sessions"})
     worker.add_argument(
         "--weight-cache-mb",
         type=_positive_float,
@@ -189,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--access-token-file",
         metavar="PATH",
-        help="a file holding the access token clients must send (Authorization: Bearer); readable by its owner only",
+        help=(
+            "a file (mode 0600) of access tokens, one per line as 'NAME TOKEN' (or just 'TOKEN'); every request but "
+            "/health must present one (Authorization: Bearer), and quotas and fair shares are per token"
+        ),
     )
     worker.add_argument(
         "--log-level",
@@ -209,21 +172,12 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(
-    worker: Any,
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    max_payload_bytes: int | None = None,
-    max_key_bytes: int | None = None,
-    max_sessions: int | None = None,
-    log_level: str = "info",
-    **app_options: Any,
-) -> None:
+def serve(worker: Any, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info", **app_options: Any) -> None:
     """Serve ``worker`` (a :class:`~veilml.runtime.linear.worker.Worker`) with uvicorn until stopped.
 
-    ``app_options`` go to :func:`veilml.runtime.linear.service.create_app` (``max_inflight_bytes``,
-    ``read_timeout``, ``access_token``). uvicorn's access log is off: it would print session ids; the
-    app logs requests itself with the ids removed.
+    ``app_options`` go to :func:`veilml.runtime.linear.service.create_app` (``limits``, single limits such
+    as ``max_payload_bytes``, ``access_token``). uvicorn's access log is off: it would print session ids;
+    the app logs requests itself with the ids removed.
     """
     try:
         import uvicorn
@@ -231,14 +185,10 @@ def serve(
         from veilml.runtime.linear.service import create_app
     except ImportError as error:
         raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
+    from veilml.runtime.serving.app import log_to_stderr
 
-    options = {
-        "max_payload_bytes": max_payload_bytes,
-        "max_key_bytes": max_key_bytes,
-        "max_sessions": max_sessions,
-    }
-    app = create_app(worker, **{k: v for k, v in options.items() if v is not None}, **app_options)
-    _log_to_stderr(log_level)
+    app = create_app(worker, **app_options)
+    log_to_stderr(log_level)
     infos = worker.layers()
     print(
         f"veilml worker: {len(infos)} layer{'s' * (len(infos) != 1)}, backend {worker.backend}, "
@@ -260,18 +210,6 @@ def serve(
         )
     print(f"veilml worker: listening on {_url(host, port)} (GET /health, GET /layers)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
-
-
-def _log_to_stderr(level: str) -> None:
-    """Show veilml's own log records (the redacted access log, evictions) like uvicorn's, on stderr."""
-    import logging
-
-    logger = logging.getLogger("veilml")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level.upper())
 
 
 def _worker_command(args: argparse.Namespace) -> int:
@@ -299,10 +237,15 @@ def _worker_command(args: argparse.Namespace) -> int:
         raise CommandError(f"no linear layer of {path} matches {args.layers}; widen --layers")
 
     from veilml.runtime.linear import Worker
+    from veilml.runtime.serving.limits import limits_from_args
 
     weights = {name: w for name, (w, _) in loaded.items()}
     biases = {name: b for name, (_, b) in loaded.items() if b is not None}
-    token = read_token(args.access_token_file) if args.access_token_file else None
+    tokens = read_tokens(args.access_token_file) if args.access_token_file else None
+    try:
+        service_limits = limits_from_args(args)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     if args.backend in ("concrete", "glwe"):
         print(f"veilml worker: preparing {2 * len(weights)} {args.backend} circuits (forward and backward)…", flush=True)
     try:
@@ -310,27 +253,23 @@ def _worker_command(args: argparse.Namespace) -> int:
 
         options: dict[str, Any] = {}
         if args.backend == "concrete":
-            options = {"run_timeout": args.run_timeout, "cache_dir": args.circuit_cache}
+            options = {"run_timeout": service_limits.run_timeout, "cache_dir": args.circuit_cache}
         elif args.backend == "bfv":
             options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20)}
         backend = get_backend(args.backend, **options)
-        worker = Worker(weights, biases, backend=backend, weight_bits=args.weight_bits, input_bits=args.input_bits)
+        worker = Worker(
+            weights,
+            biases,
+            backend=backend,
+            weight_bits=args.weight_bits,
+            input_bits=args.input_bits,
+            max_rows=service_limits.max_rows,
+        )
     except ImportError as error:
         raise CommandError(f"the {args.backend} backend is not available here ({error}); choose another --backend") from None
     except ValueError as error:
         raise CommandError(f"cannot prepare the layers: {error}") from None
-    serve(
-        worker,
-        host=args.host,
-        port=args.port,
-        max_payload_bytes=int(args.max_payload_mb * 2**20),
-        max_key_bytes=int(args.max_key_mb * 2**20),
-        max_sessions=args.max_sessions,
-        log_level=args.log_level,
-        max_inflight_bytes=int(args.max_inflight_mb * 2**20),
-        read_timeout=args.read_timeout,
-        access_token=token,
-    )
+    serve(worker, host=args.host, port=args.port, log_level=args.log_level, limits=service_limits, access_token=tokens)
     return 0
 
 

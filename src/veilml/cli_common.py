@@ -1,8 +1,10 @@
-"""What the ``veilml`` commands share: their user error, the loopback hosts, reading an access token."""
+"""What the ``veilml`` commands share: their user error, the loopback hosts, reading access tokens."""
 
 from __future__ import annotations
 
-__all__ = ["LOOPBACK", "CommandError", "read_token"]
+from typing import Any
+
+__all__ = ["LOOPBACK", "CommandError", "read_tokens"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -11,17 +13,11 @@ class CommandError(Exception):
     """A command that cannot go on; printed as ``veilml <command>: error: ...`` with exit status 1."""
 
 
-def read_token(path: str) -> str:
-    """An access token from a file of mode 0600 (at least 16 characters)."""
-    from veilml.runtime.client import read_private_file
+def read_tokens(path: str) -> Any:
+    """The access tokens in a file of mode 0600 (one per line, ``NAME TOKEN`` or ``TOKEN``, 16 characters or more)."""
+    from veilml.runtime.serving.app import AccessTokens
 
     try:
-        token = read_private_file(path).decode().strip()
-    except (OSError, PermissionError, UnicodeDecodeError) as error:
-        raise CommandError(f"cannot read the access token from {path}: {error}") from None
-    if len(token) < 16:
-        raise CommandError(
-            f"the access token in {path} is shorter than 16 characters; make one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-    return token
+        return AccessTokens.read(path)
+    except (OSError, PermissionError, UnicodeDecodeError, ValueError) as error:
+        raise CommandError(f"cannot read the access tokens from {path}: {error}") from None

@@ -61,8 +61,10 @@ def run_on_dask(
         client: a ``distributed.Client``.
         bundle: the bundle directory (or its ``server/``), at the same path on every worker.
         evaluation_keys: the evaluation-key envelope of the client that encrypted the rows.
-        chunk_rows: rows per task (default: the rows spread evenly over the workers' threads).
+        chunk_rows: rows per task (default: the rows spread evenly over the workers' threads, at most a
+            server bundle's row limit per task).
     """
+    from .bundle import DEFAULT_MAX_ROWS
     from .envelope import unpack_envelope
 
     items = unpack_batch(ciphertexts, max_items=max_rows, what="ciphertext batch")
@@ -70,7 +72,11 @@ def run_on_dask(
     path = str(Path(bundle).resolve())
     if chunk_rows is None:
         threads = max(1, sum(client.nthreads().values()))
-        chunk_rows = max(1, -(-len(items) // threads))
+        chunk_rows = min(max(1, -(-len(items) // threads)), DEFAULT_MAX_ROWS)
+    elif not 1 <= chunk_rows <= DEFAULT_MAX_ROWS:
+        raise ValueError(
+            f"chunk_rows must be from 1 to {DEFAULT_MAX_ROWS} (the rows a server bundle runs at once), got {chunk_rows}"
+        )
     chunks = [pack_batch(items[i : i + chunk_rows]) for i in range(0, len(items), chunk_rows)]
     keys = client.scatter(evaluation_keys, broadcast=True)
     futures = [client.submit(_run_chunk, path, keys, key_id, chunk, pure=False) for chunk in chunks]

@@ -8,7 +8,7 @@ client's refusal of a worker that would see its data in plaintext.
 
 from __future__ import annotations
 
-from ..http_limits import ServiceError
+from ..serving.limits import ServiceError
 
 __all__ = ["InsecureBackendError", "WorkerError"]
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SECRET_HEADER", "redact_path"]
+__all__ = ["SECRET_HEADER", "SESSION_ID", "redact_path"]
 
 #: the header that carries a session's secret (never the URL: URLs end up in logs)
 SECRET_HEADER = "x-veilml-session-secret"
+
+#: session ids are lowercase hex, 16 to 128 characters (the worker makes 32)
+SESSION_ID = re.compile(r"[0-9a-f]{16,128}")
 
 _SESSION_IN_PATH = re.compile(r"^/sessions/[^/]+")
 

@@ -1,34 +1,28 @@
-"""The limits and defaults of remote linear layers, in one place for the worker and its clients.
+"""The defaults of remote linear layers, in one place for the worker and its clients.
 
 The worker side (:class:`~veilml.runtime.linear.worker.Worker`, the HTTP service, ``veilml worker``)
 takes its defaults from here; the client side reads the limits a worker actually applies from the
-worker (``GET /layers`` and ``GET /health`` publish ``max_rows`` and ``max_payload_bytes``) and
-falls back to these defaults only for a worker that does not publish them.
+worker (``GET /layers`` and ``GET /health`` publish them all) and falls back to these defaults only
+for a worker that does not publish them.
 
-The backend names themselves are the keys of :data:`veilml.runtime.linear.base.BACKENDS`. The
-request-body limits (payload, bytes in flight, read timeout) are those of every veilml HTTP service:
-they come from :mod:`veilml.runtime.http_limits`, which the model service uses too.
+The backend names themselves are the keys of :data:`veilml.runtime.linear.base.BACKENDS`. The service
+limits (bodies, work, the session store) are those of every veilml HTTP service
+(:class:`~veilml.runtime.serving.limits.ServiceLimits`); :data:`WORKER_LIMITS` are the worker's defaults.
 """
 
 from __future__ import annotations
 
-from ..http_limits import DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_READ_TIMEOUT
+from ..serving.limits import MIB, ServiceLimits
 
 __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_INPUT_BITS",
-    "DEFAULT_MAX_INFLIGHT_BYTES",
-    "DEFAULT_MAX_KEY_BYTES",
-    "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_MAX_ROWS",
-    "DEFAULT_MAX_SESSIONS",
-    "DEFAULT_READ_TIMEOUT",
     "DEFAULT_RUN_TIMEOUT",
     "DEFAULT_WEIGHT_BITS",
     "MIB",
+    "WORKER_LIMITS",
 ]
-
-MIB = 2**20
 
 #: the backend a worker serves unless told otherwise (exact and encrypted; the fastest exact one)
 DEFAULT_BACKEND = "bfv"
@@ -38,12 +32,16 @@ DEFAULT_INPUT_BITS = 8
 
 #: most rows one request may carry (HTTP 413 beyond); clients split larger inputs
 DEFAULT_MAX_ROWS = 4096
-# DEFAULT_MAX_PAYLOAD_BYTES (256 MiB): largest request body, evaluation keys or ciphertext (HTTP 413 beyond)
-# DEFAULT_MAX_INFLIGHT_BYTES (1 GiB): request-body bytes held at once over all requests (HTTP 503 beyond: retry)
-#: evaluation-key memory over all sessions; the least recently used sessions are evicted beyond it
-DEFAULT_MAX_KEY_BYTES = 2048 * MIB
-#: sessions whose keys a worker keeps; the least recently used are evicted beyond it
-DEFAULT_MAX_SESSIONS = 256
-# DEFAULT_READ_TIMEOUT (30 s): seconds a request body may stall before the request is dropped (HTTP 408)
-#: seconds one encrypted computation may run before it is stopped (concrete backend: it runs isolated)
+#: seconds one encrypted computation may run before it is stopped (waiting included)
 DEFAULT_RUN_TIMEOUT = 300.0
+
+#: the limits of ``veilml worker`` unless told otherwise: sessions and their evaluation keys are kept in
+#: memory (2 GiB, 256 sessions; half of either per client), least recently used evicted beyond them
+WORKER_LIMITS = ServiceLimits(
+    max_rows=DEFAULT_MAX_ROWS,
+    run_timeout=DEFAULT_RUN_TIMEOUT,
+    max_key_bytes=2048 * MIB,
+    max_key_sets=256,
+    max_key_bytes_per_client=1024 * MIB,
+    max_key_sets_per_client=128,
+)

@@ -18,22 +18,25 @@ quantized weights (``x @ W`` for the identity rows ``x``). A worker-wide access 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...quantization import QuantizedWeight
-from .base import LinearBackend, LinearServer, get_backend
+from ..serving.limits import ServiceLimits
+from ..serving.store import OwnedStore
+from .base import LinearBackend, LinearServer, Work, get_backend
 from .errors import WorkerError
+from .http import SESSION_ID
 from .layers import ALL, DIRECTIONS, LayerInfo
-from .limits import DEFAULT_BACKEND, DEFAULT_INPUT_BITS, DEFAULT_MAX_ROWS, DEFAULT_WEIGHT_BITS
+from .limits import DEFAULT_BACKEND, DEFAULT_INPUT_BITS, DEFAULT_MAX_ROWS, DEFAULT_WEIGHT_BITS, WORKER_LIMITS
 
 __all__ = ["LocalTransport", "SessionGrant", "Worker"]
+
+#: the client of sessions opened in this process (LocalTransport)
+LOCAL = "local"
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,8 @@ class SessionGrant:
     secret: str = field(repr=False)
 
 
-@dataclass(eq=False)
-class _Session:
-    secret_digest: bytes
-    keys: dict[tuple[str, str], bytes] = field(default_factory=dict)
-
-
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+def _item(layer: str, direction: str) -> str:
+    return f"{layer}/{direction}"
 
 
 @dataclass
@@ -68,6 +65,8 @@ class Worker:
         weight_bits / input_bits: precision of the quantized weights and of the client's rows.
         max_rows: largest number of rows accepted in one request, for every backend; published to
             clients, which split larger inputs.
+        limits: bounds of the session store (sessions and key bytes, in all and per client); the HTTP
+            service sets its own (:meth:`apply_limits`).
     """
 
     weights: Mapping[str, np.ndarray]
@@ -76,15 +75,18 @@ class Worker:
     weight_bits: int = DEFAULT_WEIGHT_BITS
     input_bits: int = DEFAULT_INPUT_BITS
     max_rows: int = DEFAULT_MAX_ROWS
+    limits: ServiceLimits = WORKER_LIMITS
     infos: dict[str, LayerInfo] = field(init=False)
     servers: dict[tuple[str, str], LinearServer] = field(init=False)
-    sessions: dict[str, _Session] = field(init=False, default_factory=dict, repr=False)
+    store: OwnedStore = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._backend = get_backend(self.backend)
         self.backend = self._backend.name
         self.infos, self.servers = {}, {}
-        self._lock = threading.Lock()
+        self.store = OwnedStore(
+            self.limits, id_pattern=SESSION_ID.pattern, noun="session", unknown_code="unknown-session", error=WorkerError
+        )
         for name, weight in self.weights.items():
             quantized = QuantizedWeight.from_float(np.asarray(weight, dtype=np.float64), self.weight_bits)
             bias = self.biases.get(name)
@@ -101,6 +103,10 @@ class Worker:
             )
             self.servers[(name, "forward")] = self._backend.server(quantized.q, self.input_bits)
             self.servers[(name, "backward")] = self._backend.server(np.ascontiguousarray(quantized.q.T), self.input_bits)
+
+    def apply_limits(self, limits: ServiceLimits) -> None:
+        """Bound the session store by ``limits`` from now on (the HTTP service's own)."""
+        self.limits = self.store.limits = limits
 
     def layers(self) -> dict[str, LayerInfo]:
         return dict(self.infos)
@@ -119,35 +125,33 @@ class Worker:
         return self.check(layer, direction).setup()
 
     @property
+    def sessions(self) -> dict[str, dict[str, int]]:
+        """Open sessions: id -> the sizes of the evaluation keys each holds (by ``layer/direction``)."""
+        return {session: self.store.items(session) for session in self.store.ids()}
+
+    @property
     def session_keys(self) -> dict[tuple[str, str, str], bytes]:
         """Every stored evaluation key, by (session, layer, direction): what the worker holds."""
-        with self._lock:
-            return {(sid, *scope): keys for sid, session in self.sessions.items() for scope, keys in session.keys.items()}
+        held = {}
+        for session in self.store.ids():
+            for item in self.store.items(session):
+                layer, direction = item.rsplit("/", 1)
+                data = self.store.get(session, item)
+                if data is not None:
+                    held[(session, layer, direction)] = data
+        return held
 
-    def open_session(self) -> SessionGrant:
-        """A new session with an unguessable secret; only the secret's digest is kept."""
-        grant = SessionGrant(secrets.token_hex(16), secrets.token_urlsafe(32))
-        with self._lock:
-            self.sessions[grant.id] = _Session(_digest(grant.secret))
-        return grant
+    def open_session(self, client: str = LOCAL) -> SessionGrant:
+        """A new session of ``client`` with an unguessable secret; only the secret's digest is kept.
+
+        A client over its quota of sessions loses its own least recently used one.
+        """
+        session, secret = self.store.open(client)
+        return SessionGrant(session, secret)
 
     def close_session(self, session: str) -> None:
         """Drop a session and all its keys (eviction, or a client that is done)."""
-        with self._lock:
-            self.sessions.pop(session, None)
-
-    def _session(self, session: str, secret: str | None) -> _Session:
-        with self._lock:
-            found = self.sessions.get(session)
-        if found is None:
-            raise WorkerError(
-                401,
-                "unknown session: the worker restarted or evicted it, or never opened it; open a new session",
-                "unknown-session",
-            )
-        if secret is None or not hmac.compare_digest(found.secret_digest, _digest(secret)):
-            raise WorkerError(403, "this session belongs to another client: the session secret does not match", "forbidden")
-        return found
+        self.store.drop(session)
 
     def register(self, session: str, secret: str | None, layer: str, direction: str, evaluation_keys: bytes) -> None:
         """Keep a session's evaluation keys for one matrix, or for all (``layer == direction == ALL``).
@@ -155,9 +159,9 @@ class Worker:
         Keys once registered for a matrix are kept as they are: sending the same bytes again is
         harmless (a retry), other bytes are refused (409): open a new session for new keys.
         """
-        owned = self._session(session, secret)
-        with self._lock:
-            current = owned.keys.get((layer, direction))
+        self.store.authorize(session, secret)
+        item = _item(layer, direction)
+        current = self.store.get(session, item)
         if current is not None:
             if hmac.compare_digest(current, evaluation_keys):
                 return
@@ -172,24 +176,22 @@ class Worker:
             server.check_keys(evaluation_keys)
         except (ValueError, TypeError, RuntimeError) as error:
             raise WorkerError(400, f"these are not evaluation keys for {layer}/{direction}: {error}") from None
-        with self._lock:
-            kept = owned.keys.setdefault((layer, direction), evaluation_keys)
-        if kept is not evaluation_keys and not hmac.compare_digest(kept, evaluation_keys):  # lost a race
-            raise WorkerError(409, f"this session already holds other evaluation keys for {layer}/{direction}", "keys-registered")
+        self.store.put(session, item, evaluation_keys)
 
     def forget(self, session: str, layer: str | None = None, direction: str | None = None) -> None:
         """Drop a session's evaluation keys (all of them, or one matrix's); the session stays open."""
-        with self._lock:
-            owned = self.sessions.get(session)
-            for scope in list(owned.keys) if owned is not None else []:
-                if (layer is None or scope[0] == layer) and (direction is None or scope[1] == direction):
-                    del owned.keys[scope]
+        for item in self.store.items(session):
+            held_layer, held_direction = item.rsplit("/", 1)
+            if (layer is None or held_layer == layer) and (direction is None or held_direction == direction):
+                self.store.drop_item(session, item)
 
-    def run(self, session: str, secret: str | None, layer: str, direction: str, ciphertext: bytes) -> bytes:
+    def work(self, session: str, secret: str | None, layer: str, direction: str, ciphertext: bytes) -> Work:
+        """A request checked (session, keys, rows, bytes) and cut into units of work (see :class:`~.base.Work`)."""
         server = self.check(layer, direction)
-        owned = self._session(session, secret)
-        with self._lock:
-            keys = owned.keys.get((layer, direction), owned.keys.get((ALL, ALL)))
+        self.store.authorize(session, secret)
+        keys = self.store.get(session, _item(layer, direction))
+        if keys is None:
+            keys = self.store.get(session, _item(ALL, ALL))
         if keys is None:
             raise WorkerError(
                 401, f"this session has registered no evaluation key for {layer}/{direction}; register first", "no-keys"
@@ -203,7 +205,17 @@ class Worker:
                 413, f"{rows} rows in one request, over this worker's limit of {self.max_rows}; send fewer rows per request"
             )
         try:
-            return server.run(ciphertext, keys)
+            return server.work(ciphertext, keys)
+        except (ValueError, TypeError) as error:
+            raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
+
+    def run(self, session: str, secret: str | None, layer: str, direction: str, ciphertext: bytes) -> bytes:
+        """The encrypted result of a request, computed here unit after unit."""
+        work = self.work(session, secret, layer, direction, ciphertext)
+        try:
+            for unit in work.units:
+                unit()
+            return work.finish()
         except (ValueError, TypeError) as error:
             raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
         except RuntimeError as error:  # concrete raises RuntimeError on ciphertexts of other keys or shapes
