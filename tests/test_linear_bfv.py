@@ -223,15 +223,17 @@ def test_bad_keys_and_messages_are_refused_before_seal_sees_them(backend):
     ]:
         with pytest.raises(ValueError, match=words):
             server.check_keys(junk)
-    with pytest.raises(ValueError, match="SEAL's 53-bit prime"):  # 1 mod 4096, 53 bits, but not SEAL's prime
+    with pytest.raises(ValueError, match="not this worker's"):  # 1 mod 4096, 53 bits, but not SEAL's prime
         server.check_keys(json.dumps({**params, "coeff_modulus": 2**52 + 4096 * 7 + 1}).encode())
     header, first, seeds = unpack_frames(ciphertext)
     lying = json.loads(header)
+    plan = server.plan(server.params(keys), 9)  # the plan of 9 rows, with 5 rows' ciphertexts
+    nine = [plan.n_t, plan.n_d, plan.n_m, plan.shift]
     for changed, frames, words in [
-        ({"n": 2}, [first, seeds], "a block of 8 rows for 2 rows"),  # fewer rows announced than sent
-        ({"n": 9}, [first, seeds], "seeded ciphertexts"),  # more rows announced than sent
+        ({"n": 2}, [first, seeds], "not this worker's plan for 2 rows"),  # fewer rows announced than sent
+        ({"n": 9, "plan": nine}, [first, seeds], "seeded ciphertexts"),  # more rows announced than sent
         ({"plan": [64, 4, 4, 12]}, [first, seeds], "powers of two whose product"),
-        ({"plan": [8, 64, 4, 3]}, [first, seeds], "result shift"),
+        ({"plan": [8, 64, 4, 3]}, [first, seeds], "not this worker's plan"),
         ({}, [first[:-1], seeds], "bytes"),
         ({}, [first, seeds[:-1]], "seeded ciphertexts"),
         ({}, [first, b"\x07" + seeds[1:]], "PRNG type"),
@@ -266,12 +268,13 @@ def test_weights_beyond_the_cache_budget_are_encoded_per_request():
     x = rng.integers(0, 256, size=(20, 64))
     small = BFVBackend(weight_cache_bytes=0)
     result, (server, *_) = product(small, M, x)
-    assert server.cached_rows == 0 and server._encoded is None and np.array_equal(result, x @ M)
+    assert server.cached_rows == 0 and server.weight_cache.held == 0 and np.array_equal(result, x @ M)
     result, (server, *_) = product(BFVBackend(), M, x)
-    assert server.cached_rows == 64 and server._encoded is not None and np.array_equal(result, x @ M)
-    tight = BFVBackend(weight_cache_bytes=64 * 96 * 8 * 5)  # two such matrices fit at 2 rows per block, not 4
+    assert server.cached_rows == 64 and server.weight_cache.held > 0 and np.array_equal(result, x @ M)
+    size = BFVBackend().server(M, 8).cache_size  # bytes kept for a number of cached rows (one shape per n_t up to it)
+    tight = BFVBackend(weight_cache_bytes=2 * size(2) + size(1))  # two such matrices fit at 2 rows per block, not 4
     servers = [tight.server(M, 8) for _ in range(2)]
     assert [s.cached_rows for s in servers] == [2, 2]
-    greedy = BFVBackend(weight_cache_bytes=64 * 96 * 8 * 3 // 2)  # n_t = 1 for one of them only
+    greedy = BFVBackend(weight_cache_bytes=size(1) * 3 // 2)  # n_t = 1 for one of them only
     servers = [greedy.server(M, 8) for _ in range(2)]
     assert [s.cached_rows for s in servers] == [1, 0]

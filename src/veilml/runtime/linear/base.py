@@ -11,6 +11,10 @@ across an HTTP worker:
 
 Integer semantics are the contract: ``decrypt(run(encrypt(x_q)))`` equals ``x_q @ M`` exactly for
 exact backends, and within the backend's documented ``error_bound`` otherwise.
+
+Bounded work: ``LinearServer.work`` validates a request and cuts it into :class:`Work` (independent units,
+then a finish), so that a scheduler can interleave the requests of several clients and stop one at a
+deadline; :func:`run_work` runs them in order and raises :class:`WorkTimeout` once its deadline has passed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import abc
 import importlib
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,8 +35,12 @@ __all__ = [
     "LinearBackend",
     "LinearServer",
     "MatrixSpec",
+    "Work",
+    "WorkTimeout",
+    "check_deadline",
     "get_backend",
     "pack_frames",
+    "run_work",
     "unpack_frames",
 ]
 
@@ -83,6 +93,37 @@ class MatrixSpec:
         return np.ascontiguousarray(x_q, dtype=np.int64)
 
 
+class WorkTimeout(RuntimeError):
+    """A computation passed its deadline; it was stopped between two units of work (nothing is left running)."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """A validated request cut into independent units (run in any order, each bounded), then finished."""
+
+    units: tuple[Callable[[], None], ...]
+    finish: Callable[[], bytes]
+
+
+def check_deadline(deadline: float | None, done: int, total: int) -> None:
+    """WorkTimeout if ``deadline`` (a :func:`time.monotonic` value; None: no limit) has passed, after ``done`` of ``total`` units."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise WorkTimeout(
+            f"stopped after {done} of {total} units of work, {time.monotonic() - deadline:.1f} s past the time limit; "
+            "send fewer rows per request (or give the worker a longer run timeout)"
+        )
+
+
+def run_work(work: Work, deadline: float | None = None) -> bytes:
+    """Every unit of ``work`` in order, then its result; the deadline is checked before each unit and the finish."""
+    total = len(work.units)
+    for done, unit in enumerate(work.units):
+        check_deadline(deadline, done, total)
+        unit()
+    check_deadline(deadline, total, total)
+    return work.finish()
+
+
 class LinearServer(abc.ABC):
     """The worker's half for one clear integer matrix ``M`` (rows, cols)."""
 
@@ -103,6 +144,24 @@ class LinearServer(abc.ABC):
 
         Must be safe to call from several threads at once (a worker serves sessions in parallel).
         """
+
+    def work(self, ciphertext: bytes, evaluation_keys: bytes) -> Work:
+        """``run`` cut into units: validates cheaply (ValueError on bad input) before returning them.
+
+        This default is one unit that calls :meth:`run` (validation and all) and keeps its result for
+        ``finish``; a backend whose work divides overrides it with smaller, bounded units.
+        """
+        result: list[bytes] = []
+
+        def unit() -> None:
+            result[:] = [self.run(ciphertext, evaluation_keys)]
+
+        def finish() -> bytes:
+            if not result:
+                raise RuntimeError("finish() called before the work's unit ran")
+            return result.pop()
+
+        return Work((unit,), finish)
 
     @abc.abstractmethod
     def request_rows(self, ciphertext: bytes) -> int:

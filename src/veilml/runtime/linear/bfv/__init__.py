@@ -7,7 +7,8 @@ only its useful coefficients. SEAL (through the ``tenseal`` wheel's ``sealapi``,
 encrypts, multiplies in NTT form and checks parameters; no evaluation key exists, the worker holds
 public parameters only.
 
-- :mod:`.backend`: :class:`BFVBackend`, :class:`BFVServer` (worker), :class:`BFVSession` (client)
+- :mod:`.backend`: :class:`BFVBackend`, :class:`BFVServer` (worker: validated, bounded work), :class:`BFVSession`
+  (client)
 - :mod:`.params`: parameters, the exactness bound and failure probability, the block planner
 - :mod:`.encoding`: the coefficient encoding, modulus switching, bit packing
 - :mod:`.crypto`: SEAL contexts, the client's key, seeded encryption, decryption in numpy
@@ -15,7 +16,29 @@ public parameters only.
 - :mod:`.wire`: setup, ciphertext and result messages
 """
 
-from .backend import DEFAULT_WEIGHT_CACHE_BYTES, BFVBackend, BFVServer, BFVSession
-from .params import BFVParams, Plan, plan_product
+from .backend import (
+    COST_BOUND,
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_WEIGHT_CACHE_BYTES,
+    BFVBackend,
+    BFVServer,
+    BFVSession,
+    WeightBudget,
+    WeightCache,
+)
+from .params import BFVParams, Plan, client_params, plan_product
 
-__all__ = ["DEFAULT_WEIGHT_CACHE_BYTES", "BFVBackend", "BFVParams", "BFVServer", "BFVSession", "Plan", "plan_product"]
+__all__ = [
+    "COST_BOUND",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_WEIGHT_CACHE_BYTES",
+    "BFVBackend",
+    "BFVParams",
+    "BFVServer",
+    "BFVSession",
+    "Plan",
+    "WeightBudget",
+    "WeightCache",
+    "client_params",
+    "plan_product",
+]

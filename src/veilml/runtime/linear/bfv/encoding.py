@@ -13,9 +13,13 @@ dot products, and the products of the J inner blocks add up.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["encode_rows", "encode_weights", "output_positions", "pack_bits", "switch_modulus", "unpack_bits"]
+
+_CHUNK = 2048  # periods of values packed or unpacked at a time (their words stay in cache)
 
 
 def encode_rows(x: np.ndarray, n_t: int, n_d: int, n_m: int) -> np.ndarray:
@@ -67,30 +71,50 @@ def switch_modulus(values: np.ndarray, q: int, bits: int) -> np.ndarray:
     return y & np.uint64((1 << bits) - 1)
 
 
-def _layout(count: int, bits: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
-    """Per residue r of the value index mod 64: (indices, bit shift in its word, word of each value).
+def _period(bits: int) -> tuple[int, int]:
+    """(values, words): ``bits``-bit values start a 64-bit word again every ``values`` values, ``words`` words on."""
+    common = math.gcd(bits, 64)
+    return 64 // common, bits // common
 
-    Value i starts at bit i * bits; the values of one residue class share their shift and never
-    share a word, so each class is packed with one vectorized operation (plus one for the spill).
-    """
-    layout = []
-    for r in range(min(64, count)):
-        start = r * bits
-        index = np.arange(r, count, 64)
-        layout.append((index, start & 63, (start >> 6) + np.arange(index.size) * bits))
-    return layout
+
+def _steps(bits: int) -> list[tuple[int, int, int]]:
+    """Per value of a period: (its index, the word it starts in, its bit shift in that word)."""
+    values, _ = _period(bits)
+    return [(i, *divmod(i * bits, 64)) for i in range(values)]
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Unsigned integers below 2**bits (bits <= 64), ``bits`` bits each from bit 0 of a little-endian stream."""
+    """Unsigned integers below 2**bits (bits <= 64), ``bits`` bits each from bit 0 of a little-endian stream.
+
+    The layout repeats every period of values (:func:`_period`), so each word of a period is assembled for
+    all periods at once from the values that start in it and the spill of the one before, a chunk of
+    periods at a time so that they stay in cache.
+    """
     flat = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
-    words = np.zeros(-(-flat.size * bits // 64) + 1, np.uint64)
-    for index, shift, word in _layout(flat.size, bits):
-        part = flat[index]
-        words[word] |= part << np.uint64(shift)
+    per, width = _period(bits)
+    periods = -(-flat.size // per)
+    grid = flat
+    if periods * per != flat.size:
+        grid = np.zeros(periods * per, np.uint64)
+        grid[: flat.size] = flat
+    grid = grid.reshape(periods, per)
+    sources: list[list[tuple[int, int, bool]]] = [[] for _ in range(width)]  # per word: (value, shift, leftwards)
+    for i, word, shift in _steps(bits):
+        sources[word].append((i, shift, True))
         if shift + bits > 64:  # the high bits spill into the next word
-            words[word + 1] |= part >> np.uint64(64 - shift)
-    return words.astype("<u8").view(np.uint8)[: -(-flat.size * bits // 8)].tobytes()
+            sources[word + 1].append((i, 64 - shift, False))
+    words = np.empty((periods, width), np.uint64)
+    total, part = np.empty(min(_CHUNK, periods), np.uint64), np.empty(min(_CHUNK, periods), np.uint64)
+    for low in range(0, periods, _CHUNK):
+        block = grid[low : low + _CHUNK]
+        acc, tmp = total[: len(block)], part[: len(block)]
+        for word, contributions in enumerate(sources):
+            acc[:] = 0
+            for i, shift, leftwards in contributions:
+                (np.left_shift if leftwards else np.right_shift)(block[:, i], np.uint64(shift), out=tmp)
+                acc |= tmp
+            words[low : low + len(block), word] = acc
+    return words.reshape(-1).astype("<u8", copy=False).view(np.uint8)[: -(-flat.size * bits // 8)].tobytes()
 
 
 def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
@@ -98,14 +122,20 @@ def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
     size = -(-count * bits // 8)
     if len(data) != size:
         raise ValueError(f"expected {count} values of {bits} bits ({size} bytes), got {len(data)} bytes")
-    buffer = np.zeros(-(-size // 8) * 8 + 8, np.uint8)
+    per, width = _period(bits)
+    periods = -(-count // per)
+    buffer = np.zeros((periods * width + 1) * 8, np.uint8)
     buffer[:size] = np.frombuffer(data, np.uint8)
-    words = buffer.view("<u8").astype(np.uint64)
-    out = np.zeros(count, np.uint64)
+    words = buffer.view("<u8").astype(np.uint64, copy=False)
+    here, after = words[:-1].reshape(periods, width), words[1:].reshape(periods, width)
+    out = np.empty((periods, per), np.uint64)
     mask = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
-    for index, shift, word in _layout(count, bits):
-        part = words[word] >> np.uint64(shift)
-        if shift + bits > 64:
-            part |= words[word + 1] << np.uint64(64 - shift)
-        out[index] = part & mask
-    return out
+    steps = _steps(bits)
+    for low in range(0, periods, _CHUNK):
+        high = slice(low, low + _CHUNK)
+        for i, word, shift in steps:
+            part = here[high, word] >> np.uint64(shift)
+            if shift + bits > 64:
+                part |= after[high, word] << np.uint64(64 - shift)
+            np.bitwise_and(part, mask, out=out[high, i])
+    return out.reshape(-1)[:count]

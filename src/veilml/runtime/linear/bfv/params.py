@@ -31,6 +31,11 @@ blocks: R J ciphertexts up, R J C products, R C ciphertexts down (N + n_t n_m co
 unless the worker keeps the weights encoded for blocks of n_t rows (its ``cached_rows``: weights in NTT
 form take 8 n_t bytes each), J C plaintexts to encode per request. The planner picks the shape of least
 estimated cost (seconds measured on one core, plus bytes at 100 MB/s) among those whose noise fits.
+
+Every cost of a shape whose weights are kept encoded is proportional to R, so for each n_t there is one
+best such shape whatever the row count (:func:`cached_shape`): a worker keeps exactly those shapes, one per
+n_t <= cached_rows (:func:`cache_bytes`), and the planner uses nothing else for those n_t. The plan is a
+function of public data only, so the worker derives it from the row count and refuses any other.
 """
 
 from __future__ import annotations
@@ -46,10 +51,13 @@ __all__ = [
     "POLY_DEGREE",
     "BFVParams",
     "Plan",
+    "cache_bytes",
+    "cached_shape",
     "client_params",
     "noise_bound",
     "plain_bits_for",
     "plan_product",
+    "result_bytes",
     "result_shift",
 ]
 
@@ -62,6 +70,7 @@ MAX_PLAIN_BITS = 40
 MAX_RESULT_BITS = 48  # the switch and the decryption stay exact in float64 estimates and uint64 sums
 MAX_CACHED_ROWS = 64  # the largest n_t a worker keeps weights encoded for (8 n_t bytes per weight)
 PARAMS_FORMAT = "veilml-bfv-params/1"
+MAX_PARAMS_BYTES = 512  # a parameters message is about 100 bytes; longer ones are refused unparsed
 
 # estimated seconds per operation on one core (measured with tenseal 0.3.18) and bytes per second on the wire
 COST_ENCRYPT = 700e-6  # client encryption and worker loading of one ciphertext
@@ -99,6 +108,8 @@ class BFVParams:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BFVParams:
+        if len(data) > MAX_PARAMS_BYTES:
+            raise ValueError(f"expected a {PARAMS_FORMAT} message from a bfv client (at most {MAX_PARAMS_BYTES} bytes)")
         try:
             d = json.loads(bytes(data).decode())
             if d.get("format") != PARAMS_FORMAT:
@@ -106,7 +117,7 @@ class BFVParams:
             values = [d["coeff_modulus"], d["plain_bits"], d["poly_degree"]]
             if not all(type(v) is int for v in values):
                 raise ValueError("integer fields expected")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError, RecursionError) as error:
             raise ValueError(f"expected a {PARAMS_FORMAT} message from a bfv client ({error})") from None
         params = cls(*values)
         params.check()
@@ -164,22 +175,72 @@ def _powers(limit: int) -> list[int]:
     return [2**k for k in range(POLY_DEGREE.bit_length()) if 2**k <= limit]
 
 
+def _shape_cost(params: BFVParams, n: int, d: int, m: int, w_max: int, n_t: int, n_d: int) -> tuple[float, Plan] | None:
+    """Estimated seconds of the shape (n_t, n_d, .) for ``n`` rows, weights already encoded; None if its noise does not fit."""
+    n_m = POLY_DEGREE // (n_t * n_d)
+    r, j, c = -(-n // n_t), -(-d // n_d), -(-m // n_m)
+    shift = result_shift(params, j, n_d, n_m, w_max)
+    if shift is None:
+        return None
+    bits_down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
+    seconds = r * j * COST_ENCRYPT + r * j * c * COST_PRODUCT + r * c * COST_RESULT
+    seconds += (r * j * POLY_DEGREE * COEFF_BITS + bits_down) / 8 / BANDWIDTH
+    return seconds, Plan(n_t, n_d, n_m, shift)
+
+
+@lru_cache(maxsize=4096)
+def cached_shape(params: BFVParams, d: int, m: int, w_max: int, n_t: int) -> Plan | None:
+    """The one shape of ``n_t`` rows per block whose weights a worker keeps encoded: the cheapest per row block.
+
+    Its cost for any row count is R times its cost for one block, so it is the planner's best shape of n_t
+    rows for every row count. None when no shape of n_t rows keeps the noise within the modulus.
+    """
+    best: tuple[float, int, Plan] | None = None
+    for n_d in _powers(POLY_DEGREE // n_t):
+        found = _shape_cost(params, n_t, d, m, w_max, n_t, n_d)
+        if found is not None and (best is None or (found[0], n_d) < best[:2]):
+            best = (found[0], n_d, found[1])
+    return None if best is None else best[2]
+
+
+def cache_bytes(params: BFVParams, d: int, m: int, w_max: int, cached_rows: int) -> int:
+    """Bytes a worker keeping the weights of a (d, m) matrix encoded for ``cached_rows`` rows needs at most.
+
+    One shape per n_t <= cached_rows (:func:`cached_shape`), J C plaintexts of N 8-byte coefficients each
+    (NTT form, one modulus): about 8 n_t bytes per weight and shape, so about 8 (2 cached_rows - 1) in all.
+    """
+    total = 0
+    for n_t in _powers(min(cached_rows, POLY_DEGREE)):
+        shape = cached_shape(params, d, m, w_max, n_t)
+        if shape is not None:
+            _, j, c = shape.counts(0, d, m)
+            total += j * c * POLY_DEGREE * 8
+    return total
+
+
 @lru_cache(maxsize=4096)
 def plan_product(params: BFVParams, n: int, d: int, m: int, w_max: int, cached_rows: int) -> Plan:
-    """The cheapest block shape for ``n`` rows of ``(n, d) @ (d, m)`` whose noise fits (see the module docstring)."""
+    """The cheapest block shape for ``n`` rows of ``(n, d) @ (d, m)`` whose noise fits (see the module docstring).
+
+    A deterministic function of public values: the client plans with it, and the worker derives the same
+    plan from the row count and refuses any other (a request cannot choose a costlier one).
+    """
     best: tuple[float, tuple[int, int, int], Plan] | None = None
     for n_t in _powers(row_block_limit(n)):
-        for n_d in _powers(POLY_DEGREE // n_t):
-            n_m = POLY_DEGREE // (n_t * n_d)
-            r, j, c = -(-n // n_t), -(-d // n_d), -(-m // n_m)
-            shift = result_shift(params, j, n_d, n_m, w_max)
-            if shift is None:
+        if n_t <= cached_rows:  # weights kept encoded: only the cached shape of n_t rows, nothing to encode
+            shape = cached_shape(params, d, m, w_max, n_t)
+            candidates = [] if shape is None else [shape.n_d]
+        else:
+            candidates = _powers(POLY_DEGREE // n_t)
+        for n_d in candidates:
+            found = _shape_cost(params, n, d, m, w_max, n_t, n_d)
+            if found is None:
                 continue
-            bits_down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
-            seconds = r * j * COST_ENCRYPT + r * j * c * COST_PRODUCT + r * c * COST_RESULT
-            seconds += 0 if n_t <= cached_rows else j * c * COST_WEIGHT
-            seconds += (r * j * POLY_DEGREE * COEFF_BITS + bits_down) / 8 / BANDWIDTH
-            key = (seconds, (n_t, n_d, n_m), Plan(n_t, n_d, n_m, shift))
+            seconds, plan = found
+            if n_t > cached_rows:
+                _, j, c = plan.counts(n, d, m)
+                seconds += j * c * COST_WEIGHT
+            key = (seconds, (n_t, n_d, plan.n_m), plan)
             if best is None or key[:2] < best[:2]:
                 best = key
     if best is None:
@@ -188,6 +249,12 @@ def plan_product(params: BFVParams, n: int, d: int, m: int, w_max: int, cached_r
             f"{params.coeff_modulus.bit_length()}-bit modulus; lower input_bits or weight_bits"
         )
     return best[2]
+
+
+def result_bytes(params: BFVParams, plan: Plan, n: int, d: int, m: int) -> int:
+    """Bytes of the values of a result of ``n`` rows: R C ciphertexts of N + n_t n_m switched coefficients."""
+    r, _, c = plan.counts(n, d, m)
+    return -(-r * c * (POLY_DEGREE + plan.n_t * plan.n_m) * (params.plain_bits + plan.shift) // 8)
 
 
 def client_params(d: int, input_bits: int, w_max: int) -> BFVParams:

@@ -11,6 +11,8 @@
   polynomial and the first polynomial's output coefficients, switched to q' and bit-packed.
 
 Every reader checks formats, counts and sizes before anything reaches SEAL; malformed bytes raise ValueError.
+JSON is parsed only below a length bound (:data:`MAX_HEADER_BYTES`), and a nesting too deep for the parser
+is a ValueError too, never a RecursionError.
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ from dataclasses import dataclass
 from ..base import pack_frames, unpack_frames
 from .params import POLY_DEGREE, Plan
 
-__all__ = ["CIPHERTEXT_FORMAT", "RESULT_FORMAT", "SETUP_FORMAT", "BFVSetup", "pack_message", "read_message"]
+__all__ = [
+    "CIPHERTEXT_FORMAT",
+    "MAX_HEADER_BYTES",
+    "RESULT_FORMAT",
+    "SETUP_FORMAT",
+    "BFVSetup",
+    "pack_message",
+    "read_message",
+]
 
 SETUP_FORMAT = "veilml-bfv-setup/1"
 CIPHERTEXT_FORMAT = "veilml-bfv-ct/1"
 RESULT_FORMAT = "veilml-bfv-result/1"
-MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError)
+MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError, RecursionError)
+#: longest JSON header or setup message read (an honest one is under 150 bytes)
+MAX_HEADER_BYTES = 1024
 
 
 def _int(value: object, low: int, high: int, what: str) -> int:
@@ -50,6 +62,8 @@ class BFVSetup:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BFVSetup:
+        if len(data) > MAX_HEADER_BYTES:
+            raise ValueError(f"not a setup from a 'bfv' worker (over {MAX_HEADER_BYTES} bytes)")
         try:
             d = json.loads(bytes(data).decode())
             if d.get("format") != SETUP_FORMAT:
@@ -74,6 +88,8 @@ def pack_message(fmt: str, n: int, plan: Plan | None, frames: list[bytes]) -> by
 def read_message(data: bytes, fmt: str, max_rows: int = 2**24) -> tuple[int, Plan | None, list[bytes]]:
     """(row count, plan, data frames) of a ciphertext or result message; the plan is None for zero rows."""
     frames = unpack_frames(data)
+    if frames and len(frames[0]) > MAX_HEADER_BYTES:
+        raise ValueError(f"expected a {fmt} message (a header of at most {MAX_HEADER_BYTES} bytes, got {len(frames[0])})")
     try:
         header = json.loads(frames[0].decode()) if frames else {}
         if header.get("format") != fmt:
