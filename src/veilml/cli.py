@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=2048.0,
         metavar="N",
         help=(
-            "bfv backend: MiB of weights kept encoded (8 bytes per weight, direction and row of a block, up to 64 "
-            "rows); what does not fit is encoded per request"
+            "bfv backend: MiB of weights kept encoded in NTT form for every row-block size up to the largest that "
+            "fits (about 8 bytes per weight and direction for each size of 1, 2, 4, ... rows, up to 64); what does "
+            "not fit is encoded per request"
         ),
     )
     worker.add_argument(
@@ -255,7 +256,7 @@ def _worker_command(args: argparse.Namespace) -> int:
         if args.backend == "concrete":
             options = {"run_timeout": service_limits.run_timeout, "cache_dir": args.circuit_cache}
         elif args.backend == "bfv":
-            options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20)}
+            options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20), "run_timeout": service_limits.run_timeout}
         backend = get_backend(args.backend, **options)
         worker = Worker(
             weights,

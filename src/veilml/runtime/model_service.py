@@ -41,7 +41,7 @@ from .serving.body import BodyBudget, receive_body
 from .serving.limits import SERVE_LIMITS, ServiceError, ServiceLimits
 from .serving.scheduler import FairScheduler
 from .serving.store import OwnedStore
-from .serving.tree_work import run_row
+from .serving.tree_work import load, run_row
 
 __all__ = ["KEY_ID_HEADER", "KEY_SECRET_HEADER", "create_model_app"]
 
@@ -117,7 +117,13 @@ def create_model_app(
         limits, id_pattern=r"[0-9a-f]{64}", noun="key id", unknown_code="unknown-key", directory=Path(state_dir) / "keys"
     )
     budget = BodyBudget(limits.max_inflight_bytes, limits.max_inflight_bytes_per_client)
-    runner = IsolatedRunner(processes=limits.workers, timeout=limits.run_timeout, name="veilml-serve")
+    runner = IsolatedRunner(
+        processes=limits.workers,
+        timeout=limits.run_timeout,
+        name="veilml-serve",
+        initializer=load,
+        initargs=(bundle_path, trusted_key),
+    )
     scheduler = FairScheduler(limits.workers, limits.max_queue, limits.max_requests_per_client, name="veilml-serve")
     registering = threading.Lock()
 

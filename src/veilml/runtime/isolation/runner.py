@@ -87,7 +87,9 @@ class IsolatedRunner:
     reused; one that timed out or died is replaced on the next use of its slot.
 
     ``timeout`` (seconds) limits each task, counted from the moment it is handed to a child;
-    ``max_log_bytes`` bounds what is kept of a task's stdout/stderr (the tail). ``function`` and its
+    ``max_log_bytes`` bounds what is kept of a task's stdout/stderr (the tail). ``initializer(*initargs)``
+    runs once in each new child before its first task, within ``init_timeout`` seconds (loading a
+    compiled model there keeps start-up out of every task's time limit). ``function`` and its
     arguments must pickle: a function defined at module level in an importable module. The child
     process cannot itself start ``multiprocessing`` children (it is a daemon process).
     """
@@ -98,6 +100,9 @@ class IsolatedRunner:
         timeout: float = 60.0,
         max_log_bytes: int = 64 * 1024,
         name: str = "veilml-isolated",
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        init_timeout: float | None = 300.0,
     ) -> None:
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
             raise ValueError(f"processes must be a positive integer, got {processes!r}")
@@ -107,6 +112,8 @@ class IsolatedRunner:
         self.timeout = _check_timeout(timeout, "timeout")
         self.max_log_bytes = max_log_bytes
         self.name = name
+        self._init = None if initializer is None else pickle.dumps((initializer, initargs), protocol=PICKLE)
+        self.init_timeout = _check_timeout(init_timeout, "init_timeout")
         self._context = multiprocessing.get_context("spawn")
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(processes):
@@ -279,6 +286,15 @@ class IsolatedRunner:
         if closed:
             self._discard(worker)
             raise RuntimeError("the IsolatedRunner is closed")
+        if self._init is not None:
+            try:
+                reply = worker.call(self._init, self.init_timeout)
+            except Outcome as outcome:
+                self._discard(worker)
+                raise self._failure("the isolated process's initializer", self.init_timeout, outcome) from None
+            if reply[1] != "ok":
+                self._discard(worker)
+                raise RuntimeError(f"the isolated process's initializer failed: {reply[2]!r}")
         return worker
 
     def _discard(self, worker: ChildProcess | None) -> None:

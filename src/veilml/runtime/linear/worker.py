@@ -19,6 +19,7 @@ quantized weights (``x @ W`` for the identity rows ``x``). A worker-wide access 
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ import numpy as np
 from ...quantization import QuantizedWeight
 from ..serving.limits import ServiceLimits
 from ..serving.store import OwnedStore
-from .base import LinearBackend, LinearServer, Work, get_backend
+from .base import LinearBackend, LinearServer, Work, WorkTimeout, get_backend, run_work
 from .errors import WorkerError
 from .http import SESSION_ID
 from .layers import ALL, DIRECTIONS, LayerInfo
@@ -210,12 +211,12 @@ class Worker:
             raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
 
     def run(self, session: str, secret: str | None, layer: str, direction: str, ciphertext: bytes) -> bytes:
-        """The encrypted result of a request, computed here unit after unit."""
+        """The encrypted result of a request, computed here unit after unit within the run timeout."""
         work = self.work(session, secret, layer, direction, ciphertext)
         try:
-            for unit in work.units:
-                unit()
-            return work.finish()
+            return run_work(work, time.monotonic() + self.limits.run_timeout)
+        except WorkTimeout as error:
+            raise WorkerError(504, f"{layer}/{direction}: {error}", "run-timeout") from None
         except (ValueError, TypeError) as error:
             raise WorkerError(400, f"bad ciphertext for {layer}/{direction}: {error}") from None
         except RuntimeError as error:  # concrete raises RuntimeError on ciphertexts of other keys or shapes

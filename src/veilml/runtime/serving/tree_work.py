@@ -16,7 +16,7 @@ from typing import Any
 from .limits import ServiceError
 from .store import read_item
 
-__all__ = ["run_row"]
+__all__ = ["load", "run_row"]
 
 _SERVERS: dict[tuple[str, Any], Any] = {}  # per child process: (bundle, trusted key) -> ModelServer
 _LOCK = threading.Lock()
@@ -31,6 +31,11 @@ def _server(bundle: str, trusted_key: Any) -> Any:
             options = {} if trusted_key is None else {"trusted_key": trusted_key}
             _SERVERS[key] = ModelServer(bundle, key_cache_size=2, max_rows=1, **options)
         return _SERVERS[key]
+
+
+def load(bundle: str, trusted_key: Any = None) -> None:
+    """Load the server bundle in this child process (its initializer: start-up is not a row's time)."""
+    _server(bundle, trusted_key)
 
 
 def run_row(bundle: str, store: str, key_id: str, keys_sha256: str, ciphertext: bytes, trusted_key: Any = None) -> bytes:
