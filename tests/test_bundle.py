@@ -209,8 +209,8 @@ def test_remote_model_refuses_a_hostile_client_bundle(tmp_path):
     remote.url, remote._bundle_dir = "http://server", tmp_path / "client"
     with pytest.raises(RemoteModelError, match="unexpected files"):
         remote._unpack(archive({"manifest.json": b"{}", "../evil.py": b"x"}))
-    with pytest.raises(RemoteModelError, match="files over 16777216 bytes"):
-        remote._unpack(archive({"manifest.json": b"{}", "codec.json": b"0" * (16 * 2**20 + 1)}))
+    with pytest.raises(RemoteModelError, match="files over 4194304 bytes"):
+        remote._unpack(archive({"manifest.json": b"{}", "codec.json": b"0" * (4 * 2**20 + 1)}))
     with pytest.raises(RemoteModelError, match="did not send a zip"):
         remote._unpack(b"not a zip")
     assert not (tmp_path / "client").exists()

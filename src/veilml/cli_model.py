@@ -1,9 +1,10 @@
-"""``veilml compile | keygen | encrypt | run | decrypt | serve``: a deployed model from the shell.
+"""``veilml compile | sign | keygen | encrypt | run | decrypt | serve``: a deployed model from the shell.
 
 Each step reads and writes files (``-`` is stdin / stdout for the binary ones), so they chain::
 
-    veilml compile model.onnx --data train.csv --out bundle
-    veilml keygen bundle --key-dir keys --out eval.keys
+    veilml sign --new-key maker.key                  # once: maker.key (0600) and maker.key.pub
+    veilml compile model.onnx --data train.csv --out bundle --signing-key maker.key
+    veilml keygen bundle --key-dir keys --out eval.keys --trusted-key maker.key.pub
     veilml encrypt bundle --key-dir keys --input rows.csv --out - \\
       | veilml run bundle --keys eval.keys --input - --out - \\
       | veilml decrypt bundle --key-dir keys --input -
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from veilml.cli_common import LOOPBACK, CommandError, read_token
+from veilml.cli_common import LOOPBACK, CommandError, read_tokens
 
 __all__ = ["add_model_commands"]
 
@@ -67,13 +68,52 @@ def _compile(args: argparse.Namespace) -> int:
     model.compile(X, Configuration(show_progress=False))
     model.save(args.out)
     print(f"veilml compile: {model.report_}; bundle written to {args.out}", file=sys.stderr)
+    if args.signing_key:
+        _sign_bundle(args.out, args.signing_key, "compile")
+    _print_fingerprint(args.out, "compile")
+    return 0
+
+
+def _print_fingerprint(bundle: str, command: str) -> None:
+    from veilml.runtime.bundle import client_bundle_fingerprint
+
+    print(
+        f"veilml {command}: client bundle fingerprint {client_bundle_fingerprint(bundle)} "
+        "(data owners pin it: RemoteModel(..., expected_fingerprint=...))",
+        file=sys.stderr,
+    )
+
+
+def _sign_bundle(bundle: str, key: str, command: str) -> None:
+    from veilml.runtime.bundle import sign_bundle
+    from veilml.runtime.manifest import load_private_key, public_key_id
+
+    private = load_private_key(key)
+    for path in sign_bundle(bundle, private):
+        print(f"veilml {command}: signed {path.parent} (key {public_key_id(private.public_key())[:16]}…)", file=sys.stderr)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from veilml.runtime.manifest import public_key_id, write_key_pair
+
+    if args.new_key:
+        if args.bundle or args.key:
+            raise CommandError("--new-key makes a key pair and signs nothing; run 'veilml sign BUNDLE --key KEY' after it")
+        private, public = write_key_pair(args.new_key)
+        print(f"veilml sign: private key {private} (mode 0600: keep it secret), public key {public}", file=sys.stderr)
+        print(f"veilml sign: key id {public_key_id(public)}; give {public} to whoever loads your bundles", file=sys.stderr)
+        return 0
+    if not (args.bundle and args.key):
+        raise CommandError("give a bundle and --key PRIVATE_KEY_FILE, or --new-key PATH to make a key pair")
+    _sign_bundle(args.bundle, args.key, "sign")
+    _print_fingerprint(args.bundle, "sign")
     return 0
 
 
 def _client(args: argparse.Namespace) -> Any:
     from veilml.runtime.bundle import ModelClient
 
-    return ModelClient(args.bundle, key_dir=args.key_dir)
+    return ModelClient(args.bundle, key_dir=args.key_dir, trusted_key=args.trusted_key)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -97,7 +137,7 @@ def _encrypt(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from veilml.runtime.bundle import ModelServer
 
-    server = ModelServer(args.bundle)
+    server = ModelServer(args.bundle, trusted_key=args.trusted_key)
     key_id = server.register(_read_bytes(args.keys))
     _write_bytes(args.out, server.run(_read_bytes(args.input), key_id))
     return 0
@@ -125,19 +165,27 @@ def _serve(args: argparse.Namespace) -> int:
         from veilml.runtime.model_service import create_model_app
     except ImportError as error:
         raise CommandError(f"serving needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
-    token = read_token(args.access_token_file) if args.access_token_file else None
-    app = create_model_app(
-        args.bundle, args.state, workers=args.workers, max_payload_bytes=int(args.max_payload_mb * 2**20), access_token=token
-    )
-    server = app.state.server
+    from veilml.runtime.serving.app import log_to_stderr
+    from veilml.runtime.serving.limits import limits_from_args
+
+    tokens = read_tokens(args.access_token_file) if args.access_token_file else None
+    try:
+        limits = limits_from_args(args)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    state = Path(args.state).expanduser()
+    app = create_model_app(args.bundle, state, limits=limits, access_token=tokens)
+    log_to_stderr(args.log_level)
     print(
-        f"veilml serve: model {server.fingerprint[:12]}…, {server.n_features} features, {args.workers} FHE worker(s)", flush=True
+        f"veilml serve: model {app.state.fingerprint[:12]}…, {app.state.n_features} features, "
+        f"{limits.workers} FHE process(es), {limits.max_rows} rows per request, {limits.run_timeout:g} s run timeout",
+        flush=True,
     )
-    print(f"veilml serve: keys kept in {Path(args.state) / 'keys'}", flush=True)
+    print(f"veilml serve: keys kept in {state / 'keys'}", flush=True)
     if args.host not in LOOPBACK:
         print(
             f"veilml serve: WARNING: listening on {args.host}, beyond this machine, without TLS"
-            + ("" if token else " and without an access token (--access-token-file): anyone who reaches it can query the model"),
+            + ("" if tokens else " and without an access token (--access-token-file): anyone who reaches it can query the model"),
             flush=True,
         )
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -152,10 +200,12 @@ def _guarded(handler: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         from veilml.runtime.envelope import EnvelopeError
         from veilml.runtime.manifest import ArtifactError
+        from veilml.runtime.security import InsecureParametersError
 
+        refused = (ArtifactError, EnvelopeError, InsecureParametersError, FileNotFoundError, FileExistsError, PermissionError)
         try:
             return handler(args)
-        except (ArtifactError, EnvelopeError, FileNotFoundError, CommandError) as error:
+        except (*refused, NotADirectoryError, CommandError) as error:
             print(f"veilml {args.command}: error: {error}", file=sys.stderr)
             return 1
 
@@ -177,10 +227,27 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
     )
     p.add_argument("--out", required=True, help="the bundle directory to write")
     p.add_argument("--n-bits", type=int, default=6, help="input and leaf precision")
+    p.add_argument("--signing-key", help="sign the bundle with this Ed25519 private key (from 'veilml sign --new-key')")
+
+    p = command(
+        "sign",
+        "sign a bundle with an Ed25519 key (a server bundle is code: loaders given your public key accept only "
+        "bundles you signed), or make a key pair",
+        _sign,
+    )
+    p.add_argument("bundle", nargs="?", help="the bundle directory (or one of its sides) to sign")
+    p.add_argument("--key", help="the private key file (PEM, mode 0600)")
+    p.add_argument("--new-key", metavar="PATH", help="make a key pair: PATH (private, 0600) and PATH.pub (public)")
+
+    def trusted_key_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--trusted-key", help="the bundle maker's public key (PEM, from 'veilml sign --new-key'): require their signature"
+        )
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("bundle", help="the bundle directory (or its client/)")
         p.add_argument("--key-dir", required=True, help="where this client's keys are kept (secret keys 0600)")
+        trusted_key_arg(p)
 
     p = command("keygen", "make this client's keys (or reuse them) and write its public evaluation keys", _keygen)
     client_args(p)
@@ -197,6 +264,7 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
     p.add_argument("--keys", required=True, help="the client's evaluation keys (from veilml keygen)")
     p.add_argument("--input", required=True, help="the ciphertext batch ('-': stdin)")
     p.add_argument("--out", required=True, help="file for the result batch ('-': stdout)")
+    trusted_key_arg(p)
 
     p = command("decrypt", "decrypt a result batch into predictions (CSV)", _decrypt)
     client_args(p)
@@ -204,12 +272,21 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
     p.add_argument("--out", default="-", help="CSV file for the predictions ('-': stdout)")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
 
+    from veilml.runtime.serving.limits import SERVE_LIMITS, add_limit_arguments
+
     p = command("serve", "serve a bundle over HTTP: POST /keys, POST /predict, GET /bundle/client, GET /health", _serve)
     p.add_argument("bundle", help="the bundle directory")
-    p.add_argument("--state", required=True, help="directory for registered evaluation keys (kept across restarts)")
+    p.add_argument(
+        "--state",
+        default="~/.local/state/veilml/serve",
+        help="directory for registered evaluation keys (kept across restarts, mode 0700)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="threads running FHE work")
-    p.add_argument("--max-payload-mb", type=float, default=256.0, help="largest request body")
-    p.add_argument("--access-token-file", help="a file (mode 0600) holding a token that every request but /health must present")
+    p.add_argument(
+        "--access-token-file",
+        help="a file (mode 0600) of access tokens, one per line as 'NAME TOKEN' (or just 'TOKEN'); every request but "
+        "/health must present one, and quotas and fair shares are per token",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_limit_arguments(p, SERVE_LIMITS, aliases={"--max-key-mb": "--max-key-store-mb"})

@@ -24,10 +24,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["InputEncoding"]
+__all__ = ["MAX_ENCODED_SIZE", "MAX_ENCODING_BITS", "InputEncoding"]
 
 
 KINDS = ("identity", "thermometer", "chunked", "thresholds")
+
+#: the most integers an encoded row may hold when read back (``from_dict``: a client bundle may come
+#: from a hostile server). Each is one ciphertext: breast cancer's 30 features in 6-bit thermometer
+#: code take 1,890, 200 features at 8 bits 51,000; a 1.2 KB codec asking for 30 x 2**24 made
+#: ``encode`` allocate 3.75 GiB. At this bound a batch of 256 rows encodes into 256 MiB.
+MAX_ENCODED_SIZE = 2**17
+#: the widest code grid read back (qmax - qmin < 2**MAX_ENCODING_BITS); veilml quantizes inputs to at most 16 bits
+MAX_ENCODING_BITS = 24
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,33 @@ class InputEncoding:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputEncoding:
+        """The encoding of :meth:`to_dict`'s document, bounded: the document may come from a hostile
+        server (a client bundle), so sizes are checked before anything is allocated for them."""
         d = dict(d)
+        for name in ("n_features", "qmin", "qmax", "low_bits"):
+            value = d.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"an input encoding's {name} must be an integer, got {value!r}")
+        if not 1 <= d.get("n_features", 0) <= MAX_ENCODED_SIZE:
+            raise ValueError(f"an input encoding needs 1 to {MAX_ENCODED_SIZE:,} features, got {d.get('n_features')!r}")
+        qmin, qmax = d.get("qmin", 0), d.get("qmax", 0)
+        if not 0 < qmax - qmin < 2**MAX_ENCODING_BITS or max(abs(qmin), abs(qmax)) >= 2**62:
+            raise ValueError(
+                f"an input encoding's code grid [{qmin}, {qmax}] is wider than {MAX_ENCODING_BITS} bits or "
+                "out of range: refused (a bundle that asks for it may come from a hostile server)"
+            )
         if "thresholds" in d:
-            d["thresholds"] = tuple(tuple(pair) for pair in d["thresholds"])
-        return cls(**d)
+            pairs = d["thresholds"]
+            if not isinstance(pairs, (list, tuple)) or len(pairs) > MAX_ENCODED_SIZE:
+                raise ValueError(f"an input encoding's thresholds must be a list of at most {MAX_ENCODED_SIZE:,} pairs")
+            d["thresholds"] = tuple(tuple(pair) for pair in pairs)
+        if not 0 <= d.get("low_bits", 0) < MAX_ENCODING_BITS:
+            raise ValueError(f"an input encoding's low_bits must be in [0, {MAX_ENCODING_BITS}), got {d.get('low_bits')!r}")
+        encoding = cls(**d)
+        if encoding.size > MAX_ENCODED_SIZE:
+            raise ValueError(
+                f"this input encoding makes rows of {encoding.size:,} integers, more than the {MAX_ENCODED_SIZE:,} "
+                "veilml reads back: refused (a bundle that asks for it may come from a hostile server, trying to "
+                "exhaust this machine's memory)"
+            )
+        return encoding

@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QuantizationRangeWarning", "UniformQuantizer", "dynamic_quantize"]
+__all__ = ["MAX_N_BITS", "QuantizationRangeWarning", "UniformQuantizer", "dynamic_quantize"]
+
+
+#: the widest integer codes a quantizer read back may have (its codes are int64; a document may come
+#: from an untrusted party, such as a client bundle sent by a server, and 2**n_bits is computed)
+MAX_N_BITS = 62
 
 
 class QuantizationRangeWarning(UserWarning):
@@ -175,12 +180,26 @@ class UniformQuantizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UniformQuantizer:
+        """The quantizer of :meth:`to_dict`'s document, checked: its codes fit in int64 and its scale and
+        zero point are one value, or one per slice along ``axis``."""
+        n_bits, axis = d["n_bits"], d["axis"]
+        if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)) or not 1 <= n_bits <= MAX_N_BITS:
+            raise ValueError(f"a quantizer's n_bits must be an integer in [1, {MAX_N_BITS}], got {n_bits!r}")
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
+            raise ValueError(f"a quantizer's axis must be an integer or None, got {axis!r}")
+        scale = np.asarray(d["scale"], dtype=np.float64)
+        zero_point = np.asarray(d["zero_point"], dtype=np.float64)
+        if scale.shape != zero_point.shape or scale.ndim > 1:
+            raise ValueError(
+                f"a quantizer's scale and zero point must be two scalars or two vectors of one length, got shapes "
+                f"{scale.shape} and {zero_point.shape}"
+            )
         return cls(
-            int(d["n_bits"]),
+            int(n_bits),
             bool(d["signed"]),
-            np.asarray(d["scale"], dtype=np.float64),
-            _as_integers_if_whole(np.asarray(d["zero_point"], dtype=np.float64)),
-            d["axis"],
+            scale,
+            _as_integers_if_whole(zero_point),
+            None if axis is None else int(axis),
             bool(d.get("symmetric", False)),
         )
 

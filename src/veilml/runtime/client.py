@@ -24,9 +24,20 @@ from .envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
+from .security import encrypted_gates
 from .seeded_inputs import SeededEncryptor, input_secret_key, seeded_input_spec
 
-__all__ = ["FHEClient", "read_private_file", "write_private_file"]
+__all__ = ["RESULT_OVERHEAD_BYTES", "FHEClient", "ResultError", "read_private_file", "write_private_file"]
+
+#: bytes a result envelope may hold beyond its ciphertext words: the envelope's header (at most 1 KiB
+#: plus 12) and concrete's serialization (about 450 bytes measured for a 3-ciphertext output)
+RESULT_OVERHEAD_BYTES = 4096
+
+
+class ResultError(ValueError):
+    """A result that cannot be this circuit's output for the rows sent (another number of rows, another
+    length): refused, since the server that sent it may be hostile."""
+
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -77,7 +88,9 @@ def write_private_file(path: str | Path, data: bytes) -> Path:
 
 
 def read_private_file(path: str | Path) -> bytes:
-    """The bytes of a file written by :func:`write_private_file`: a regular file, not a link, mode 0600."""
+    """The bytes of a file written by :func:`write_private_file`: a regular file, not a link, mode
+    0600, owned by this process's user (a key file planted by another user, even 0600, is theirs:
+    they know its secret key)."""
     path = Path(path)
     _refuse_symlink(path, "read from")
     try:
@@ -90,6 +103,12 @@ def read_private_file(path: str | Path) -> bytes:
         info = os.fstat(handle.fileno())  # the file actually opened
         if not stat.S_ISREG(info.st_mode):
             raise PermissionError(f"{path} is not a regular file; secret keys are read from regular files only")
+        if info.st_uid != os.geteuid():
+            raise PermissionError(
+                f"{path} is owned by user id {info.st_uid}, not by this user ({os.geteuid()}): whoever created it knows "
+                "its secrets. Do not use it; remove it, and keep such files in a directory only you can write "
+                "(chmod 700)"
+            )
         if info.st_mode & 0o077:
             raise PermissionError(f"{path} is readable by other users; run 'chmod 600 {path}' first")
         return handle.read()
@@ -100,7 +119,9 @@ class FHEClient:
 
     What it hands out — evaluation keys, ciphertexts — are envelopes (:mod:`veilml.runtime.envelope`)
     that name the model (the fingerprint of ``client_specs``) and the key set (the sha256 of the
-    evaluation keys); it decrypts only result envelopes that name its own model and key set.
+    evaluation keys); it decrypts only result envelopes that name its own model and key set, no
+    larger than the circuit's output, and whose decryption has the output's length. Specs whose
+    input or output is not an LWE ciphertext are refused: it never serializes a row unencrypted.
 
     Args:
         client_specs: concrete's ``ClientSpecs`` of the circuit (public).
@@ -121,6 +142,15 @@ class FHEClient:
 
         self.codec = codec
         self.fingerprint = specs_fingerprint(client_specs)
+        # raises unless every input and output is an LWE ciphertext: no row is ever sent in the clear
+        self._gates = encrypted_gates(client_specs)
+        # one circuit of one output (veilml's): its decryption has a known length, and its envelope
+        # at most its uncompressed ciphertexts plus concrete's and the envelope's headers
+        (_, outputs), *others = self._gates.values()
+        self.output_size: int | None = None
+        if not others and len(outputs) == 1:
+            self.output_size = outputs[0].count
+            max_result_bytes = min(max_result_bytes, outputs[0].max_bytes + RESULT_OVERHEAD_BYTES)
         self.max_result_bytes = max_result_bytes
         self._client = fhe.Client(client_specs, keyset_cache_directory=key_cache)
         self._evaluation_keys: bytes | None = None
@@ -188,8 +218,15 @@ class FHEClient:
                 self._encryptor = SeededEncryptor(spec, input_secret_key(self._client.keys, spec), shape)
             payload = self._encryptor.encrypt(np.asarray(encoded_row))
         else:
+            self._require_encrypted_inputs()
             payload = self._client.encrypt(np.ascontiguousarray(encoded_row, dtype=np.int64)).serialize()
         return pack_envelope("ciphertext", payload, fingerprint=self.fingerprint, key_id=identifier)
+
+    def _require_encrypted_inputs(self) -> None:
+        """Refuse, right before concrete serializes an input, unless the specs concrete encrypts with
+        (read again from concrete's client, not from what was checked when this client was made)
+        declare it an LWE ciphertext."""
+        encrypted_gates(self._client.specs)
 
     def encrypt(self, X: np.ndarray) -> list[bytes]:
         """One ciphertext envelope per row of ``X``."""
@@ -209,7 +246,13 @@ class FHEClient:
             raise ValueError("this client has no keys: it cannot have encrypted the inputs of this result")
         check_key_id(envelope, self.key_id)
         value = fhe.Value.deserialize(envelope.payload)
-        return np.asarray(self._client.decrypt(value), dtype=np.int64).reshape(-1)
+        integers = np.asarray(self._client.decrypt(value), dtype=np.int64).reshape(-1)
+        if self.output_size is not None and integers.size != self.output_size:  # the shape, never the values
+            raise ResultError(
+                f"a result decrypted to {integers.size} integers, and this model's circuit outputs {self.output_size}: "
+                "it is not this circuit's output; the server that sent it may be hostile, do not use its results"
+            )
+        return integers
 
     def decrypt(self, results: list[bytes]) -> np.ndarray:
         """Dequantized outputs (n_samples, n_outputs) of result envelopes."""

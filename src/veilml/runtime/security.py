@@ -5,7 +5,10 @@ contain: a hostile server can shrink the LWE dimension or zero the noise, and th
 everything the client encrypts. :func:`check_client_specs` reads the specs as plain JSON (no
 concrete import) before keygen and refuses them unless every encryption under a secret key that
 they describe (ciphertexts, bootstrap keys, keyswitch keys, packing keyswitch keys) lies on the
-secure side of concrete's own security curve. Anything it cannot assess is refused.
+secure side of concrete's own security curve, that every circuit input and output is an LWE
+ciphertext (a plaintext gate would make the client send its data in the clear), and that no key
+or value is larger than concrete's own parameter search produces (a hostile size makes key
+generation or encryption exhaust memory). Anything it cannot assess is refused.
 """
 
 from __future__ import annotations
@@ -17,9 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "MAX_GLWE_DIMENSION",
+    "MAX_KEY_BYTES",
+    "MAX_LWE_DIMENSION",
+    "MAX_POLYNOMIAL_SIZE",
+    "MAX_VALUE_BYTES",
     "InsecureParametersError",
+    "LweGate",
+    "SpecsSummary",
     "check_client_specs",
     "check_lwe",
+    "encrypted_gates",
     "meets_security",
     "required_stddev_log2",
 ]
@@ -51,11 +62,56 @@ _CURVES: dict[int, _Curve] = {
 _ROUNDING_BITS = 1e-9
 
 _REFUSE = "refuse this server: it may be trying to read your data"
+_REFUSE_SIZE = "refuse this server: it may be hostile, trying to exhaust this machine's memory"
 _UINT32_MAX = 2**32 - 1
+WORD = 8  # bytes per 64-bit torus element
+
+# Bounds on what client specs may make this machine allocate. concrete's optimizer searches (its
+# DEFAUT_DOMAINS) polynomialSize 2^10..2^14 (2^8.. in older releases), glweDimension 1..6 (1..9),
+# internal LWE dimension 512..1024 (600..2000) and 1..64 decomposition levels: its largest GLWE key
+# is 6 x 2^14 = 98,304 coefficients (9 x 2^14 = 147,456). Observed: the breast cancer test tree
+# (depth 5, 6 bits) has LWE keys of 1,536 and 759, a bootstrap key of glweDimension 3 x
+# polynomialSize 512 (1 level), a keyswitch key of 3 levels, 78 MB of evaluation keys uncompressed,
+# 12 KiB per ciphertext; the private-LoRA matmul circuit one key of 1,280; Concrete ML's benchmark
+# trees 74 MiB of evaluation keys (README). A hostile 2^26 key passed the curve; keygen: bad_alloc.
+MAX_LWE_DIMENSION = 2**18  # 1.8x the largest GLWE key an older optimizer could name, 170x the test tree's
+MAX_POLYNOMIAL_SIZE = 2**16  # 4x the optimizer's largest
+MAX_GLWE_DIMENSION = 16  # 1.8x the older optimizer's largest
+MAX_KEY_BYTES = 4 * 2**30  # secret and evaluation keys, uncompressed: 55x the test tree's
+MAX_VALUE_BYTES = 2**31  # one circuit input or output, uncompressed: the largest envelope veilml reads
 
 
 class InsecureParametersError(ValueError):
-    """The server's crypto parameters are below the required security, or cannot be assessed."""
+    """The server's crypto parameters are below the required security, unbounded, or cannot be
+    assessed; or a client bundle's parts do not agree."""
+
+
+@dataclass(frozen=True)
+class LweGate:
+    """One circuit input or output as the specs describe it: an LWE ciphertext per clear value."""
+
+    shape: tuple[int, ...]  # the clear value's shape
+    dimension: int  # LWE dimension of the key it is encrypted under
+    width: int | None  # bits of the encoded integer (None: not concrete's native integer encoding)
+    signed: bool | None
+
+    @property
+    def count(self) -> int:
+        """Ciphertexts of this value: one per clear integer."""
+        return math.prod(self.shape)
+
+    @property
+    def max_bytes(self) -> int:
+        """Bytes of its uncompressed ciphertexts (masks and bodies): an upper bound of any serialization."""
+        return WORD * self.count * (self.dimension + 1)
+
+
+@dataclass(frozen=True)
+class SpecsSummary:
+    """What :func:`check_client_specs` read: the circuits' gates, and the keys' total size."""
+
+    circuits: dict[str, tuple[tuple[LweGate, ...], tuple[LweGate, ...]]]  # name -> (inputs, outputs)
+    key_bytes: int
 
 
 def _curve(security_bits: int) -> tuple[int, _Curve]:
@@ -144,6 +200,21 @@ def _uint(obj: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int
     return value
 
 
+def _too_large(what: str, value: int, limit: int, unit: str = "") -> InsecureParametersError:
+    return InsecureParametersError(
+        f"the server's client specs ask for {what} of {value:,}{unit}, more than the {limit:,}{unit} that concrete's own "
+        f"parameter search can produce (see veilml.runtime.security); {_REFUSE_SIZE}"
+    )
+
+
+def _dimension(obj: Mapping[str, Any], key: str, where: str) -> int:
+    """An LWE dimension: at least 1 and at most :data:`MAX_LWE_DIMENSION`."""
+    value = _uint(obj, key, where, 1)
+    if value > MAX_LWE_DIMENSION:
+        raise _too_large(f"an LWE dimension ({where}.{key})", value, MAX_LWE_DIMENSION)
+    return value
+
+
 def _variance(obj: Mapping[str, Any], where: str) -> float:
     value = obj["variance"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -180,11 +251,36 @@ def _decomposition(params: Mapping[str, Any], where: str) -> None:
         raise _malformed(where, f"decomposes {levels} x {base_log} bits, more than the {MODULUS_LOG2}-bit modulus")
 
 
-def _glwe_size(params: Mapping[str, Any], where: str) -> int:
+def _glwe(params: Mapping[str, Any], where: str) -> tuple[int, int]:
+    """(glweDimension, polynomialSize), bounded."""
     glwe, poly = _uint(params, "glweDimension", where, 1), _uint(params, "polynomialSize", where, 1)
     if poly & (poly - 1):
         raise _malformed(f"{where}.polynomialSize", f"is {poly}, not a power of two")
-    return glwe * poly
+    if glwe > MAX_GLWE_DIMENSION:
+        raise _too_large(f"a GLWE dimension ({where}.glweDimension)", glwe, MAX_GLWE_DIMENSION)
+    if poly > MAX_POLYNOMIAL_SIZE:
+        raise _too_large(f"a polynomial size ({where}.polynomialSize)", poly, MAX_POLYNOMIAL_SIZE)
+    return glwe, poly
+
+
+def _shape(body: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    shape = _fields(body.get("abstractShape"), f"{where}.abstractShape", ("dimensions",))
+    dims = _list(shape["dimensions"], f"{where}.abstractShape.dimensions")
+    for i, d in enumerate(dims):
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= _UINT32_MAX:
+            raise _malformed(f"{where}.abstractShape.dimensions[{i}]", f"should be an integer in [0, 2^32), got {d!r}")
+    return tuple(dims)
+
+
+def _integer_encoding(body: Mapping[str, Any]) -> tuple[int | None, bool | None]:
+    """(width, signed) of concrete's native integer encoding; (None, None) for any other encoding."""
+    encoding = body.get("encoding")
+    integer = encoding.get("integer") if isinstance(encoding, dict) else None
+    if isinstance(integer, dict) and integer.get("mode") == {"native": {}}:
+        width, signed = integer.get("width"), integer.get("isSigned")
+        if type(width) is int and isinstance(signed, bool):
+            return width, signed
+    return None, None
 
 
 def _strict_json(text: str | bytes) -> Any:
@@ -221,12 +317,18 @@ def _specs_text(specs: Any) -> str | bytes:
     raise TypeError(f"client specs should be bytes, str or have .serialize(), got {type(specs).__name__}")
 
 
-def check_client_specs(specs: bytes | str | Any, min_security_bits: int = 128) -> None:
+def check_client_specs(
+    specs: bytes | str | Any, min_security_bits: int = 128, *, max_key_bytes: int = MAX_KEY_BYTES
+) -> SpecsSummary:
     """Refuse client specs (concrete's serialized ``ClientSpecs``) below ``min_security_bits``.
 
     Checks every encryption under a secret key that the specs describe, against concrete's curve
-    for binary keys and the 2^64 modulus, and that every key id and key dimension they name agree.
-    Raises :class:`InsecureParametersError` on insecure, inconsistent or unassessable specs.
+    for binary keys and the 2^64 modulus; that every key id and key dimension they name agree; that
+    every circuit input and output is an LWE ciphertext (never a plaintext or index value, which
+    the client would send or receive in the clear); and that dimensions, keys (at most
+    ``max_key_bytes`` uncompressed) and values stay within what concrete's optimizer produces.
+    Raises :class:`InsecureParametersError` on insecure, inconsistent, unbounded or unassessable
+    specs; returns what it read (the gates of each circuit).
     """
     _curve(min_security_bits)  # a bad requirement is the caller's error, raised first
     root = _fields(_strict_json(_specs_text(specs)), "the specs", ("keyset", "circuits"), ("tfhers_specs",))
@@ -246,7 +348,8 @@ def check_client_specs(specs: bytes | str | Any, min_security_bits: int = 128) -
         key_id = _uint(key, "id", where)
         if key_id in keys:
             raise _malformed(where, f"repeats key id {key_id}")
-        keys[key_id] = _uint(params, "lweDimension", f"{where}.params", 1)
+        keys[key_id] = _dimension(params, "lweDimension", f"{where}.params")
+    key_bytes = WORD * sum(keys.values())
 
     def key_dim(key_id: int, claimed: int | None, where: str) -> int:
         if key_id not in keys:
@@ -288,17 +391,30 @@ def check_client_specs(specs: bytes | str | Any, min_security_bits: int = 128) -
     ):
         for where, params, in_id, out_id in evaluation_keys(name, common + extra):
             at = f"{where}.params"
-            key_dim(in_id, _uint(params, "inputLweDimension", at, 1), f"{where} (input)")
+            size_in = key_dim(in_id, _dimension(params, "inputLweDimension", at), f"{where} (input)")
+            levels = _uint(params, "levelCount", at, 1)
             if "innerLweDimension" in params:
                 _uint(params, "innerLweDimension", at)
             if "outputLweDimension" in params:
-                size = key_dim(out_id, _uint(params, "outputLweDimension", at, 1), f"{where} (output)")
+                size = key_dim(out_id, _dimension(params, "outputLweDimension", at), f"{where} (output)")
+                # one LWE ciphertext under the output key per input coefficient and level
+                key_bytes += WORD * size_in * levels * (size + 1)
             else:
-                size = key_dim(out_id, _glwe_size(params, at), f"{where} (output GLWE key, glweDimension x polynomialSize)")
+                k, poly = _glwe(params, at)
+                size = key_dim(out_id, k * poly, f"{where} (output GLWE key, glweDimension x polynomialSize)")
+                # bootstrap: one GGSW per input coefficient, levels x (k+1) GLWE ciphertexts of (k+1)
+                # polynomials; packing keyswitch: levels GLWE ciphertexts per input coefficient
+                rows = (k + 1) if name == "lweBootstrapKeys" else 1
+                key_bytes += WORD * size_in * levels * rows * (k + 1) * poly
             lwe(size, _variance(params, at), f"{label} {where} (encryption under key {out_id})")
+    if key_bytes > max_key_bytes:
+        raise _too_large("secret and evaluation keys", key_bytes, max_key_bytes, " bytes")
+
+    circuits: dict[str, tuple[tuple[LweGate, ...], tuple[LweGate, ...]]] = {}
 
     for c, entry in enumerate(_list(root["circuits"], "circuits", nonempty=True)):
         circuit = _fields(entry, f"circuits[{c}]", ("inputs", "outputs", "name"))
+        gates: dict[str, list[LweGate]] = {"inputs": [], "outputs": []}
         for side in ("inputs", "outputs"):
             for g, gate in enumerate(_list(circuit[side], f"circuits[{c}].{side}")):
                 where = f"circuits[{c}].{side}[{g}]"
@@ -306,21 +422,70 @@ def check_client_specs(specs: bytes | str | Any, min_security_bits: int = 128) -
                 if not isinstance(type_info, dict) or len(type_info) != 1:
                     raise _malformed(f"{where}.typeInfo", "should hold exactly one of lweCiphertext, plaintext, index")
                 kind, body = next(iter(type_info.items()))
-                if kind in ("plaintext", "index"):
-                    continue  # a clear value: nothing encrypted
+                if kind in ("plaintext", "index"):  # a clear value: the client would send (or get) it unencrypted
+                    raise InsecureParametersError(
+                        f"the server's client specs declare {side[:-1]} {g} of circuit {circuit['name']!r} ({where}) "
+                        f"as {'an' if kind == 'index' else 'a'} {kind} value, not an LWE ciphertext: the client would "
+                        + ("send your data unencrypted" if side == "inputs" else "receive a result in the clear")
+                        + f"; {_REFUSE}"
+                    )
                 if kind != "lweCiphertext":
                     raise _malformed(f"{where}.typeInfo", f"has unknown kind {kind!r}")
                 where += ".typeInfo.lweCiphertext"
-                optional = ("abstractShape", "concreteShape", "encoding")
-                ct = _fields(body, where, ("encryption", "integerPrecision", "compression"), optional)
+                optional = ("concreteShape", "encoding")
+                ct = _fields(body, where, ("encryption", "integerPrecision", "compression", "abstractShape"), optional)
                 _expect(ct, "integerPrecision", where, (MODULUS_LOG2,), "64-bit integers")
                 _expect(ct, "compression", where, ("none", "seed"), "uncompressed or seeded ciphertexts")
                 enc = _fields(ct["encryption"], f"{where}.encryption", ("keyId", "variance", "lweDimension", "modulus"))
                 _native_modulus(enc, f"{where}.encryption")
                 key_id = _uint(enc, "keyId", f"{where}.encryption")
-                size = key_dim(key_id, _uint(enc, "lweDimension", f"{where}.encryption", 1), where)
+                size = key_dim(key_id, _dimension(enc, "lweDimension", f"{where}.encryption"), where)
                 label = f"{side[:-1]} {g} of circuit {circuit['name']!r} (LWE encryption under key {key_id})"
                 lwe(size, _variance(enc, f"{where}.encryption"), label)
+                value = LweGate(_shape(ct, where), size, *_integer_encoding(ct))
+                if value.max_bytes > MAX_VALUE_BYTES:
+                    raise _too_large(f"{label}: {value.count:,} ciphertexts", value.max_bytes, MAX_VALUE_BYTES, " bytes")
+                gates[side].append(value)
+        name = circuit["name"]
+        if not isinstance(name, str) or name in circuits:
+            raise _malformed(f"circuits[{c}].name", f"should be a circuit name used once, got {name!r}")
+        circuits[name] = (tuple(gates["inputs"]), tuple(gates["outputs"]))
+    return SpecsSummary(circuits, key_bytes)
+
+
+def encrypted_gates(specs: bytes | str | Any) -> dict[str, tuple[tuple[LweGate, ...], tuple[LweGate, ...]]]:
+    """Each circuit's inputs and outputs (name -> (inputs, outputs)), once each is known to be an LWE ciphertext.
+
+    The client's own last check before it encrypts or decrypts anything (its first is
+    :func:`check_client_specs`): a plaintext or index gate, or any kind it does not know, raises
+    :class:`InsecureParametersError`, so no row is ever serialized unencrypted. It checks no
+    security level: :class:`~veilml.runtime.FHEClient` also serves circuits compiled here.
+    """
+    root = _strict_json(_specs_text(specs))
+    circuits = root.get("circuits") if isinstance(root, dict) else None
+    out: dict[str, tuple[tuple[LweGate, ...], tuple[LweGate, ...]]] = {}
+    for c, circuit in enumerate(_list(circuits, "circuits", nonempty=True)):
+        if not isinstance(circuit, dict):
+            raise _malformed(f"circuits[{c}]", "should be a JSON object")
+        gates: list[tuple[LweGate, ...]] = []
+        for side in ("inputs", "outputs"):
+            side_gates = []
+            for g, gate in enumerate(_list(circuit.get(side), f"circuits[{c}].{side}")):
+                type_info = gate.get("typeInfo") if isinstance(gate, dict) else None
+                kind = next(iter(type_info), None) if isinstance(type_info, dict) and len(type_info) == 1 else None
+                body = type_info[kind] if kind == "lweCiphertext" else None
+                if not isinstance(body, dict) or not isinstance(body.get("encryption"), dict):
+                    what = "a malformed LWE ciphertext" if kind == "lweCiphertext" else f"a {kind!r} value"
+                    raise InsecureParametersError(
+                        f"{side[:-1]} {g} of circuit {c} is {what}, not an LWE ciphertext: this client never sends or "
+                        f"receives a value unencrypted; {_REFUSE}"
+                    )
+                where = f"circuits[{c}].{side}[{g}].typeInfo.lweCiphertext"
+                dimension = _dimension(body["encryption"], "lweDimension", f"{where}.encryption")
+                side_gates.append(LweGate(_shape(body, where), dimension, *_integer_encoding(body)))
+            gates.append(tuple(side_gates))
+        out[str(circuit.get("name", c))] = (gates[0], gates[1])
+    return out
 
 
 def _check_no_tfhers(tfhers: Any) -> None:
