@@ -154,3 +154,21 @@ def test_the_sign_command(compiled_cancer_tree, tmp_path, capsys):
     assert main(["sign", "--new-key", str(key)]) == 1  # an existing key is never replaced
     assert "never replaced" in capsys.readouterr().err
     assert main(["sign", str(bundle)]) == 1
+
+
+def test_veilml_serve_requires_the_makers_signature_when_given_a_key(signed, maker, compiled_cancer_tree, tmp_path):
+    """``veilml serve --trusted-key`` (create_model_app(trusted_key=)): a bundle not signed by that key never loads."""
+    from starlette.testclient import TestClient
+
+    from veilml.runtime.model_service import create_model_app
+
+    private, public = maker
+    intruder, intruder_public = write_key_pair(tmp_path / "intruder.key")
+    with TestClient(create_model_app(signed, tmp_path / "state", trusted_key=str(public))) as http:
+        health = http.get("/health").json()
+        assert health["bundle_fingerprint"] == client_bundle_fingerprint(signed)
+    with pytest.raises(SignatureError, match="not by the trusted key"):
+        create_model_app(signed, tmp_path / "state", trusted_key=str(intruder_public))
+    unsigned = save_bundle(compiled_cancer_tree.fhe_model_, tmp_path / "unsigned")
+    with pytest.raises(SignatureError):
+        create_model_app(unsigned, tmp_path / "state", trusted_key=str(public))

@@ -203,3 +203,31 @@ def test_the_bundles_client_refuses_other_columns(tree, frame, test_config, tmp_
         assert isinstance(client.encrypt(X.iloc[:2]), bytes)
         with pytest.warns(UserWarning, match=NO_NAMES):  # headerless data (the CLI's CSV / npy) still works
             assert isinstance(client.encrypt(X.to_numpy()[:1]), bytes)
+    # RemoteModel checks the frame it is given, before a row is encrypted or sent
+    import io
+    import zipfile
+
+    import httpx
+
+    from veilml.runtime.envelope import specs_fingerprint
+    from veilml.runtime.remote_model import RemoteModel
+
+    client_dir = tmp_path / "bundle" / "client"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(client_dir.iterdir()):
+            archive.write(path, path.name)
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path == "/bundle/client":
+            return httpx.Response(200, content=buffer.getvalue())
+        fingerprint = specs_fingerprint((client_dir / "client.specs.json").read_bytes())
+        return httpx.Response(200, json={"status": "ok", "fingerprint": fingerprint, "max_rows": 16})
+
+    with RemoteModel("http://server", transport=httpx.MockTransport(answer), retries=0) as remote:
+        for bad in _bad_frames(X).values():
+            with pytest.raises(ValueError, match=NAME_MISMATCH):
+                remote.predict(bad.iloc[:2])
+    assert "/keys" not in sent and "/predict" not in sent

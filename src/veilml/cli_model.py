@@ -174,7 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
     state = Path(args.state).expanduser()
-    app = create_model_app(args.bundle, state, limits=limits, access_token=tokens)
+    app = create_model_app(args.bundle, state, limits=limits, access_token=tokens, trusted_key=args.trusted_key)
     log_to_stderr(args.log_level)
     print(
         f"veilml serve: model {app.state.fingerprint[:12]}…, {app.state.n_features} features, "
@@ -182,6 +182,11 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"veilml serve: keys kept in {state / 'keys'}", flush=True)
+    print(
+        f"veilml serve: client bundle fingerprint {app.state.bundle_fingerprint} "
+        "(give it to data owners: RemoteModel(url, expected_fingerprint=...))",
+        flush=True,
+    )
     if args.host not in LOOPBACK:
         print(
             f"veilml serve: WARNING: listening on {args.host}, beyond this machine, without TLS"
@@ -289,4 +294,5 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
         "/health must present one, and quotas and fair shares are per token",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    trusted_key_arg(p)
     add_limit_arguments(p, SERVE_LIMITS, aliases={"--max-key-mb": "--max-key-store-mb"})

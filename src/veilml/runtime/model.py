@@ -81,11 +81,12 @@ class FHEModel:
             raise NotCompiledError(f"fhe={fhe!r} needs a compiled model; call 'compile(X)' with representative data first")
         return self.compiled
 
-    def save(self, directory: Any) -> Any:
-        """Write the client and server bundles (see :mod:`veilml.runtime.bundle`); returns the directory."""
+    def save(self, directory: Any, signing_key: Any = None) -> Any:
+        """Write the client and server bundles (see :mod:`veilml.runtime.bundle`), signed with ``signing_key``
+        if given; returns the directory."""
         from .bundle import save_bundle
 
-        return save_bundle(self, directory)
+        return save_bundle(self, directory, signing_key=signing_key)
 
     # ----------------------------------------------------------------------------------- sides
     def client(self) -> FHEClient:

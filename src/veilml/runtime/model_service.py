@@ -2,7 +2,8 @@
 
 Endpoints (binary bodies are ``application/octet-stream``, metadata JSON; OpenAPI at ``/docs``):
 
-- ``GET /health``: status, the model's fingerprint, veilml's version, features, every limit.
+- ``GET /health``: status, the model's fingerprint, the client bundle's fingerprint (what
+  ``RemoteModel(expected_fingerprint=...)`` pins), veilml's version, features, every limit.
 - ``GET /bundle/client``: the client bundle as a zip (what a data owner needs to encrypt and
   decrypt; nothing of the model in between).
 - ``POST /keys``: evaluation keys (the envelope of ``ModelClient.evaluation_keys()``) ->
@@ -99,7 +100,7 @@ def create_model_app(
     """
     from veilml import __version__
 
-    from .bundle import CLIENT_FORMAT, SERVER_FORMAT, _side
+    from .bundle import CLIENT_FORMAT, SERVER_FORMAT, _side, client_bundle_fingerprint
     from .isolation import IsolatedRunner, IsolatedTaskError
     from .manifest import check_manifest
 
@@ -108,8 +109,9 @@ def create_model_app(
     limits = (limits or SERVE_LIMITS).override(**overrides)
     tokens = AccessTokens.single(access_token) if isinstance(access_token, str) else access_token
     server_dir, client_dir = _side(bundle, "server"), _side(bundle, "client")
-    manifest = check_manifest(server_dir, SERVER_FORMAT)
-    check_manifest(client_dir, CLIENT_FORMAT)
+    manifest = check_manifest(server_dir, SERVER_FORMAT, trusted_key=trusted_key)  # signed by its maker, if a key is given
+    check_manifest(client_dir, CLIENT_FORMAT, trusted_key=trusted_key)
+    bundle_fingerprint = client_bundle_fingerprint(client_dir)
     checker = _admission(server_dir)
     bundle_path = str(server_dir.resolve())
     client_zip = _client_zip(client_dir)
@@ -145,12 +147,14 @@ def create_model_app(
     )
     app.state.key_store, app.state.body_budget, app.state.scheduler, app.state.limits = store, budget, scheduler, limits
     app.state.fingerprint, app.state.n_features = checker.fingerprint, int(manifest["n_features"])
+    app.state.bundle_fingerprint = bundle_fingerprint
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {
             "status": "ok",
             "fingerprint": checker.fingerprint,
+            "bundle_fingerprint": bundle_fingerprint,
             "version": __version__,
             "n_features": int(manifest["n_features"]),
             **limits.public(),

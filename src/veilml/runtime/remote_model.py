@@ -318,10 +318,11 @@ class RemoteModel:
 
     def _results(self, X: Any) -> list[tuple[bytes, int]]:
         """(result batch, rows sent) per request of at most ``max_rows`` rows."""
-        X = np.asarray(X, dtype=np.float64)
+        n = len(self.client.codec.check_rows(X, "RemoteModel"))  # names, shape and values, before anything is sent
+        rows = X.iloc if hasattr(X, "iloc") else np.asarray(X, dtype=np.float64)  # chunks of a frame keep its names
         out = []
-        for start in range(0, max(len(X), 1), self.max_rows):
-            chunk = X[start : start + self.max_rows]
+        for start in range(0, n, self.max_rows):
+            chunk = rows[start : start + self.max_rows]
             out.append((self._predict(self.client.encrypt(chunk), len(chunk)), len(chunk)))
         return out
 

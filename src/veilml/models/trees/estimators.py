@@ -309,12 +309,16 @@ class _EncryptedEnsemble(BaseEstimator):
         check_is_fitted(self)
         return fhe_report(self.fhe_model_.graph, self.lowering_, getattr(self, "report_", None))
 
-    def save(self, directory: Any) -> Any:
+    def save(self, directory: Any, signing_key: Any = None) -> Any:
         """Write the compiled model as a deployment bundle: ``client/`` for data owners
         (:class:`veilml.runtime.ModelClient`), ``server/`` for the server
-        (:class:`veilml.runtime.ModelServer`, ``veilml serve``); returns the directory."""
+        (:class:`veilml.runtime.ModelServer`, ``veilml serve``); returns the directory.
+
+        ``signing_key`` (an Ed25519 private key, its PEM bytes or a 0600 PEM file, see ``veilml sign --new-key``)
+        signs both manifests, so that servers and clients given the public key can check who made the bundle.
+        """
         check_is_fitted(self)
-        return self.fhe_model_.save(directory)
+        return self.fhe_model_.save(directory, signing_key=signing_key)
 
 
 class _Classifier(ClassifierMixin, _EncryptedEnsemble):

@@ -7,8 +7,8 @@ only its useful coefficients. SEAL (through the ``tenseal`` wheel's ``sealapi``,
 encrypts, multiplies in NTT form and checks parameters; no evaluation key exists, the worker holds
 public parameters only.
 
-- :mod:`.backend`: :class:`BFVBackend`, :class:`BFVServer` (worker: validated, bounded work), :class:`BFVSession`
-  (client)
+- :mod:`.backend`: :class:`BFVBackend`, :class:`BFVServer` (worker: validated, bounded work)
+- :mod:`.session`: :class:`BFVSession` (client: fresh keys, seeded encryption, decryption)
 - :mod:`.params`: parameters, the exactness bound and failure probability, the block planner
 - :mod:`.encoding`: the coefficient encoding, modulus switching, bit packing
 - :mod:`.crypto`: SEAL contexts, the client's key, seeded encryption, decryption in numpy
