@@ -15,28 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from veilml.cli_common import LOOPBACK, CommandError, read_tokens
+from veilml.runtime.serving.limits import positive
 
 __all__ = ["build_parser", "main", "serve"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+_positive_int = positive(int)
+_positive_float = positive(float)
 
 
 def _bits(text: str) -> int:

@@ -22,7 +22,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MIB", "SERVE_LIMITS", "ServiceError", "ServiceLimits", "add_limit_arguments", "limits_from_args"]
+__all__ = [
+    "MIB",
+    "SERVE_LIMITS",
+    "ServiceError",
+    "ServiceLimits",
+    "add_limit_arguments",
+    "limits_from_args",
+    "positive",
+]
 
 MIB = 2**20
 
@@ -109,7 +117,9 @@ _FLAGS: tuple[tuple[str, str, bool, str], ...] = (
 )
 
 
-def _positive(kind: type) -> Any:
+def positive(kind: type) -> Any:
+    """An argparse type: a positive ``kind`` (int or float), or a message that says what came in."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -134,7 +144,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser, defaults: ServiceLimits
         kind = float if in_mib or isinstance(value, float) else int
         default = value / MIB if in_mib else value
         names = [flag, *([aliases[flag]] if flag in aliases else [])]
-        group.add_argument(*names, dest=field, type=_positive(kind), default=default, metavar="N", help=help_text)
+        group.add_argument(*names, dest=field, type=positive(kind), default=default, metavar="N", help=help_text)
 
 
 def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
