@@ -43,8 +43,8 @@ def measure_row(job: tuple[str, str]) -> dict:
     from sklearn.model_selection import train_test_split
 
     import veilml
-    from veilml.models.tree_families import FAMILIES
     from veilml.models.trees import auto_bits
+    from veilml.models.trees.families import FAMILIES
 
     warnings.simplefilter("ignore")
     family = FAMILIES[name]
@@ -151,7 +151,7 @@ def report(rows: list[dict]) -> str:
 
 def main() -> int:
     if "--report" not in sys.argv:
-        from veilml.models.tree_families import FAMILIES
+        from veilml.models.trees.families import FAMILIES
 
         jobs = [(name, dataset) for name, family in FAMILIES.items() for dataset in tf.DATASETS[family.task]]
         with ProcessPoolExecutor(2) as pool:

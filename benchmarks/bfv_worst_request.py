@@ -77,7 +77,7 @@ def _cpu() -> float:
 def child(spec_path: str) -> None:
     """Run the requests of a spec in order on one worker-side server; print one JSON line per request."""
     import veilml
-    from veilml.runtime.linear.bfv import BFVBackend
+    from veilml.linear.bfv import BFVBackend
 
     spec = json.loads(Path(spec_path).read_text())
     server = BFVBackend().server(matrix(spec["d"], spec["m"], spec["seed"]), INPUT_BITS)
@@ -131,7 +131,7 @@ class Client:
     """veilml's client for the matrix, and the bytes of hostile variants of its requests."""
 
     def __init__(self, M: np.ndarray, directory: Path) -> None:
-        from veilml.runtime.linear.bfv import BFVBackend
+        from veilml.linear.bfv import BFVBackend
 
         self.M, self.directory = M, directory
         self.server = BFVBackend().server(M, INPUT_BITS)  # only for its setup: the planner's inputs
@@ -152,8 +152,8 @@ class Client:
 
     def hostile(self, n: int) -> bytes:
         """The attack's request: the plan (1, 2048, 1) with its matching shift, everything else well-formed."""
-        from veilml.runtime.linear.bfv import BFVParams, Plan
-        from veilml.runtime.linear.bfv.params import result_shift
+        from veilml.linear.bfv import BFVParams, Plan
+        from veilml.linear.bfv.params import result_shift
 
         params = BFVParams.from_bytes(self.keys)
         plan = Plan(1, 2048, 1, result_shift(params, -(-self.M.shape[0] // 2048), 2048, 1, self.server.w_max))
@@ -165,9 +165,9 @@ class Client:
 
     def variants(self, ciphertext: bytes) -> dict[str, bytes]:
         """Requests that pass every check of the worker but hold other values than an honest client's."""
-        from veilml.runtime.linear import pack_frames, unpack_frames
-        from veilml.runtime.linear.bfv import BFVParams
-        from veilml.runtime.linear.bfv.encoding import pack_bits
+        from veilml.linear import pack_frames, unpack_frames
+        from veilml.linear.bfv import BFVParams
+        from veilml.linear.bfv.encoding import pack_bits
 
         header, first, seeds = unpack_frames(ciphertext)
         q = BFVParams.from_bytes(self.keys).coeff_modulus
@@ -186,9 +186,9 @@ class Client:
 
 def sweep(client: Client, n: int) -> dict:
     """Every block plan whose noise fits, and every plaintext modulus, sent for n rows: what is accepted."""
-    from veilml.runtime.linear import pack_frames, unpack_frames
-    from veilml.runtime.linear.bfv import BFVBackend, BFVParams
-    from veilml.runtime.linear.bfv.params import MAX_PLAIN_BITS, POLY_DEGREE, plain_bits_for, result_shift
+    from veilml.linear import pack_frames, unpack_frames
+    from veilml.linear.bfv import BFVBackend, BFVParams
+    from veilml.linear.bfv.params import MAX_PLAIN_BITS, POLY_DEGREE, plain_bits_for, result_shift
 
     server = BFVBackend().server(client.M, INPUT_BITS)
     server.setup()
@@ -274,7 +274,7 @@ def max_rows(client: Client, src: Path, n: int, directory: Path) -> list[dict]:
 
 def thrash(client: Client, src: Path, code: str, directory: Path, rounds: int = 3) -> dict:
     """A victim's 64-row requests, alone and with another client's 8-row requests in between."""
-    from veilml.runtime.linear.bfv import BFVBackend
+    from veilml.linear.bfv import BFVBackend
 
     other = BFVBackend().session()  # a second client: its own key, the same public parameters
     other_keys = other.register("m", client.server.spec, client.server.setup())

@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def matmul_row(backend_name: str, d: int, seed: int = 0) -> dict:
     """One token through a (d, d) layer: times and bytes."""
-    from veilml.runtime.linear import get_backend
+    from veilml.linear import get_backend
 
     rng = np.random.default_rng(seed)
     matrix = rng.integers(-127, 128, size=(d, d))

@@ -120,7 +120,7 @@ def glwe_steps_against_clear(steps: int = 3, *, seq_len: int = 8, batch_size: in
     """
     import numpy as np
 
-    from veilml.runtime.linear import get_backend
+    from veilml.linear import get_backend
 
     batches = make_batches(load_corpus("train"), seq_len=seq_len, batch_size=batch_size)[:steps]
     results: dict[str, Any] = {"steps": steps, "rows_per_request": seq_len * batch_size}
@@ -242,8 +242,8 @@ def worker_training_step(
 
     import httpx
 
-    from veilml.runtime.linear import EncryptedLinearExecutor
-    from veilml.runtime.linear.transport import HTTPTransport
+    from veilml.linear import EncryptedLinearExecutor
+    from veilml.linear.transport import HTTPTransport
 
     folder = Path(directory) / "model"
     if not folder.exists():

@@ -87,7 +87,7 @@ def _honest(role: str, name: str, url: str, data: str, stop_at: float, start_at:
     arrays = np.load(data)
     records = []
     if role == "tree":
-        from veilml.runtime.remote_model import RemoteModel
+        from veilml.serving.remote_model import RemoteModel
 
         rows, expected = arrays["rows"], arrays["expected"]
         model = RemoteModel(url, access_token=_token(name), retries=8)
@@ -96,8 +96,8 @@ def _honest(role: str, name: str, url: str, data: str, stop_at: float, start_at:
         def request(i: int) -> bool:
             return bool(np.array_equal(model.predict_integers(rows[i : i + 1])[0], expected[i]))
     else:
-        from veilml.runtime.linear import EncryptedLinearExecutor, LocalTransport, Worker
-        from veilml.runtime.linear.transport import HTTPTransport
+        from veilml.linear import EncryptedLinearExecutor, LocalTransport, Worker
+        from veilml.linear.transport import HTTPTransport
 
         weight, x = arrays["weight"], arrays["x"]
         executor = EncryptedLinearExecutor(HTTPTransport(url, access_token=_token(name)), backend="bfv")
@@ -133,7 +133,7 @@ def _count(outcomes: Counter, response) -> None:
 def _attack_batch(url: str, bundle: str, rows: np.ndarray, stop_at: float, outcomes: Counter) -> None:
     import httpx
 
-    from veilml.runtime.bundle import ModelClient
+    from veilml.serving.bundle import ModelClient
 
     client = ModelClient(bundle)
     headers = {"authorization": f"Bearer {_token('batch')}"}
@@ -150,8 +150,8 @@ def _attack_batch(url: str, bundle: str, rows: np.ndarray, stop_at: float, outco
 def _attack_flood(url: str, worker_url: str, bundle: str, stop_at: float, outcomes: Counter) -> None:
     import httpx
 
-    from veilml.runtime.bundle import ModelClient
     from veilml.runtime.envelope import key_id, pack_envelope, unpack_envelope
+    from veilml.serving.bundle import ModelClient
 
     real = unpack_envelope(ModelClient(bundle).evaluation_keys(), "evaluation-keys")
     headers = {"authorization": f"Bearer {_token('flood')}"}
@@ -170,16 +170,16 @@ def _attack_flood(url: str, worker_url: str, bundle: str, stop_at: float, outcom
 def _attack_plan(worker_url: str, stop_at: float, outcomes: Counter, x: np.ndarray) -> None:
     import httpx
 
-    from veilml.runtime.linear.base import pack_frames, unpack_frames
-    from veilml.runtime.linear.bfv import BFVBackend
-    from veilml.runtime.linear.transport import HTTPTransport
+    from veilml.linear.base import pack_frames, unpack_frames
+    from veilml.linear.bfv import BFVBackend
+    from veilml.linear.transport import HTTPTransport
 
     transport = HTTPTransport(worker_url, access_token=_token("plan"))
     session_id = transport.open_session()
     spec = transport.layers()[LAYER]
     setup = transport.setup(LAYER, "forward")
     session = BFVBackend().session()
-    from veilml.runtime.linear.base import MatrixSpec
+    from veilml.linear.base import MatrixSpec
 
     matrix = MatrixSpec(spec.d_in, spec.d_out, spec.input_bits)
     transport.register(session_id, LAYER, "forward", session.register(LAYER, matrix, setup))

@@ -34,7 +34,7 @@ def _client_process(url: str, rows_path: str, expected_path: str, clients: int, 
     import warnings
 
     from veilml.quantization import QuantizationRangeWarning
-    from veilml.runtime.remote_model import RemoteModel
+    from veilml.serving.remote_model import RemoteModel
 
     warnings.simplefilter("ignore", QuantizationRangeWarning)
     rows, expected = np.load(rows_path), np.load(expected_path)

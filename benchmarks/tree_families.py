@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/tree_families.py [--only XGB LGBM] [--datasets wine] [--resume]
 
-For each estimator of ``veilml.models.tree_families.FAMILIES`` and each data set of its task
+For each estimator of ``veilml.models.trees.families.FAMILIES`` and each data set of its task
 (25 % test split, seed 0): the float metric of the library's own model (same hyper-parameters,
 float features), veilml's ``fhe="disable"`` metric at ``n_bits="auto"`` and at ``n_bits=6`` with
 ``train_on="float"`` (and, alongside, with the default ``train_on="codes"``), the chosen bits (``n_bits_``, ``leaf_bits_``), and, for the auto-bits model compiled on the training
@@ -125,7 +125,7 @@ def measure(name: str, dataset: str) -> dict[str, Any]:
     from sklearn.model_selection import train_test_split
 
     import veilml
-    from veilml.models.tree_families import FAMILIES, library_class
+    from veilml.models.trees.families import FAMILIES, library_class
     from veilml.quantization import QuantizationRangeWarning
 
     warnings.simplefilter("ignore", QuantizationRangeWarning)
@@ -203,7 +203,7 @@ def _metric_name(task: str) -> str:
 
 def render(record: dict[str, Any]) -> str:
     rows = record["rows"]
-    from veilml.models.tree_families import FAMILIES
+    from veilml.models.trees.families import FAMILIES
 
     def fmt(v: float) -> str:
         return f"{v:.3f}"
@@ -348,7 +348,7 @@ def _source_state() -> dict[str, Any]:
 
 
 def main() -> int:
-    from veilml.models.tree_families import FAMILIES
+    from veilml.models.trees.families import FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="STEM", help="family stems to measure (e.g. XGB RandomForest)")

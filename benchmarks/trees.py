@@ -133,7 +133,7 @@ def _library_version(module: str) -> str:
 def veilml_side(name: str, rows: int, batch: int, encoding: str = "thermometer", global_p_error: float | None = None) -> dict:
     import veilml
     from veilml import Configuration
-    from veilml.models.tree_families import FAMILIES, library_class
+    from veilml.models.trees.families import FAMILIES, library_class
     from veilml.quantization import QuantizationRangeWarning
 
     warnings.simplefilter("ignore", QuantizationRangeWarning)

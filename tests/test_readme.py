@@ -1,6 +1,6 @@
 """The README's figures are what the code computes: the demo's output and the tree table.
 
-The demo runs as a reader runs it (``python -m veilml.demo``, real keys, real encryption) and its
+The demo runs as a reader runs it (``python -m veilml.cli.demo``, real keys, real encryption) and its
 printed figures are compared with figures this test computes itself from the library; the
 README's copy of the output and its table are then compared with those figures.
 """
@@ -50,7 +50,9 @@ def _figures(text: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo_output() -> str:
-    out = subprocess.run([sys.executable, "-m", "veilml.demo", "--rows", str(ROWS)], capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "veilml.cli.demo", "--rows", str(ROWS)], capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, f"the demo failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}"
     return out.stdout
 

@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .models.tree_families import FAMILIES as _TREE_FAMILIES
+from veilml.models.trees.families import FAMILIES as _TREE_FAMILIES
 
 __all__ = ["Configuration", *_TREE_FAMILIES, "from_onnx", "__version__"]
 

@@ -4,15 +4,15 @@ Nothing here knows what a tree or a transformer is. ``concrete`` is imported onl
 compiled or a configuration converted.
 """
 
-from .builder import GraphBuilder
-from .configuration import Configuration, GPUUnavailableError
-from .encodings import InputEncoding
-from .interpreter import evaluate
-from .ir import Graph, IRError, Node, Ops
-from .lowering import CircuitReport, CompiledGraph, compile_graph
-from .ranges import Range, bit_width, infer_ranges
-from .serialize import graph_from_bytes, graph_hash, graph_to_bytes, load_graph, save_graph
-from .spec import verify_graph
+from veilml.compiler.builder import GraphBuilder
+from veilml.compiler.configuration import Configuration, GPUUnavailableError
+from veilml.compiler.encodings import InputEncoding
+from veilml.compiler.interpreter import evaluate
+from veilml.compiler.ir import Graph, IRError, Node, Ops
+from veilml.compiler.lowering import CircuitReport, CompiledGraph, compile_graph
+from veilml.compiler.ranges import Range, bit_width, infer_ranges
+from veilml.compiler.serialize import graph_from_bytes, graph_hash, graph_to_bytes, load_graph, save_graph
+from veilml.compiler.spec import verify_graph
 
 __all__ = [
     "CircuitReport",

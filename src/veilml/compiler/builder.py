@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .ir import Graph, IRError, Node, Ops
-from .spec import verify_graph
+from veilml.compiler.ir import Graph, IRError, Node, Ops
+from veilml.compiler.spec import verify_graph
 
 __all__ = ["GraphBuilder"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .ir import Graph, Ops
-from .narrowing import narrow_input
-from .ranges import infer_ranges
+from veilml.compiler.ir import Graph, Ops
+from veilml.compiler.narrowing import narrow_input
+from veilml.compiler.ranges import infer_ranges
 
 __all__ = ["CostModel", "GraphCost", "graph_cost"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .ir import Graph, IRError, Node, Ops, round_bits
+from veilml.compiler.ir import Graph, IRError, Node, Ops, round_bits
 
 __all__ = ["evaluate"]
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from .configuration import Configuration
-from .interpreter import evaluate
-from .ir import Graph, Node, Ops
-from .key_sizes import key_sizes, wire_input_bytes
-from .narrowing import narrow_input
-from .ranges import Range, bit_width, infer_ranges
-from .spec import verify_graph
+from veilml.compiler.configuration import Configuration
+from veilml.compiler.interpreter import evaluate
+from veilml.compiler.ir import Graph, Node, Ops
+from veilml.compiler.key_sizes import key_sizes, wire_input_bytes
+from veilml.compiler.narrowing import narrow_input
+from veilml.compiler.ranges import Range, bit_width, infer_ranges
+from veilml.compiler.spec import verify_graph
 
 __all__ = ["CircuitReport", "CompiledGraph", "compile_graph", "to_concrete_function"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, Ops
+from veilml.compiler.ir import Graph, Ops
 
 __all__ = ["narrow_input"]
 

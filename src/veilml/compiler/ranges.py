@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Graph, IRError, Node, Ops, round_bits
+from veilml.compiler.ir import Graph, IRError, Node, Ops, round_bits
 
 __all__ = ["Range", "bit_width", "infer_ranges"]
 

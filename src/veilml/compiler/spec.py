@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import CMP_PREDICATES, ROUND_MODES, Graph, IRError, Node, Ops
-from .ranges import infer_ranges
+from veilml.compiler.ir import CMP_PREDICATES, ROUND_MODES, Graph, IRError, Node, Ops
+from veilml.compiler.ranges import infer_ranges
 
 __all__ = ["check_rules", "verify_graph"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .tree_families import FAMILIES
+from veilml.models.trees.families import FAMILIES
 
 __all__ = [*FAMILIES, "from_onnx"]
 

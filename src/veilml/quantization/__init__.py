@@ -1,7 +1,7 @@
 """Uniform quantization shared by every model family: trees and remotely computed linear layers."""
 
-from .linear import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
-from .quantizer import QuantizationRangeWarning, UniformQuantizer, dynamic_quantize
+from veilml.quantization.linear import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
+from veilml.quantization.quantizer import QuantizationRangeWarning, UniformQuantizer, dynamic_quantize
 
 __all__ = [
     "QuantizationRangeWarning",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quantizer import UniformQuantizer
+from veilml.quantization.quantizer import UniformQuantizer
 
 __all__ = ["QuantizedWeight", "quantize_rows", "forward_output", "backward_input", "backward_output"]
 

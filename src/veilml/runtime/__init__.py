@@ -1,12 +1,11 @@
 """Keys, encryption, execution and decryption of compiled models.
 
 The client side (:class:`FHEClient`, the only holder of secret keys) and the evaluation side
-(:class:`FHEServer`) are separate objects that exchange bytes. A compiled model saved as a bundle
-is used through :class:`ModelClient` / :class:`ModelServer`, served by ``veilml serve`` and
-reached with :class:`RemoteModel`.
+(:class:`FHEServer`) are separate objects that exchange bytes: envelopes (the one framing), checked
+parameters (:mod:`.security`), seeded inputs, validated layouts, the circuit cache and manifests.
+Deployment (bundles, ``veilml serve``, :class:`~veilml.serving.RemoteModel`) is :mod:`veilml.serving`.
 
-Names load on first use, so importing a submodule (the CLI's limits, for example) does not
-import numpy and concrete's wrappers.
+Names load on first use, so importing a submodule does not import numpy and concrete's wrappers.
 """
 
 from __future__ import annotations
@@ -22,9 +21,6 @@ _EXPORTS = {
     "NotCompiledError": "model",
     "FHEServer": "server",
     "ClientCodec": "codec",
-    "ModelClient": "bundle",
-    "ModelServer": "bundle",
-    "RemoteModel": "remote_model",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler import Configuration, Graph, compile_graph
-from ..compiler.serialize import graph_hash
-from .envelope import specs_fingerprint
-from .manifest import check_manifest, write_manifest
-from .manifest import versions as _versions
-from .validation import CircuitLayout, learn_circuit_layout
+from veilml.compiler import Configuration, Graph, compile_graph
+from veilml.compiler.serialize import graph_hash
+from veilml.runtime.envelope import specs_fingerprint
+from veilml.runtime.manifest import check_manifest, write_manifest
+from veilml.runtime.manifest import versions as _versions
+from veilml.runtime.validation import CircuitLayout, learn_circuit_layout
 
 __all__ = ["CachedCircuit", "CircuitCache", "default_cache_dir"]
 

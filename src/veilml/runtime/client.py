@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .envelope import (
+from veilml.runtime.envelope import (
     DEFAULT_MAX_BYTES,
     check_key_id,
     check_model,
@@ -24,8 +24,8 @@ from .envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
-from .security import encrypted_gates
-from .seeded_inputs import SeededEncryptor, input_secret_key, seeded_input_spec
+from veilml.runtime.security import encrypted_gates
+from veilml.runtime.seeded_inputs import SeededEncryptor, input_secret_key, seeded_input_spec
 
 __all__ = ["RESULT_OVERHEAD_BYTES", "FHEClient", "ResultError", "read_private_file", "write_private_file"]
 

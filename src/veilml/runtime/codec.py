@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..compiler import InputEncoding
-from ..data_checks import check_feature_names, check_X
-from ..quantization import UniformQuantizer
+from veilml.compiler import InputEncoding
+from veilml.quantization import UniformQuantizer
+from veilml.runtime.data_checks import check_feature_names, check_X
 
 __all__ = ["MAX_FEATURE_NAME_LENGTH", "ClientCodec", "OutputSpec", "finish_scores"]
 
@@ -133,7 +133,7 @@ class ClientCodec:
 
     def check_rows(self, X: Any, who: str = "ModelClient") -> np.ndarray:
         """Float rows to encode from ``X``: its column names checked as scikit-learn does, then its
-        shape and values (:func:`veilml.data_checks.check_X`).
+        shape and values (:func:`veilml.runtime.data_checks.check_X`).
 
         A frame with other, missing or reordered columns than the model was fitted on raises
         scikit-learn's ``ValueError``; an array (no names) passes with scikit-learn's warning.

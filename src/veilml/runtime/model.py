@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..compiler import CompiledGraph, Configuration, Graph, InputEncoding, compile_graph, evaluate
-from ..quantization import UniformQuantizer
-from .client import FHEClient
-from .codec import ClientCodec
-from .server import FHEServer
+from veilml.compiler import CompiledGraph, Configuration, Graph, InputEncoding, compile_graph, evaluate
+from veilml.quantization import UniformQuantizer
+from veilml.runtime.client import FHEClient
+from veilml.runtime.codec import ClientCodec
+from veilml.runtime.server import FHEServer
 
 __all__ = ["FHE_MODES", "FHEModel", "NotCompiledError"]
 
@@ -82,9 +82,9 @@ class FHEModel:
         return self.compiled
 
     def save(self, directory: Any, signing_key: Any = None) -> Any:
-        """Write the client and server bundles (see :mod:`veilml.runtime.bundle`), signed with ``signing_key``
+        """Write the client and server bundles (see :mod:`veilml.serving.bundle`), signed with ``signing_key``
         if given; returns the directory."""
-        from .bundle import save_bundle
+        from veilml.serving.bundle import save_bundle
 
         return save_bundle(self, directory, signing_key=signing_key)
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.key_sizes import SEEDED_HEADER_BYTES
-from .validation import LayoutError, StructureTemplate
+from veilml.compiler.key_sizes import SEEDED_HEADER_BYTES
+from veilml.runtime.validation import LayoutError, StructureTemplate
 
 __all__ = ["InputSpec", "SeededEncryptor", "SeededInputError", "SeededInputs", "input_secret_key", "seeded_input_spec"]
 
@@ -80,7 +80,7 @@ def seeded_input_spec(client_specs: Any) -> InputSpec | None:
     ``client_specs`` is concrete's ``ClientSpecs`` or its serialization. Anything but the native
     64-bit modulus and integer encoding that concrete uses for tree and matrix circuits is refused.
     """
-    from .security import check_lwe
+    from veilml.runtime.security import check_lwe
 
     text = client_specs.serialize() if hasattr(client_specs, "serialize") else client_specs
     program = json.loads(text)

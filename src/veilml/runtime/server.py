@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from .envelope import (
+from veilml.runtime.envelope import (
     DEFAULT_MAX_BYTES,
     check_key_id,
     check_model,
@@ -15,8 +15,8 @@ from .envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
-from .seeded_inputs import SeededInputs, seeded_input_spec
-from .validation import CircuitLayout, learn_circuit_layout
+from veilml.runtime.seeded_inputs import SeededInputs, seeded_input_spec
+from veilml.runtime.validation import CircuitLayout, learn_circuit_layout
 
 __all__ = ["FHEServer", "UnknownKeyError"]
 

@@ -3,7 +3,7 @@
 The data owner keeps the data, tokenizer, adapters, embeddings, norms, softmax, activations, LM
 head, loss and optimizer. Workers hold the frozen projection weights and compute ``x @ W`` (forward)
 and ``g @ W.T`` (backward) on encrypted per-row-quantized rows (see
-:mod:`veilml.runtime.linear`). Typical use::
+:mod:`veilml.linear`). Typical use::
 
     from veilml.models.lora import LoraTrainer, local_executor, remote_linear_weights, tiny_gpt2
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .remote_linear import RemoteLinear
-from .weights import DEFAULT_REMOTE_PATTERNS, find_remote_layers
+from veilml.models.lora.remote_linear import RemoteLinear
+from veilml.models.lora.weights import DEFAULT_REMOTE_PATTERNS, find_remote_layers
 
 __all__ = ["RemoteLinear", "outsource_linear_layers", "remote_layer_names"]
 

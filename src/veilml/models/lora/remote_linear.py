@@ -38,7 +38,7 @@ class RemoteLinear(nn.Module):
 
     Args:
         name: the layer's name on the workers (see :mod:`.weights` for the naming rule).
-        executor: an :class:`~veilml.runtime.linear.executor.EncryptedLinearExecutor` serving ``name``.
+        executor: an :class:`~veilml.linear.executor.EncryptedLinearExecutor` serving ``name``.
         in_features / out_features: the layer's shape; checked against what the worker publishes.
         max_rows: most rows per call to the executor, or None for all of them at once. The executor
             itself sends at most the worker's published ``max_rows`` per request either way (rows

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .remote import outsource_linear_layers, remote_layer_names
-from .weights import DEFAULT_REMOTE_PATTERNS
+from veilml.models.lora.remote import outsource_linear_layers, remote_layer_names
+from veilml.models.lora.weights import DEFAULT_REMOTE_PATTERNS
 
 __all__ = ["LoraTrainer", "TrainOutput", "TrainerState", "default_lora_config"]
 

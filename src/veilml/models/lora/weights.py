@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .remote_linear import RemoteLinear
+from veilml.models.lora.remote_linear import RemoteLinear
 
 __all__ = [
     "DEFAULT_REMOTE_PATTERNS",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...runtime.linear import EncryptedLinearExecutor, LocalTransport, Worker
-from ...runtime.linear.limits import DEFAULT_BACKEND
-from .weights import RemoteWeights
+from veilml.linear import EncryptedLinearExecutor, LocalTransport, Worker
+from veilml.linear.limits import DEFAULT_BACKEND
+from veilml.models.lora.weights import RemoteWeights
 
 __all__ = ["local_executor"]
 

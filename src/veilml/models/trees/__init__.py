@@ -1,40 +1,44 @@
 """Tree models: converters -> TreeEnsemble -> IR lowering, and the scikit-learn-style estimators.
 
-The estimators (``RandomForestClassifier``, ``XGBRegressor``, ...) are made on first access, so
-that XGBoost or LightGBM load only when their estimator is used.
+- :mod:`.families`: the table of supported families (light: no library is imported)
+- :mod:`.convert`: one front end (treelite, scikit-learn, ONNX) -> :class:`~.ensemble.TreeEnsemble`
+- :mod:`.lowering`: TreeEnsemble -> the integer IR (comparisons, leaf stages, the ensemble sum)
+- :mod:`.estimators`: ``RandomForestClassifier``, ``XGBRegressor``, ... ; :mod:`.auto_bits`, :mod:`.report`
+
+Names load on first use, so that scikit-learn, XGBoost or LightGBM load only when a model needs them.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from ..tree_families import FAMILIES
-from . import estimators
-from .ensemble import Tree, TreeEnsemble
-from .lowering import LoweredEnsemble, lower_ensemble
-from .supported import CONVERTERS, UnsupportedModelError, to_ensemble
+from veilml.models.trees.families import FAMILIES
 
-__all__ = [
-    "CONVERTERS",
-    "FAMILIES",
-    "LoweredEnsemble",
-    "Tree",
-    "TreeEnsemble",
-    "UnsupportedModelError",
-    "lower_ensemble",
-    "to_ensemble",
-    "from_onnx",
-    "ImportedTreeClassifier",
-    "ImportedTreeRegressor",
-    *FAMILIES,
-]
+_EXPORTS = {
+    **{name: "estimators" for name in FAMILIES},
+    "Tree": "ensemble",
+    "TreeEnsemble": "ensemble",
+    "LoweredEnsemble": "lowering.ensemble",
+    "lower_ensemble": "lowering.ensemble",
+    "CONVERTERS": "convert.supported",
+    "UnsupportedModelError": "convert.supported",
+    "to_ensemble": "convert.supported",
+    "from_onnx": "convert.imported",
+    "ImportedTreeClassifier": "convert.imported",
+    "ImportedTreeRegressor": "convert.imported",
+}
+
+__all__ = ["FAMILIES", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    if name in FAMILIES:
-        return getattr(estimators, name)
-    if name in ("from_onnx", "ImportedTreeClassifier", "ImportedTreeRegressor"):
-        from . import imported
-
-        return getattr(imported, name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -1,7 +1,7 @@
 """One neutral description of every tree model: arrays per tree, per-node tests, a base score.
 
 Converters (one per source library, see :func:`veilml.models.trees.to_ensemble` and
-:func:`veilml.models.trees.convert_onnx.from_onnx`) fill it; the lowering reads it.
+:func:`veilml.models.trees.convert.onnx.from_onnx`) fill it; the lowering reads it.
 
 The raw score of an ensemble is ``base_score + sum over trees of the value of the leaf each tree
 reaches``; :meth:`TreeEnsemble.transform` maps raw scores to what the source library's
@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from ...quantization import UniformQuantizer
+from veilml.quantization import UniformQuantizer
 
 __all__ = ["Tree", "TreeEnsemble", "UnsupportedModelError", "float32_tests", "make_tree"]
 

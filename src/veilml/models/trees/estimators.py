@@ -1,4 +1,4 @@
-"""scikit-learn-style encrypted tree models, one per family of ``veilml.models.tree_families.FAMILIES``.
+"""scikit-learn-style encrypted tree models, one per family of ``veilml.models.trees.families.FAMILIES``.
 
 ``fit`` trains the library's own model (scikit-learn, XGBoost, LightGBM) on quantized inputs, so
 that thresholds land on the integer grid; ``compile`` builds the FHE circuit; ``predict(X, fhe=
@@ -24,16 +24,16 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ...compiler import Configuration
-from ...data_checks import check_sample_weight, check_X, check_y
-from ...quantization import UniformQuantizer
-from ...runtime import FHEModel
-from ...runtime.codec import ClientCodec, OutputSpec
-from ..tree_families import FAMILIES, Family, library_class
-from .auto_bits import choose_bits
-from .lowering import LoweredEnsemble, lower_candidates
-from .report import FHEReport, fhe_report
-from .supported import to_ensemble
+from veilml.compiler import Configuration
+from veilml.models.trees.auto_bits import choose_bits
+from veilml.models.trees.convert.supported import to_ensemble
+from veilml.models.trees.families import FAMILIES, Family, library_class
+from veilml.models.trees.lowering.ensemble import LoweredEnsemble, lower_candidates
+from veilml.models.trees.report import FHEReport, fhe_report
+from veilml.quantization import UniformQuantizer
+from veilml.runtime import FHEModel
+from veilml.runtime.codec import ClientCodec, OutputSpec
+from veilml.runtime.data_checks import check_sample_weight, check_X, check_y
 
 __all__ = list(FAMILIES)
 
@@ -258,7 +258,7 @@ class _EncryptedEnsemble(BaseEstimator):
         """Record (``reset``, in fit) or check the column names of ``X``: scikit-learn's rules and messages.
 
         Names only (``skip_check_array``; ``ensure_2d=False`` also skips scikit-learn's feature
-        count): :func:`~veilml.data_checks.check_X` checks shape and values with veilml's messages.
+        count): :func:`~veilml.runtime.data_checks.check_X` checks shape and values with veilml's messages.
         """
         validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
 
@@ -311,8 +311,8 @@ class _EncryptedEnsemble(BaseEstimator):
 
     def save(self, directory: Any, signing_key: Any = None) -> Any:
         """Write the compiled model as a deployment bundle: ``client/`` for data owners
-        (:class:`veilml.runtime.ModelClient`), ``server/`` for the server
-        (:class:`veilml.runtime.ModelServer`, ``veilml serve``); returns the directory.
+        (:class:`veilml.serving.ModelClient`), ``server/`` for the server
+        (:class:`veilml.serving.ModelServer`, ``veilml serve``); returns the directory.
 
         ``signing_key`` (an Ed25519 private key, its PEM bytes or a 0600 PEM file, see ``veilml sign --new-key``)
         signs both manifests, so that servers and clients given the public key can check who made the bundle.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...compiler.cost import CostModel, graph_cost
+from veilml.compiler.cost import CostModel, graph_cost
 
 __all__ = ["FHEReport", "fhe_report"]
 

@@ -1,0 +1,279 @@
+"""The ``veilml`` command line (also ``python -m veilml``).
+
+Commands:
+    worker   serve a model's base linear layers to private LoRA clients, on encrypted activations
+
+Imports stay inside the commands so that ``veilml --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from veilml.cli.common import LOOPBACK, CommandError, read_tokens
+from veilml.serving.limits import positive
+
+__all__ = ["build_parser", "main", "serve"]
+
+
+_positive_int = positive(int)
+_positive_float = positive(float)
+
+
+def _bits(text: str) -> int:
+    value = _positive_int(text)
+    if not 2 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"expected a bit width from 2 to 16, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {value}")
+    return value
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the absent ones."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from veilml import __version__
+    from veilml.linear import limits
+    from veilml.linear.base import BACKENDS
+    from veilml.serving.limits import add_limit_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="veilml",
+        description="veilml: machine learning on encrypted data (TFHE with concrete-python).",
+    )
+    parser.add_argument("--version", action="version", version=f"veilml {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker",
+        help="serve a model's base linear layers on encrypted activations (private LoRA fine-tuning)",
+        description=(
+            "Serve the frozen base-model linear layers of a model over HTTP. Clients "
+            "(veilml.linear.transport.HTTPTransport + EncryptedLinearExecutor) send evaluation keys and "
+            "encrypted, quantized activations; the worker multiplies them by its quantized weights and "
+            "returns encrypted results. It never receives a secret key. Each client session is protected by a "
+            "secret of its own; --access-token-file decides who may query at all (anyone who can query can "
+            "recover the quantized weights). It has no TLS of its own: keep it on loopback or a private "
+            "network, or put it behind a proxy that adds TLS."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    worker.add_argument(
+        "--weights",
+        required=True,
+        metavar="PATH",
+        help=(
+            "a Hugging Face model directory (or .gguf file), or a .safetensors file written by "
+            "veilml.models.lora.weights.save_remote_weights"
+        ),
+    )
+    worker.add_argument(
+        "--layers",
+        nargs="+",
+        action="extend",
+        metavar="PATTERN",
+        help=(
+            "serve only the linear layers whose names match these shell-style patterns, e.g. '*.attn.c_attn' "
+            "(repeatable; default: the attention and MLP projections)"
+        ),
+    )
+    worker.add_argument(
+        "--backend",
+        choices=tuple(BACKENDS),
+        default=limits.DEFAULT_BACKEND,
+        help=(
+            "encrypted-linear backend: 'bfv' (exact, fast: SEAL's BFV with coefficient encoding), 'concrete' "
+            "(exact, compiled through veilml's IR), 'glwe' (approximate, compact, CUDA-capable), or 'clear' "
+            "(plaintext: the worker sees the clients' data; testing only, clients must ask for it too)"
+        ),
+    )
+    worker.add_argument(
+        "--weight-bits", type=_bits, default=limits.DEFAULT_WEIGHT_BITS, metavar="BITS", help="bits of the quantized weights"
+    )
+    worker.add_argument(
+        "--input-bits",
+        type=_bits,
+        default=limits.DEFAULT_INPUT_BITS,
+        metavar="BITS",
+        help="bits of the clients' quantized activations",
+    )
+    worker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    worker.add_argument("--port", type=_port, default=8765, metavar="PORT", help="TCP port to listen on")
+    add_limit_arguments(worker, limits.WORKER_LIMITS, aliases={"--max-key-sets": "--max-sessions"})
+    worker.add_argument(
+        "--weight-cache-mb",
+        type=_positive_float,
+        default=2048.0,
+        metavar="N",
+        help=(
+            "bfv backend: MiB of weights kept encoded in NTT form for every row-block size up to the largest that "
+            "fits (about 8 bytes per weight and direction for each size of 1, 2, 4, ... rows, up to 64); what does "
+            "not fit is encoded per request"
+        ),
+    )
+    worker.add_argument(
+        "--circuit-cache",
+        metavar="DIR",
+        help="where compiled circuits are kept, so that a restart does not compile again (default: ~/.cache/veilml/circuits)",
+    )
+    worker.add_argument(
+        "--access-token-file",
+        metavar="PATH",
+        help=(
+            "a file (mode 0600) of access tokens, one per line as 'NAME TOKEN' (or just 'TOKEN'); every request but "
+            "/health must present one (Authorization: Bearer), and quotas and fair shares are per token"
+        ),
+    )
+    worker.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default="info",
+        help="uvicorn's log level",
+    )
+    worker.set_defaults(handler=_worker_command)
+
+    from veilml.cli.model import add_model_commands
+
+    add_model_commands(commands, _HelpFormatter)
+    return parser
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(worker: Any, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info", **app_options: Any) -> None:
+    """Serve ``worker`` (a :class:`~veilml.linear.worker.Worker`) with uvicorn until stopped.
+
+    ``app_options`` go to :func:`veilml.linear.service.create_app` (``limits``, single limits such
+    as ``max_payload_bytes``, ``access_token``). uvicorn's access log is off: it would print session ids;
+    the app logs requests itself with the ids removed.
+    """
+    try:
+        import uvicorn
+
+        from veilml.linear.service import create_app
+    except ImportError as error:
+        raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
+    from veilml.serving.app import log_to_stderr
+
+    app = create_app(worker, **app_options)
+    log_to_stderr(log_level)
+    infos = worker.layers()
+    print(
+        f"veilml worker: {len(infos)} layer{'s' * (len(infos) != 1)}, backend {worker.backend}, "
+        f"{worker.weight_bits}-bit weights, {worker.input_bits}-bit inputs",
+        flush=True,
+    )
+    shown = sorted(infos)
+    for name in shown[:50]:
+        print(f"  {name}  ({infos[name].d_in} -> {infos[name].d_out})", flush=True)
+    if len(shown) > 50:
+        print(f"  … and {len(shown) - 50} more (GET /layers)", flush=True)
+    if worker.backend == "clear":
+        print("veilml worker: WARNING: the clear backend computes on plaintext; use it for testing only", flush=True)
+    if host not in LOOPBACK:
+        print(
+            f"veilml worker: WARNING: listening on {host}, beyond this machine, without TLS"
+            + ("" if app_options.get("access_token") else " and without an access token (--access-token-file)"),
+            flush=True,
+        )
+    print(f"veilml worker: listening on {_url(host, port)} (GET /health, GET /layers)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _worker_command(args: argparse.Namespace) -> int:
+    path = args.weights
+    if not os.path.exists(path):
+        raise CommandError(f"--weights {path!r} does not exist; give a Hugging Face model directory or a .safetensors file")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
+    try:
+        from veilml.models.lora.weights import load_remote_weights
+    except ImportError as error:
+        raise CommandError(
+            f"loading model weights needs the LoRA dependencies ({error}); install torch and transformers"
+        ) from None
+
+    print(f"veilml worker: loading {path}", flush=True)
+    try:  # the loader's own default patterns when --layers is not given
+        loaded = load_remote_weights(path, args.layers) if args.layers else load_remote_weights(path)
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        raise CommandError(f"cannot load the weights of {path}: {error}") from None
+    if not loaded:
+        raise CommandError(f"no linear layer of {path} matches {args.layers}; widen --layers")
+
+    from veilml.linear import Worker
+    from veilml.serving.limits import limits_from_args
+
+    weights = {name: w for name, (w, _) in loaded.items()}
+    biases = {name: b for name, (_, b) in loaded.items() if b is not None}
+    tokens = read_tokens(args.access_token_file) if args.access_token_file else None
+    try:
+        service_limits = limits_from_args(args)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if args.backend in ("concrete", "glwe"):
+        print(f"veilml worker: preparing {2 * len(weights)} {args.backend} circuits (forward and backward)…", flush=True)
+    try:
+        from veilml.linear import get_backend
+
+        options: dict[str, Any] = {}
+        if args.backend == "concrete":
+            options = {"run_timeout": service_limits.run_timeout, "cache_dir": args.circuit_cache}
+        elif args.backend == "bfv":
+            options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20), "run_timeout": service_limits.run_timeout}
+        backend = get_backend(args.backend, **options)
+        worker = Worker(
+            weights,
+            biases,
+            backend=backend,
+            weight_bits=args.weight_bits,
+            input_bits=args.input_bits,
+            max_rows=service_limits.max_rows,
+        )
+    except ImportError as error:
+        raise CommandError(f"the {args.backend} backend is not available here ({error}); choose another --backend") from None
+    except ValueError as error:
+        raise CommandError(f"cannot prepare the layers: {error}") from None
+    serve(worker, host=args.host, port=args.port, log_level=args.log_level, limits=service_limits, access_token=tokens)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``veilml`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except CommandError as error:
+        print(f"veilml {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""What travels between a ``bfv`` worker and its clients: setup, ciphertext and result messages.
+
+- setup (worker -> client, JSON): the matrix shape, input bits, the largest |weight| and the largest row
+  block for which the worker keeps the weights encoded (the client's planner needs both; neither reveals
+  a weight).
+- evaluation keys (client -> worker): only the public parameters, :class:`~.params.BFVParams`.
+- ciphertext (client -> worker): ``pack_frames([header, first polynomials, seeds])``: the JSON header
+  names the row count and the block plan, the first polynomials of the R J seeded ciphertexts are
+  bit-packed at the modulus' bit length, each seed is SEAL's PRNG info (65 bytes).
+- result (worker -> client): ``pack_frames([header, values])``: per result ciphertext, the whole second
+  polynomial and the first polynomial's output coefficients, switched to q' and bit-packed.
+
+Every reader checks formats, counts and sizes before anything reaches SEAL; malformed bytes raise ValueError.
+JSON is parsed only below a length bound (:data:`MAX_HEADER_BYTES`), and a nesting too deep for the parser
+is a ValueError too, never a RecursionError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from veilml.linear.base import pack_frames, unpack_frames
+from veilml.linear.bfv.params import POLY_DEGREE, Plan
+
+__all__ = [
+    "CIPHERTEXT_FORMAT",
+    "MAX_HEADER_BYTES",
+    "RESULT_FORMAT",
+    "SETUP_FORMAT",
+    "BFVSetup",
+    "pack_message",
+    "read_message",
+]
+
+SETUP_FORMAT = "veilml-bfv-setup/1"
+CIPHERTEXT_FORMAT = "veilml-bfv-ct/1"
+RESULT_FORMAT = "veilml-bfv-result/1"
+MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError, RecursionError)
+#: longest JSON header or setup message read (an honest one is under 150 bytes)
+MAX_HEADER_BYTES = 1024
+
+
+def _int(value: object, low: int, high: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class BFVSetup:
+    """What the worker publishes for one matrix."""
+
+    rows: int
+    cols: int
+    input_bits: int
+    w_max: int
+    cached_rows: int  # the worker keeps the weights encoded for plans of at most this many rows per block (0: never)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"format": SETUP_FORMAT, **self.__dict__}, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BFVSetup:
+        if len(data) > MAX_HEADER_BYTES:
+            raise ValueError(f"not a setup from a 'bfv' worker (over {MAX_HEADER_BYTES} bytes)")
+        try:
+            d = json.loads(bytes(data).decode())
+            if d.get("format") != SETUP_FORMAT:
+                raise ValueError(f"format {d.get('format')!r}")
+            setup = cls(
+                _int(d["rows"], 1, 2**24, "rows"),
+                _int(d["cols"], 1, 2**24, "cols"),
+                _int(d["input_bits"], 1, 16, "input_bits"),
+                _int(d["w_max"], 0, 2**24, "w_max"),
+                _int(d["cached_rows"], 0, POLY_DEGREE, "cached_rows"),
+            )
+        except MALFORMED as error:
+            raise ValueError(f"not a setup from a 'bfv' worker ({error})") from None
+        return setup
+
+
+def pack_message(fmt: str, n: int, plan: Plan | None, frames: list[bytes]) -> bytes:
+    shape = None if plan is None else [plan.n_t, plan.n_d, plan.n_m, plan.shift]
+    return pack_frames([json.dumps({"format": fmt, "n": n, "plan": shape}).encode(), *frames])
+
+
+def read_message(data: bytes, fmt: str, max_rows: int = 2**24) -> tuple[int, Plan | None, list[bytes]]:
+    """(row count, plan, data frames) of a ciphertext or result message; the plan is None for zero rows."""
+    frames = unpack_frames(data)
+    if frames and len(frames[0]) > MAX_HEADER_BYTES:
+        raise ValueError(f"expected a {fmt} message (a header of at most {MAX_HEADER_BYTES} bytes, got {len(frames[0])})")
+    try:
+        header = json.loads(frames[0].decode()) if frames else {}
+        if header.get("format") != fmt:
+            raise ValueError(f"format {header.get('format')!r}")
+        n = _int(header["n"], 0, max_rows, "the row count")
+        if n == 0:
+            if header["plan"] is not None or len(frames) != 1:
+                raise ValueError("an empty message has no plan and no data")
+            return 0, None, []
+        n_t, n_d, n_m, shift = (_int(v, 1, POLY_DEGREE, "a plan entry") for v in header["plan"])
+    except MALFORMED as error:
+        raise ValueError(f"expected a {fmt} message ({error})") from None
+    if n_t * n_d * n_m != POLY_DEGREE or any(v & (v - 1) for v in (n_t, n_d, n_m)):
+        raise ValueError(f"a block shape is three powers of two whose product is {POLY_DEGREE}, got {(n_t, n_d, n_m)}")
+    return n, Plan(n_t, n_d, n_m, shift), frames[1:]

@@ -1,0 +1,182 @@
+"""The client side of remote linear layers: :class:`EncryptedLinearExecutor` and the :class:`Transport` it uses.
+
+The executor does per-row quantization, encryption, decryption, zero-point correction and
+rescaling, and is the only holder of secret keys. It reaches workers through transports with the
+same calls in-process (:class:`~veilml.linear.worker.LocalTransport`) or over HTTP
+(:class:`~veilml.linear.transport.HTTPTransport`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from veilml.linear.base import ClientSession, LinearBackend, get_backend
+from veilml.linear.errors import InsecureBackendError
+from veilml.linear.layers import ALL, LayerInfo
+from veilml.linear.limits import DEFAULT_MAX_ROWS
+from veilml.quantization import backward_input, backward_output, forward_output, quantize_rows
+
+__all__ = ["EncryptedLinearExecutor", "Transport"]
+
+
+class Transport(Protocol):
+    """How a client reaches workers: the same calls in-process or over HTTP.
+
+    ``open_session`` returns a session id; the transport keeps the session's secret and sends it
+    with every ``register`` and ``run`` of that session. ``max_rows`` is the most rows the worker
+    takes in one ``run``, as the worker publishes it (a transport without it is assumed to reach a
+    worker with the default limit, :data:`~veilml.linear.limits.DEFAULT_MAX_ROWS`).
+    """
+
+    backend: str
+    max_rows: int
+
+    def layers(self) -> dict[str, LayerInfo]: ...
+
+    def setup(self, layer: str, direction: str) -> bytes: ...
+
+    def open_session(self) -> str: ...
+
+    def register(self, session: str, layer: str, direction: str, evaluation_keys: bytes) -> None: ...
+
+    def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes: ...
+
+
+class EncryptedLinearExecutor:
+    """Client side of remote linear layers over one or more transports (workers).
+
+    ``forward(name, x)`` returns ``x @ W (+ bias)`` and ``backward(name, g)`` returns ``g @ W.T``,
+    both as float64 arrays, computed by the worker on encrypted per-row-quantized codes. Keys
+    are generated and registered lazily, once per layer and direction.
+
+    The client decides the security it requires: ``backend=None`` takes the workers' backend only
+    if it encrypts (``bfv``, ``concrete`` or ``glwe``) and raises :class:`InsecureBackendError` for ``clear``;
+    plaintext needs ``backend="clear"`` here, an explicit choice. Crypto parameters that a worker
+    hands over are checked by the backend's session before any key is made from them.
+
+    Rows are sent in requests of at most the worker's published ``max_rows`` (see :meth:`max_rows`);
+    rows are quantized one by one, so the split changes nothing in the result.
+
+    Attributes:
+        sessions: the session id opened on each transport (by position in ``transports``).
+        bytes_sent / bytes_received: payload bytes exchanged with workers (ciphertexts and keys).
+    """
+
+    def __init__(
+        self, transports: Transport | list[Transport], backend: str | LinearBackend | None = None, **backend_options: Any
+    ) -> None:
+        transports = transports if isinstance(transports, list) else [transports]
+        names = {t.backend for t in transports}
+        if backend is None and len(names) != 1:
+            raise ValueError(f"workers use different backends {sorted(names)}; they must agree")
+        self._backend = get_backend(backend or names.pop(), **backend_options)
+        if backend is None and not self._backend.encrypts:
+            raise InsecureBackendError(
+                f"the worker serves the {self._backend.name!r} backend, which sends your activations and gradients "
+                "UNENCRYPTED; connect to a worker started with --backend bfv, concrete or glwe, or pass "
+                f"backend={self._backend.name!r} to accept plaintext explicitly (testing only)"
+            )
+        if any(t.backend != self._backend.name for t in transports):
+            raise ValueError(f"every worker must use the {self._backend.name!r} backend")
+        self.transports = transports
+        self.sessions: list[str | None] = [None] * len(transports)
+        self.session: ClientSession = self._backend.session()
+        self.routes: dict[str, Transport] = {}
+        self.infos: dict[str, LayerInfo] = {}
+        for transport in transports:
+            for name, info in transport.layers().items():
+                if name in self.routes:
+                    raise ValueError(f"layer {name!r} is served by two workers; give each worker its own layers")
+                self.routes[name], self.infos[name] = transport, info
+        self._registered: set[tuple[str, str]] = set()
+        self._shared_keys_sent: set[int] = set()  # transports holding this session's shared keys
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def backend(self) -> LinearBackend:
+        return self._backend
+
+    def layer(self, name: str) -> LayerInfo:
+        try:
+            return self.infos[name]
+        except KeyError:
+            raise KeyError(f"no worker serves layer {name!r}; served layers: {sorted(self.infos)}") from None
+
+    def max_rows(self, name: str) -> int:
+        """The most rows the worker serving ``name`` takes in one request, as it publishes it."""
+        self.layer(name)
+        limit = getattr(self.routes[name], "max_rows", None)  # transports written before max_rows: the default
+        return DEFAULT_MAX_ROWS if limit is None else int(limit)
+
+    def _key(self, name: str, direction: str) -> str:
+        return f"{name}/{direction}"
+
+    def _session_on(self, transport: Transport) -> str:
+        """This client's session on ``transport``, opened on first use."""
+        index = next(i for i, t in enumerate(self.transports) if t is transport)
+        if self.sessions[index] is None:
+            self.sessions[index] = transport.open_session()
+        return self.sessions[index]
+
+    def _ensure_registered(self, name: str, direction: str) -> None:
+        if (name, direction) in self._registered:
+            return
+        info, transport = self.layer(name), self.routes[name]
+        setup = transport.setup(name, direction)
+        keys = self.session.register(self._key(name, direction), info.spec(direction), setup)
+        session = self._session_on(transport)
+        if not self.session.keys_shared_across_matrices:
+            transport.register(session, name, direction, keys)
+            self.bytes_sent += len(keys)
+        elif id(transport) not in self._shared_keys_sent:  # one key for every matrix: send it once
+            transport.register(session, ALL, ALL, keys)
+            self._shared_keys_sent.add(id(transport))
+            self.bytes_sent += len(keys)
+        self._registered.add((name, direction))
+
+    def _remote_product(self, name: str, direction: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Quantize rows, have the worker multiply them, return (integer product, scales, zeros)."""
+        info = self.layer(name)
+        limit = self.max_rows(name)
+        if rows.shape[0] > limit:  # one request per max_rows rows, the worker's own limit
+            parts = [self._remote_product(name, direction, rows[i : i + limit]) for i in range(0, rows.shape[0], limit)]
+            product, scale, zero = (np.concatenate(arrays) for arrays in zip(*parts))
+            return product, scale, zero
+        if rows.shape[0] == 0:  # nothing to send
+            cols = info.spec(direction).cols
+            return np.zeros((0, cols), np.int64), np.zeros(0), np.zeros(0, np.int64)
+        self._ensure_registered(name, direction)
+        codes, scale, zero = quantize_rows(rows, info.input_bits)
+        key = self._key(name, direction)
+        ciphertext = self.session.encrypt(key, codes)
+        transport = self.routes[name]
+        result = transport.run(self._session_on(transport), name, direction, ciphertext)
+        self.bytes_sent += len(ciphertext)
+        self.bytes_received += len(result)
+        product = self.session.decrypt(key, result)
+        expected = (rows.shape[0], info.spec(direction).cols)
+        if product.shape != expected:  # a faulty or hostile worker: never broadcast or truncate its answer
+            raise ValueError(
+                f"the worker answered {name}/{direction} with shape {product.shape} for {expected[0]} rows sent; expected {expected}"
+            )
+        return product, scale, zero
+
+    def forward(self, name: str, x: np.ndarray) -> np.ndarray:
+        info = self.layer(name)
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != info.d_in:
+            raise ValueError(f"layer {name!r} takes rows of {info.d_in} features, got shape {x.shape}")
+        product, scale, zero = self._remote_product(name, "forward", x)
+        y = forward_output(product, scale, zero, info.weight_scale, info.col_sums)
+        return y if info.bias is None else y + info.bias[None, :]
+
+    def backward(self, name: str, g: np.ndarray) -> np.ndarray:
+        info = self.layer(name)
+        g = np.asarray(g, dtype=np.float64)
+        if g.ndim != 2 or g.shape[1] != info.d_out:
+            raise ValueError(f"layer {name!r} takes gradient rows of {info.d_out} features, got shape {g.shape}")
+        product, scale, zero = self._remote_product(name, "backward", backward_input(g, info.weight_scale))
+        return backward_output(product, scale, zero, info.row_sums)

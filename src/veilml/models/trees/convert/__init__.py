@@ -1,0 +1,7 @@
+"""One front end for tree models: source models -> :class:`~veilml.models.trees.ensemble.TreeEnsemble`.
+
+- :mod:`.supported`: the explicit converter table (:data:`CONVERTERS`, :func:`to_ensemble`)
+- :mod:`.treelite`: scikit-learn ensembles, XGBoost and LightGBM through treelite's JSON dump
+- :mod:`.sklearn`: scikit-learn's single trees, read directly
+- :mod:`.onnx`: ONNX-ML ``TreeEnsemble*`` operators; :mod:`.imported`: estimators around imported models
+"""

@@ -1,0 +1,184 @@
+"""The HTTP kit of ``veilml serve`` and ``veilml worker``: who is asking, error bodies, access logs.
+
+:func:`create_service_app` makes a FastAPI app with what both services share:
+
+- **Who is asking.** With access tokens (``--access-token-file``: one token per line, ``NAME TOKEN``
+  or just ``TOKEN``), every endpoint but ``/health`` needs ``Authorization: Bearer <token>`` and the
+  request's *client* is the token's name; without tokens, it is the peer's address. Quotas, fair
+  shares and in-flight budgets are per client (:mod:`.limits`).
+- **Errors** are ``{"detail", "code"}`` with the HTTP status of a
+  :class:`~veilml.serving.limits.ServiceError`; an unexpected exception is a 500 that names
+  its type only (the traceback goes to the log, never to the client).
+- **Access log** (logger ``<name>.access``, INFO): method, path (with ``redact`` applied: session
+  ids are replaced), status, seconds and client name — never a token, a secret or a body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veilml.serving.limits import ServiceError
+
+__all__ = ["AccessTokens", "client_of", "create_service_app", "log_to_stderr"]
+
+_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+_MIN_TOKEN = 16
+
+
+@dataclass(frozen=True)
+class AccessTokens:
+    """Who may query a service: the sha256 of each token, and the client name it stands for."""
+
+    names: dict[bytes, str]
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise ValueError("no access token given")
+
+    @classmethod
+    def single(cls, token: str, name: str = "client") -> AccessTokens:
+        return cls.parse(f"{name} {token}")
+
+    @classmethod
+    def parse(cls, text: str) -> AccessTokens:
+        """Tokens from text: one per line, ``NAME TOKEN`` or ``TOKEN``; blank lines and ``#`` comments skipped."""
+        names: dict[bytes, str] = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) > 2:
+                raise ValueError(f"line {number} of the access tokens has {len(fields)} fields; write 'NAME TOKEN' or 'TOKEN'")
+            name, token = (fields[0], fields[1]) if len(fields) == 2 else (f"token-{number}", fields[0])
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"line {number}: a client name is 1 to 64 of A-Z a-z 0-9 _ . @ -, got {name!r}")
+            if len(token) < _MIN_TOKEN:
+                raise ValueError(
+                    f"line {number}: an access token must have at least {_MIN_TOKEN} characters; make one with "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+            digest = hashlib.sha256(token.encode()).digest()
+            if digest in names:
+                raise ValueError(f"line {number} repeats a token: give each client its own")
+            names[digest] = name
+        return cls(names)
+
+    @classmethod
+    def read(cls, path: str | Path) -> AccessTokens:
+        """Tokens from a file readable by its owner only (mode 0600, owned by this user, not a link)."""
+        from veilml.runtime.client import read_private_file
+
+        return cls.parse(read_private_file(path).decode())
+
+    def identify(self, token: str) -> str | None:
+        """The client name of ``token``, or None; every known token is compared (constant time each)."""
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for known, name in self.names.items():
+            if hmac.compare_digest(known, digest):
+                found = name
+        return found
+
+
+def client_of(request: Any) -> str:
+    """The client a request comes from (set by the app's middleware)."""
+    return getattr(request.state, "client", "") or "unknown"
+
+
+def _error(status: int, detail: str, code: str | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    headers = {"WWW-Authenticate": "Bearer"} if code == "access-token" else None
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+def create_service_app(
+    *,
+    title: str,
+    description: str,
+    name: str,
+    endpoints: str,
+    tokens: AccessTokens | None,
+    redact: Callable[[str], str] = lambda path: path,
+    lifespan: Any = None,
+) -> Any:
+    """A FastAPI app with the kit's middleware and error handlers (see the module docstring).
+
+    ``name`` is the service's logger (``veilml.serve``, ``veilml.worker``); ``endpoints`` lists them for 404s.
+    """
+    from fastapi import FastAPI, Request
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from veilml import __version__
+
+    logger = logging.getLogger(name)
+    access_logger = logging.getLogger(f"{name}.access")
+    app = FastAPI(title=title, version=__version__, description=description, lifespan=lifespan)
+
+    @app.middleware("http")
+    async def _guard_and_log(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        path = redact(request.url.path)
+        if tokens is None:
+            request.state.client = f"addr:{request.client.host if request.client else '?'}"
+            response = await call_next(request)
+        elif request.url.path == "/health":
+            request.state.client = "health"
+            response = await call_next(request)
+        else:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            client = tokens.identify(token.strip()) if scheme.lower() == "bearer" and token else None
+            if not token or scheme.lower() != "bearer":
+                response = _error(401, "this server needs an access token: send 'Authorization: Bearer <token>'", "access-token")
+            elif client is None:
+                response = _error(403, "wrong access token for this server", "forbidden")
+            else:
+                request.state.client = client
+                response = await call_next(request)
+        access_logger.info(
+            "%s %s %d %.3fs client=%s",
+            request.method,
+            path,
+            response.status_code,
+            time.perf_counter() - start,
+            getattr(request.state, "client", "-"),
+        )
+        return response
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, error: ServiceError) -> Any:
+        return _error(error.status, str(error), error.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Any:
+        where = redact(request.url.path)
+        if error.status_code == 404:
+            return _error(404, f"no endpoint {request.method} {where}; this server has {endpoints}")
+        if error.status_code == 405:
+            return _error(405, f"{request.method} is not allowed on {where}; endpoints: {endpoints}")
+        return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> Any:
+        logger.error("unexpected %s on %s %s", type(error).__name__, request.method, redact(request.url.path), exc_info=error)
+        return _error(500, f"internal server error ({type(error).__name__}); see the server's log")
+
+    return app
+
+
+def log_to_stderr(level: str) -> None:
+    """Show veilml's log records (access log, evictions, refusals) on stderr, like uvicorn's own."""
+    logger = logging.getLogger("veilml")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())

@@ -1,0 +1,454 @@
+"""Compiled models on disk: a client bundle for data owners, a server bundle for whoever runs it.
+
+``save_bundle(fhe_model, directory)`` writes::
+
+    directory/
+      client/   manifest.json, codec.json (quantizer, encoding, output steps), client.specs.json
+      server/   manifest.json, server.zip (concrete's compiled circuit), client.specs.json, layout.bin
+
+The client side gets what encryption and decryption need and nothing of the model in between (no
+graph, no threshold, no leaf value); the server side gets the circuit and what checks its inputs,
+and never a key. Each side has a manifest (:mod:`veilml.runtime.manifest`) checked on load, and
+may be signed (``save_bundle(..., signing_key=)``, :func:`sign_bundle`, ``veilml sign``): a
+server bundle is code, and a client bundle decides what leaves the data owner's machine, so both
+load only from a trusted maker when given its public key (``trusted_key=``).
+
+A client bundle can come from a hostile server (:class:`~veilml.serving.RemoteModel` fetches it
+from the server it talks to), so :class:`ModelClient` trusts none of it: before any key is made
+it checks the parameters' security and sizes (:func:`~veilml.runtime.security.check_client_specs`),
+that every input and output is encrypted, and that the specs, the codec and the manifest agree.
+:func:`client_bundle_fingerprint` names one client bundle exactly (a data owner can pin it).
+
+:class:`ModelClient` (the data owner: keys, ``encrypt(X) -> bytes``, ``decrypt(bytes) ->
+predictions``) and :class:`ModelServer` (``register(keys) -> key id``, ``run(bytes, key_id)``)
+are built from those directories alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veilml.runtime.client import FHEClient, ResultError
+from veilml.runtime.codec import ClientCodec
+from veilml.runtime.envelope import DEFAULT_MAX_BYTES, pack_batch, specs_fingerprint, unpack_batch
+from veilml.runtime.manifest import (
+    ArtifactError,
+    check_manifest,
+    checked_manifest,
+    load_private_key,
+    read_artifact_file,
+    sign_manifest,
+    write_manifest,
+)
+from veilml.runtime.security import InsecureParametersError, SpecsSummary
+from veilml.runtime.server import FHEServer
+
+__all__ = [
+    "CLIENT_FORMAT",
+    "MAX_CLIENT_FILE_BYTES",
+    "SERVER_FORMAT",
+    "ModelClient",
+    "ModelServer",
+    "client_bundle_fingerprint",
+    "save_bundle",
+    "sign_bundle",
+]
+
+CLIENT_FORMAT = "veilml-bundle/client"
+SERVER_FORMAT = "veilml-bundle/server"
+#: rows per encrypt() / run() call unless told otherwise
+DEFAULT_MAX_ROWS = 256
+_SPECS = "client.specs.json"
+#: the largest file a client bundle may hold (real ones: specs about 2 KiB, codec a few KiB; a
+#: thresholds codec of thousands of pairs some 100 KiB)
+MAX_CLIENT_FILE_BYTES = 4 * 2**20
+_HOSTILE = "refuse this bundle: the server that sent it may be hostile, trying to read your data"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _specs_bytes(specs: Any) -> bytes:
+    raw = specs.serialize() if hasattr(specs, "serialize") else specs
+    return raw.encode() if isinstance(raw, str) else bytes(raw)
+
+
+def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: Any = None) -> Path:
+    """Write the client and server bundles of a compiled :class:`~veilml.runtime.FHEModel`.
+
+    The directory is written next to its final place and renamed into it, so a reader never sees
+    half a bundle; an existing bundle there is replaced. ``signing_key`` (an Ed25519 private key, its
+    PEM bytes, or the path of its PEM file, mode 0600: see ``veilml sign --new-key``) signs both
+    manifests. :func:`client_bundle_fingerprint` of the directory names the client bundle.
+    """
+    private_key = None if signing_key is None else load_private_key(signing_key)  # a bad key fails before any work
+    compiled = fhe_model._require_compiled("save")
+    if compiled.batch_size != 1:
+        raise ValueError(
+            f"this model is compiled for batches of {compiled.batch_size} rows, and a bundle holds a one-row "
+            "circuit (servers batch requests themselves): compile it again with batch_size=1 (the default) "
+            "before save()"
+        )
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        specs = _specs_bytes(compiled.circuit.client.specs)
+        fingerprint = specs_fingerprint(specs)
+        codec: ClientCodec = fhe_model.codec
+        facts = {"fingerprint": fingerprint, "n_features": codec.n_features, "input_size": codec.encoding.size}
+
+        client = staging / "client"
+        client.mkdir()
+        (client / "codec.json").write_text(codec.to_json())
+        (client / _SPECS).write_bytes(specs)
+        write_manifest(client, CLIENT_FORMAT, **facts)
+        if private_key is not None:
+            sign_manifest(client, private_key)
+
+        server = staging / "server"
+        server.mkdir()
+        compiled.circuit.server.save(str(server / "server.zip"))
+        (server / _SPECS).write_bytes(specs)
+        (server / "layout.bin").write_bytes(fhe_model.server().layout.to_bytes())
+        columns = None if compiled.input_columns is None else [int(c) for c in compiled.input_columns]
+        write_manifest(server, SERVER_FORMAT, **facts, input_columns=columns)
+        if private_key is not None:
+            sign_manifest(server, private_key)
+
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _side(directory: str | os.PathLike, side: str) -> Path:
+    """``directory/side`` when given a whole bundle, ``directory`` itself when given one side."""
+    directory = Path(directory)
+    return directory / side if (directory / side / "manifest.json").exists() else directory
+
+
+def sign_bundle(directory: str | os.PathLike, signing_key: Any) -> list[Path]:
+    """Sign each side of a bundle (or the one side given) as it is now; returns the signature files.
+
+    Each side's manifest is checked first: a corrupted bundle is not signed. ``signing_key``: see
+    :func:`save_bundle`.
+    """
+    private_key = load_private_key(signing_key)
+    directory = Path(directory)
+    sides = [directory / side for side in ("client", "server") if (directory / side / "manifest.json").exists()]
+    signed = []
+    for side in sides or [directory]:
+        check_manifest(side, _format_of(side))
+        signed.append(sign_manifest(side, private_key))
+    return signed
+
+
+def _format_of(side: Path) -> str:
+    """The bundle format a side's manifest claims (check_manifest checks it all next)."""
+    try:
+        claimed = json.loads(read_artifact_file(side / "manifest.json", 1 << 20, "manifest")).get("format")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ArtifactError(f"{side} is not a veilml bundle ({error}); give a bundle directory") from None
+    if claimed not in (CLIENT_FORMAT, SERVER_FORMAT):
+        raise ArtifactError(f"{side} holds a {claimed!r} artifact, not a veilml bundle; give a bundle directory")
+    return claimed
+
+
+def client_bundle_fingerprint(directory: str | os.PathLike) -> str:
+    """The fingerprint of a client bundle (a whole bundle, or its ``client/``): the sha256 (hex) of its
+    ``manifest.json``, which holds the sha256 of every other file, so it names every byte of the bundle.
+
+    The bundle is checked first (every file against the manifest). A data owner who pins it
+    (``RemoteModel(..., expected_fingerprint=)``, ``ModelClient(..., expected_fingerprint=)``)
+    accepts that very bundle and no other. Not to be confused with a model's ``fingerprint`` (the
+    sha256 of its client specs alone).
+    """
+    return checked_manifest(_side(directory, "client"), CLIENT_FORMAT)[1]
+
+
+def _check_key_dir(key_dir: Path) -> None:
+    """Refuse an existing ``key_dir`` that another user owns or may write: they could plant a key file
+    whose secret they know (loaded as this client's keys) and read every result."""
+    try:
+        info = os.stat(key_dir)
+    except FileNotFoundError:
+        return  # made with mode 0700 when the first key is written
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"key_dir {key_dir} is not a directory; choose a directory for the keys")
+    if info.st_uid != os.geteuid():
+        raise PermissionError(
+            f"key_dir {key_dir} is owned by user id {info.st_uid}, not by this user ({os.geteuid()}): its owner could plant "
+            "keys whose secret they know and read your results; choose a directory of your own (mode 700)"
+        )
+    if info.st_mode & 0o022:
+        raise PermissionError(
+            f"key_dir {key_dir} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}): they could plant keys "
+            f"whose secret they know and read your results; run 'chmod 700 {key_dir}' or choose another directory"
+        )
+
+
+def _refuse(problem: str) -> InsecureParametersError:
+    return InsecureParametersError(f"the client bundle is inconsistent: {problem}; {_HOSTILE}")
+
+
+def _check_client_bundle(manifest: dict[str, Any], specs: bytes, summary: SpecsSummary, codec: ClientCodec) -> None:
+    """Refuse a client bundle whose specs, codec and manifest do not describe one veilml circuit:
+    one encrypted input of the codec's encoded row (all of it, or a narrowed part, at a width that
+    holds the encoded values) and one encrypted output (of the width the codec combines)."""
+    from veilml.runtime.seeded_inputs import SeededInputError, seeded_input_spec
+
+    if manifest.get("fingerprint") != specs_fingerprint(specs):
+        raise _refuse("its manifest names another model than its client specs")
+    size = codec.encoding.size
+    for fact, value in (("n_features", codec.n_features), ("input_size", size)):
+        if type(manifest.get(fact)) is not int or manifest[fact] != value:
+            raise _refuse(f"its manifest says {fact} = {manifest.get(fact)!r} and its codec {value}")
+    if len(summary.circuits) != 1:
+        raise _refuse(f"its specs describe {len(summary.circuits)} circuits, a veilml model has one")
+    ((inputs, outputs),) = summary.circuits.values()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise _refuse(f"its circuit has {len(inputs)} inputs and {len(outputs)} outputs, a veilml model has one of each")
+    (gate,), (output,) = inputs, outputs
+    if not gate.shape or any(d != 1 for d in gate.shape[:-1]):
+        raise _refuse(f"its circuit's input has shape {gate.shape}, not one row")
+    try:
+        seeded = seeded_input_spec(specs)
+    except SeededInputError as error:
+        raise _refuse(f"its circuit's input cannot be encrypted here ({error})") from None
+    if seeded is None and gate.shape[-1] != size:  # concrete encrypts exactly what the circuit takes
+        raise _refuse(f"its circuit takes {gate.shape[-1]} values per row, and the codec encodes rows of {size}")
+    if seeded is not None and not 1 <= gate.shape[-1] <= size:  # the circuit may read part of the row (narrowed)
+        raise _refuse(f"its circuit takes {gate.shape[-1]} values per row, more than the codec's {size}")
+    encoding = codec.encoding
+    low, high = (encoding.qmin, encoding.qmax) if encoding.kind == "identity" else (0, 1)
+    width = gate.width
+    if width is None or not 1 <= width <= 62:
+        raise _refuse(f"its circuit's input is not concrete's native integer encoding of 1 to 62 bits (width {width})")
+    fits = (-(2 ** (width - 1)) <= low and high < 2 ** (width - 1)) if gate.signed else (0 <= low and high < 2**width)
+    if not fits:
+        raise _refuse(f"its circuit's {width}-bit input cannot hold the encoded values [{low}, {high}]")
+    combine = codec.output_combine
+    if combine is not None and (combine.ndim != 2 or combine.shape[0] != output.count):
+        raise _refuse(f"its codec combines {combine.shape[0]} output integers, and the circuit outputs {output.count}")
+
+
+def _read_client_file(directory: Path, name: str) -> bytes:
+    return read_artifact_file(directory / name, MAX_CLIENT_FILE_BYTES, f"client bundle's {name}")
+
+
+class ModelClient:
+    """The data owner's side of a deployed model, from its client bundle.
+
+    Args:
+        directory: the bundle (or its ``client/`` directory).
+        key_dir: where the keys live. If it holds keys for this model they are loaded, otherwise new
+            ones are generated and written there (secret keys with mode 0600). None: keys stay in
+            memory.
+        max_rows: the most rows one :meth:`encrypt` call puts in a batch.
+        min_security_bits: the security the bundle's cryptographic parameters must give; a bundle
+            that offers less is refused before any key is made.
+        trusted_key: the Ed25519 public key of whoever made the bundle (a
+            ``cryptography`` public key object, its PEM bytes, or the path of its PEM file, e.g. the
+            ``.pub`` written by ``veilml sign --new-key``): the bundle must carry its signature.
+            None: no signature is required.
+        expected_fingerprint: the bundle's :func:`client_bundle_fingerprint`, if known: any other
+            client bundle is refused.
+
+    The key directory, if it exists, must be this user's and writable by no one else. Every part
+    of the bundle is checked before anything is made from it (a bundle may come from a hostile
+    server): signature and pin if given, file sizes, the parameters' security and sizes
+    (:func:`~veilml.runtime.security.check_client_specs`), an encrypted input and output, and the
+    specs, codec and manifest describing the same circuit. Errors raise
+    :class:`~veilml.runtime.security.InsecureParametersError` or
+    :class:`~veilml.runtime.manifest.ArtifactError`.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        key_dir: str | os.PathLike | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        min_security_bits: int = 128,
+        trusted_key: Any = None,
+        expected_fingerprint: str | None = None,
+    ) -> None:
+        from concrete import fhe
+
+        from veilml.runtime.security import check_client_specs
+
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
+        self.key_dir = None if key_dir is None else Path(key_dir)
+        if self.key_dir is not None:
+            _check_key_dir(self.key_dir)
+        self.directory = _side(directory, "client")
+        self.manifest, self.bundle_fingerprint = checked_manifest(self.directory, CLIENT_FORMAT, trusted_key=trusted_key)
+        if expected_fingerprint is not None:
+            pinned = str(expected_fingerprint).strip().lower()
+            if not _SHA256_HEX.fullmatch(pinned):
+                raise ValueError(f"expected_fingerprint is a sha256 in hex (64 digits), got {expected_fingerprint!r}")
+            if pinned != self.bundle_fingerprint:
+                raise ArtifactError(
+                    f"the client bundle's fingerprint is {self.bundle_fingerprint}, not the expected {pinned}: it is not "
+                    f"the bundle you pinned; {_HOSTILE}"
+                )
+        specs = _read_client_file(self.directory, _SPECS)
+        summary = check_client_specs(specs, min_security_bits)  # a hostile model owner cannot weaken our keys
+        try:
+            self.codec = ClientCodec.from_json(_read_client_file(self.directory, "codec.json"))
+        except (ValueError, RecursionError) as error:
+            raise InsecureParametersError(f"the client bundle's codec.json cannot be used: {error}; {_HOSTILE}") from None
+        _check_client_bundle(self.manifest, specs, summary, self.codec)
+        self.max_rows = max_rows
+        self._fhe = FHEClient(fhe.ClientSpecs.deserialize(specs), self.codec)
+        if self.key_dir is not None and self._key_file.exists():
+            self._fhe.load_keys(self._key_file)
+
+    @property
+    def _key_file(self) -> Path:
+        assert self.key_dir is not None
+        return self.key_dir / f"{self.fingerprint[:16]}.keys"
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's fingerprint (sha256 of its public client specs)."""
+        return self._fhe.fingerprint
+
+    @property
+    def n_features(self) -> int:
+        return self.codec.n_features
+
+    def keygen(self, *, seed: int | None = None, force: bool = False) -> None:
+        """Generate keys (once; ``force`` makes new ones) and write them to ``key_dir`` (0600) if set."""
+        if self._fhe.has_keys and not force:
+            return
+        self._fhe.keygen(seed=seed, force=True)
+        if self.key_dir is not None:
+            self._fhe.save_keys(self._key_file)
+
+    @property
+    def key_id(self) -> str:
+        """The name of this client's key set (sha256 of its evaluation keys; public)."""
+        self.keygen()
+        return self._fhe.key_id
+
+    def evaluation_keys(self) -> bytes:
+        """The public evaluation keys (an envelope) that a server needs; made once per key set."""
+        self.keygen()
+        return self._fhe.evaluation_keys()
+
+    def encrypt(self, X: Any) -> bytes:
+        """One batch of ciphertexts for the float rows of ``X`` (quantized and encoded first)."""
+        X = self.codec.check_rows(X, "ModelClient")
+        if len(X) > self.max_rows:
+            raise ValueError(f"{len(X)} rows in one call, the limit is {self.max_rows} (max_rows); encrypt in chunks")
+        self.keygen()
+        return pack_batch(self._fhe.encrypt(X))
+
+    def max_result_batch_bytes(self, rows: int) -> int:
+        """The largest result batch of ``rows`` rows: each row at most the circuit's output, uncompressed."""
+        return 14 + rows * (8 + self._fhe.max_result_bytes)  # the batch's prefix, then a length per row
+
+    def decrypt_integers(self, results: bytes, *, rows: int | None = None) -> np.ndarray:
+        """The raw integers of a result batch (what ``predict_integers`` gives in the clear).
+
+        ``rows``: how many rows were sent; a batch with another number of results is refused before
+        anything is decrypted (:class:`~veilml.runtime.client.ResultError`).
+        """
+        expected = self.max_rows if rows is None else rows
+        limit = max(self.max_rows, expected)
+        items = unpack_batch(results, max_items=limit, max_bytes=self.max_result_batch_bytes(limit), what="result batch")
+        if rows is not None and len(items) != rows:
+            raise ResultError(
+                f"the result batch holds {len(items)} results for the {rows} rows sent: it does not answer this request; "
+                "the server that sent it may be hostile, do not use its results"
+            )
+        return np.stack([self._fhe.decrypt_integers(r) for r in items])
+
+    def decrypt_scores(self, results: bytes, *, rows: int | None = None) -> np.ndarray:
+        """Raw scores (n_rows, n_outputs) of a result batch: decrypted, combined, dequantized."""
+        return self.codec.decode(self.decrypt_integers(results, rows=rows))
+
+    def decrypt_proba(self, results: bytes, *, rows: int | None = None) -> np.ndarray:
+        """Class probabilities (classifiers) or values (regressors) of a result batch."""
+        return self.codec.finish(self.decrypt_scores(results, rows=rows))
+
+    def decrypt(self, results: bytes, *, rows: int | None = None) -> np.ndarray:
+        """Predictions of a result batch: labels for classifiers, values for regressors."""
+        return self.codec.predict(self.decrypt_integers(results, rows=rows))
+
+
+class ModelServer:
+    """The evaluation side of a deployed model, from its server bundle: no key, no data.
+
+    Args:
+        directory: the bundle (or its ``server/`` directory).
+        key_cache_size: deserialized key sets kept in memory (least recently used goes first).
+        max_rows: the most rows one :meth:`run` call accepts.
+        max_bytes: the largest evaluation-key or ciphertext batch accepted.
+        trusted_key: the Ed25519 public key of whoever made the bundle (a ``cryptography``
+            public key object, its PEM bytes, or the path of its PEM file): the bundle must carry
+            its signature, checked before ``server.zip`` is loaded. None: no signature is required.
+
+    A server bundle is code: ``server.zip`` holds a shared library that concrete loads and runs.
+    Its manifest detects corruption, not a deliberate change; load only a bundle from someone you
+    trust, and give their key to make sure it is theirs.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        key_cache_size: int = 8,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        trusted_key: Any = None,
+    ) -> None:
+        from concrete import fhe
+
+        self.directory = _side(directory, "server")
+        self.manifest = check_manifest(self.directory, SERVER_FORMAT, trusted_key=trusted_key)
+        specs = (self.directory / _SPECS).read_bytes()
+        server = fhe.Server.load(str(self.directory / "server.zip"))
+        self.max_rows = max_rows
+        self._fhe = FHEServer(
+            server,
+            specs,
+            layout=(self.directory / "layout.bin").read_bytes(),
+            key_cache_size=key_cache_size,
+            max_bytes=max_bytes,
+            input_columns=self.manifest.get("input_columns"),
+            row_size=int(self.manifest["input_size"]),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fhe.fingerprint
+
+    @property
+    def n_features(self) -> int:
+        return int(self.manifest["n_features"])
+
+    def register(self, evaluation_keys: bytes) -> str:
+        """Check and load an evaluation-key envelope; returns its key id."""
+        return self._fhe.register(evaluation_keys)
+
+    def is_registered(self, identifier: str) -> bool:
+        return self._fhe.is_registered(identifier)
+
+    def run(self, ciphertexts: bytes, key_id: str) -> bytes:
+        """The result batch of a ciphertext batch made under the registered key set ``key_id``."""
+        items = unpack_batch(ciphertexts, max_items=self.max_rows, max_bytes=self._fhe.max_bytes, what="ciphertext batch")
+        return pack_batch([self._fhe.run_registered(item, key_id) for item in items])

@@ -1,0 +1,253 @@
+"""HTTP service of a deployed model (``veilml serve BUNDLE``): ciphertexts in, encrypted predictions out.
+
+Endpoints (binary bodies are ``application/octet-stream``, metadata JSON; OpenAPI at ``/docs``):
+
+- ``GET /health``: status, the model's fingerprint, the client bundle's fingerprint (what
+  ``RemoteModel(expected_fingerprint=...)`` pins), veilml's version, features, every limit.
+- ``GET /bundle/client``: the client bundle as a zip (what a data owner needs to encrypt and
+  decrypt; nothing of the model in between).
+- ``POST /keys``: evaluation keys (the envelope of ``ModelClient.evaluation_keys()``) ->
+  ``{"key_id", "secret"}`` (201). Kept in an on-disk store (:mod:`.serving.store`): a restart keeps them.
+- ``POST /predict``: a ciphertext batch (``ModelClient.encrypt(X)``) with the headers
+  ``X-Veilml-Key-Id`` and ``X-Veilml-Key-Secret`` -> the result batch.
+
+Errors are ``{"detail", "code"}``: 400 malformed body or ciphertext, 401 unknown key id or no
+secret, 403 wrong secret, 408 stalled or slow body, 413 body, rows or keys over the limit, 429 this
+client's share is used, 503 busy (retry), 504 over the run timeout. The server process parses and
+checks; concrete runs each row in an isolated child process with a time limit (:mod:`.serving.tree_work`),
+rows of different clients taken in turn (:mod:`.serving.scheduler`). The server holds evaluation keys
+and ciphertexts only: no secret key ever reaches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import threading
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from veilml.runtime.envelope import (
+    EnvelopeError,
+    KeyMismatchError,
+    check_key_id,
+    check_model,
+    pack_batch,
+    unpack_batch,
+    unpack_envelope,
+)
+from veilml.serving.app import AccessTokens, client_of, create_service_app
+from veilml.serving.body import BodyBudget, receive_body
+from veilml.serving.limits import SERVE_LIMITS, ServiceError, ServiceLimits
+from veilml.serving.scheduler import FairScheduler
+from veilml.serving.store import OwnedStore
+from veilml.serving.tree_work import load, run_row
+
+__all__ = ["KEY_ID_HEADER", "KEY_SECRET_HEADER", "create_model_app"]
+
+KEY_ID_HEADER = "x-veilml-key-id"
+KEY_SECRET_HEADER = "x-veilml-key-secret"
+OCTET_STREAM = "application/octet-stream"
+ENDPOINTS = "GET /health, GET /bundle/client, POST /keys, POST /predict"
+
+_ALIASES = {"max_key_store_bytes": "max_key_bytes"}  # the keyword of earlier releases
+
+
+def _client_zip(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.iterdir()):
+            archive.write(path, path.name)
+    return buffer.getvalue()
+
+
+def _admission(directory: Path) -> Any:
+    """The checks of a server bundle's keys and ciphertexts, without concrete's circuit (this process never runs it)."""
+    from veilml.runtime.server import FHEServer
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return FHEServer(
+        None,
+        (directory / "client.specs.json").read_bytes(),
+        layout=(directory / "layout.bin").read_bytes(),
+        input_columns=manifest.get("input_columns"),
+        row_size=int(manifest["input_size"]),
+    )
+
+
+def create_model_app(
+    bundle: str | os.PathLike,
+    state_dir: str | os.PathLike,
+    *,
+    limits: ServiceLimits | None = None,
+    access_token: str | AccessTokens | None = None,
+    trusted_key: Any = None,
+    **overrides: Any,
+) -> Any:
+    """A FastAPI app serving the model bundle ``bundle`` (see the module docstring).
+
+    Args:
+        bundle: the bundle directory (``client/`` and ``server/``); both manifests are checked.
+        state_dir: where registered evaluation keys are kept across restarts (``state_dir/keys``, 0700).
+        limits: the service's limits (default :data:`~.serving.limits.SERVE_LIMITS`); keyword ``overrides`` change
+            single fields (``max_rows=16``, ``workers=2``, ...).
+        access_token: one token, or :class:`~veilml.serving.app.AccessTokens` (one per client);
+            then every endpoint but ``/health`` needs ``Authorization: Bearer <token>``. Whoever can query
+            the model can learn from its answers (model extraction); tokens decide who may query at all.
+        trusted_key: the model owner's public key: the bundle's signature is checked against it
+            (:mod:`veilml.runtime.manifest`) here and in every child process.
+    """
+    from veilml import __version__
+    from veilml._isolation import IsolatedRunner, IsolatedTaskError
+    from veilml.runtime.manifest import check_manifest
+    from veilml.serving.bundle import CLIENT_FORMAT, SERVER_FORMAT, _side, client_bundle_fingerprint
+
+    if "max_key_store_bytes" in overrides:
+        overrides[_ALIASES["max_key_store_bytes"]] = overrides.pop("max_key_store_bytes")
+    limits = (limits or SERVE_LIMITS).override(**overrides)
+    tokens = AccessTokens.single(access_token) if isinstance(access_token, str) else access_token
+    server_dir, client_dir = _side(bundle, "server"), _side(bundle, "client")
+    manifest = check_manifest(server_dir, SERVER_FORMAT, trusted_key=trusted_key)  # signed by its maker, if a key is given
+    check_manifest(client_dir, CLIENT_FORMAT, trusted_key=trusted_key)
+    bundle_fingerprint = client_bundle_fingerprint(client_dir)
+    checker = _admission(server_dir)
+    bundle_path = str(server_dir.resolve())
+    client_zip = _client_zip(client_dir)
+    store = OwnedStore(
+        limits, id_pattern=r"[0-9a-f]{64}", noun="key id", unknown_code="unknown-key", directory=Path(state_dir) / "keys"
+    )
+    budget = BodyBudget(limits.max_inflight_bytes, limits.max_inflight_bytes_per_client)
+    runner = IsolatedRunner(
+        processes=limits.workers,
+        timeout=limits.run_timeout,
+        name="veilml-serve",
+        initializer=load,
+        initargs=(bundle_path, trusted_key),
+    )
+    scheduler = FairScheduler(limits.workers, limits.max_queue, limits.max_requests_per_client, name="veilml-serve")
+    registering = threading.Lock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        threading.Thread(target=_warm, args=(runner,), daemon=True).start()  # /health answers meanwhile
+        yield
+        scheduler.close()
+        runner.close()
+
+    app = create_service_app(
+        title="veilml model server",
+        description="An encrypted model: evaluation keys and ciphertexts in, encrypted predictions out. "
+        "It never holds a secret key.",
+        name="veilml.serve",
+        endpoints=ENDPOINTS,
+        tokens=tokens,
+        lifespan=lifespan,
+    )
+    app.state.key_store, app.state.body_budget, app.state.scheduler, app.state.limits = store, budget, scheduler, limits
+    app.state.fingerprint, app.state.n_features = checker.fingerprint, int(manifest["n_features"])
+    app.state.bundle_fingerprint = bundle_fingerprint
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "fingerprint": checker.fingerprint,
+            "bundle_fingerprint": bundle_fingerprint,
+            "version": __version__,
+            "n_features": int(manifest["n_features"]),
+            **limits.public(),
+            "key_sets": len(store),
+            "admitted": scheduler.admitted,
+        }
+
+    @app.get("/bundle/client", response_class=Response, responses={200: {"content": {"application/zip": {}}}})
+    def client_bundle() -> Response:
+        return Response(
+            client_zip, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="client.zip"'}
+        )
+
+    def admit_keys(client: str, body: bytes) -> tuple[str, str]:
+        try:
+            _, identifier = checker.admit_keys(body)
+        except (EnvelopeError, ValueError) as exc:
+            raise ServiceError(400, f"these are not evaluation keys of this model: {exc}", "bad-keys") from None
+        with registering:  # one writer per key set at a time; a corrupted stored copy is written anew
+            stored = identifier in store and store.digest(identifier, "keys") is not None
+            if stored:
+                try:
+                    store.get(identifier, "keys")
+                except ServiceError:
+                    stored = False  # dropped as corrupted: made again below, owned by this client
+            created = identifier not in store
+            _, secret = store.open(client, identifier)
+            if not stored:
+                try:
+                    store.put(identifier, "keys", body)
+                except BaseException:
+                    if created:
+                        store.drop(identifier)
+                    raise
+        return identifier, secret
+
+    @app.post("/keys", status_code=201)
+    async def register(request: Request) -> JSONResponse:
+        client = client_of(request)
+        async with receive_body(request, limits, budget, client) as body:
+            identifier, secret = await run_in_threadpool(admit_keys, client, body)
+        return JSONResponse({"key_id": identifier, "secret": secret}, status_code=201)
+
+    def rows_of(body: bytes, identifier: str) -> list[bytes]:
+        """The batch's ciphertexts, each checked as an envelope for this model and key set (no concrete)."""
+        try:
+            items = unpack_batch(body, max_items=limits.max_rows, max_bytes=limits.max_payload_bytes, what="ciphertext batch")
+            for item in items:
+                envelope = unpack_envelope(item, "ciphertext", max_bytes=limits.max_payload_bytes)
+                check_model(envelope, checker.fingerprint)
+                check_key_id(envelope, identifier)
+        except KeyMismatchError as exc:
+            raise ServiceError(400, str(exc), "key-mismatch") from None
+        except (EnvelopeError, ValueError) as exc:
+            raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
+        return items
+
+    def unit(identifier: str, digest: str, item: bytes) -> bytes:
+        try:
+            return runner.run(run_row, bundle_path, str(store.directory), identifier, digest, item, trusted_key)
+        except KeyMismatchError as exc:
+            raise ServiceError(400, str(exc), "key-mismatch") from None
+        except (EnvelopeError, ValueError) as exc:
+            raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
+        except IsolatedTaskError as exc:
+            if exc.reason == "timeout":
+                raise ServiceError(504, str(exc), "run-timeout") from None
+            raise ServiceError(500, str(exc), "crashed") from None
+
+    @app.post("/predict", response_class=Response, responses={200: {"content": {OCTET_STREAM: {}}}})
+    async def predict(request: Request) -> Response:
+        client = client_of(request)
+        identifier = request.headers.get(KEY_ID_HEADER, "")
+        store.authorize(identifier, request.headers.get(KEY_SECRET_HEADER))
+        async with receive_body(request, limits, budget, client) as body:
+            items = await run_in_threadpool(rows_of, body, identifier)
+            digest = store.digest(identifier, "keys")
+            if digest is None:
+                raise ServiceError(401, f"unknown key id {identifier[:12]}...: register the keys again", "unknown-key")
+            units = [functools.partial(unit, identifier, digest, item) for item in items]
+            results = await scheduler.run(client, units, limits.run_timeout)
+        return Response(pack_batch(results), media_type=OCTET_STREAM)
+
+    return app
+
+
+def _warm(runner: Any) -> None:
+    with contextlib.suppress(Exception):  # a child that fails to start is started again on first use
+        runner.warm()
