@@ -1,4 +1,4 @@
-"""Find import cycles between the modules of a package (default: src/veilml).
+"""Find import cycles, and imports that point up the layers, between the modules of a package (default: src/veilml).
 
 Parses every ``.py`` file with :mod:`ast` (nothing is imported), resolves absolute and relative
 imports (``from . import x``, ``from ..a import b``) to modules of the package, and builds the graph
@@ -11,8 +11,13 @@ is still a cycle in the design, only one that fails later).
 The packages above an imported module are not counted (Python runs them first, but a package's
 ``__init__`` importing its own modules is not a cycle).
 
-Prints each cycle as ``a -> b -> a`` and exits 1 if there is one, else prints a one-line summary
-and exits 0::
+Layers (:data:`LAYERS`, veilml's architecture, top first): a module may import its own layer and the
+layers below, never one above, and the two model families never import each other. Each arrow that
+points up is printed as ``upward import: a (layer) -> b (layer)``; modules outside the table are not
+judged.
+
+Prints each cycle as ``a -> b -> a`` and each upward arrow, and exits 1 if there is one, else prints
+a one-line summary and exits 0::
 
     python scripts/import_cycles.py [PACKAGE_DIR] [--include-deferred]
 """
@@ -27,6 +32,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACKAGE = ROOT / "src" / "veilml"
+
+#: veilml's layers, top first: (rank, module prefixes). The two model families share a rank and may
+#: not import each other; ``_isolation`` and ``data`` are leaves any layer may use.
+LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (9, ("veilml.__main__",)),
+    (8, ("veilml.cli",)),
+    (7, ("veilml.models.lora", "veilml.models.trees")),
+    (6, ("veilml.linear",)),
+    (5, ("veilml.serving",)),
+    (4, ("veilml.runtime",)),
+    (3, ("veilml.compiler",)),
+    (2, ("veilml.quantization",)),
+    (1, ("veilml._isolation", "veilml.data")),
+)
 
 
 def module_names(package_dir: Path) -> dict[str, Path]:
@@ -172,6 +191,30 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return [_cycle_in(c, graph) for c in _components(graph) if len(c) > 1]
 
 
+def layer_of(module: str) -> tuple[int, str] | None:
+    """(rank, prefix) of the layer ``module`` belongs to (the longest matching prefix), or None."""
+    found = None
+    for rank, prefixes in LAYERS:
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (found is None or len(prefix) > len(found[1])):
+                found = (rank, prefix)
+    return found
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str, str, str]]:
+    """Every import from a lower layer to a higher one (or between model families): (a, a's layer, b, b's layer)."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        own = layer_of(module)
+        for target in sorted(targets):
+            theirs = layer_of(target)
+            if own is None or theirs is None:
+                continue
+            if theirs[0] > own[0] or (theirs[0] == own[0] and theirs[1] != own[1]):
+                found.append((module, own[1], target, theirs[1]))
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", nargs="?", type=Path, default=DEFAULT_PACKAGE, help="the package directory")
@@ -184,11 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     kind = "imports, inside functions included" if args.include_deferred else "module-level imports"
     for cycle in cycles:
         print("import cycle: " + " -> ".join(cycle))
+    upward = upward_imports(graph)
+    for module, own, target, theirs in upward:
+        print(f"upward import: {module} ({own}) -> {target} ({theirs})")
     edges = sum(len(targets) for targets in graph.values())
-    if cycles:
-        print(f"{len(cycles)} import cycle(s) among {len(graph)} modules ({edges} {kind})")
+    if cycles or upward:
+        print(f"{len(cycles)} import cycle(s) and {len(upward)} upward import(s) among {len(graph)} modules ({edges} {kind})")
         return 1
-    print(f"no import cycle among {len(graph)} modules ({edges} {kind})")
+    print(f"no import cycle and no upward import among {len(graph)} modules ({edges} {kind})")
     return 0
 
 

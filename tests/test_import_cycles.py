@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle between its modules, and no module over 500 lines."""
+"""The package's shape: no import cycle between its modules, no import up the layers, and no module over 500 lines."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("deferred", [False, True], ids=["module-level", "inside-functions-too"])
 def test_no_import_cycle(deferred: bool) -> None:
     out = run_script(*(["--include-deferred"] if deferred else []))
-    assert out.returncode == 0, f"import cycles in src/veilml:\n{out.stdout}{out.stderr}"
-    assert out.stdout.startswith("no import cycle among")
+    assert out.returncode == 0, f"import cycles or upward imports in src/veilml:\n{out.stdout}{out.stderr}"
+    assert out.stdout.startswith("no import cycle and no upward import among")
 
 
 def test_the_script_finds_cycles_relative_and_deferred(tmp_path: Path) -> None:
@@ -44,6 +44,27 @@ def test_the_script_finds_cycles_relative_and_deferred(tmp_path: Path) -> None:
     (package / "b.py").write_text("import pkg.d\n")
     out = run_script(str(package))
     assert out.returncode == 1 and "import cycle: pkg.b -> pkg.d -> pkg.b" in out.stdout
+
+
+def test_the_script_finds_imports_up_the_layers(tmp_path: Path) -> None:
+    """models.lora -> linear -> serving -> runtime -> compiler -> quantization; models.trees -> runtime."""
+    package = tmp_path / "veilml"
+    for sub in ("runtime", "serving", "models", "models/trees", "models/lora"):
+        (package / sub).mkdir(parents=True)
+        (package / sub / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "serving" / "kit.py").write_text("from veilml.runtime import core\n")  # down: fine
+    (package / "runtime" / "core.py").write_text("def late():\n    from veilml.serving import kit\n")  # up, deferred
+    (package / "models" / "trees" / "est.py").write_text("from veilml.runtime import core\n")  # down: fine
+    (package / "models" / "lora" / "train.py").write_text("")
+    assert run_script(str(package)).returncode == 0  # module level: no upward arrow
+    out = run_script(str(package), "--include-deferred")
+    assert out.returncode == 1
+    assert "upward import: veilml.runtime.core (veilml.runtime) -> veilml.serving.kit (veilml.serving)" in out.stdout
+    (package / "models" / "trees" / "est.py").write_text("import veilml.models.lora.train\n")  # sideways
+    out = run_script(str(package))
+    assert out.returncode == 1
+    assert "upward import: veilml.models.trees.est (veilml.models.trees) -> veilml.models.lora.train" in out.stdout
 
 
 def test_no_module_over_500_lines() -> None:

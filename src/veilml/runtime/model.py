@@ -34,7 +34,7 @@ class FHEModel:
     circuit) and the integer graph; once compiled, its client and server.
 
     Every execution mode goes through the same codec, so ``disable``, ``simulate`` and ``execute``
-    see the very same integers, and :meth:`save` writes the very same steps into the client bundle.
+    see the very same integers, and :func:`veilml.serving.bundle.save_bundle` writes the very same steps into the client bundle.
     """
 
     codec: ClientCodec
@@ -80,13 +80,6 @@ class FHEModel:
         if self.compiled is None:
             raise NotCompiledError(f"fhe={fhe!r} needs a compiled model; call 'compile(X)' with representative data first")
         return self.compiled
-
-    def save(self, directory: Any, signing_key: Any = None) -> Any:
-        """Write the client and server bundles (see :mod:`veilml.serving.bundle`), signed with ``signing_key``
-        if given; returns the directory."""
-        from veilml.serving.bundle import save_bundle
-
-        return save_bundle(self, directory, signing_key=signing_key)
 
     # ----------------------------------------------------------------------------------- sides
     def client(self) -> FHEClient:

@@ -317,8 +317,10 @@ class _EncryptedEnsemble(BaseEstimator):
         ``signing_key`` (an Ed25519 private key, its PEM bytes or a 0600 PEM file, see ``veilml sign --new-key``)
         signs both manifests, so that servers and clients given the public key can check who made the bundle.
         """
+        from veilml.serving.bundle import save_bundle
+
         check_is_fitted(self)
-        return self.fhe_model_.save(directory, signing_key=signing_key)
+        return save_bundle(self.fhe_model_, directory, signing_key=signing_key)
 
 
 class _Classifier(ClassifierMixin, _EncryptedEnsemble):
