@@ -12,12 +12,13 @@ __version__ = "0.1.0"
 
 from veilml.models.trees.families import FAMILIES as _TREE_FAMILIES
 
-__all__ = ["Configuration", *_TREE_FAMILIES, "from_onnx", "__version__"]
+__all__ = ["Configuration", "VeilmlError", *_TREE_FAMILIES, "from_onnx", "__version__"]
 
 _LAZY = {
     **{name: "veilml.models" for name in _TREE_FAMILIES},
     "from_onnx": "veilml.models",
     "Configuration": "veilml.compiler",
+    "VeilmlError": "veilml.errors",
 }
 
 
