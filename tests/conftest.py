@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -35,13 +36,20 @@ def _record_skip(report) -> None:
         _skips[kind].append(f"{report.nodeid}: {reason}")
 
 
+#: the tiers a local run leaves out unless asked (``-m``), and that CI (strict) always runs
+SLOW_TIERS = ("execute", "notebook", "all_families")
+_left_out: list[int] = []
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Outside CI, leave out the slow ``all_families`` execute checks (CI runs them)."""
-    if strict() or config.getoption("markexpr"):
+    """A plain ``pytest`` is the fast tier: the execute, notebook and all_families tiers are left out.
+    ``scripts/test.sh`` (``VEILML_ALL_TIERS=1``) and CI (``VEILML_STRICT_TESTS=1`` or ``CI``) run every tier."""
+    if strict() or os.environ.get("VEILML_ALL_TIERS") or config.getoption("markexpr"):
         return
-    kept = [item for item in items if item.get_closest_marker("all_families") is None]
+    kept = [item for item in items if not any(item.get_closest_marker(tier) for tier in SLOW_TIERS)]
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        _left_out.append(len(items) - len(kept))
         items[:] = kept
 
 
@@ -61,6 +69,11 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 def pytest_terminal_summary(terminalreporter) -> None:
     write = terminalreporter.write_line
+    if _left_out:
+        write(
+            f"fast tier: {_left_out[0]} tests of the {', '.join(SLOW_TIERS)} tiers left out; every tier: "
+            "bash scripts/test.sh (or VEILML_ALL_TIERS=1), or choose with -m, e.g. -m execute"
+        )
     if _skips["allowed"]:
         write(f"skips allowed on this machine: {len(_skips['allowed'])}")
         for line in _skips["allowed"]:

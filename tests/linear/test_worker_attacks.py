@@ -16,6 +16,8 @@ from requires import require
 require("httpx", "worker")
 require("tenseal", "bfv")
 
+pytestmark = pytest.mark.execute  # a real worker process and real bfv encryption
+
 from worker_helpers import CLIWorker  # noqa: E402
 
 from veilml.linear import EncryptedLinearExecutor, LocalTransport, Worker  # noqa: E402
