@@ -138,7 +138,7 @@ class FairScheduler:
         """The next unit in turn (called with the lock held); jobs past their deadline fail on the way."""
         now = time.monotonic()
         for client in list(self._clients):
-            for job in self._clients[client]:
+            for job in list(self._clients[client]):  # a job failed here leaves its queue
                 if not job.pending:
                     continue
                 if now >= job.deadline:
