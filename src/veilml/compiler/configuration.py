@@ -1,4 +1,8 @@
-"""Compilation settings: the few knobs that matter, mapped onto ``concrete.fhe.Configuration``."""
+"""Compilation settings: the few knobs that matter, mapped onto ``concrete.fhe.Configuration``.
+
+:class:`Configuration` is a frozen, keyword-only dataclass; :meth:`Configuration.to_concrete` builds
+concrete's configuration from it, and :func:`check_gpu` tells whether ``device="cuda"`` can work here.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,27 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from veilml.errors import VeilmlError
+
 __all__ = ["Configuration", "GPUUnavailableError"]
 
+#: settings that Configuration once had, and what to use instead
+_REMOVED = {
+    "compress_input_ciphertexts": (
+        "concrete's input ciphertexts are compressed exactly when input_encryption='concrete' (concrete's "
+        "seeded inputs); input_encryption='veilml', the default, sends veilml's seeded inputs instead "
+        "(8 bytes per ciphertext). Choose input_encryption and drop compress_input_ciphertexts"
+    ),
+}
 
-class GPUUnavailableError(RuntimeError):
+
+class GPUUnavailableError(VeilmlError, RuntimeError):
     """``device="cuda"`` was asked for but the installed concrete-python cannot use a GPU."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Configuration:
-    """How a graph is compiled to a TFHE circuit.
+    """How a graph is compiled to a TFHE circuit (keyword arguments only).
 
     Attributes:
         p_error: error probability of each programmable bootstrap (None: derived from
@@ -33,10 +48,9 @@ class Configuration:
             sides (a thermometer row of breast cancer: 15 KiB, 6 ms to encrypt, against 45 KiB
             and 0.25 s through concrete's client); concrete compiles the circuit with
             uncompressed inputs, which only the server builds in memory. ``"concrete"``:
-            concrete's own seeded encryption (``compress_input_ciphertexts`` must then be True).
-        compress_input_ciphertexts / compress_evaluation_keys: concrete's seeded, compressed
-            input ciphertexts (with ``input_encryption="concrete"``) and evaluation keys on the
-            wire (a thermometer-encoded row of breast cancer is 22 MiB uncompressed).
+            concrete's own seeded, compressed input ciphertexts (a thermometer-encoded row of
+            breast cancer would be 22 MiB uncompressed).
+        compress_evaluation_keys: concrete's seeded, compressed evaluation keys on the wire.
         security_level: bits of security of the parameters (128 by default).
         insecure_key_cache: a directory where concrete caches keys across runs. Unsafe: for
             tests only; it turns on concrete's unsafe features.
@@ -54,13 +68,17 @@ class Configuration:
     dataflow_parallelize: bool = False
     device: Literal["cpu", "cuda"] = "cpu"
     input_encryption: Literal["veilml", "concrete"] = "veilml"
-    compress_input_ciphertexts: bool = True
     compress_evaluation_keys: bool = True
     security_level: int = 128
     insecure_key_cache: str | Path | None = None
     show_progress: bool = False
     batch_size: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Configuration:
+        """Refuse the removed settings by name, before the generic unexpected-keyword error."""
+        _refuse_removed(kwargs)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -75,17 +93,12 @@ class Configuration:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.input_encryption not in ("veilml", "concrete"):
             raise ValueError(f"input_encryption must be 'veilml' or 'concrete', got {self.input_encryption!r}")
-        if self.input_encryption == "concrete" and not self.compress_input_ciphertexts:
-            raise ValueError(
-                "input_encryption='concrete' with compress_input_ciphertexts=False would send every input "
-                "ciphertext whole (about 12 KiB each); keep compress_input_ciphertexts=True, or use "
-                "input_encryption='veilml' (seeded, 8 bytes per ciphertext)"
-            )
         if self.security_level not in (128, 132):
             raise ValueError(f"security_level must be 128 or 132, got {self.security_level!r}")
 
     def fork(self, **changes: Any) -> Configuration:
         """A copy with some fields changed."""
+        _refuse_removed(changes)
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:
@@ -121,6 +134,13 @@ class Configuration:
             )
         options.update(self.extra)
         return fhe.Configuration(**options)
+
+
+def _refuse_removed(keywords: Mapping[str, Any]) -> None:
+    """Raise a TypeError that says what replaces a removed setting, if ``keywords`` name one."""
+    for name in keywords:
+        if name in _REMOVED:
+            raise TypeError(f"Configuration has no setting {name!r} any more: {_REMOVED[name]}")
 
 
 def check_gpu() -> None:

@@ -11,23 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from veilml.compiler.ir import Graph, IRError, Node, Ops, round_bits
+from veilml.compiler.ir import CMP_FUNCTIONS, Graph, IRError, Node, Ops, lut_index, round_bits
 
-__all__ = ["evaluate"]
-
-_CMP = {
-    "le": np.less_equal,
-    "lt": np.less,
-    "ge": np.greater_equal,
-    "gt": np.greater,
-    "eq": np.equal,
-    "ne": np.not_equal,
-}
+__all__ = ["SEMANTICS", "evaluate"]
 
 
 def _lut(node: Node, x: np.ndarray) -> np.ndarray:
     table, offset = node.arg
-    index = np.clip(x - offset, 0, table.shape[-1] - 1)
+    index = lut_index(x, offset, table.shape[-1])
     if table.ndim == 2:  # one table per element
         return table[np.arange(node.size), index]
     return table[index]
@@ -48,7 +39,7 @@ SEMANTICS: dict[Ops, Callable[..., np.ndarray]] = {
     Ops.MUL: lambda n, a, c: a * c,
     Ops.MATMUL: lambda n, x: x @ n.arg,
     Ops.SUM: lambda n, x: x.sum(axis=1, keepdims=True),
-    Ops.CMP: lambda n, x, c: _CMP[n.arg](x, c).astype(np.int64),
+    Ops.CMP: lambda n, x, c: CMP_FUNCTIONS[n.arg](x, c).astype(np.int64),
     Ops.LUT: _lut,
     Ops.ROUND: lambda n, x: round_bits(x, *n.arg),
     Ops.ASSUME: _assume,

@@ -6,21 +6,27 @@ list is always in topological order. Whether a value is encrypted follows from i
 (inputs are encrypted, constants are clear). The rules a graph must follow are
 :mod:`veilml.compiler.spec`; graphs are built with :mod:`veilml.compiler.builder`. Ranges and bit
 widths are derived by :mod:`veilml.compiler.ranges`; the meaning of each op is
-:mod:`veilml.compiler.interpreter`.
+:mod:`veilml.compiler.interpreter`. What a CMP predicate, a LUT's index and a ROUND compute is defined
+once here (:data:`CMP_FUNCTIONS`, :func:`lut_index`, :func:`round_bits`), for the modules that need it:
+the interpreter, range inference and the lowering (concrete rounds with its own operation).
 """
 
 from __future__ import annotations
 
 import enum
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Graph", "IRError", "Node", "Ops", "CMP_PREDICATES", "ROUND_MODES", "round_bits"]
+from veilml.errors import VeilmlError
+
+__all__ = ["CMP_FUNCTIONS", "CMP_PREDICATES", "ROUND_MODES", "Graph", "IRError", "Node", "Ops", "lut_index", "round_bits"]
 
 
-class IRError(ValueError):
+class IRError(VeilmlError, ValueError):
     """A graph breaks a rule of the IR."""
 
 
@@ -45,7 +51,16 @@ class Ops(enum.Enum):
     OUTPUT = "output"  # src: (x,); arg: name
 
 
-CMP_PREDICATES = ("le", "lt", "ge", "gt", "eq", "ne")
+#: what each CMP predicate computes; the interpreter applies it to arrays, the lowering to concrete's tracers
+CMP_FUNCTIONS: dict[str, Callable[[Any, Any], Any]] = {
+    "le": operator.le,
+    "lt": operator.lt,
+    "ge": operator.ge,
+    "gt": operator.gt,
+    "eq": operator.eq,
+    "ne": operator.ne,
+}
+CMP_PREDICATES = tuple(CMP_FUNCTIONS)
 ROUND_MODES = ("round", "truncate")
 LEVELED = frozenset({Ops.ADD, Ops.SUB, Ops.MUL, Ops.MATMUL, Ops.SUM, Ops.GATHER, Ops.ASSUME})
 
@@ -59,6 +74,14 @@ def round_bits(x: np.ndarray, lsbs: int, mode: str) -> np.ndarray:
     if mode == "round":
         x = x + (1 << (lsbs - 1))
     return (x >> lsbs) << lsbs
+
+
+def lut_index(x: np.ndarray, offset: int, length: int) -> np.ndarray:
+    """Where LUT reads a table of ``length`` entries for value ``x``: ``x - offset``, clipped to the table.
+
+    Shared by the interpreter (values), range inference (bounds) and the lowering (concrete's tables).
+    """
+    return np.clip(x - offset, 0, length - 1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,9 +1,14 @@
-"""Lowering of the integer IR to a concrete-python circuit, and the report of what it costs."""
+"""Lowering of the integer IR to a concrete-python circuit, and the report of what it costs.
+
+:func:`compile_graph` runs the passes of :mod:`veilml.compiler.passes` on the graph, then traces
+:func:`to_concrete_function` of the result (each op written as in :data:`LOWER`) with concrete over the
+checked inputset and the corners of the declared input ranges. :class:`CompiledGraph` holds the circuit
+and simulates it on whole rows; :class:`CircuitReport` holds its deterministic cost figures.
+"""
 
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -11,29 +16,24 @@ from typing import Any
 import numpy as np
 
 from veilml.compiler.configuration import Configuration
-from veilml.compiler.interpreter import evaluate
-from veilml.compiler.ir import Graph, Node, Ops
+from veilml.compiler.ir import CMP_FUNCTIONS, Graph, Node, Ops, lut_index
 from veilml.compiler.key_sizes import key_sizes, wire_input_bytes
-from veilml.compiler.narrowing import narrow_input
+from veilml.compiler.passes import CompileState, run_passes
 from veilml.compiler.ranges import Range, bit_width, infer_ranges
-from veilml.compiler.spec import verify_graph
 
 __all__ = ["CircuitReport", "CompiledGraph", "compile_graph", "to_concrete_function"]
-
-_CMP = {"le": operator.le, "lt": operator.lt, "ge": operator.ge, "gt": operator.gt, "eq": operator.eq, "ne": operator.ne}
 
 
 def _lut(fhe: Any, node: Node, x: Any, source: Range) -> Any:
     table, offset = node.arg
-    last = table.shape[-1] - 1
     if table.ndim == 1:
-        return fhe.univariate(lambda v: table[np.clip(v - offset, 0, last)])(x)
+        return fhe.univariate(lambda v: table[lut_index(v, offset, table.shape[-1])])(x)
     # one table per element: concrete's multi-table lookup, each table indexed by the value itself
     # over the source's whole range (a signed source indexes from the end, as numpy does)
     low, high = int(source.low.min()), int(source.high.max())
     width = source.bit_width
     values = np.arange(2**width) if low >= 0 else np.concatenate([np.arange(2 ** (width - 1)), np.arange(-(2 ** (width - 1)), 0)])
-    rows = table[:, np.clip(values - offset, 0, last)]
+    rows = table[:, lut_index(values, offset, table.shape[-1])]
     assert low >= values.min() and high <= values.max()
     return fhe.LookupTable([fhe.LookupTable([int(v) for v in row]) for row in rows])[x]
 
@@ -65,7 +65,7 @@ LOWER: dict[Ops, Callable[..., Any]] = {
     Ops.MUL: lambda fhe, n, a, c: a * c,
     Ops.MATMUL: lambda fhe, n, x: x @ np.ascontiguousarray(n.arg),
     Ops.SUM: lambda fhe, n, x: np.sum(x, axis=-1, keepdims=True),
-    Ops.CMP: lambda fhe, n, x, c: _CMP[n.arg](x, c),
+    Ops.CMP: lambda fhe, n, x, c: CMP_FUNCTIONS[n.arg](x, c),
     Ops.LUT: _lut,  # also receives the source's Range
     Ops.ROUND: _round,  # also receives the source's Range
     Ops.ASSUME: lambda fhe, n, x: x,
@@ -252,6 +252,23 @@ class CompiledGraph:
         return f"CompiledGraph({len(self.graph)} nodes; {self.report})"
 
 
+def _concrete_inputset(graph: Graph, batches: list[np.ndarray], batch_size: int) -> list[Any]:
+    """The samples concrete compiles with: those of ``batches`` and the corners of the declared input
+    ranges, each a block of ``batch_size`` rows when the circuit is batched; one array per sample for a
+    one-input graph, a tuple of arrays otherwise."""
+    samples = [list(row) for row in zip(*batches)] + _corner_samples(graph)
+    if batch_size > 1:  # every sample a block of batch_size rows, corners included
+        b = batch_size
+        samples = [
+            [np.stack([samples[(i + j) % len(samples)][k] for j in range(b)]) for k in range(len(batches))]
+            for i in range(len(samples))
+        ]
+    samples = [[np.ascontiguousarray(x) for x in s] for s in samples]
+    if len(graph.inputs) == 1:
+        return [s[0] for s in samples]
+    return [tuple(s) for s in samples]
+
+
 def compile_graph(
     graph: Graph,
     inputset: Iterable[Sequence[np.ndarray]] | Sequence[np.ndarray],
@@ -259,35 +276,17 @@ def compile_graph(
 ) -> CompiledGraph:
     """Compile ``graph`` to a concrete circuit.
 
-    ``inputset``: either one (n_samples, size) array per graph input, or an iterable of
-    per-sample tuples. Every sample is checked by the interpreter first (range and shape).
+    ``inputset``: one (n_samples, size) array per graph input. The graph goes through the passes of
+    :data:`veilml.compiler.passes.PIPELINE` (spec checked before and after each rewrite; every sample
+    checked by the interpreter), then concrete traces :func:`to_concrete_function` of the result.
     """
     from concrete import fhe
 
     configuration = configuration or Configuration()
-    verify_graph(graph)
-    batches = [np.asarray(x, dtype=np.int64) for x in inputset]
-    if len(batches) != len(graph.inputs) or any(b.ndim != 2 for b in batches):
-        raise ValueError(f"inputset must be one (n_samples, size) array per graph input ({len(graph.inputs)})")
-    evaluate(graph, batches)  # raises with a clear message on bad shapes or out-of-range values
-    whole, columns = graph, None
-    if configuration.input_encryption == "veilml":  # the server drops what is not read (seeded inputs)
-        graph, columns = narrow_input(graph)
-        if columns is not None:
-            batches = [batches[0][:, columns]]
-    samples = [list(row) for row in zip(*batches)] + _corner_samples(graph)
-    if configuration.batch_size > 1:  # every sample a block of batch_size rows, corners included
-        b = configuration.batch_size
-        samples = [
-            [np.stack([samples[(i + j) % len(samples)][k] for j in range(b)]) for k in range(len(batches))]
-            for i in range(len(samples))
-        ]
-    samples = [[np.ascontiguousarray(x) for x in s] for s in samples]
-    if len(graph.inputs) == 1:
-        samples_for_concrete: list[Any] = [s[0] for s in samples]
-    else:
-        samples_for_concrete = [tuple(s) for s in samples]
-    function = to_concrete_function(graph)
-    compiler = fhe.Compiler(function, {name: "encrypted" for name in graph.input_names()})
-    circuit = compiler.compile(samples_for_concrete, configuration.to_concrete())
-    return CompiledGraph(whole, circuit, configuration, columns)
+    state = CompileState(configuration, inputset)
+    lowered = run_passes(graph, state)
+    function = to_concrete_function(lowered)
+    compiler = fhe.Compiler(function, {name: "encrypted" for name in lowered.input_names()})
+    samples = _concrete_inputset(lowered, state.batches, configuration.batch_size)
+    circuit = compiler.compile(samples, configuration.to_concrete())
+    return CompiledGraph(graph, circuit, configuration, state.columns)

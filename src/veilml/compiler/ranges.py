@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from veilml.compiler.ir import Graph, IRError, Node, Ops, round_bits
+from veilml.compiler.ir import Graph, IRError, Node, Ops, lut_index, round_bits
 
 __all__ = ["Range", "bit_width", "infer_ranges"]
 
@@ -44,9 +44,8 @@ class Range:
 def _lut_range(node: Node, x: Range) -> Range:
     table, offset = node.arg
     rows = table if table.ndim == 2 else np.broadcast_to(table, (node.size, table.size))
-    last = rows.shape[1] - 1
-    lo_idx = np.broadcast_to(np.clip(x.low - offset, 0, last), (node.size,))
-    hi_idx = np.broadcast_to(np.clip(x.high - offset, 0, last), (node.size,))
+    lo_idx = np.broadcast_to(lut_index(x.low, offset, rows.shape[1]), (node.size,))
+    hi_idx = np.broadcast_to(lut_index(x.high, offset, rows.shape[1]), (node.size,))
     low = np.array([row[a : b + 1].min() for row, a, b in zip(rows, lo_idx, hi_idx)], dtype=np.int64)
     high = np.array([row[a : b + 1].max() for row, a, b in zip(rows, lo_idx, hi_idx)], dtype=np.int64)
     return Range(low, high)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from veilml.errors import VeilmlError
+
 __all__ = ["MAX_N_BITS", "QuantizationRangeWarning", "UniformQuantizer", "dynamic_quantize"]
 
 
@@ -21,8 +23,11 @@ __all__ = ["MAX_N_BITS", "QuantizationRangeWarning", "UniformQuantizer", "dynami
 MAX_N_BITS = 62
 
 
-class QuantizationRangeWarning(UserWarning):
-    """Values fell outside the calibrated range and were clipped."""
+class QuantizationRangeWarning(VeilmlError, UserWarning):
+    """Values fell outside the calibrated range and were clipped.
+
+    Also a ``UserWarning``: ``warnings`` filters on this class or on ``UserWarning`` apply to it.
+    """
 
 
 def _integer_range(n_bits: int, signed: bool, symmetric: bool) -> tuple[int, int]:
