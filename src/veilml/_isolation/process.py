@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from veilml._isolation.child import child_main
 from veilml._isolation.output import OutputCollector
+from veilml.errors import VeilmlError
 
 __all__ = ["OUTPUT_GRACE_S", "ChildProcess", "Outcome", "stop_children"]
 
@@ -18,7 +19,7 @@ OUTPUT_GRACE_S = 2.0  # how long a failed task waits for the rest of its output
 REAP_S = 5.0  # how long to wait for a killed or exiting child to be reaped
 
 
-class Outcome(Exception):
+class Outcome(VeilmlError):
     """Internal: a task that did not return (timeout or crash), with the child's output."""
 
     def __init__(self, reason: Literal["timeout", "crashed"], exitcode: int | None, output: tuple[bytes, int]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from veilml._isolation.child import PICKLE, noop
 from veilml._isolation.process import OUTPUT_GRACE_S, ChildProcess, Outcome, stop_children
+from veilml.errors import VeilmlError
 
 __all__ = ["IsolatedRunner", "IsolatedTaskError"]
 
@@ -31,7 +32,7 @@ _LOG_TAIL_BYTES = 1200  # bytes of a failed task's output quoted in its log reco
 _LOG_LABEL_CHARS = 200
 
 
-class IsolatedTaskError(RuntimeError):
+class IsolatedTaskError(VeilmlError, RuntimeError):
     """The isolated computation did not return: it ran out of time or its process died.
 
     ``reason`` is ``"timeout"`` or ``"crashed"``; ``exitcode`` is the child's exit status as
@@ -48,7 +49,7 @@ class IsolatedTaskError(RuntimeError):
         return (type(self), (str(self), self.reason, self.exitcode))
 
 
-class _RemoteTraceback(Exception):
+class _RemoteTraceback(VeilmlError):
     """Carries the child's traceback text as the ``__cause__`` of a re-raised exception."""
 
     def __str__(self) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from veilml.errors import VeilmlError
+
 __all__ = ["LOOPBACK", "CommandError", "read_tokens"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class CommandError(Exception):
+class CommandError(VeilmlError):
     """A command that cannot go on; printed as ``veilml <command>: error: ...`` with exit status 1."""
 
 

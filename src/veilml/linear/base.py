@@ -29,6 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from veilml.errors import VeilmlError
+
 __all__ = [
     "BACKENDS",
     "ClientSession",
@@ -93,7 +95,7 @@ class MatrixSpec:
         return np.ascontiguousarray(x_q, dtype=np.int64)
 
 
-class WorkTimeout(RuntimeError):
+class WorkTimeout(VeilmlError, RuntimeError):
     """A computation passed its deadline; it was stopped between two units of work (nothing is left running)."""
 
 

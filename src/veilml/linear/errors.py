@@ -8,6 +8,7 @@ client's refusal of a worker that would see its data in plaintext.
 
 from __future__ import annotations
 
+from veilml.errors import VeilmlError
 from veilml.serving.limits import ServiceError
 
 __all__ = ["InsecureBackendError", "WorkerError"]
@@ -25,5 +26,5 @@ class WorkerError(ServiceError):
         super().__init__(status, message, code)
 
 
-class InsecureBackendError(ValueError):
+class InsecureBackendError(VeilmlError, ValueError):
     """The worker offers a backend that does not encrypt, and the client did not ask for it."""

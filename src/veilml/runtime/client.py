@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from veilml.errors import VeilmlError
 from veilml.runtime.envelope import (
     DEFAULT_MAX_BYTES,
     check_key_id,
@@ -34,7 +35,7 @@ __all__ = ["RESULT_OVERHEAD_BYTES", "FHEClient", "ResultError", "read_private_fi
 RESULT_OVERHEAD_BYTES = 4096
 
 
-class ResultError(ValueError):
+class ResultError(VeilmlError, ValueError):
     """A result that cannot be this circuit's output for the rows sent (another number of rows, another
     length): refused, since the server that sent it may be hostile."""
 

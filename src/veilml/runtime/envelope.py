@@ -32,6 +32,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from veilml.errors import VeilmlError
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "KINDS",
@@ -61,7 +63,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAMES = {"evaluation-keys": "evaluation keys", "ciphertext": "ciphertext", "result": "result"}
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(VeilmlError, ValueError):
     """Bytes are not a well-formed veilml envelope of the expected kind."""
 
 

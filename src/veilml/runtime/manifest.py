@@ -33,6 +33,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from veilml.errors import VeilmlError
+
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
@@ -64,7 +66,7 @@ _SIGNED_CONTEXT = b"veilml manifest signature v1\n"
 _SIGNATURE_FORMAT = "veilml-signature"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(VeilmlError, ValueError):
     """An artifact directory that must not be loaded: corrupted or altered, incomplete, unsigned or
     signed by another key when a signature is required, or from an incompatible version."""
 

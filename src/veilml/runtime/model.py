@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from veilml.compiler import CompiledGraph, Configuration, Graph, InputEncoding, compile_graph, evaluate
+from veilml.errors import VeilmlError
 from veilml.quantization import UniformQuantizer
 from veilml.runtime.client import FHEClient
 from veilml.runtime.codec import ClientCodec
@@ -24,7 +25,7 @@ __all__ = ["FHE_MODES", "FHEModel", "NotCompiledError"]
 FHE_MODES = ("disable", "simulate", "execute")
 
 
-class NotCompiledError(ValueError, AttributeError):
+class NotCompiledError(VeilmlError, ValueError, AttributeError):
     """An FHE mode was asked for before the model was compiled."""
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from veilml.errors import VeilmlError
+
 __all__ = [
     "MAX_GLWE_DIMENSION",
     "MAX_KEY_BYTES",
@@ -81,7 +83,7 @@ MAX_KEY_BYTES = 4 * 2**30  # secret and evaluation keys, uncompressed: 55x the t
 MAX_VALUE_BYTES = 2**31  # one circuit input or output, uncompressed: the largest envelope veilml reads
 
 
-class InsecureParametersError(ValueError):
+class InsecureParametersError(VeilmlError, ValueError):
     """The server's crypto parameters are below the required security, unbounded, or cannot be
     assessed; or a client bundle's parts do not agree."""
 

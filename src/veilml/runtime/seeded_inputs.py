@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from veilml.compiler.key_sizes import SEEDED_HEADER_BYTES
+from veilml.errors import VeilmlError
 from veilml.runtime.validation import LayoutError, StructureTemplate
 
 __all__ = ["InputSpec", "SeededEncryptor", "SeededInputError", "SeededInputs", "input_secret_key", "seeded_input_spec"]
@@ -48,7 +49,7 @@ assert _HEAD.size == SEEDED_HEADER_BYTES
 WORD = 8
 
 
-class SeededInputError(ValueError):
+class SeededInputError(VeilmlError, ValueError):
     """A seeded input payload that is malformed or not made for this circuit's input."""
 
 

@@ -6,6 +6,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from veilml.errors import VeilmlError
 from veilml.runtime.envelope import (
     DEFAULT_MAX_BYTES,
     check_key_id,
@@ -21,7 +22,7 @@ from veilml.runtime.validation import CircuitLayout, learn_circuit_layout
 __all__ = ["FHEServer", "UnknownKeyError"]
 
 
-class UnknownKeyError(KeyError):
+class UnknownKeyError(VeilmlError, KeyError):
     """No evaluation keys are registered under this key id."""
 
     def __str__(self) -> str:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from veilml.errors import VeilmlError
+
 __all__ = ["CircuitLayout", "LayoutError", "StructureTemplate", "learn_circuit_layout", "learn_template"]
 
 WORD = 8
@@ -38,7 +40,7 @@ _RUN = struct.Struct(">QI")  # offset, size
 _LAYOUT_HEAD = struct.Struct(">8sHI")  # magic, version, number of templates
 
 
-class LayoutError(ValueError):
+class LayoutError(VeilmlError, ValueError):
     """Bytes do not have the layout the circuit gives to this kind of data (or a template is malformed)."""
 
 

@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from veilml.errors import VeilmlError
+
 __all__ = [
     "MIB",
     "SERVE_LIMITS",
@@ -35,7 +37,7 @@ __all__ = [
 MIB = 2**20
 
 
-class ServiceError(Exception):
+class ServiceError(VeilmlError):
     """An error answered with ``status`` and ``{"detail": message, "code": code}``."""
 
     def __init__(self, status: int, message: str, code: str | None = None) -> None:
