@@ -20,14 +20,34 @@ before it is a separate, per-model object).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_ENCODED_SIZE", "MAX_ENCODING_BITS", "InputEncoding"]
+__all__ = ["MAX_ENCODED_SIZE", "MAX_ENCODING_BITS", "EncodingKind", "InputEncoding"]
 
 
-KINDS = ("identity", "thermometer", "chunked", "thresholds")
+class EncodingKind(StrEnum):
+    """The kinds of input encoding. A string enum: ``kind == "chunked"`` still holds, and documents
+    (``to_dict``) keep the plain names."""
+
+    IDENTITY = "identity"
+    THERMOMETER = "thermometer"
+    CHUNKED = "chunked"
+    THRESHOLDS = "thresholds"
+
+    @classmethod
+    def parse(cls, value: str) -> EncodingKind:
+        """The kind named ``value`` (a string at the API), or a ValueError that lists the kinds."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown input encoding {value!r}; use one of {', '.join(map(repr, KINDS))}") from None
+
+
+#: the kinds' names, in the order error messages list them
+KINDS = tuple(kind.value for kind in EncodingKind)
 
 #: the most integers an encoded row may hold when read back (``from_dict``: a client bundle may come
 #: from a hostile server). Each is one ciphertext: breast cancer's 30 features in 6-bit thermometer
@@ -40,7 +60,9 @@ MAX_ENCODING_BITS = 24
 
 @dataclass(frozen=True)
 class InputEncoding:
-    kind: Literal["identity", "thermometer", "chunked"]
+    """What the client encrypts for ``n_features`` quantized inputs on the code grid ``[qmin, qmax]``."""
+
+    kind: EncodingKind  # a kind's name is accepted too, and converted
     n_features: int
     qmin: int
     qmax: int
@@ -48,18 +70,17 @@ class InputEncoding:
     thresholds: tuple[tuple[int, int], ...] = ()  # thresholds only: the (feature, code) pairs encrypted
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown input encoding {self.kind!r}; use one of {', '.join(map(repr, KINDS))}")
+        object.__setattr__(self, "kind", EncodingKind.parse(self.kind))
         if self.qmax <= self.qmin:
             raise ValueError("an input encoding needs qmax > qmin")
-        if self.kind == "chunked":
+        if self.kind is EncodingKind.CHUNKED:
             if self.levels & (self.levels - 1):
                 raise ValueError("a chunked encoding needs a power-of-two number of levels")
             if not 1 <= self.low_bits < self.total_bits:
                 raise ValueError(f"low_bits must be in [1, {self.total_bits - 1}], got {self.low_bits}")
         elif self.low_bits:
             raise ValueError("low_bits is for chunked encodings only")
-        if self.kind == "thresholds":
+        if self.kind is EncodingKind.THRESHOLDS:
             pairs = tuple((int(f), int(k)) for f, k in self.thresholds)
             object.__setattr__(self, "thresholds", pairs)
             bad = [(f, k) for f, k in pairs if not (0 <= f < self.n_features and self.qmin < k <= self.qmax)]
@@ -87,21 +108,21 @@ class InputEncoding:
     @property
     def size(self) -> int:
         """Encrypted integers per sample."""
-        if self.kind == "chunked":
+        if self.kind is EncodingKind.CHUNKED:
             return self.n_features * sum(self._chunk_sizes)
-        if self.kind == "thresholds":
+        if self.kind is EncodingKind.THRESHOLDS:
             return len(self.thresholds)
-        return self.n_features if self.kind == "identity" else self.n_features * (self.levels - 1)
+        return self.n_features if self.kind is EncodingKind.IDENTITY else self.n_features * (self.levels - 1)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Declared per-element range of the encoded vector."""
-        if self.kind == "identity":
+        if self.kind is EncodingKind.IDENTITY:
             return np.full(self.size, self.qmin), np.full(self.size, self.qmax)
         return np.zeros(self.size, np.int64), np.ones(self.size, np.int64)
 
     def column(self, feature: int, code: int) -> int:
         """Thermometer position of the bit ``[q_feature >= code]`` (``qmin < code <= qmax``)."""
-        if self.kind != "thermometer":
+        if self.kind is not EncodingKind.THERMOMETER:
             raise ValueError("column() is defined for thermometer encodings only")
         if not self.qmin < code <= self.qmax:
             raise ValueError(f"code {code} has no thermometer bit; it must be in ({self.qmin}, {self.qmax}]")
@@ -118,7 +139,7 @@ class InputEncoding:
           exactly when ``high > h``, or ``high == h`` and ``low >= l``: the comparison is
           ``[s >= 2]``, a lookup on 2 bits.
         """
-        if self.kind != "chunked":
+        if self.kind is not EncodingKind.CHUNKED:
             raise ValueError("chunk_columns() is defined for chunked encodings only")
         if not self.qmin < code <= self.qmax:
             raise ValueError(f"code {code} has no chunked comparison; it must be in ({self.qmin}, {self.qmax}]")
@@ -140,13 +161,13 @@ class InputEncoding:
         q = np.asarray(q, dtype=np.int64)
         if q.ndim != 2 or q.shape[1] != self.n_features:
             raise ValueError(f"expected quantized inputs of shape (n, {self.n_features}), got {q.shape}")
-        if self.kind == "identity":
+        if self.kind is EncodingKind.IDENTITY:
             return q
-        if self.kind == "thresholds":
+        if self.kind is EncodingKind.THRESHOLDS:
             features = np.array([f for f, _ in self.thresholds])
             codes = np.array([k for _, k in self.thresholds])
             return (q[:, features] >= codes).astype(np.int64)
-        if self.kind == "chunked":
+        if self.kind is EncodingKind.CHUNKED:
             high, low = np.divmod(q - self.qmin, 2**self.low_bits)
             n_high, n_low = self._chunk_sizes
             bits = np.concatenate(
@@ -159,6 +180,7 @@ class InputEncoding:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["kind"] = self.kind.value  # the plain name: documents stay byte-identical
         if not self.low_bits:  # documents written before chunked encodings existed stay the same
             del d["low_bits"]
         if self.thresholds:

@@ -1,7 +1,8 @@
 """The stages of a tree ensemble's lowering, each a small function over a :class:`GraphBuilder`.
 
-1. **comparisons**: the bits ``c_j = [q_f >= k]`` of every distinct (feature, code) pair, by one of
-   the strategies of :data:`COMPARISONS`; a strategy also names what the client encrypts;
+1. **comparisons**: the bits ``c_j = [q_f >= k]`` of every distinct (feature, code) pair, by the
+   strategy :data:`COMPARISONS` holds for the input encoding's kind, which also says in words
+   what the client encrypts;
 2. **leaf selection**: for each leaf the number of failed tests on its path, ``u = c @ B0 + (1 - c)
    @ B1`` (free), and ``[u == 0]`` through one small table (a lookup per leaf);
 3. **scores**: leaf indicators times a clear matrix of leaf-value digits, summed over trees (free).
@@ -17,17 +18,19 @@ another (the chunked encoding reads boundary comparisons directly and looks the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from veilml.compiler import GraphBuilder, InputEncoding
+from veilml.compiler.encodings import EncodingKind
 
 __all__ = [
     "COMPARISONS",
+    "ComparisonStrategy",
     "Parts",
     "comparisons_chunked",
     "describe_comparisons",
-    "describe_encoding",
     "failed_tests",
     "leaf_selection",
     "paired_values",
@@ -80,16 +83,35 @@ def comparisons_chunked(g: GraphBuilder, x: int, enc: InputEncoding, pairs: list
 
 def comparisons_thresholds(g: GraphBuilder, x: int, enc: InputEncoding, pairs: list[tuple[int, int]]) -> Parts:
     """The client encrypted exactly these comparisons (a model-dependent encoding): nothing to do."""
-    assert list(enc.thresholds) == list(pairs)
+    if list(enc.thresholds) != list(pairs):
+        raise ValueError(
+            f"this thresholds encoding encrypts {len(enc.thresholds)} comparisons that are not the {len(pairs)} this "
+            "model makes; pass encoding='thresholds' to encrypt exactly the model's"
+        )
     return [(x, list(range(len(pairs))))]
 
 
-#: strategy name (= the encoding kind it reads) -> function
-COMPARISONS: dict[str, Callable[[GraphBuilder, int, InputEncoding, list[tuple[int, int]]], Parts]] = {
-    "thresholds": comparisons_thresholds,
-    "thermometer": comparisons_thermometer,
-    "identity": comparisons_identity,
-    "chunked": comparisons_chunked,
+@dataclass(frozen=True)
+class ComparisonStrategy:
+    """How the comparison bits are computed from one kind of encoded input, and what the client encrypts, in words."""
+
+    compute: Callable[[GraphBuilder, int, InputEncoding, list[tuple[int, int]]], Parts]
+    describe: Callable[[InputEncoding], str]
+
+
+def _chunked_words(enc: InputEncoding) -> str:
+    return f"chunked thermometer ({enc.total_bits - enc.low_bits}+{enc.low_bits} bits): {enc.size} bits per row"
+
+
+#: the comparison stage of each encoding kind
+COMPARISONS: dict[EncodingKind, ComparisonStrategy] = {
+    EncodingKind.THRESHOLDS: ComparisonStrategy(
+        comparisons_thresholds,
+        lambda enc: f"the model's thresholds: {enc.size} bits per row (model-dependent: the client holds the split points)",
+    ),
+    EncodingKind.THERMOMETER: ComparisonStrategy(comparisons_thermometer, lambda enc: f"thermometer: {enc.size} bits per row"),
+    EncodingKind.IDENTITY: ComparisonStrategy(comparisons_identity, lambda enc: f"identity: {enc.size} values per row"),
+    EncodingKind.CHUNKED: ComparisonStrategy(comparisons_chunked, _chunked_words),
 }
 
 
@@ -126,9 +148,10 @@ def paired_values(
     A group is a subtree with ``k`` tests (a lone leaf: 0, a pair of sibling leaves: 1).
     ``t = c @ A0 + (1 - c) @ A1`` is, per group, ``2**k`` times the failed tests above it plus
     its tests' bits (in pre-order, the first the highest): for a pair, ``t == 0`` selects the
-    left leaf, ``t == 1`` the right one (see :func:`~.paired.paired_tables`). Lookup ``k`` reads group ``row_group[k]`` through its own table
-    ``tables[k]`` (the group's values for one output); ``S`` sums the lookups of each output. One
-    leaf per tree is reached, so each output is at most ``maxima``.
+    left leaf, ``t == 1`` the right one (see :mod:`.values`). Lookup ``k`` reads group
+    ``row_group[k]`` through its own table ``tables[k]`` (the group's values for one output); ``S``
+    sums the lookups of each output. One leaf per tree is reached, so each output is at most
+    ``maxima``.
     """
     t = failed_tests(g, parts, A0, A1)
     if not np.array_equal(row_group, np.arange(A0.shape[1])):
@@ -139,18 +162,6 @@ def paired_values(
 def scores(g: GraphBuilder, indicator: int, V: np.ndarray, maxima: np.ndarray) -> int:
     """The summed leaf-value digits: one leaf per tree is reached, so the sum is at most ``maxima``."""
     return g.assume(g.matmul(indicator, V), 0, maxima)
-
-
-def describe_encoding(enc: InputEncoding) -> str:
-    """What the client encrypts, in words."""
-    if enc.kind == "chunked":
-        high = enc.total_bits - enc.low_bits
-        return f"chunked thermometer ({high}+{enc.low_bits} bits): {enc.size} bits per row"
-    if enc.kind == "thermometer":
-        return f"thermometer: {enc.size} bits per row"
-    if enc.kind == "thresholds":
-        return f"the model's thresholds: {enc.size} bits per row (model-dependent: the client holds the split points)"
-    return f"identity: {enc.size} values per row"
 
 
 def describe_comparisons(enc: InputEncoding, parts: Parts, g: GraphBuilder) -> str:
