@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import abc
 import importlib
-import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from veilml.errors import VeilmlError
+from veilml.runtime.envelope import pack_batch, unpack_batch
 
 __all__ = [
     "BACKENDS",
+    "MAX_FRAMES",
     "ClientSession",
     "LinearBackend",
     "LinearServer",
@@ -47,33 +48,19 @@ __all__ = [
 ]
 
 
-def pack_frames(frames: list[bytes]) -> bytes:
-    """Length-prefixed concatenation: a u32 count, then each frame as a u64 length and its bytes."""
-    parts = [struct.pack("<I", len(frames))]
-    for frame in frames:
-        parts += [struct.pack("<Q", len(frame)), frame]
-    return b"".join(parts)
+#: most frames one message may hold (a concrete message has one per row, the others a few)
+MAX_FRAMES = 2**20
 
 
-def unpack_frames(data: bytes) -> list[bytes]:
-    """The frames of :func:`pack_frames`; a clear ValueError on truncated or padded data."""
-    view = memoryview(data)
-    if len(view) < 4:
-        raise ValueError("truncated frame header")
-    (count,) = struct.unpack_from("<I", view, 0)
-    offset, frames = 4, []
-    for _ in range(count):
-        if offset + 8 > len(view):
-            raise ValueError("truncated frame length")
-        (size,) = struct.unpack_from("<Q", view, offset)
-        offset += 8
-        if offset + size > len(view):
-            raise ValueError("truncated frame")
-        frames.append(bytes(view[offset : offset + size]))
-        offset += size
-    if offset != len(view):
-        raise ValueError("trailing bytes after the last frame")
-    return frames
+def pack_frames(frames: Sequence[bytes]) -> bytes:
+    """A message's frames (a header, then data) in veilml's one framing of byte strings, the batch of
+    :func:`veilml.runtime.envelope.pack_batch`."""
+    return pack_batch(frames)
+
+
+def unpack_frames(data: bytes, max_frames: int = MAX_FRAMES) -> list[bytes]:
+    """The frames of :func:`pack_frames` (none is allowed); a ValueError on other, truncated or padded data."""
+    return unpack_batch(data, max_items=max_frames, what="message", item="frame", allow_empty=True)
 
 
 @dataclass(frozen=True)

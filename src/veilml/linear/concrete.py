@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,12 @@ import numpy as np
 
 from veilml._isolation import IsolatedRunner
 from veilml.compiler import Configuration, GraphBuilder
-from veilml.linear.base import ClientSession, LinearBackend, LinearServer, MatrixSpec, pack_frames, unpack_frames
+from veilml.linear.base import MAX_FRAMES, ClientSession, LinearBackend, LinearServer, MatrixSpec
 from veilml.linear.limits import DEFAULT_RUN_TIMEOUT
 from veilml.runtime.circuits import CachedCircuit, CircuitCache
 from veilml.runtime.client import FHEClient
-from veilml.runtime.envelope import pack_envelope
+from veilml.runtime.envelope import pack_batch, pack_envelope, unpack_batch
+from veilml.runtime.lru import LRUCache
 from veilml.runtime.security import check_client_specs
 from veilml.runtime.server import FHEServer
 
@@ -54,9 +54,14 @@ def matmul_graph(matrix: np.ndarray, input_bits: int):
     return g.build()
 
 
+def _rows(message: bytes) -> list[bytes]:
+    """The envelopes of a ciphertext or result message: a batch of rows, as a tree model's (none is allowed)."""
+    return unpack_batch(message, max_items=MAX_FRAMES, what="concrete message", allow_empty=True)
+
+
 # -- in the isolated child process ---------------------------------------------------------------------
 
-_LOADED: OrderedDict[str, Any] = OrderedDict()  # server path -> concrete Server, in the child
+_LOADED: LRUCache[str, Any] = LRUCache(64)  # server path -> concrete Server, in the child
 
 
 def _run_rows(server_path: str, evaluation_keys: bytes, rows: list[bytes]) -> list[bytes]:
@@ -65,10 +70,8 @@ def _run_rows(server_path: str, evaluation_keys: bytes, rows: list[bytes]) -> li
 
     server = _LOADED.get(server_path)
     if server is None:
-        server = _LOADED[server_path] = fhe.Server.load(server_path)
-        while len(_LOADED) > 64:
-            _LOADED.popitem(last=False)
-    _LOADED.move_to_end(server_path)
+        server = fhe.Server.load(server_path)
+        _LOADED.put(server_path, server)
     keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
     return [server.run(fhe.Value.deserialize(row), evaluation_keys=keys).serialize() for row in rows]
 
@@ -101,7 +104,7 @@ class ConcreteServer(LinearServer):
         return self.circuit.client_specs
 
     def request_rows(self, ciphertext: bytes) -> int:
-        return len(unpack_frames(ciphertext))  # one frame per row
+        return len(_rows(ciphertext))
 
     def _checks(self) -> FHEServer:
         """The runtime's FHEServer of this circuit, for its checks only: concrete runs in a child process."""
@@ -118,11 +121,11 @@ class ConcreteServer(LinearServer):
     def run(self, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
         checks = self._checks()
         keys, identity = checks.admit_keys(evaluation_keys)
-        rows = [checks.admit_ciphertext(frame, identity) for frame in unpack_frames(ciphertext)]
+        rows = [checks.admit_ciphertext(row, identity) for row in _rows(ciphertext)]
         runner = self._runner or shared_runner()
         results = runner.run(_run_rows, str(self.circuit.server_path), keys, rows, timeout=self._run_timeout)
         fingerprint = self.circuit.fingerprint
-        return pack_frames([pack_envelope("result", r, fingerprint=fingerprint, key_id=identity) for r in results])
+        return pack_batch([pack_envelope("result", r, fingerprint=fingerprint, key_id=identity) for r in results])
 
 
 _SHARED: IsolatedRunner | None = None
@@ -183,13 +186,13 @@ class ConcreteSession(ClientSession):
     def encrypt(self, name: str, x_q: np.ndarray) -> bytes:
         client = self._client(name)
         rows = self.spec(name).check_input(x_q)
-        return pack_frames([client.encrypt_encoded(row) for row in rows])
+        return pack_batch([client.encrypt_encoded(row) for row in rows])
 
     def decrypt(self, name: str, result: bytes) -> np.ndarray:
         client, spec = self._client(name), self.spec(name)
         rows = []
-        for frame in unpack_frames(result):
-            value = client.decrypt_integers(frame)  # format, model and key set checked first
+        for row in _rows(result):
+            value = client.decrypt_integers(row)  # format, model and key set checked first
             if value.shape != (spec.cols,):
                 raise ValueError(f"result for {name!r} has {value.size} values per row, expected {spec.cols}")
             rows.append(value)

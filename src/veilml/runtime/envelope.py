@@ -21,6 +21,16 @@ The client specs and the evaluation keys are public, so both identifiers are too
 they do not authenticate (anyone can write any header). They turn mix-ups — another model's keys,
 another client's ciphertext — into clear errors, and the server still checks that the keys hash to
 their ``key_id`` and that payloads have the circuit's layout (:mod:`veilml.runtime.validation`).
+
+Lists of byte strings have one framing in veilml, the *batch* (:func:`pack_batch`; read by
+:func:`unpack_batch` within a count and a size): the rows of a tree model's ciphertext and result
+batches (one envelope a row), and the frames of an encrypted linear layer's messages
+(:func:`veilml.linear.base.pack_frames`). Big-endian as well::
+
+    0       8     magic  b"veilmlBT"
+    8       2     format version (1)
+    10      4     number of items N
+    14      ...   N times: the item's length (8 bytes), then its bytes
 """
 
 from __future__ import annotations
@@ -29,12 +39,14 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from veilml.errors import VeilmlError
 
 __all__ = [
+    "BATCH_MAGIC",
     "DEFAULT_MAX_BYTES",
     "KINDS",
     "Envelope",
@@ -43,6 +55,7 @@ __all__ = [
     "ModelMismatchError",
     "check_key_id",
     "check_model",
+    "batch_bytes",
     "key_id",
     "pack_batch",
     "pack_envelope",
@@ -127,15 +140,7 @@ def unpack_envelope(data: bytes, kind: str, *, max_bytes: int = DEFAULT_MAX_BYTE
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     name = _NAMES[kind]
-    if isinstance(data, memoryview):
-        data = data.tobytes()
-    if not isinstance(data, (bytes, bytearray)):
-        raise EnvelopeError(f"{name}: expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
-        raise EnvelopeError(
-            f"{name}: {len(data):,} bytes, more than the limit of {max_bytes:,} bytes (max_bytes); "
-            "raise max_bytes if this circuit's data is really that large"
-        )
+    data = _bounded_bytes(data, name, max_bytes, " (max_bytes); raise max_bytes if this circuit's data is really that large")
     if len(data) < _PREFIX.size or data[:8] != MAGIC:
         raise EnvelopeError(
             f"{name}: not a veilml envelope (no '{MAGIC.decode()}' magic); pass the bytes made by "
@@ -223,54 +228,82 @@ def check_key_id(envelope: Envelope, expected: str) -> None:
     raise KeyMismatchError(message)
 
 
+def _bounded_bytes(data: Any, what: str, max_bytes: int, advice: str) -> bytes:
+    """``data`` as bytes, once it is bytes of at most ``max_bytes`` (``advice`` ends the message beyond)."""
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+        raise EnvelopeError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise EnvelopeError(f"{what}: {len(data):,} bytes, more than the limit of {max_bytes:,} bytes{advice}")
+    return data
+
+
 # ----------------------------------------------------------------------------------- batches
+# The one framing of a list of byte strings in veilml: the rows of a tree model's ciphertext and result
+# batches, and the frames of an encrypted linear layer's messages (:func:`veilml.linear.base.pack_frames`).
 BATCH_MAGIC = b"veilmlBT"
 _BATCH_PREFIX = struct.Struct(">8sHI")  # magic, format version, number of items
 _ITEM = struct.Struct(">Q")  # length of each item
 
 
-def pack_batch(items: list[bytes]) -> bytes:
-    """Several envelopes (one per row) as one byte string: a count, then each length and its bytes."""
+def batch_bytes(items: int, item_bytes: int) -> int:
+    """The size of a batch of ``items`` items of ``item_bytes`` bytes each: the largest when items are at most that."""
+    return _BATCH_PREFIX.size + items * (_ITEM.size + item_bytes)
+
+
+def pack_batch(items: Sequence[bytes]) -> bytes:
+    """Byte strings (a row's envelope each, or a message's frames) as one: a count, then each length and its bytes."""
     parts = [_BATCH_PREFIX.pack(BATCH_MAGIC, VERSION, len(items))]
     for item in items:
         parts += [_ITEM.pack(len(item)), bytes(item)]
     return b"".join(parts)
 
 
-def unpack_batch(data: bytes, *, max_items: int, max_bytes: int = DEFAULT_MAX_BYTES, what: str = "batch") -> list[bytes]:
-    """The envelopes of a batch made by :func:`pack_batch`, after checking its framing and limits.
+def unpack_batch(
+    data: bytes,
+    *,
+    max_items: int,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    what: str = "batch",
+    item: str = "row",
+    allow_empty: bool = False,
+) -> list[bytes]:
+    """The items of a batch made by :func:`pack_batch`, after checking its framing and limits.
 
-    Each item is still to be checked with :func:`unpack_envelope`; nothing here is deserialized.
+    Raises :class:`EnvelopeError` (a ``ValueError``) naming the problem: not a batch, another version,
+    more than ``max_items`` items or ``max_bytes`` bytes, no item (unless ``allow_empty``), lengths that
+    do not add up. ``what`` and ``item`` name the batch and its items in messages. Each envelope in it
+    is still to be checked with :func:`unpack_envelope`; nothing here is deserialized.
     """
-    if isinstance(data, memoryview):
-        data = data.tobytes()
-    if not isinstance(data, (bytes, bytearray)):
-        raise EnvelopeError(f"{what}: expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
+    data = _bounded_bytes(data, what, max_bytes, f"; send fewer {item}s per request")
+    if len(data) < _BATCH_PREFIX.size:
         raise EnvelopeError(
-            f"{what}: {len(data):,} bytes, more than the limit of {max_bytes:,} bytes; send fewer rows per request"
+            f"{what}: truncated ({len(data)} bytes): not a veilml batch, whose prefix alone is {_BATCH_PREFIX.size}"
         )
-    if len(data) < _BATCH_PREFIX.size or data[:8] != BATCH_MAGIC:
+    if data[:8] != BATCH_MAGIC:
         raise EnvelopeError(
             f"{what}: not a veilml batch (no '{BATCH_MAGIC.decode()}' magic); pass the bytes of a veilml client's encrypt()"
         )
     _, version, count = _BATCH_PREFIX.unpack_from(data)
     if version != VERSION:
         raise EnvelopeError(f"{what}: batch format version {version} is not supported (this veilml reads {VERSION})")
-    if count == 0:
-        raise EnvelopeError(f"{what}: no rows")
+    if count == 0 and not allow_empty:
+        raise EnvelopeError(f"{what}: no {item}s")
     if count > max_items:
-        raise EnvelopeError(f"{what}: {count} rows, more than the limit of {max_items} per request; split the batch")
+        raise EnvelopeError(f"{what}: {count} {item}s, more than the limit of {max_items} per request; split the batch")
+    if count * _ITEM.size > len(data) - _BATCH_PREFIX.size:
+        raise EnvelopeError(f"{what}: truncated (it announces {count} {item}s, more than its {len(data):,} bytes can hold)")
     items, offset = [], _BATCH_PREFIX.size
     for _ in range(count):
         if offset + _ITEM.size > len(data):
-            raise EnvelopeError(f"{what}: truncated (it announces {count} rows)")
+            raise EnvelopeError(f"{what}: truncated (it announces {count} {item}s)")
         (size,) = _ITEM.unpack_from(data, offset)
         offset += _ITEM.size
         if size > len(data) - offset:
-            raise EnvelopeError(f"{what}: truncated (a row announces {size:,} bytes, {len(data) - offset:,} are left)")
+            raise EnvelopeError(f"{what}: truncated (a {item} announces {size:,} bytes, {len(data) - offset:,} are left)")
         items.append(bytes(data[offset : offset + size]))
         offset += size
     if offset != len(data):
-        raise EnvelopeError(f"{what}: {len(data) - offset:,} trailing bytes after {count} rows: modified in transit")
+        raise EnvelopeError(f"{what}: {len(data) - offset:,} trailing bytes after {count} {item}s: modified in transit")
     return items

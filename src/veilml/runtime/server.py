@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import Any
 
 from veilml.errors import VeilmlError
@@ -16,6 +15,7 @@ from veilml.runtime.envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
+from veilml.runtime.lru import LRUCache
 from veilml.runtime.seeded_inputs import SeededInputs, seeded_input_spec
 from veilml.runtime.validation import CircuitLayout, learn_circuit_layout
 
@@ -72,7 +72,7 @@ class FHEServer:
             raise ValueError(f"FHEServer runs circuits of one encrypted input, this layout has {len(self._layout.inputs)}")
         self.key_cache_size = key_cache_size
         self.max_bytes = max_bytes
-        self._keys: OrderedDict[str, Any] = OrderedDict()  # key id -> deserialized evaluation keys
+        self._keys: LRUCache[str, Any] = LRUCache(key_cache_size)  # key id -> deserialized evaluation keys
         self._input_spec = seeded_input_spec(self._client_specs)  # None: inputs arrive as concrete's bytes
         if input_columns is not None and self._input_spec is None:
             raise ValueError("input_columns apply to seeded inputs only (Configuration(input_encryption='veilml'))")
@@ -94,15 +94,10 @@ class FHEServer:
     def _evaluation_keys(self, payload: bytes, identifier: str) -> Any:
         from concrete import fhe
 
-        with self._lock:
-            if identifier in self._keys:
-                self._keys.move_to_end(identifier)
-                return self._keys[identifier]
-        keys = fhe.EvaluationKeys.deserialize(payload)  # checked by admit_keys first
-        with self._lock:
-            self._keys[identifier] = keys
-            while len(self._keys) > self.key_cache_size:
-                self._keys.popitem(last=False)
+        keys = self._keys.get(identifier)
+        if keys is None:
+            keys = fhe.EvaluationKeys.deserialize(payload)  # checked by admit_keys first
+            self._keys.put(identifier, keys)
         return keys
 
     def check(self, ciphertext: bytes, evaluation_keys: bytes) -> None:
@@ -163,8 +158,7 @@ class FHEServer:
 
     def is_registered(self, identifier: str) -> bool:
         """Whether the key set ``identifier`` is deserialized in the cache now (it may be evicted later)."""
-        with self._lock:
-            return identifier in self._keys
+        return identifier in self._keys
 
     def run_registered(self, ciphertext: bytes, identifier: str) -> bytes:
         """The result envelope of one ciphertext under the registered key set ``identifier``.
@@ -175,10 +169,7 @@ class FHEServer:
         from concrete import fhe
 
         payload = self.admit_ciphertext(ciphertext, identifier)
-        with self._lock:
-            keys = self._keys.get(identifier)
-            if keys is not None:
-                self._keys.move_to_end(identifier)
+        keys = self._keys.get(identifier)
         if keys is None:
             raise UnknownKeyError(f"no evaluation keys registered under key id {identifier[:12]}...; register them first")
         result = self._server.run(fhe.Value.deserialize(payload), evaluation_keys=keys)

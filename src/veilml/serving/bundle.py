@@ -39,7 +39,7 @@ import numpy as np
 
 from veilml.runtime.client import FHEClient, ResultError
 from veilml.runtime.codec import ClientCodec
-from veilml.runtime.envelope import DEFAULT_MAX_BYTES, pack_batch, specs_fingerprint, unpack_batch
+from veilml.runtime.envelope import DEFAULT_MAX_BYTES, batch_bytes, pack_batch, specs_fingerprint, unpack_batch
 from veilml.runtime.manifest import (
     ArtifactError,
     check_manifest,
@@ -359,7 +359,7 @@ class ModelClient:
 
     def max_result_batch_bytes(self, rows: int) -> int:
         """The largest result batch of ``rows`` rows: each row at most the circuit's output, uncompressed."""
-        return 14 + rows * (8 + self._fhe.max_result_bytes)  # the batch's prefix, then a length per row
+        return batch_bytes(rows, self._fhe.max_result_bytes)
 
     def decrypt_integers(self, results: bytes, *, rows: int | None = None) -> np.ndarray:
         """The raw integers of a result batch (what ``predict_integers`` gives in the clear).

@@ -10,9 +10,10 @@
 - result (worker -> client): ``pack_frames([header, values])``: per result ciphertext, the whole second
   polynomial and the first polynomial's output coefficients, switched to q' and bit-packed.
 
-Every reader checks formats, counts and sizes before anything reaches SEAL; malformed bytes raise ValueError.
-JSON is parsed only below a length bound (:data:`MAX_HEADER_BYTES`), and a nesting too deep for the parser
-is a ValueError too, never a RecursionError.
+Both messages are :func:`~veilml.linear.base.pack_frames` frames: veilml's one framing of byte strings
+(:func:`veilml.runtime.envelope.pack_batch`). Every reader checks formats, counts and sizes before anything
+reaches SEAL; malformed bytes raise ValueError. JSON is parsed only below a length bound
+(:data:`MAX_HEADER_BYTES`), and a nesting too deep for the parser is a ValueError too, never a RecursionError.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What travels between a ``glwe`` worker and its clients: crypto parameters, setup, ciphertext and result messages.
 
 A setup is JSON (:class:`GLWESetup`); ciphertexts and results are :func:`~veilml.linear.base.pack_frames`
-frames whose first frame is a JSON header (``format``, ``n`` rows, ``blocks``, matrix ``rows``) and whose
+frames (veilml's one framing of byte strings, :func:`veilml.runtime.envelope.pack_batch`) whose first frame is a JSON header (``format``, ``n`` rows, ``blocks``, matrix ``rows``) and whose
 other frames are the extension's serialized objects, one per row block. Malformed bytes raise ValueError.
 """
 
