@@ -24,11 +24,8 @@ network: both are bearer secrets.
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import threading
-import time
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -38,22 +35,31 @@ from veilml.linear.errors import WorkerError
 from veilml.linear.http import SECRET_HEADER, redact_path
 from veilml.linear.layers import ALL, LayerInfo
 from veilml.linear.limits import DEFAULT_MAX_ROWS
+from veilml.runtime.envelope import DEFAULT_MAX_BYTES
+from veilml.serving.http_client import HTTPClient, RemoteError, RetryPolicy
 
 __all__ = ["HTTPTransport", "RemoteWorkerError"]
 
 logger = logging.getLogger("veilml.remote")
 
 OCTET_STREAM = "application/octet-stream"
+#: the largest setup or result read from a worker: the largest message veilml reads
+MAX_ANSWER_BYTES = DEFAULT_MAX_BYTES
+#: the largest ``GET /layers`` document read (public aggregates of every layer: a few MiB for a 1B model)
+MAX_LAYERS_BYTES = 256 * 2**20
 
 
-class RemoteWorkerError(WorkerError):
-    """A request the remote worker refused (4xx), or one that kept failing (``status`` 503 or the
-    last 5xx) after every retry; the message carries the worker's ``detail``, ``code`` its code."""
+class RemoteWorkerError(WorkerError, RemoteError):
+    """A request the remote worker refused (4xx), or one that kept failing (``status`` 503) after every
+    retry; the message carries the worker's ``detail``, ``code`` its code."""
 
     def __init__(self, status: int, message: str, url: str = "", code: str | None = None) -> None:
         super().__init__(status, message, code)
         self.detail = message
         self.url = url
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.status, str(self), self.url, self.code))
 
 
 class HTTPTransport:
@@ -80,23 +86,48 @@ class HTTPTransport:
         access_token: str | None = None,
         client: httpx.Client | None = None,
     ) -> None:
-        if (retries is not None and retries < 0) or backoff < 0 or retry_for < 0:
-            raise ValueError("retry_for, retries and backoff must be non-negative")
         self.url = url.rstrip("/")
-        self.retry_for, self.retries, self.backoff = retry_for, retries, backoff
-        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
-        self._auth = {"authorization": f"Bearer {access_token}"} if access_token else {}
+        policy = RetryPolicy(
+            retries=retries,
+            budget=retry_for,
+            backoff=backoff,
+            max_delay=5.0,
+            jitter=0.25,
+            statuses=frozenset(range(500, 600)),
+            give_up_status=503,
+        )
+        self._http = HTTPClient(
+            self.url,
+            client or httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))),
+            policy=policy,
+            error=RemoteWorkerError,
+            headers={"authorization": f"Bearer {access_token}"} if access_token else {},
+            redact=redact_path,
+            unavailable="check that the worker is running and reachable (veilml worker --host/--port)",
+        )
         # this client's sessions: the id it was opened under -> [the worker's current id, secret]
         self._sessions: dict[str, list[str]] = {}
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._lock = threading.Lock()
         self._description: dict[str, Any] | None = None
         self.fingerprint: str | None = None
-        #: how many requests were sent again (failures on the way), how many times keys were
-        #: registered again after a 401 (worker restart or eviction), and sessions opened again
-        self.retries_done = 0
+        #: how many times keys were registered again after a 401 (worker restart or eviction), and sessions opened again
         self.reregistrations = 0
         self.reopened_sessions = 0
+
+    @property
+    def retries_done(self) -> int:
+        """How many requests were sent again (failures on the way)."""
+        return self._http.retries_done
+
+    @property
+    def _client(self) -> httpx.Client:
+        """The ``httpx.Client`` that sends the requests (tests replace it to play a restarted worker)."""
+        return self._http.client
+
+    @_client.setter
+    def _client(self, client: httpx.Client) -> None:
+        self._http.client = client
 
     # -- the Transport protocol -------------------------------------------------------------------
 
@@ -121,7 +152,7 @@ class HTTPTransport:
         return {name: LayerInfo.from_dict(d) for name, d in description["layers"].items()}
 
     def setup(self, layer: str, direction: str) -> bytes:
-        return self._request("GET", f"/layers/{_segment(layer)}/{_segment(direction)}/setup").content
+        return self._http.request("GET", f"/layers/{_segment(layer)}/{_segment(direction)}/setup", limit=MAX_ANSWER_BYTES)
 
     def open_session(self) -> str:
         """Open a session on the worker; its secret stays in this transport."""
@@ -143,7 +174,7 @@ class HTTPTransport:
 
     def run(self, session: str, layer: str, direction: str, ciphertext: bytes) -> bytes:
         try:
-            return self._post(session, layer, direction, "run", ciphertext).content
+            return self._post(session, layer, direction, "run", ciphertext)
         except RemoteWorkerError as error:
             with self._lock:
                 scope = (session, layer, direction) if (session, layer, direction) in self._keys else (session, ALL, ALL)
@@ -158,12 +189,12 @@ class HTTPTransport:
             self._reopen(session)
         self._post(*scope, "keys", keys)
         self.reregistrations += 1
-        return self._post(session, layer, direction, "run", ciphertext).content
+        return self._post(session, layer, direction, "run", ciphertext)
 
     # -- helpers ------------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return self._request("GET", "/health").json()
+        return self._http.json("GET", "/health")
 
     def close(self) -> None:
         self._client.close()
@@ -179,7 +210,7 @@ class HTTPTransport:
 
     def _describe(self, refresh: bool = False) -> dict[str, Any]:
         if self._description is None or refresh:
-            description = self._request("GET", "/layers").json()
+            description = self._http.json("GET", "/layers", limit=MAX_LAYERS_BYTES)
             if self.fingerprint is not None and description.get("fingerprint") != self.fingerprint:
                 raise _changed(self.url)
             self._description = description
@@ -187,7 +218,7 @@ class HTTPTransport:
         return self._description
 
     def _open(self) -> list[str]:
-        document = self._request("POST", "/sessions").json()
+        document = self._http.json("POST", "/sessions")
         session, secret = document.get("session"), document.get("secret")
         if not isinstance(session, str) or not isinstance(secret, str):
             raise RemoteWorkerError(502, "the worker's answer to POST /sessions has no session and secret", self.url)
@@ -205,10 +236,10 @@ class HTTPTransport:
     def _check_same_worker(self) -> None:
         if self.fingerprint is None:
             return
-        if self._request("GET", "/health").json().get("fingerprint") != self.fingerprint:
+        if self.health().get("fingerprint") != self.fingerprint:
             raise _changed(self.url)
 
-    def _post(self, session: str, layer: str, direction: str, action: str, body: bytes) -> httpx.Response:
+    def _post(self, session: str, layer: str, direction: str, action: str, body: bytes) -> bytes:
         limit = self._description.get("max_payload_bytes") if self._description else None
         if limit is not None and len(body) > int(limit):
             what = "evaluation keys" if action == "keys" else "ciphertext"
@@ -227,66 +258,12 @@ class HTTPTransport:
         else:
             path = f"/sessions/{_segment(current)}/layers/{_segment(layer)}/{_segment(direction)}/{action}"
         headers = {"content-type": OCTET_STREAM, SECRET_HEADER: secret}
-        return self._request("POST", path, content=body, headers=headers)
-
-    def _request(self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
-        url = self.url + path
-        shown = self.url + redact_path(path)
-        headers = {**self._auth, **(headers or {})}
-        last: str = ""
-        deadline = time.monotonic() + self.retry_for
-        attempt = 0
-        while True:
-            if attempt:
-                delay = min(self.backoff * 2 ** (attempt - 1), 5.0) * random.uniform(1.0, 1.25)
-                if time.monotonic() + delay > deadline or (self.retries is not None and attempt > self.retries):
-                    break
-                logger.warning("%s %s failed (%s); retry %d in %.1f s", method, shown, last, attempt, delay)
-                time.sleep(delay)
-                self.retries_done += 1
-            attempt += 1
-            try:
-                response = self._client.request(method, url, headers=headers, **kwargs)
-            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as error:  # will not get better
-                raise ValueError(f"cannot send {method} {shown}: {error}") from None
-            except httpx.TransportError as error:  # refused, reset, timed out: the worker may be restarting
-                last = f"{type(error).__name__}: {error}"
-                continue
-            if response.status_code >= 500:
-                last = f"HTTP {response.status_code}: {_detail(response)}"
-                continue
-            if response.status_code >= 400:
-                raise RemoteWorkerError(response.status_code, _detail(response), shown, _code(response))
-            return response
-        raise RemoteWorkerError(
-            503,
-            f"{method} {shown} failed {attempt} times over {self.retry_for:g} s, last with {last}; "
-            "check that the worker is running and reachable (veilml worker --host/--port)",
-            shown,
-        )
+        return self._http.request("POST", path, content=body, headers=headers, limit=MAX_ANSWER_BYTES)
 
 
 def _segment(value: str) -> str:
     # layer names may hold dots and even slashes; the worker's routes accept both
     return quote(value, safe="/.")
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        detail = None
-    if not isinstance(detail, str):
-        detail = response.text[:500] or response.reason_phrase
-    return detail
-
-
-def _code(response: httpx.Response) -> str | None:
-    try:
-        code = response.json().get("code")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return None
-    return code if isinstance(code, str) else None
 
 
 def _changed(url: str) -> RemoteWorkerError:

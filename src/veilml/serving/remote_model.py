@@ -8,7 +8,8 @@
     model.predict(X)            # encrypted here, computed there, decrypted here
 
 Rows and results travel encrypted; the secret key stays in this process (and in ``key_dir``,
-mode 0600). Transient failures (connection errors, 503 busy, 502/504) are retried with backoff.
+mode 0600). Requests go through :class:`~veilml.serving.http_client.HTTPClient`: transient failures
+(connection errors, 503 busy, 502/504) are retried with backoff, answers are read up to a limit.
 
 The server is not trusted, and the client bundle comes from it: the bundle is checked completely
 before any key is made (:class:`~veilml.runtime.ModelClient`: security and sizes of the
@@ -23,11 +24,9 @@ always return wrong scores; what the client guarantees is that nothing it sends 
 from __future__ import annotations
 
 import io
-import json
 import os
 import stat
 import tempfile
-import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -38,28 +37,21 @@ import numpy as np
 from veilml.runtime.client import ResultError
 from veilml.runtime.envelope import EnvelopeError
 from veilml.serving.bundle import MAX_CLIENT_FILE_BYTES, ModelClient
+from veilml.serving.http_client import HOSTILE, MAX_JSON_BYTES, HTTPClient, RemoteError, RetryPolicy
 
 __all__ = ["MAX_BUNDLE_BYTES", "MAX_JSON_BYTES", "RemoteModel", "RemoteModelError"]
 
-_RETRY_STATUSES = {502, 503, 504}
 _CLIENT_FILES = ("manifest.json", "manifest.sig", "codec.json", "client.specs.json")
 #: the largest client bundle (a zip) read from a server: real ones are a few KiB
 MAX_BUNDLE_BYTES = 4 * 2**20
-#: the largest JSON answer (``/health``, ``/keys``) or error body read: real ones are a few hundred bytes
-MAX_JSON_BYTES = 16 * 2**10
 _MAX_SECRET_CHARS = 256
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_HOSTILE = "the server may be hostile"
 
 
-class RemoteModelError(RuntimeError):
-    """The server answered with an error (its message is kept), could not be reached, or sent
-    something this client refuses (too large, malformed, or not an answer to what was sent)."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
+class RemoteModelError(RemoteError):
+    """The server answered with an error (its message, ``status`` and ``code`` are kept), could not be
+    reached, or sent something this client refuses (too large, malformed, or not an answer to what was sent)."""
 
 
 class RemoteModel:
@@ -102,12 +94,14 @@ class RemoteModel:
         import httpx
 
         self.url = url.rstrip("/")
-        self.retries, self.backoff = retries, backoff
-        # identity: a compressed answer could inflate past the limits below before it is counted
-        headers = {"accept-encoding": "identity"}
-        if access_token is not None:
-            headers["authorization"] = f"Bearer {access_token}"
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, transport=transport)
+        self._http = HTTPClient(
+            self.url,
+            httpx.Client(timeout=timeout, transport=transport),
+            policy=RetryPolicy(retries=retries, backoff=backoff),
+            error=RemoteModelError,
+            headers={} if access_token is None else {"authorization": f"Bearer {access_token}"},
+            unavailable="retry later, or check that the server is running and reachable (veilml serve)",
+        )
         self._key_id: str | None = None
         self._secret: str | None = None
         try:
@@ -115,7 +109,7 @@ class RemoteModel:
                 self._bundle_dir = Path(tempfile.mkdtemp(prefix="veilml-client-"))  # new, mode 0700
             else:
                 self._bundle_dir = Path(bundle_dir).expanduser()
-            self._unpack(self._request("GET", "/bundle/client", limit=MAX_BUNDLE_BYTES))
+            self._unpack(self._http.request("GET", "/bundle/client", limit=MAX_BUNDLE_BYTES))
             self.client = ModelClient(
                 self._bundle_dir,
                 key_dir=None if key_dir is None else Path(key_dir).expanduser(),
@@ -123,7 +117,7 @@ class RemoteModel:
                 trusted_key=trusted_key,
                 expected_fingerprint=expected_fingerprint,
             )
-            health = self._json("GET", "/health")
+            health = self._http.json("GET", "/health")
             if health.get("fingerprint") != self.client.fingerprint:
                 raise RemoteModelError(
                     "the server's model and the client bundle it sent differ; try again (it may have restarted with "
@@ -133,11 +127,11 @@ class RemoteModel:
             if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
                 raise RemoteModelError(
                     f"{self.url}/health gives max_rows = {max_rows!r}, not a positive integer: the server is "
-                    f"misconfigured or hostile ({_HOSTILE}); ask its operator"
+                    f"misconfigured or hostile ({HOSTILE}); ask its operator"
                 )
             self.max_rows = min(max_rows, self.client.max_rows)
         except BaseException:
-            self._http.close()
+            self.close()
             raise
 
     @property
@@ -157,12 +151,12 @@ class RemoteModel:
         if len(names) != len(infos) or not names <= set(_CLIENT_FILES) or "manifest.json" not in names:
             raise RemoteModelError(
                 f"the client bundle from {self.url} has unexpected files: {sorted(names - set(_CLIENT_FILES))} "
-                f"(or repeats one); {_HOSTILE}"
+                f"(or repeats one); {HOSTILE}"
             )
         too_large = [i.filename for i in infos if i.file_size > MAX_CLIENT_FILE_BYTES]
         if too_large:  # checked before anything is decompressed: a hostile server's zip bomb stops here
             raise RemoteModelError(
-                f"the client bundle from {self.url} has files over {MAX_CLIENT_FILE_BYTES} bytes: {too_large}; {_HOSTILE}"
+                f"the client bundle from {self.url} has files over {MAX_CLIENT_FILE_BYTES} bytes: {too_large}; {HOSTILE}"
             )
         contents = {}
         for info in infos:  # at most one byte past the limit is inflated (zipfile also checks sizes and CRCs)
@@ -170,9 +164,9 @@ class RemoteModel:
                 with archive.open(info) as member:
                     contents[info.filename] = member.read(MAX_CLIENT_FILE_BYTES + 1)
             except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as error:
-                raise RemoteModelError(f"the client bundle from {self.url} cannot be read ({error}); {_HOSTILE}") from None
+                raise RemoteModelError(f"the client bundle from {self.url} cannot be read ({error}); {HOSTILE}") from None
             if len(contents[info.filename]) > MAX_CLIENT_FILE_BYTES:
-                raise RemoteModelError(f"the client bundle from {self.url} inflates past its declared sizes; {_HOSTILE}")
+                raise RemoteModelError(f"the client bundle from {self.url} inflates past its declared sizes; {HOSTILE}")
         directory = self._open_bundle_dir()
         try:
             for name in _CLIENT_FILES:  # the previous bundle's files go (a stale signature too)
@@ -225,75 +219,11 @@ class RemoteModel:
             )
         os.unlink(name, dir_fd=directory)
 
-    # ----------------------------------------------------------------------------------- HTTP
-    def _request(self, method: str, path: str, *, limit: int, **kwargs: Any) -> bytes:
-        """The body of a successful answer, read up to ``limit`` bytes (more is refused)."""
-        import httpx
-
-        for attempt in range(self.retries + 1):
-            try:
-                with self._http.stream(method, path, **kwargs) as response:
-                    if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
-                        if response.is_error:
-                            raise self._error(method, path, response)
-                        return self._read(response, limit, f"{method} {path}")
-            except httpx.TransportError as error:
-                if attempt == self.retries:
-                    raise RemoteModelError(f"cannot reach {self.url}{path}: {error}") from None
-            time.sleep(self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _read(self, response: Any, limit: int, what: str) -> bytes:
-        """At most ``limit`` bytes of a streamed answer, counted as they arrive (not as announced)."""
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise RemoteModelError(
-                f"{what}: the server sent a {encoding!r}-encoded answer, and this client reads plain bytes only"
-            )
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise RemoteModelError(
-                f"{what}: the server announces {int(declared):,} bytes, more than the {limit:,} expected; {_HOSTILE}"
-            )
-        chunks, size = [], 0
-        for chunk in response.iter_bytes():  # no decoding to do: only identity-encoded answers get here
-            size += len(chunk)
-            if size > limit:
-                raise RemoteModelError(f"{what}: the server sent more than the {limit:,} bytes expected; {_HOSTILE}")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _error(self, method: str, path: str, response: Any) -> RemoteModelError:
-        """The server's error answer as an exception (its JSON detail and code, if any, bounded)."""
-        try:
-            text = self._read(response, MAX_JSON_BYTES, f"{method} {path}")
-            body = json.loads(text)
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
-        except (RemoteModelError, ValueError, RecursionError):
-            body = {"detail": "(an unreadable error body)"}
-        detail, code = body.get("detail"), body.get("code")
-        return RemoteModelError(
-            f"{method} {path}: {response.status_code}: {str(detail)[:1000]}",
-            response.status_code,
-            code if isinstance(code, str) else None,
-        )
-
-    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        body = self._request(method, path, limit=MAX_JSON_BYTES, **kwargs)
-        try:
-            answer = json.loads(body)
-        except (ValueError, RecursionError):
-            answer = None
-        if not isinstance(answer, dict):
-            raise RemoteModelError(f"{method} {path}: the server's answer is not a JSON object; {_HOSTILE}")
-        return answer
-
     # ----------------------------------------------------------------------------------- use
     def register(self) -> str:
         """Send this client's evaluation keys (once); returns its key id."""
         if self._key_id is None:
-            answer = self._json("POST", "/keys", content=self.client.evaluation_keys())
+            answer = self._http.json("POST", "/keys", content=self.client.evaluation_keys())
             secret = answer.get("secret")
             if answer.get("key_id") != self.client.key_id:
                 raise RemoteModelError("the server registered the keys under another key id than theirs")
@@ -307,7 +237,7 @@ class RemoteModel:
         for attempt in range(2):
             headers = {"x-veilml-key-id": self.register(), "x-veilml-key-secret": self._secret or ""}
             try:
-                return self._request(
+                return self._http.request(
                     "POST", "/predict", content=body, headers=headers, limit=self.client.max_result_batch_bytes(rows)
                 )
             except RemoteModelError as error:
@@ -346,7 +276,7 @@ class RemoteModel:
         return self._decrypt("decrypt_integers", X)
 
     def close(self) -> None:
-        self._http.close()
+        self._http.client.close()
 
     def __enter__(self) -> RemoteModel:
         return self
