@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACKAGE = ROOT / "src" / "veilml"
 
 #: veilml's layers, top first: (rank, module prefixes). The two model families share a rank and may
-#: not import each other; ``_isolation``, ``data`` and ``errors`` are leaves any layer may use.
+#: not import each other; ``_isolation`` and, below it, ``data`` and ``errors`` are leaves any layer may use.
 LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (9, ("veilml.__main__",)),
     (8, ("veilml.cli",)),
@@ -44,7 +44,8 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (4, ("veilml.runtime",)),
     (3, ("veilml.compiler",)),
     (2, ("veilml.quantization",)),
-    (1, ("veilml._isolation", "veilml.data", "veilml.errors")),
+    (1, ("veilml._isolation",)),
+    (0, ("veilml.data", "veilml.errors")),
 )
 
 
