@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from veilml.models.trees.estimators import _Classifier, _Regressor
+from veilml.models.trees.estimators.tasks import EncryptedClassifier, EncryptedRegressor
 
 __all__ = ["ImportedTreeClassifier", "ImportedTreeRegressor", "from_onnx"]
 
@@ -24,11 +24,11 @@ class _Imported:
         self.leaf_lookups = leaf_lookups
 
 
-class ImportedTreeClassifier(_Imported, _Classifier):
+class ImportedTreeClassifier(_Imported, EncryptedClassifier):
     """An encrypted tree-ensemble classifier made by :func:`from_onnx` (``fit`` is not available)."""
 
 
-class ImportedTreeRegressor(_Imported, _Regressor):
+class ImportedTreeRegressor(_Imported, EncryptedRegressor):
     """An encrypted tree-ensemble regressor made by :func:`from_onnx` (``fit`` is not available)."""
 
 

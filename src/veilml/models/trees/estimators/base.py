@@ -1,33 +1,23 @@
-"""scikit-learn-style encrypted tree models, one per family of ``veilml.models.trees.families.FAMILIES``.
+"""What every encrypted tree estimator shares: fitting on codes, conversion, lowering, compilation, running.
 
-``fit`` trains the library's own model (scikit-learn, XGBoost, LightGBM) on quantized inputs, so
-that thresholds land on the integer grid; ``compile`` builds the FHE circuit; ``predict(X, fhe=
-"disable" | "simulate" | "execute")`` runs it. The ensemble is summed inside the circuit: the client
-decrypts one score per class (or per output) and applies the model's post-transform (sigmoid,
-softmax) itself.
-
-The classes are made on first use from the library's class: their hyper-parameters are the
-library's (read from ``get_params`` of a default instance) plus veilml's ``n_bits``, ``leaf_bits``
-and ``encoding``, so ``XGBClassifier(max_depth=3, n_estimators=20, n_bits=6)`` works as expected and
-``get_params`` / ``set_params`` / ``clone`` behave as in scikit-learn.
+The estimators themselves (:mod:`veilml.models.trees.estimators`) add their library's class and
+signature; :mod:`.tasks` adds what classifiers and regressors do differently.
 """
 
 from __future__ import annotations
 
 import inspect
-from numbers import Integral
 from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from veilml.compiler import Configuration
 from veilml.models.trees.auto_bits import choose_bits
 from veilml.models.trees.convert.supported import to_ensemble
-from veilml.models.trees.families import FAMILIES, Family, library_class
+from veilml.models.trees.estimators.params import PARAMETER_CONSTRAINTS, VEILML_PARAMS
+from veilml.models.trees.families import Family, library_class
 from veilml.models.trees.lowering.ensemble import LoweredEnsemble, lower_candidates
 from veilml.models.trees.report import FHEReport, fhe_report
 from veilml.quantization import UniformQuantizer
@@ -35,29 +25,14 @@ from veilml.runtime import FHEModel
 from veilml.runtime.codec import ClientCodec, OutputSpec
 from veilml.runtime.data_checks import check_sample_weight, check_X, check_y
 
-__all__ = list(FAMILIES)
-
-#: veilml's own parameters and their defaults, first in every estimator's signature
-VEILML_PARAMS: dict[str, Any] = {
-    "n_bits": 6,
-    "leaf_bits": None,
-    "encoding": "thermometer",
-    "leaf_lookups": "auto",
-    "train_on": "codes",
-}
+__all__ = ["EncryptedEnsemble"]
 
 
-class _EncryptedEnsemble(BaseEstimator):
+class EncryptedEnsemble(BaseEstimator):
     """What every family shares: fitting on codes, conversion, lowering, compilation, running."""
 
     _family: ClassVar[Family | None] = None
-    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
-        "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
-        "encoding": [StrOptions({"thermometer", "identity", "chunked", "auto", "thresholds"})],
-        "leaf_lookups": [StrOptions({"indicators", "paired", "subtrees", "auto"})],
-        "train_on": [StrOptions({"codes", "float"})],
-    }
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = PARAMETER_CONSTRAINTS
 
     # ------------------------------------------------------------------------------ parameters
     @classmethod
@@ -75,19 +50,30 @@ class _EncryptedEnsemble(BaseEstimator):
         params.update({name: getattr(self, name) for name in getattr(self, "_extra_params", ())})
         return params
 
-    def set_params(self, **params: Any) -> _EncryptedEnsemble:
+    def set_params(self, **params: Any) -> EncryptedEnsemble:
         known = self.get_params(deep=False)
         extra = {k: v for k, v in params.items() if k not in known and "__" not in k}
-        if extra:
-            _set_extra_params(self, extra)
+        self._set_extra_params(extra)
         return super().set_params(**{k: v for k, v in params.items() if k not in extra})
+
+    def _set_extra_params(self, extra: dict[str, Any]) -> None:
+        """Store keyword arguments beyond the signature's, where the library takes them (its ``**kwargs``)."""
+        if not extra:
+            return
+        init = inspect.signature(type(self).__init__)  # the generated classes mirror their library's
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in init.parameters.values()):
+            raise TypeError(f"{type(self).__name__} got an unexpected keyword argument {next(iter(extra))!r}")
+        known = getattr(self, "_extra_params", ())
+        self._extra_params = (*known, *(k for k in extra if k not in known))
+        for name, value in extra.items():
+            setattr(self, name, value)
 
     def _new_library_model(self) -> Any:
         assert self._family is not None
         return library_class(self._family)(**self._library_params())
 
     # ----------------------------------------------------------------------------------- fitting
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _EncryptedEnsemble:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> EncryptedEnsemble:
         """Quantize ``X`` per feature and train the library's model so that it reads the integer codes.
 
         ``train_on="codes"`` (default) trains the library's model on the codes themselves, as a
@@ -143,7 +129,7 @@ class _EncryptedEnsemble(BaseEstimator):
         return y
 
     @classmethod
-    def from_fitted(cls, model: Any, X: Any = None, n_bits: int = 6, **params: Any) -> _EncryptedEnsemble:
+    def from_fitted(cls, model: Any, X: Any = None, n_bits: int = 6, **params: Any) -> EncryptedEnsemble:
         """Wrap a model already trained in float by its library.
 
         Inputs are quantized on the min/max of ``X`` when given. Without data, each feature gets
@@ -268,7 +254,7 @@ class _EncryptedEnsemble(BaseEstimator):
         self._check_column_names(X, reset=False)
         return check_X(X, self.n_features_in_, type(self).__name__)
 
-    def compile(self, X: Any, configuration: Configuration | None = None, **options: Any) -> _EncryptedEnsemble:
+    def compile(self, X: Any, configuration: Configuration | None = None, **options: Any) -> EncryptedEnsemble:
         """Compile the FHE circuit with an inputset made of the rows of ``X``.
 
         ``options`` override fields of ``configuration`` (for example ``p_error=...``,
@@ -321,161 +307,3 @@ class _EncryptedEnsemble(BaseEstimator):
 
         check_is_fitted(self)
         return save_bundle(self.fhe_model_, directory, signing_key=signing_key)
-
-
-class _Classifier(ClassifierMixin, _EncryptedEnsemble):
-    def _check_targets(self, y: Any) -> np.ndarray:
-        y = check_y(y)
-        check_classification_targets(y)
-        if len(np.unique(y)) < 2:
-            raise ValueError(
-                f"y has one class only ({np.unique(y)[0]!r}): a classifier needs at least 2 classes; "
-                "check the labels (or predict the constant yourself)"
-            )
-        return y
-
-    def _library_targets(self, y: np.ndarray) -> np.ndarray:
-        # XGBoost wants labels 0..n-1; the others keep the user's labels (class_weight is keyed by them)
-        if self._family is not None and self._family.module == "xgboost":
-            return np.unique(y, return_inverse=True)[1]
-        return y
-
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _Classifier:
-        super().fit(X, y, sample_weight)
-        if self._family is not None and self._family.module == "xgboost":
-            self.classes_ = np.unique(check_y(y))
-        return self
-
-    def _set_outputs(self, model: Any, ensemble: Any) -> None:
-        classes = getattr(model, "classes_", None)
-        if classes is None:
-            classes = getattr(ensemble, "classes", None)
-        if classes is None:
-            classes = np.arange(max(ensemble.n_outputs, 2))
-        self.classes_ = np.asarray(classes)
-
-    def _output_spec(self, ensemble: Any) -> OutputSpec:
-        return OutputSpec("classification", ensemble.post_transform, tuple(self.classes_.tolist()))
-
-    def predict_proba(self, X: Any, fhe: str = "disable") -> np.ndarray:
-        """Class probabilities: the model's post-transform of the decrypted scores (renormalized
-        leaf frequencies for forests and single trees), as the client bundle computes them."""
-        raw = self.decision_scores(X, fhe)
-        return self.fhe_model_.codec.finish(raw)
-
-    def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
-        """Class labels: the class with the highest encrypted score."""
-        proba = self.predict_proba(X, fhe)  # NotFittedError before classes_ is read
-        return self.classes_[np.argmax(proba, axis=1)]
-
-
-class _Regressor(RegressorMixin, _EncryptedEnsemble):
-    def predict(self, X: Any, fhe: str = "disable") -> np.ndarray:
-        """Predicted values, (n_samples,) for one output."""
-        raw = self.decision_scores(X, fhe)  # NotFittedError before ensemble_ is read
-        scores = self.fhe_model_.codec.finish(raw)
-        return scores[:, 0] if scores.shape[1] == 1 else scores
-
-
-# ------------------------------------------------------------------------- making the classes
-def _signature(family: Family) -> inspect.Signature:
-    """veilml's parameters, then the library's, keyword-only, with the library's own defaults."""
-    defaults = library_class(family)().get_params(deep=False)
-    clash = set(defaults) & set(VEILML_PARAMS)
-    if clash:
-        raise RuntimeError(f"{family.name} has parameters named like veilml's: {sorted(clash)}")
-    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    parameters += [
-        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in {**VEILML_PARAMS, **defaults}.items()
-    ]
-    return inspect.Signature(parameters)
-
-
-def _accepts_more_keywords(family: Family | None) -> bool:
-    if family is None:
-        return False
-    init = inspect.signature(library_class(family).__init__)
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in init.parameters.values())
-
-
-def _set_extra_params(estimator: Any, extra: dict[str, Any]) -> None:
-    if not _accepts_more_keywords(estimator._family):
-        name = next(iter(extra))
-        raise TypeError(f"{type(estimator).__name__} got an unexpected keyword argument {name!r}")
-    estimator._extra_params = (
-        *getattr(estimator, "_extra_params", ()),
-        *(k for k in extra if k not in getattr(estimator, "_extra_params", ())),
-    )
-    for name, value in extra.items():
-        setattr(estimator, name, value)
-
-
-def _make_init(signature: inspect.Signature) -> Any:
-    def __init__(self: Any, **params: Any) -> None:
-        extra = {k: v for k, v in params.items() if k not in signature.parameters}
-        bound = signature.bind(self, **{k: v for k, v in params.items() if k not in extra})
-        bound.apply_defaults()
-        for name, value in list(bound.arguments.items())[1:]:
-            setattr(self, name, value)
-        if extra:  # TypeError unless the library takes more keyword arguments itself
-            _set_extra_params(self, extra)
-
-    __init__.__signature__ = signature  # type: ignore[attr-defined]  # what get_params reads
-    return __init__
-
-
-_DOC = """An encrypted {name}: a {module}.{name} trained on quantized inputs, run in FHE.
-
-Parameters:
-    n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits, or ``"auto"``
-        to choose the smallest precision that keeps the float model's metric (see ``fit``).
-    leaf_bits: precision of each tree's quantized leaf values. By default ``n_bits``, except for
-        an ensemble for which a value leaf stage (pairs or subtrees) is compiled (see
-        ``leaf_lookups``): its leaves then share the scale that makes the summed score an
-        ``n_bits + 1``-bit integer (each tree gets ``leaf_bits_``, at most ``n_bits``), because
-        that score's width sets concrete's parameters.
-    encoding: what the client encrypts: ``"thermometer"`` (every comparison is free; larger
-        ciphertexts), ``"chunked"`` (a thermometer code of a high and a low chunk of each
-        feature: ~4x fewer bits at 6 bits, one 2-bit lookup per threshold off a chunk boundary),
-        ``"identity"`` (one comparison lookup per distinct threshold), or ``"auto"``: the one the
-        cost model (:mod:`veilml.compiler.cost`) estimates fastest per row. Each is independent
-        of the model's thresholds; with ``"chunked"`` and ``"auto"`` the *choice* of encoding is
-        made from the model's costs, which tells the client that much (see ``fhe_report()``).
-        ``"thresholds"`` (opt-in, model-dependent) encrypts only the comparisons the model
-        makes, ``[q_f >= k]`` per split point: the fewest ciphertexts by far, but the client-side
-        codec lists the model's split points on the code grid (not the tree's structure or its
-        leaf values), so use it only where the client may know them.
-    leaf_lookups: how leaves are looked up: ``"indicators"`` (one small lookup per leaf, values
-        applied afterwards by a clear matrix), ``"paired"`` (one lookup per pair of sibling leaves
-        that returns the leaf value itself: fewer lookups, costlier parameters), ``"subtrees"``
-        (one lookup of up to 5 bits per subtree of several tests: fewer still, each costlier),
-        or ``"auto"`` (default): ``compile`` compiles the indicators and each value stage that
-        saves enough lookups (pairs: a fifth; subtrees: two fifths), and keeps the one with the
-        lowest complexity. Every choice computes the same scores.
-    train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
-        features, then round each threshold to a code boundary; closer to the float model's
-        accuracy at a given ``n_bits``, which ``n_bits="auto"`` then tends to choose larger).
-    Every other parameter is passed to :class:`{module}.{name}` unchanged.
-"""
-
-
-def _make_estimator(name: str) -> type:
-    family = FAMILIES[name]
-    base = _Classifier if family.task == "classification" else _Regressor
-    namespace = {
-        "__init__": _make_init(_signature(family)),
-        "__module__": __name__,
-        "__qualname__": name,
-        "__doc__": _DOC.format(name=name, module=family.module),
-        "_family": family,
-    }
-    return type(name, (base,), namespace)
-
-
-def __getattr__(name: str) -> type:
-    """Estimator classes are made on first access, so the library loads only when used."""
-    if name in FAMILIES:
-        cls = _make_estimator(name)
-        globals()[name] = cls  # one class per name: pickle and isinstance find the same one
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
