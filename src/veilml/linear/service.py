@@ -1,4 +1,7 @@
-"""The HTTP service of a linear-layer worker: a FastAPI app around a :class:`~veilml.linear.worker.Worker`.
+"""The HTTP service of a linear-layer worker: :class:`WorkerService` around a :class:`~veilml.linear.worker.Worker`.
+
+Its endpoints are its methods, on the kit every veilml HTTP service shares (:mod:`veilml.serving.app`:
+limits, tokens, bodies, fair turns, errors, access logs); :func:`create_app` makes its FastAPI app.
 
 A worker holds frozen base weights and multiplies encrypted rows by them. It only ever receives
 evaluation keys and ciphertexts; secret keys stay with the client.
@@ -36,11 +39,10 @@ session id replaced by ``{session}``, and uvicorn's own access log is off (``ser
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -53,14 +55,13 @@ from veilml.linear.http import SECRET_HEADER, SESSION_ID, redact_path
 from veilml.linear.layers import ALL
 from veilml.linear.limits import WORKER_LIMITS
 from veilml.linear.worker import Worker
-from veilml.serving.app import AccessTokens, client_of, create_service_app
-from veilml.serving.body import BodyBudget, receive_body
+from veilml.serving.app import AccessTokens, Route, Service, access_tokens, client_of, service_limits
 from veilml.serving.limits import ServiceLimits
-from veilml.serving.scheduler import FairScheduler
 
 __all__ = [
     "SECRET_HEADER",
     "SESSION_ID",
+    "WorkerService",
     "create_app",
     "redact_path",
 ]
@@ -74,8 +75,8 @@ _ENDPOINTS = (
     "POST /sessions/{session}/keys, POST /sessions/{session}/layers/{layer}/{direction}/keys, "
     "POST /sessions/{session}/layers/{layer}/{direction}/run"
 )
-_ALIASES = {"max_sessions": "max_key_sets"}
-_T = TypeVar("_T")  # the keyword of earlier releases
+_ALIASES = {"max_sessions": "max_key_sets"}  # the keyword of earlier releases
+_T = TypeVar("_T")
 
 
 def _check_session(session: str) -> None:
@@ -122,6 +123,91 @@ def _guarded(step: Callable[[], _T], layer: str, direction: str) -> Callable[[],
     return run
 
 
+class WorkerService(Service):
+    """``veilml worker``: a :class:`~veilml.linear.worker.Worker` over HTTP; each endpoint is a method (see the
+    module docstring for what they answer)."""
+
+    title = "veilml worker"
+    description = "Encrypted base-model linear layers: evaluation keys and ciphertexts in, encrypted results out."
+    name = "veilml.worker"
+    endpoints = _ENDPOINTS
+
+    def __init__(self, worker: Worker, limits: ServiceLimits, access_token: str | AccessTokens | None = None) -> None:
+        tokens = access_tokens(access_token)
+        worker.max_rows = limits.max_rows
+        worker.apply_limits(limits)
+        self.worker = worker
+        # what clients must stay within, published by /layers and /health (HTTPTransport reads them)
+        self.layers_json, self.fingerprint = _layers_document(worker, limits.public())
+        super().__init__(limits, tokens)
+
+    def routes(self) -> list[Route]:
+        matrix = "/layers/{layer:path}/{direction}"
+        return [
+            Route("GET", "/health", self.health),
+            Route("GET", "/layers", self.layers),
+            Route("GET", matrix + "/setup", self.setup),
+            Route("POST", "/sessions", self.open_session, {"status_code": 201}),
+            Route("POST", "/sessions/{session}/keys", self.register_shared, {"status_code": 204}),
+            Route("POST", "/sessions/{session}" + matrix + "/keys", self.register, {"status_code": 204}),
+            Route("POST", "/sessions/{session}" + matrix + "/run", self.run),
+        ]
+
+    def redact(self, path: str) -> str:
+        return redact_path(path)
+
+    # ------------------------------------------------------------------------------------ endpoints
+    def health(self) -> dict[str, Any]:
+        return {
+            **self.status(),
+            "backend": str(self.worker.backend),
+            "layers": len(self.worker.infos),
+            "fingerprint": self.fingerprint,
+            "bytes_in_flight": self.budget.used,
+            "sessions": len(self.worker.store),
+        }
+
+    def layers(self) -> Response:
+        return Response(self.layers_json, media_type="application/json")
+
+    async def setup(self, layer: str, direction: str) -> Response:
+        self.worker.check(layer, direction)
+        data = await run_in_threadpool(self.worker.setup, layer, direction)
+        return Response(data, media_type=OCTET_STREAM)
+
+    def open_session(self, request: Request) -> JSONResponse:
+        grant = self.worker.open_session(client_of(request))
+        return JSONResponse({"session": grant.id, "secret": grant.secret}, status_code=201)
+
+    async def register_shared(self, session: str, request: Request) -> Response:
+        """Evaluation keys that serve every matrix of this worker (backends with one key per session)."""
+        return await self._register_keys(request, session, ALL, ALL)
+
+    async def register(self, session: str, layer: str, direction: str, request: Request) -> Response:
+        self.worker.check(layer, direction)
+        return await self._register_keys(request, session, layer, direction)
+
+    async def run(self, session: str, layer: str, direction: str, request: Request) -> Response:
+        _check_session(session)
+        self.worker.check(layer, direction)
+        secret = request.headers.get(SECRET_HEADER)
+        async with self.body(request) as ciphertext:
+            if not ciphertext:
+                raise WorkerError(400, f"empty ciphertext for {layer}/{direction}; send the encrypted rows as the body")
+            work = await run_in_threadpool(self.worker.work, session, secret, layer, direction, ciphertext)
+            units = [_guarded(unit, layer, direction) for unit in work.units]
+            await self.scheduler.run(client_of(request), units, self.limits.run_timeout)
+            result = await run_in_threadpool(_guarded(work.finish, layer, direction))
+        self.worker.store.touch(session)
+        return Response(result, media_type=OCTET_STREAM)
+
+    async def _register_keys(self, request: Request, session: str, layer: str, direction: str) -> Response:
+        _check_session(session)
+        async with self.body(request) as keys:
+            await run_in_threadpool(self.worker.register, session, request.headers.get(SECRET_HEADER), layer, direction, keys)
+        return Response(status_code=204)
+
+
 def create_app(
     worker: Worker,
     limits: ServiceLimits | None = None,
@@ -141,94 +227,8 @@ def create_app(
         access_token: one token, or :class:`~veilml.serving.app.AccessTokens` (one per client);
             then every endpoint but ``/health`` needs ``Authorization: Bearer <token>``.
     """
-    for old, new in _ALIASES.items():
-        if old in overrides:
-            overrides[new] = overrides.pop(old)
-    limits = (limits or WORKER_LIMITS.replace(max_rows=worker.max_rows)).override(**overrides)
-    worker.max_rows = limits.max_rows
-    worker.apply_limits(limits)
-    tokens = AccessTokens.single(access_token) if isinstance(access_token, str) else access_token
-    # what clients must stay within, published by /layers and /health (HTTPTransport reads them)
-    published = limits.public()
-    layers_json, fingerprint = _layers_document(worker, published)
-    budget = BodyBudget(limits.max_inflight_bytes, limits.max_inflight_bytes_per_client)
-    scheduler = FairScheduler(limits.workers, limits.max_queue, limits.max_requests_per_client, name="veilml-worker")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        yield
-        scheduler.close()
-
-    app = create_service_app(
-        title="veilml worker",
-        description="Encrypted base-model linear layers: evaluation keys and ciphertexts in, encrypted results out.",
-        name="veilml.worker",
-        endpoints=_ENDPOINTS,
-        tokens=tokens,
-        redact=redact_path,
-        lifespan=lifespan,
-    )
-    app.state.worker, app.state.body_budget, app.state.scheduler = worker, budget, scheduler
-    app.state.fingerprint, app.state.limits = fingerprint, limits
-
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "backend": str(worker.backend),
-            "layers": len(worker.infos),
-            "fingerprint": fingerprint,
-            "version": app.version,
-            "bytes_in_flight": budget.used,
-            "sessions": len(worker.store),
-            "admitted": scheduler.admitted,
-            **published,
-        }
-
-    @app.get("/layers")
-    def layers() -> Response:
-        return Response(layers_json, media_type="application/json")
-
-    @app.get("/layers/{layer:path}/{direction}/setup")
-    async def setup(layer: str, direction: str) -> Response:
-        worker.check(layer, direction)
-        data = await run_in_threadpool(worker.setup, layer, direction)
-        return Response(data, media_type=OCTET_STREAM)
-
-    @app.post("/sessions", status_code=201)
-    def open_session(request: Request) -> JSONResponse:
-        grant = worker.open_session(client_of(request))
-        return JSONResponse({"session": grant.id, "secret": grant.secret}, status_code=201)
-
-    async def register_keys(request: Request, session: str, layer: str, direction: str) -> Response:
-        _check_session(session)
-        async with receive_body(request, limits, budget, client_of(request)) as keys:
-            await run_in_threadpool(worker.register, session, request.headers.get(SECRET_HEADER), layer, direction, keys)
-        return Response(status_code=204)
-
-    @app.post("/sessions/{session}/keys", status_code=204)
-    async def register_shared(session: str, request: Request) -> Response:
-        """Evaluation keys that serve every matrix of this worker (backends with one key per session)."""
-        return await register_keys(request, session, ALL, ALL)
-
-    @app.post("/sessions/{session}/layers/{layer:path}/{direction}/keys", status_code=204)
-    async def register(session: str, layer: str, direction: str, request: Request) -> Response:
-        worker.check(layer, direction)
-        return await register_keys(request, session, layer, direction)
-
-    @app.post("/sessions/{session}/layers/{layer:path}/{direction}/run")
-    async def run(session: str, layer: str, direction: str, request: Request) -> Response:
-        _check_session(session)
-        worker.check(layer, direction)
-        secret, client = request.headers.get(SECRET_HEADER), client_of(request)
-        async with receive_body(request, limits, budget, client) as ciphertext:
-            if not ciphertext:
-                raise WorkerError(400, f"empty ciphertext for {layer}/{direction}; send the encrypted rows as the body")
-            work = await run_in_threadpool(worker.work, session, secret, layer, direction, ciphertext)
-            units = [_guarded(unit, layer, direction) for unit in work.units]
-            await scheduler.run(client, units, limits.run_timeout)
-            result = await run_in_threadpool(_guarded(work.finish, layer, direction))
-        worker.store.touch(session)
-        return Response(result, media_type=OCTET_STREAM)
-
+    limits = service_limits(limits, WORKER_LIMITS.replace(max_rows=worker.max_rows), overrides, _ALIASES)
+    service = WorkerService(worker, limits, access_token)
+    app = service.app()
+    app.state.worker, app.state.fingerprint = worker, service.fingerprint
     return app

@@ -1,6 +1,9 @@
-"""The HTTP kit of ``veilml serve`` and ``veilml worker``: who is asking, error bodies, access logs.
+"""The HTTP kit of ``veilml serve`` and ``veilml worker``: a service class, who is asking, error bodies, access logs.
 
-:func:`create_service_app` makes a FastAPI app with what both services share:
+A service is a :class:`Service` subclass whose methods are its endpoints (listed by :meth:`Service.routes`);
+the base holds what both services do: their :class:`~veilml.serving.limits.ServiceLimits`, their access
+tokens, request bodies within bounds (:mod:`.body`), fair turns of encrypted work (:mod:`.scheduler`), and
+the app's start and stop. :func:`create_service_app` makes the FastAPI app with what both share:
 
 - **Who is asking.** With access tokens (``--access-token-file``: one token per line, ``NAME TOKEN``
   or just ``TOKEN``), every endpoint but ``/health`` needs ``Authorization: Bearer <token>`` and the
@@ -15,19 +18,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from veilml.serving.limits import ServiceError
+from veilml.serving.body import BodyBudget, receive_body
+from veilml.serving.limits import ServiceError, ServiceLimits
+from veilml.serving.scheduler import FairScheduler
 
-__all__ = ["AccessTokens", "client_of", "create_service_app", "log_to_stderr"]
+__all__ = [
+    "AccessTokens",
+    "Route",
+    "Service",
+    "access_tokens",
+    "client_of",
+    "create_service_app",
+    "log_to_stderr",
+    "service_limits",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _MIN_TOKEN = 16
@@ -86,6 +101,11 @@ class AccessTokens:
             if hmac.compare_digest(known, digest):
                 found = name
         return found
+
+
+def access_tokens(access_token: str | AccessTokens | None) -> AccessTokens | None:
+    """The tokens of a service given one token (a client named ``client``), tokens, or None (no token needed)."""
+    return AccessTokens.single(access_token) if isinstance(access_token, str) else access_token
 
 
 def client_of(request: Any) -> str:
@@ -182,3 +202,96 @@ def log_to_stderr(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level.upper())
+
+
+def service_limits(
+    limits: ServiceLimits | None, default: ServiceLimits, overrides: Mapping[str, Any], aliases: Mapping[str, str]
+) -> ServiceLimits:
+    """``limits`` (or ``default``) with the single fields ``overrides`` names; ``aliases`` maps the keywords of
+    earlier releases to today's fields."""
+    return (limits or default).override(**{aliases.get(name, name): value for name, value in overrides.items()})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: ``method path`` answered by ``endpoint``; ``options`` go to FastAPI's ``add_api_route``."""
+
+    method: str
+    path: str
+    endpoint: Callable[..., Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Service:
+    """A veilml HTTP service: a subclass names itself and lists its endpoints (its methods) in :meth:`routes`.
+
+    The base keeps the service's ``limits``, its access ``tokens`` (None: anyone may ask, each client known by
+    its address), the in-flight ``budget`` of request bodies and the fair ``scheduler`` of encrypted work;
+    :meth:`app` is the FastAPI app, which closes the service when it stops. A subclass makes its own parts
+    first (checks that may fail start no thread), then calls ``super().__init__``.
+    """
+
+    title: ClassVar[str]
+    description: ClassVar[str]
+    #: the logger (``<name>.access`` is the access log) and, dashed, the scheduler's thread names
+    name: ClassVar[str]
+    #: the endpoints as a 404 answer lists them
+    endpoints: ClassVar[str]
+
+    def __init__(self, limits: ServiceLimits, access_token: str | AccessTokens | None = None) -> None:
+        self.limits = limits
+        self.tokens = access_tokens(access_token)
+        self.budget = BodyBudget(limits.max_inflight_bytes, limits.max_inflight_bytes_per_client)
+        self.scheduler = FairScheduler(
+            limits.workers, limits.max_queue, limits.max_requests_per_client, name=self.name.replace(".", "-")
+        )
+
+    def routes(self) -> list[Route]:
+        """The service's endpoints."""
+        raise NotImplementedError
+
+    def redact(self, path: str) -> str:
+        """``path`` as logs and messages show it (a service with secrets in its paths removes them)."""
+        return path
+
+    def start(self) -> None:
+        """Called once the app starts serving."""
+
+    def close(self) -> None:
+        """Called when the app stops: requests still waiting for encrypted work fail with 503."""
+        self.scheduler.close()
+
+    def body(self, request: Any) -> contextlib.AbstractAsyncContextManager[bytes]:
+        """The body of ``request`` within the limits, its bytes held against its client's budget (``async with``)."""
+        return receive_body(request, self.limits, self.budget, client_of(request))
+
+    def status(self) -> dict[str, Any]:
+        """What both services' ``GET /health`` says besides their own facts: alive, veilml's version, work admitted
+        now, and every limit."""
+        from veilml import __version__
+
+        return {"status": "ok", "version": __version__, "admitted": self.scheduler.admitted, **self.limits.public()}
+
+    def app(self) -> Any:
+        """The FastAPI app of this service (see :func:`create_service_app`)."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            self.start()
+            yield
+            self.close()
+
+        app = create_service_app(
+            title=self.title,
+            description=self.description,
+            name=self.name,
+            endpoints=self.endpoints,
+            tokens=self.tokens,
+            redact=self.redact,
+            lifespan=lifespan,
+        )
+        for route in self.routes():
+            app.add_api_route(route.path, route.endpoint, methods=[route.method], **route.options)
+        app.state.service, app.state.limits = self, self.limits
+        app.state.body_budget, app.state.scheduler = self.budget, self.scheduler
+        return app

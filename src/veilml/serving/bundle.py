@@ -58,6 +58,7 @@ __all__ = [
     "SERVER_FORMAT",
     "ModelClient",
     "ModelServer",
+    "bundle_side",
     "client_bundle_fingerprint",
     "save_bundle",
     "sign_bundle",
@@ -132,7 +133,7 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
     return directory
 
 
-def _side(directory: str | os.PathLike, side: str) -> Path:
+def bundle_side(directory: str | os.PathLike, side: str) -> Path:
     """``directory/side`` when given a whole bundle, ``directory`` itself when given one side."""
     directory = Path(directory)
     return directory / side if (directory / side / "manifest.json").exists() else directory
@@ -174,7 +175,7 @@ def client_bundle_fingerprint(directory: str | os.PathLike) -> str:
     accepts that very bundle and no other. Not to be confused with a model's ``fingerprint`` (the
     sha256 of its client specs alone).
     """
-    return checked_manifest(_side(directory, "client"), CLIENT_FORMAT)[1]
+    return checked_manifest(bundle_side(directory, "client"), CLIENT_FORMAT)[1]
 
 
 def _check_key_dir(key_dir: Path) -> None:
@@ -293,7 +294,7 @@ class ModelClient:
         self.key_dir = None if key_dir is None else Path(key_dir)
         if self.key_dir is not None:
             _check_key_dir(self.key_dir)
-        self.directory = _side(directory, "client")
+        self.directory = bundle_side(directory, "client")
         self.manifest, self.bundle_fingerprint = checked_manifest(self.directory, CLIENT_FORMAT, trusted_key=trusted_key)
         if expected_fingerprint is not None:
             pinned = str(expected_fingerprint).strip().lower()
@@ -418,7 +419,7 @@ class ModelServer:
     ) -> None:
         from concrete import fhe
 
-        self.directory = _side(directory, "server")
+        self.directory = bundle_side(directory, "server")
         self.manifest = check_manifest(self.directory, SERVER_FORMAT, trusted_key=trusted_key)
         specs = (self.directory / _SPECS).read_bytes()
         server = fhe.Server.load(str(self.directory / "server.zip"))

@@ -17,6 +17,9 @@ client's share is used, 503 busy (retry), 504 over the run timeout. The server p
 checks; concrete runs each row in an isolated child process with a time limit (:mod:`.serving.tree_work`),
 rows of different clients taken in turn (:mod:`.serving.scheduler`). The server holds evaluation keys
 and ciphertexts only: no secret key ever reaches it.
+
+:class:`ModelService` is the service (its endpoints are its methods, on the kit of :mod:`veilml.serving.app`);
+:func:`create_model_app` makes its FastAPI app.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import json
 import os
 import threading
 import zipfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +47,12 @@ from veilml.runtime.envelope import (
     unpack_batch,
     unpack_envelope,
 )
-from veilml.serving.app import AccessTokens, client_of, create_service_app
-from veilml.serving.body import BodyBudget, receive_body
+from veilml.serving.app import AccessTokens, Route, Service, access_tokens, client_of, service_limits
 from veilml.serving.limits import SERVE_LIMITS, ServiceError, ServiceLimits
-from veilml.serving.scheduler import FairScheduler
 from veilml.serving.store import OwnedStore
 from veilml.serving.tree_work import load, run_row
 
-__all__ = ["KEY_ID_HEADER", "KEY_SECRET_HEADER", "create_model_app"]
+__all__ = ["KEY_ID_HEADER", "KEY_SECRET_HEADER", "ModelService", "create_model_app"]
 
 KEY_ID_HEADER = "x-veilml-key-id"
 KEY_SECRET_HEADER = "x-veilml-key-secret"
@@ -84,6 +84,161 @@ def _admission(directory: Path) -> Any:
     )
 
 
+class ModelService(Service):
+    """``veilml serve``: one model bundle, its key store, and an isolated runner of its rows; each endpoint is a
+    method (see the module docstring for what they answer)."""
+
+    title = "veilml model server"
+    description = (
+        "An encrypted model: evaluation keys and ciphertexts in, encrypted predictions out. It never holds a secret key."
+    )
+    name = "veilml.serve"
+    endpoints = ENDPOINTS
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        state_dir: str | os.PathLike,
+        limits: ServiceLimits,
+        *,
+        access_token: Any,
+        trusted_key: Any,
+    ) -> None:
+        from veilml._isolation import IsolatedRunner
+        from veilml.runtime.manifest import check_manifest
+        from veilml.serving.bundle import CLIENT_FORMAT, SERVER_FORMAT, bundle_side, client_bundle_fingerprint
+
+        tokens = access_tokens(access_token)  # a bad token is refused before anything is made
+        server_dir, client_dir = bundle_side(bundle, "server"), bundle_side(bundle, "client")
+        self.manifest = check_manifest(
+            server_dir, SERVER_FORMAT, trusted_key=trusted_key
+        )  # signed by its maker, if a key is given
+        check_manifest(client_dir, CLIENT_FORMAT, trusted_key=trusted_key)
+        self.bundle_fingerprint = client_bundle_fingerprint(client_dir)
+        self.checker = _admission(server_dir)
+        self.bundle_path, self.trusted_key = str(server_dir.resolve()), trusted_key
+        self.client_zip = _client_zip(client_dir)
+        self.store = OwnedStore(
+            limits, id_pattern=r"[0-9a-f]{64}", noun="key id", unknown_code="unknown-key", directory=Path(state_dir) / "keys"
+        )
+        self.runner = IsolatedRunner(
+            processes=limits.workers,
+            timeout=limits.run_timeout,
+            name="veilml-serve",
+            initializer=load,
+            initargs=(self.bundle_path, trusted_key),
+        )
+        self._registering = threading.Lock()
+        super().__init__(limits, tokens)
+
+    def routes(self) -> list[Route]:
+        binary = {"response_class": Response, "responses": {200: {"content": {OCTET_STREAM: {}}}}}
+        zipped = {"response_class": Response, "responses": {200: {"content": {"application/zip": {}}}}}
+        return [
+            Route("GET", "/health", self.health),
+            Route("GET", "/bundle/client", self.client_bundle, zipped),
+            Route("POST", "/keys", self.register, {"status_code": 201}),
+            Route("POST", "/predict", self.predict, binary),
+        ]
+
+    def start(self) -> None:
+        threading.Thread(target=_warm, args=(self.runner,), daemon=True).start()  # /health answers meanwhile
+
+    def close(self) -> None:
+        super().close()
+        self.runner.close()
+
+    # ------------------------------------------------------------------------------------ endpoints
+    def health(self) -> dict[str, Any]:
+        return {
+            **self.status(),
+            "fingerprint": self.checker.fingerprint,
+            "bundle_fingerprint": self.bundle_fingerprint,
+            "n_features": int(self.manifest["n_features"]),
+            "key_sets": len(self.store),
+        }
+
+    def client_bundle(self) -> Response:
+        return Response(
+            self.client_zip, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="client.zip"'}
+        )
+
+    async def register(self, request: Request) -> JSONResponse:
+        async with self.body(request) as body:
+            identifier, secret = await run_in_threadpool(self._admit_keys, client_of(request), body)
+        return JSONResponse({"key_id": identifier, "secret": secret}, status_code=201)
+
+    async def predict(self, request: Request) -> Response:
+        identifier = request.headers.get(KEY_ID_HEADER, "")
+        self.store.authorize(identifier, request.headers.get(KEY_SECRET_HEADER))
+        async with self.body(request) as body:
+            items = await run_in_threadpool(self._rows_of, body, identifier)
+            digest = self.store.digest(identifier, "keys")
+            if digest is None:
+                raise ServiceError(401, f"unknown key id {identifier[:12]}...: register the keys again", "unknown-key")
+            units = [functools.partial(self._unit, identifier, digest, item) for item in items]
+            results = await self.scheduler.run(client_of(request), units, self.limits.run_timeout)
+        return Response(pack_batch(results), media_type=OCTET_STREAM)
+
+    # ------------------------------------------------------------------------------------ work
+    def _admit_keys(self, client: str, body: bytes) -> tuple[str, str]:
+        """Check an evaluation-key envelope, then store it once (owned by ``client`` if new): (key id, secret)."""
+        try:
+            _, identifier = self.checker.admit_keys(body)
+        except (EnvelopeError, ValueError) as exc:
+            raise ServiceError(400, f"these are not evaluation keys of this model: {exc}", "bad-keys") from None
+        store = self.store
+        with self._registering:  # one writer per key set at a time; a corrupted stored copy is written anew
+            stored = identifier in store and store.digest(identifier, "keys") is not None
+            if stored:
+                try:
+                    store.get(identifier, "keys")
+                except ServiceError:
+                    stored = False  # dropped as corrupted: made again below, owned by this client
+            created = identifier not in store
+            _, secret = store.open(client, identifier)
+            if not stored:
+                try:
+                    store.put(identifier, "keys", body)
+                except BaseException:
+                    if created:
+                        store.drop(identifier)
+                    raise
+        return identifier, secret
+
+    def _rows_of(self, body: bytes, identifier: str) -> list[bytes]:
+        """The batch's ciphertexts, each checked as an envelope for this model and key set (no concrete)."""
+        limits = self.limits
+        try:
+            items = unpack_batch(body, max_items=limits.max_rows, max_bytes=limits.max_payload_bytes, what="ciphertext batch")
+            for item in items:
+                envelope = unpack_envelope(item, "ciphertext", max_bytes=limits.max_payload_bytes)
+                check_model(envelope, self.checker.fingerprint)
+                check_key_id(envelope, identifier)
+        except KeyMismatchError as exc:
+            raise ServiceError(400, str(exc), "key-mismatch") from None
+        except (EnvelopeError, ValueError) as exc:
+            raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
+        return items
+
+    def _unit(self, identifier: str, digest: str, item: bytes) -> bytes:
+        """One row, run in an isolated child process within the run timeout."""
+        from veilml._isolation import IsolatedTaskError
+
+        try:
+            return self.runner.run(
+                run_row, self.bundle_path, str(self.store.directory), identifier, digest, item, self.trusted_key
+            )
+        except KeyMismatchError as exc:
+            raise ServiceError(400, str(exc), "key-mismatch") from None
+        except (EnvelopeError, ValueError) as exc:
+            raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
+        except IsolatedTaskError as exc:
+            if exc.reason == "timeout":
+                raise ServiceError(504, str(exc), "run-timeout") from None
+            raise ServiceError(500, str(exc), "crashed") from None
+
+
 def create_model_app(
     bundle: str | os.PathLike,
     state_dir: str | os.PathLike,
@@ -106,145 +261,11 @@ def create_model_app(
         trusted_key: the model owner's public key: the bundle's signature is checked against it
             (:mod:`veilml.runtime.manifest`) here and in every child process.
     """
-    from veilml import __version__
-    from veilml._isolation import IsolatedRunner, IsolatedTaskError
-    from veilml.runtime.manifest import check_manifest
-    from veilml.serving.bundle import CLIENT_FORMAT, SERVER_FORMAT, _side, client_bundle_fingerprint
-
-    if "max_key_store_bytes" in overrides:
-        overrides[_ALIASES["max_key_store_bytes"]] = overrides.pop("max_key_store_bytes")
-    limits = (limits or SERVE_LIMITS).override(**overrides)
-    tokens = AccessTokens.single(access_token) if isinstance(access_token, str) else access_token
-    server_dir, client_dir = _side(bundle, "server"), _side(bundle, "client")
-    manifest = check_manifest(server_dir, SERVER_FORMAT, trusted_key=trusted_key)  # signed by its maker, if a key is given
-    check_manifest(client_dir, CLIENT_FORMAT, trusted_key=trusted_key)
-    bundle_fingerprint = client_bundle_fingerprint(client_dir)
-    checker = _admission(server_dir)
-    bundle_path = str(server_dir.resolve())
-    client_zip = _client_zip(client_dir)
-    store = OwnedStore(
-        limits, id_pattern=r"[0-9a-f]{64}", noun="key id", unknown_code="unknown-key", directory=Path(state_dir) / "keys"
-    )
-    budget = BodyBudget(limits.max_inflight_bytes, limits.max_inflight_bytes_per_client)
-    runner = IsolatedRunner(
-        processes=limits.workers,
-        timeout=limits.run_timeout,
-        name="veilml-serve",
-        initializer=load,
-        initargs=(bundle_path, trusted_key),
-    )
-    scheduler = FairScheduler(limits.workers, limits.max_queue, limits.max_requests_per_client, name="veilml-serve")
-    registering = threading.Lock()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        threading.Thread(target=_warm, args=(runner,), daemon=True).start()  # /health answers meanwhile
-        yield
-        scheduler.close()
-        runner.close()
-
-    app = create_service_app(
-        title="veilml model server",
-        description="An encrypted model: evaluation keys and ciphertexts in, encrypted predictions out. "
-        "It never holds a secret key.",
-        name="veilml.serve",
-        endpoints=ENDPOINTS,
-        tokens=tokens,
-        lifespan=lifespan,
-    )
-    app.state.key_store, app.state.body_budget, app.state.scheduler, app.state.limits = store, budget, scheduler, limits
-    app.state.fingerprint, app.state.n_features = checker.fingerprint, int(manifest["n_features"])
-    app.state.bundle_fingerprint = bundle_fingerprint
-
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "fingerprint": checker.fingerprint,
-            "bundle_fingerprint": bundle_fingerprint,
-            "version": __version__,
-            "n_features": int(manifest["n_features"]),
-            **limits.public(),
-            "key_sets": len(store),
-            "admitted": scheduler.admitted,
-        }
-
-    @app.get("/bundle/client", response_class=Response, responses={200: {"content": {"application/zip": {}}}})
-    def client_bundle() -> Response:
-        return Response(
-            client_zip, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="client.zip"'}
-        )
-
-    def admit_keys(client: str, body: bytes) -> tuple[str, str]:
-        try:
-            _, identifier = checker.admit_keys(body)
-        except (EnvelopeError, ValueError) as exc:
-            raise ServiceError(400, f"these are not evaluation keys of this model: {exc}", "bad-keys") from None
-        with registering:  # one writer per key set at a time; a corrupted stored copy is written anew
-            stored = identifier in store and store.digest(identifier, "keys") is not None
-            if stored:
-                try:
-                    store.get(identifier, "keys")
-                except ServiceError:
-                    stored = False  # dropped as corrupted: made again below, owned by this client
-            created = identifier not in store
-            _, secret = store.open(client, identifier)
-            if not stored:
-                try:
-                    store.put(identifier, "keys", body)
-                except BaseException:
-                    if created:
-                        store.drop(identifier)
-                    raise
-        return identifier, secret
-
-    @app.post("/keys", status_code=201)
-    async def register(request: Request) -> JSONResponse:
-        client = client_of(request)
-        async with receive_body(request, limits, budget, client) as body:
-            identifier, secret = await run_in_threadpool(admit_keys, client, body)
-        return JSONResponse({"key_id": identifier, "secret": secret}, status_code=201)
-
-    def rows_of(body: bytes, identifier: str) -> list[bytes]:
-        """The batch's ciphertexts, each checked as an envelope for this model and key set (no concrete)."""
-        try:
-            items = unpack_batch(body, max_items=limits.max_rows, max_bytes=limits.max_payload_bytes, what="ciphertext batch")
-            for item in items:
-                envelope = unpack_envelope(item, "ciphertext", max_bytes=limits.max_payload_bytes)
-                check_model(envelope, checker.fingerprint)
-                check_key_id(envelope, identifier)
-        except KeyMismatchError as exc:
-            raise ServiceError(400, str(exc), "key-mismatch") from None
-        except (EnvelopeError, ValueError) as exc:
-            raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
-        return items
-
-    def unit(identifier: str, digest: str, item: bytes) -> bytes:
-        try:
-            return runner.run(run_row, bundle_path, str(store.directory), identifier, digest, item, trusted_key)
-        except KeyMismatchError as exc:
-            raise ServiceError(400, str(exc), "key-mismatch") from None
-        except (EnvelopeError, ValueError) as exc:
-            raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
-        except IsolatedTaskError as exc:
-            if exc.reason == "timeout":
-                raise ServiceError(504, str(exc), "run-timeout") from None
-            raise ServiceError(500, str(exc), "crashed") from None
-
-    @app.post("/predict", response_class=Response, responses={200: {"content": {OCTET_STREAM: {}}}})
-    async def predict(request: Request) -> Response:
-        client = client_of(request)
-        identifier = request.headers.get(KEY_ID_HEADER, "")
-        store.authorize(identifier, request.headers.get(KEY_SECRET_HEADER))
-        async with receive_body(request, limits, budget, client) as body:
-            items = await run_in_threadpool(rows_of, body, identifier)
-            digest = store.digest(identifier, "keys")
-            if digest is None:
-                raise ServiceError(401, f"unknown key id {identifier[:12]}...: register the keys again", "unknown-key")
-            units = [functools.partial(unit, identifier, digest, item) for item in items]
-            results = await scheduler.run(client, units, limits.run_timeout)
-        return Response(pack_batch(results), media_type=OCTET_STREAM)
-
+    limits = service_limits(limits, SERVE_LIMITS, overrides, _ALIASES)
+    service = ModelService(bundle, state_dir, limits, access_token=access_token, trusted_key=trusted_key)
+    app = service.app()
+    app.state.key_store, app.state.fingerprint = service.store, service.checker.fingerprint
+    app.state.n_features, app.state.bundle_fingerprint = int(service.manifest["n_features"]), service.bundle_fingerprint
     return app
 
 
