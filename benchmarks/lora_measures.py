@@ -31,6 +31,12 @@ SMOLLM2_135M = dict(
 )
 
 
+def _train_on_to(trainer: LoraTrainer, max_steps: int) -> None:
+    """Let a trainer whose warm-up run is done train on to ``max_steps`` (its learning rate is constant)."""
+    trainer.options = trainer.options.replace(max_steps=max_steps)
+    trainer.state.max_steps = max_steps
+
+
 def time_training_step(
     backend: str | None, steps: int = 1, *, seq_len: int = 8, batch_size: int = 2, seed: int = 0
 ) -> dict[str, Any]:
@@ -44,7 +50,7 @@ def time_training_step(
     trainer.train(batches)  # warm-up: keys are generated and registered on first use
     setup = time.perf_counter() - started
     sent, received = (executor.bytes_sent, executor.bytes_received) if executor is not None else (0, 0)
-    trainer.max_steps = trainer.state.max_steps = 1 + steps
+    _train_on_to(trainer, 1 + steps)
     output = trainer.train(batches)
     seconds = output.metrics["train_runtime"] / steps
     result = {
@@ -284,7 +290,7 @@ def worker_training_step(
                 first = time.perf_counter() - started
                 sent, received = executor.bytes_sent, executor.bytes_received
                 before = (timed.encrypt, timed.decrypt, timed.remote)
-                trainer.max_steps = trainer.state.max_steps = 1 + steps
+                _train_on_to(trainer, 1 + steps)
             elif steps != 1:
                 raise ValueError("without warm-up, one step is measured")
             started = time.perf_counter()

@@ -9,7 +9,7 @@ and ``g @ W.T`` (backward) on encrypted per-row-quantized rows (see
 
     model = tiny_gpt2()
     executor = local_executor(remote_linear_weights(model), backend="clear")
-    trainer = LoraTrainer(model, executor=executor, max_steps=200)
+    trainer = LoraTrainer(model, executor=executor, max_steps=200)  # or options=LoraTrainingOptions(max_steps=200)
     trainer.train(batches)
 
 Needs the ``lora`` extra (torch, transformers, peft, safetensors); nothing heavy loads until a name
@@ -24,7 +24,9 @@ from typing import Any
 __all__ = [
     "DEFAULT_REMOTE_PATTERNS",
     "ByteTokenizer",
+    "InvalidLoraOptionError",
     "LoraTrainer",
+    "LoraTrainingOptions",
     "RemoteLinear",
     "TrainOutput",
     "TrainerState",
@@ -62,6 +64,8 @@ _LAZY = {
     "tiny_gpt2": ".tiny",
     "tiny_llama": ".tiny",
     "LoraTrainer": ".trainer",
+    "LoraTrainingOptions": ".options",
+    "InvalidLoraOptionError": ".options",
     "TrainOutput": ".trainer",
     "TrainerState": ".trainer",
     "default_lora_config": ".trainer",

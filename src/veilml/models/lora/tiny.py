@@ -61,6 +61,17 @@ class ByteTokenizer:
         return f"ByteTokenizer(vocab_size={self.vocab_size})"
 
 
+def _byte_vocabulary() -> dict[str, int]:
+    """The config fields that give a transformers model the :class:`ByteTokenizer` vocabulary and special tokens."""
+    tokenizer = ByteTokenizer()
+    return {
+        "vocab_size": tokenizer.vocab_size,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 def _seeded(seed: int, build: Any) -> Any:
     """Build under a fixed torch seed without disturbing the caller's random state."""
     with torch.random.fork_rng(devices=[]):
@@ -85,9 +96,7 @@ def tiny_gpt2(
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = ByteTokenizer()
     config = GPT2Config(
-        vocab_size=tokenizer.vocab_size,
         n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
@@ -96,9 +105,7 @@ def tiny_gpt2(
         embd_pdrop=dropout,
         attn_pdrop=dropout,
         initializer_range=initializer_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **_byte_vocabulary(),
     )
     return _seeded(seed, lambda: GPT2LMHeadModel(config))
 
@@ -116,9 +123,7 @@ def tiny_llama(
     (``initializer_range`` as in :func:`tiny_gpt2`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = ByteTokenizer()
     config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers,
@@ -126,9 +131,7 @@ def tiny_llama(
         num_key_value_heads=num_attention_heads,
         max_position_embeddings=max_position_embeddings,
         initializer_range=initializer_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **_byte_vocabulary(),
     )
     return _seeded(seed, lambda: LlamaForCausalLM(config))
 

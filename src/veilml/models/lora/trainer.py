@@ -3,7 +3,8 @@
 :class:`LoraTrainer` follows the transformers/PEFT habits: the model is a ``PeftModel``, adapters are
 saved with ``save_pretrained`` (so ``PeftModel.from_pretrained`` reads them), checkpoints live in
 ``output_dir/checkpoint-STEP`` with ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth`` and
-``trainer_state.json``, and ``train(resume_from_checkpoint=True)`` picks up the latest one.
+``trainer_state.json``, and ``train(resume_from_checkpoint=True)`` picks up the latest one. How it
+trains (steps, learning rate, logging, checkpoints...) is one frozen :class:`~.options.LoraTrainingOptions`.
 
 Resuming is exact: the data order is a function of (seed, step) alone, and the adapters, the
 optimizer and scheduler state and the RNG states are restored bit for bit, so k steps, a crash, and
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from veilml.models.lora.options import InvalidLoraOptionError, LoraTrainingOptions
 from veilml.models.lora.remote import outsource_linear_layers, remote_layer_names
 from veilml.models.lora.weights import DEFAULT_REMOTE_PATTERNS
 
@@ -72,85 +74,46 @@ class TrainOutput:
 class LoraTrainer:
     """Fine-tune the LoRA adapters of a causal LM; the frozen projections optionally run remotely.
 
+    What the trainer works with is given by keyword; how it trains is one :class:`LoraTrainingOptions`,
+    or its fields as keywords (``LoraTrainer(model, max_steps=200)`` is
+    ``LoraTrainer(model, options=LoraTrainingOptions(max_steps=200))``; both together apply the keywords
+    to ``options`` with :meth:`LoraTrainingOptions.replace`, which checks them).
+
     Args:
         model: a transformers causal LM (LoRA is added with ``lora_config``) or a ``PeftModel``.
+        options: how to train, log, evaluate and checkpoint; default ``LoraTrainingOptions()``.
         lora_config: a ``peft.LoraConfig``; default :func:`default_lora_config`. Not allowed with a
             ``PeftModel``.
         executor: an ``EncryptedLinearExecutor``; the layers matching ``remote_patterns`` are then
             replaced by remote ones (after LoRA is added). ``None`` trains in plain float.
         optimizer_factory: ``params -> torch.optim.Optimizer``; default AdamW(learning_rate, weight_decay).
-        gradient_accumulation_steps: micro-batches per optimizer step (losses averaged).
-        max_grad_norm: gradient clipping on the adapters; ``None`` disables it.
-        max_steps: optimizer steps that :meth:`train` runs to.
-        lr_scheduler_type / warmup_steps: as ``transformers.get_scheduler`` (``"constant"``,
-            ``"linear"``, ``"cosine"``...).
-        output_dir / save_steps / save_total_limit: checkpoint every ``save_steps`` steps (and at the
-            end) into ``output_dir``, keeping the newest ``save_total_limit``.
-        eval_steps: evaluate on ``eval_data`` every ``eval_steps`` steps (and at the end).
-        seed: seeds torch and ``random`` (LoRA initialisation, dropout) and the data order.
-        shuffle: visit the training batches in a new seeded order every epoch.
-        progress: show a tqdm progress bar.
+        **option_changes: fields of :class:`LoraTrainingOptions` (``max_steps``, ``learning_rate``...).
+
+    Attributes:
+        options: the options in force. ``model``, ``optimizer``, ``scheduler``: the PEFT model and what
+        trains it. ``state``: the :class:`TrainerState` a checkpoint records. ``remote_layers``: the
+        names of the layers computed by the workers.
     """
 
     def __init__(
         self,
         model: nn.Module,
         *,
+        options: LoraTrainingOptions | None = None,
         lora_config: Any = None,
         executor: Any = None,
         remote_patterns: Sequence[str] = DEFAULT_REMOTE_PATTERNS,
         optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.0,
-        gradient_accumulation_steps: int = 1,
-        max_grad_norm: float | None = 1.0,
-        max_steps: int = 100,
-        lr_scheduler_type: str = "constant",
-        warmup_steps: int = 0,
-        output_dir: str | Path | None = None,
-        save_steps: int | None = None,
-        save_total_limit: int | None = None,
-        logging_steps: int = 10,
-        eval_steps: int | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-        progress: bool = True,
+        **option_changes: Any,
     ) -> None:
-        from peft import PeftModel, get_peft_model
         from transformers import get_scheduler
 
-        for name, value in (
-            ("gradient_accumulation_steps", gradient_accumulation_steps),
-            ("max_steps", max_steps),
-            ("logging_steps", logging_steps),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        for name, value in (("save_steps", save_steps), ("save_total_limit", save_total_limit), ("eval_steps", eval_steps)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 or None, got {value}")
-        if save_steps is not None and output_dir is None:
-            raise ValueError("save_steps needs an output_dir to write checkpoints to")
-        self.gradient_accumulation_steps = gradient_accumulation_steps
-        self.max_grad_norm = max_grad_norm
-        self.max_steps = max_steps
-        self.output_dir = None if output_dir is None else Path(output_dir)
-        self.save_steps = save_steps
-        self.save_total_limit = save_total_limit
-        self.logging_steps = logging_steps
-        self.eval_steps = eval_steps
-        self.seed = seed
-        self.shuffle = shuffle
-        self.progress = progress
-
-        torch.manual_seed(seed)  # as transformers' set_seed: reproducible LoRA init and dropout
-        random.seed(seed)
-        if isinstance(model, PeftModel):
-            if lora_config is not None:
-                raise ValueError("the model already carries LoRA adapters; pass lora_config=None or the plain base model")
-            self.model = model
-        else:
-            self.model = get_peft_model(model, lora_config if lora_config is not None else default_lora_config(model))
+        if options is not None and not isinstance(options, LoraTrainingOptions):
+            raise InvalidLoraOptionError(f"options must be a LoraTrainingOptions, got {type(options).__name__}")
+        self.options = (options or LoraTrainingOptions()).replace(**option_changes)
+        torch.manual_seed(self.options.seed)  # as transformers' set_seed: reproducible LoRA init and dropout
+        random.seed(self.options.seed)
+        self.model = _with_adapters(model, lora_config)
         self.executor = executor
         if executor is not None:
             outsource_linear_layers(self.model, executor, remote_patterns)
@@ -161,20 +124,23 @@ class LoraTrainer:
         self.optimizer = (
             optimizer_factory(self.trainable)
             if optimizer_factory is not None
-            else torch.optim.AdamW(self.trainable, lr=learning_rate, weight_decay=weight_decay)
+            else torch.optim.AdamW(self.trainable, lr=self.options.learning_rate, weight_decay=self.options.weight_decay)
         )
         self.scheduler = get_scheduler(
-            lr_scheduler_type, self.optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps
+            self.options.lr_scheduler_type,
+            self.optimizer,
+            num_warmup_steps=self.options.warmup_steps,
+            num_training_steps=self.options.max_steps,
         )
-        self.state = TrainerState(max_steps=max_steps)
+        self.state = TrainerState(max_steps=self.options.max_steps)
 
     # ---- data ---------------------------------------------------------------------------------
 
     def _micro_batch(self, train_data: Sequence[Batch], index: int) -> Batch:
         """The ``index``-th micro-batch of the whole run: a pure function of (seed, index)."""
         epoch, position = divmod(index, len(train_data))
-        if self.shuffle:
-            position = int(np.random.default_rng([self.seed, epoch]).permutation(len(train_data))[position])
+        if self.options.shuffle:
+            position = int(np.random.default_rng([self.options.seed, epoch]).permutation(len(train_data))[position])
         return train_data[position]
 
     def _loss(self, batch: Batch) -> torch.Tensor:
@@ -201,7 +167,7 @@ class LoraTrainer:
         if resume_from_checkpoint:
             path = self.last_checkpoint() if resume_from_checkpoint is True else Path(resume_from_checkpoint)
             if path is None:
-                raise FileNotFoundError(f"no checkpoint-* folder in {self.output_dir} to resume from")
+                raise FileNotFoundError(f"no checkpoint-* folder in {self.options.output_dir} to resume from")
             self.load_checkpoint(path)
         if self.state.n_train_batches not in (0, len(train_data)):
             raise ValueError(
@@ -211,25 +177,15 @@ class LoraTrainer:
         self.state.n_train_batches = len(train_data)
         self.model.train()
         start_step, losses, started = self.state.global_step, [], time.perf_counter()
-        bar = tqdm(total=self.max_steps, initial=start_step, disable=not self.progress, desc="LoRA fine-tuning", unit="step")
+        max_steps = self.options.max_steps
+        bar = tqdm(total=max_steps, initial=start_step, disable=not self.options.progress, desc="LoRA fine-tuning", unit="step")
         try:
-            while self.state.global_step < self.max_steps:
+            while self.state.global_step < max_steps:
                 loss = self._step(train_data)
                 losses.append(loss)
-                self.state.unlogged_losses.append(loss)
-                step = self.state.global_step
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if step % self.logging_steps == 0 or step == self.max_steps:
-                    mean_loss = float(np.mean(self.state.unlogged_losses))
-                    self.state.log_history.append(
-                        {"step": step, "loss": mean_loss, "learning_rate": self.scheduler.get_last_lr()[0]}
-                    )
-                    self.state.unlogged_losses = []
-                if eval_data is not None and (step == self.max_steps or (self.eval_steps and step % self.eval_steps == 0)):
-                    self.state.log_history.append({"step": step, **self.evaluate(eval_data)})
-                if self.output_dir is not None and (step == self.max_steps or (self.save_steps and step % self.save_steps == 0)):
-                    self.save_checkpoint()
+                self._after_step(loss, eval_data)
         finally:
             bar.close()
         runtime = time.perf_counter() - started
@@ -237,9 +193,29 @@ class LoraTrainer:
         metrics = {"train_runtime": runtime, "train_steps_per_second": steps / runtime if runtime > 0 else 0.0}
         return TrainOutput(self.state.global_step, float(np.mean(losses)) if losses else float("nan"), metrics)
 
+    def _due(self, every: int | None) -> bool:
+        """Whether the step just done is a multiple of ``every`` (None: never) or the last one."""
+        step = self.state.global_step
+        return step == self.options.max_steps or (every is not None and step % every == 0)
+
+    def _after_step(self, loss: float, eval_data: Iterable[Batch] | None) -> None:
+        """Log, evaluate and checkpoint as the options say, once the step that ended with ``loss`` is done."""
+        options, state = self.options, self.state
+        state.unlogged_losses.append(loss)
+        if self._due(options.logging_steps):
+            mean_loss = float(np.mean(state.unlogged_losses))
+            state.log_history.append(
+                {"step": state.global_step, "loss": mean_loss, "learning_rate": self.scheduler.get_last_lr()[0]}
+            )
+            state.unlogged_losses = []
+        if eval_data is not None and self._due(options.eval_steps):
+            state.log_history.append({"step": state.global_step, **self.evaluate(eval_data)})
+        if options.output_dir is not None and self._due(options.save_steps):
+            self.save_checkpoint()
+
     def _step(self, train_data: Sequence[Batch]) -> float:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
-        accumulation = self.gradient_accumulation_steps
+        accumulation = self.options.gradient_accumulation_steps
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for j in range(accumulation):
@@ -248,8 +224,8 @@ class LoraTrainer:
             total += loss.item()
         if not math.isfinite(total):
             raise FloatingPointError(f"the loss is {total} at step {self.state.global_step + 1}; lower the learning rate")
-        if self.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        if self.options.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.trainable, self.options.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.state.global_step += 1
@@ -297,19 +273,24 @@ class LoraTrainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
 
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every ``checkpoint-STEP`` folder in ``output_dir``, oldest first."""
+        directory = self.options.output_dir
+        if directory is None or not directory.is_dir():
+            return []
+        return sorted((int(m.group(1)), p) for p in directory.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
+
     def last_checkpoint(self) -> Path | None:
         """The ``checkpoint-STEP`` folder with the highest step in ``output_dir``, if any."""
-        if self.output_dir is None or not self.output_dir.is_dir():
-            return None
-        found = [(int(m.group(1)), p) for p in self.output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
-        return max(found)[1] if found else None
+        found = self._checkpoints()
+        return found[-1][1] if found else None
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:
         """Adapters, optimizer, scheduler, RNG states and trainer state; written whole or not at all."""
         if directory is None:
-            if self.output_dir is None:
+            if self.options.output_dir is None:
                 raise ValueError("save_checkpoint needs a directory or the trainer's output_dir")
-            directory = self.output_dir / f"checkpoint-{self.state.global_step}"
+            directory = self.options.output_dir / f"checkpoint-{self.state.global_step}"
         final = Path(directory)
         partial = final.with_name(final.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -325,10 +306,12 @@ class LoraTrainer:
         return final
 
     def _rotate_checkpoints(self) -> None:
-        if self.save_total_limit is None or self.output_dir is None:
+        """Delete the oldest checkpoints beyond ``save_total_limit``."""
+        limit = self.options.save_total_limit
+        if limit is None:
             return
-        found = sorted((int(m.group(1)), p) for p in self.output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
-        for _, path in found[: max(0, len(found) - self.save_total_limit)]:
+        found = self._checkpoints()
+        for _, path in found[: max(0, len(found) - limit)]:
             shutil.rmtree(path)
 
     def load_checkpoint(self, directory: str | Path) -> None:
@@ -338,9 +321,9 @@ class LoraTrainer:
         if not state_file.is_file():
             raise FileNotFoundError(f"{directory} is not a checkpoint (no {_STATE_FILE})")
         state = TrainerState(**json.loads(state_file.read_text()))
-        if state.max_steps != self.max_steps:
+        if state.max_steps != self.options.max_steps:
             raise ValueError(
-                f"the checkpoint belongs to a run of max_steps={state.max_steps}, this trainer has {self.max_steps}; "
+                f"the checkpoint belongs to a run of max_steps={state.max_steps}, this trainer has {self.options.max_steps}; "
                 "the learning-rate schedule would differ"
             )
         self.load_adapters(directory)
@@ -350,6 +333,17 @@ class LoraTrainer:
         torch.set_rng_state(rng["torch"])
         random.setstate(_as_tuples(rng["python"]))
         self.state = state
+
+
+def _with_adapters(model: nn.Module, lora_config: Any) -> nn.Module:
+    """``model`` with LoRA adapters: a ``PeftModel`` as it is, else wrapped with ``lora_config`` (or the default)."""
+    from peft import PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        if lora_config is not None:
+            raise ValueError("the model already carries LoRA adapters; pass lora_config=None or the plain base model")
+        return model
+    return get_peft_model(model, lora_config if lora_config is not None else default_lora_config(model))
 
 
 def _as_tuples(value: Any) -> Any:

@@ -12,7 +12,7 @@ __all__ = ["local_executor"]
 
 
 def local_executor(weights: RemoteWeights, backend: str = DEFAULT_BACKEND, **worker_options: Any) -> EncryptedLinearExecutor:
-    """An executor over one in-process :class:`Worker` holding ``weights`` (from :func:`remote_linear_weights`).
+    """An executor over one in-process :class:`Worker` holding ``weights`` (from :func:`~veilml.models.lora.weights.remote_linear_weights`).
 
     ``backend`` names the backend of both sides: ``"bfv"`` (exact and encrypted, the default),
     ``"concrete"``, ``"glwe"``, or ``"clear"`` (the exact integer protocol on plaintext, for experiments
