@@ -165,18 +165,24 @@ class EncryptedLinearExecutor:
         return product, scale, zero
 
     def forward(self, name: str, x: np.ndarray) -> np.ndarray:
+        """``x @ W (+ bias)`` for rows ``x`` (n, d_in) of layer ``name``, computed by its worker."""
         info = self.layer(name)
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != info.d_in:
-            raise ValueError(f"layer {name!r} takes rows of {info.d_in} features, got shape {x.shape}")
+        x = _float_rows(name, x, info.d_in, "rows")
         product, scale, zero = self._remote_product(name, "forward", x)
         y = forward_output(product, scale, zero, info.weight_scale, info.col_sums)
         return y if info.bias is None else y + info.bias[None, :]
 
     def backward(self, name: str, g: np.ndarray) -> np.ndarray:
+        """``g @ W.T`` for output gradients ``g`` (n, d_out) of layer ``name``, computed by its worker."""
         info = self.layer(name)
-        g = np.asarray(g, dtype=np.float64)
-        if g.ndim != 2 or g.shape[1] != info.d_out:
-            raise ValueError(f"layer {name!r} takes gradient rows of {info.d_out} features, got shape {g.shape}")
+        g = _float_rows(name, g, info.d_out, "gradient rows")
         product, scale, zero = self._remote_product(name, "backward", backward_input(g, info.weight_scale))
         return backward_output(product, scale, zero, info.row_sums)
+
+
+def _float_rows(name: str, values: np.ndarray, width: int, what: str) -> np.ndarray:
+    """``values`` as float64 rows of ``width`` features; ValueError naming the layer otherwise."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != width:
+        raise ValueError(f"layer {name!r} takes {what} of {width} features, got shape {values.shape}")
+    return values

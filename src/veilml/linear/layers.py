@@ -2,7 +2,8 @@
 
 Each layer is served in two directions: ``forward`` multiplies by the quantized weight ``q``,
 ``backward`` by ``q.T``. :class:`LayerInfo` is the public description a client needs to quantize,
-correct and rescale (``GET /layers`` sends one per layer).
+correct and rescale (``GET /layers`` sends one per layer). :func:`check_setup_shape` is the client's check that
+a backend's setup for a matrix describes the matrix the client expects.
 """
 
 from __future__ import annotations
@@ -15,10 +16,19 @@ import numpy as np
 
 from veilml.linear.base import MatrixSpec
 
-__all__ = ["ALL", "DIRECTIONS", "LayerInfo"]
+__all__ = ["ALL", "DIRECTIONS", "LayerInfo", "check_setup_shape"]
 
 DIRECTIONS = ("forward", "backward")
 ALL = "*"  # layer and direction of evaluation keys that serve every matrix of a worker
+
+
+def check_setup_shape(backend: str, name: str, spec: MatrixSpec, rows: int, cols: int, input_bits: int) -> None:
+    """Refuse a worker's ``backend`` setup for matrix ``name`` unless it has ``spec``'s shape and input bits."""
+    if (rows, cols, input_bits) != (spec.rows, spec.cols, spec.input_bits):
+        raise ValueError(
+            f"the worker's {backend} setup for {name!r} is for a ({rows}, {cols}) matrix with {input_bits}-bit "
+            f"inputs, but the client expects {spec}"
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,8 @@ encrypts, multiplies in NTT form and checks parameters; no evaluation key exists
 public parameters only.
 
 - :mod:`.backend`: :class:`BFVBackend`, :class:`BFVServer` (worker: validated, bounded work)
+- :mod:`.product`: one validated request cut into units of work, one per row block
+- :mod:`.cache`: the worker's encoded weights, within one budget per backend, never evicted
 - :mod:`.session`: :class:`BFVSession` (client: fresh keys, seeded encryption, decryption)
 - :mod:`.params`: parameters, the exactness bound and failure probability, the block planner
 - :mod:`.encoding`: the coefficient encoding, modulus switching, bit packing
@@ -16,17 +18,10 @@ public parameters only.
 - :mod:`.wire`: setup, ciphertext and result messages
 """
 
-from veilml.linear.bfv.backend import (
-    COST_BOUND,
-    DEFAULT_MAX_RESULT_BYTES,
-    DEFAULT_WEIGHT_CACHE_BYTES,
-    BFVBackend,
-    BFVServer,
-    BFVSession,
-    WeightBudget,
-    WeightCache,
-)
+from veilml.linear.bfv.backend import COST_BOUND, DEFAULT_MAX_RESULT_BYTES, BFVBackend, BFVServer
+from veilml.linear.bfv.cache import DEFAULT_WEIGHT_CACHE_BYTES, WeightBudget, WeightCache
 from veilml.linear.bfv.params import BFVParams, Plan, client_params, plan_product
+from veilml.linear.bfv.session import BFVSession
 
 __all__ = [
     "COST_BOUND",

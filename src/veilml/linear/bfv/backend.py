@@ -13,10 +13,10 @@ and the block plan the one :func:`~.params.plan_product` gives for the announced
 of n rows costs the worker what the honest request of n rows costs, with constant :data:`COST_BOUND` = 1:
 the same R J ciphertext loads, R J C products, R C result ciphertexts and result bytes, whatever the
 ciphertexts hold. The only cost a request can add to that is encoding a block shape's weights the first
-time it is used (once per server and shape, kept within the weight budget, never again). The result's
-size follows from the plan (:func:`~.params.result_bytes`) and is refused above ``max_result_bytes``;
-the work is cut into one unit per row block (:meth:`BFVServer.work`) with a deadline checked between
-units and between column blocks (:meth:`BFVServer.run`).
+time it is used (once per server and shape, kept within the weight budget, never again: :mod:`.cache`). The
+result's size follows from the plan (:func:`~.params.result_bytes`) and is refused above ``max_result_bytes``;
+the work is cut into one unit per row block (:meth:`BFVServer.work`, :mod:`.product`) with a deadline checked
+between units and between column blocks (:meth:`BFVServer.run`).
 """
 
 from __future__ import annotations
@@ -24,19 +24,17 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from veilml.linear.base import ClientSession, LinearBackend, LinearServer, Work, check_deadline, run_work
+from veilml.linear.base import ClientSession, LinearBackend, LinearServer, Work, run_work
+from veilml.linear.bfv.cache import DEFAULT_WEIGHT_CACHE_BYTES, EncodedColumns, WeightBudget, WeightCache
 from veilml.linear.bfv.crypto import SealContext, seal_context
-from veilml.linear.bfv.encoding import encode_weights, output_positions, pack_bits, switch_modulus, unpack_bits
+from veilml.linear.bfv.encoding import encode_weights, unpack_bits
 from veilml.linear.bfv.params import (
     COEFF_BITS,
-    MAX_CACHED_ROWS,
     POLY_DEGREE,
     BFVParams,
     Plan,
@@ -47,199 +45,20 @@ from veilml.linear.bfv.params import (
     plan_product,
     result_bytes,
 )
+from veilml.linear.bfv.product import BlockProduct
 from veilml.linear.bfv.seal_bytes import PRNG_INFO_BYTES, PRNG_TYPES
 from veilml.linear.bfv.session import BFVSession
 from veilml.linear.bfv.wire import CIPHERTEXT_FORMAT, RESULT_FORMAT, BFVSetup, pack_message, read_message
 from veilml.linear.limits import DEFAULT_RUN_TIMEOUT
 
-__all__ = [
-    "COST_BOUND",
-    "DEFAULT_MAX_RESULT_BYTES",
-    "DEFAULT_WEIGHT_CACHE_BYTES",
-    "BFVBackend",
-    "BFVServer",
-    "BFVSession",
-    "WeightBudget",
-    "WeightCache",
-]
+__all__ = ["COST_BOUND", "DEFAULT_MAX_RESULT_BYTES", "BFVBackend", "BFVServer"]
 
-#: memory a worker may spend on weights kept encoded in NTT form: for cached rows r, one block shape per
-#: n_t in 1, 2, 4 .. r, about 8 n_t bytes per weight each (8 (2 r - 1) in all, per direction); what does
-#: not fit is encoded again for every request
-DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
 #: the largest result one request may produce, as the worker holds it (8 bytes per switched coefficient; the
 #: bytes sent back are (plain_bits + shift) / 64 of it); honest 4096-row requests of SmolLM2's layers hold < 250 MB
 DEFAULT_MAX_RESULT_BYTES = 1 << 30
 #: a request of n rows costs at most this times the honest request of n rows (see the module docstring),
 #: plus the one-time encoding of a block shape's weights
 COST_BOUND = 1
-
-
-@dataclass
-class WeightBudget:
-    """Bytes of encoded weights the servers of one backend may keep: ``used`` never exceeds ``limit``.
-
-    Every server announces its cache size as a function of its cached rows when it is made; at its first
-    ``setup()`` (once the worker has made them all), each reserves the largest cached rows <= MAX_CACHED_ROWS
-    (a power of two) at which every announced server's cache fits, if its own still fits what is left. If
-    not even 1 fits for all, the first matrices to ask take 1 while the budget lasts, the others keep
-    nothing (their weights are encoded per request).
-    """
-
-    limit: int
-    used: int = 0
-    _sizes: list[Callable[[int], int]] = field(default_factory=list, repr=False)
-    _totals: dict[int, int] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def announce(self, size: Callable[[int], int]) -> None:
-        """Count a server whose cache takes ``size(cached_rows)`` bytes."""
-        with self._lock:
-            self._sizes.append(size)
-            self._totals.clear()
-
-    def reserve(self, size: Callable[[int], int]) -> int:
-        """The cached rows of a server whose cache takes ``size(rows)`` bytes; its bytes are reserved."""
-        with self._lock:
-            rows = MAX_CACHED_ROWS
-            while rows >= 1:
-                if rows not in self._totals:
-                    self._totals[rows] = sum(announced(rows) for announced in self._sizes)
-                if self._totals[rows] <= self.limit and self.used + size(rows) <= self.limit:
-                    break
-                rows //= 2
-            if rows < 1:
-                rows = 1 if self.used + size(1) <= self.limit else 0
-            self.used += size(rows) if rows else 0
-            return rows
-
-
-class _Columns:
-    """The weight plaintexts of one block shape, column block by column block, encoded on first use (thread-safe).
-
-    ``keep(column)`` decides whether an encoded column is kept (the cache's budget); a column not kept is
-    encoded again when asked for again.
-    """
-
-    def __init__(self, count: int, encode: Callable[[int], list[Any]], keep: Callable[[list[Any]], bool]) -> None:
-        self._columns: list[list[Any] | None] = [None] * count
-        self._encode, self._keep = encode, keep
-        self._lock = threading.Lock()
-
-    def __getitem__(self, c: int) -> list[Any]:
-        found = self._columns[c]
-        if found is None:
-            with self._lock:  # one encoding of a column at a time: concurrent requests wait for it, never copy it
-                found = self._columns[c]
-                if found is None:
-                    found = self._encode(c)
-                    if self._keep(found):
-                        self._columns[c] = found
-        return found
-
-
-class WeightCache:
-    """The encoded weights one server keeps: one block shape per n_t <= its cached rows, never evicted.
-
-    The planner uses only these shapes for n_t <= cached rows, so every request of those shapes finds its
-    weights here once encoded, whatever row counts other clients send (nothing to thrash). ``held`` (bytes
-    of coefficients kept) never exceeds ``limit`` (what the server reserved in its backend's budget: the
-    size of every shape's J C plaintexts); ``encoded`` counts the column blocks ever encoded into it.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.held, self.encoded = limit, 0, 0
-        self.shapes: dict[tuple[int, int, int], _Columns] = {}
-        self._lock = threading.Lock()
-
-    def columns(self, shape: tuple[int, int, int], count: int, encode: Callable[[int], list[Any]]) -> _Columns:
-        with self._lock:
-            if shape not in self.shapes:
-                self.shapes[shape] = _Columns(count, encode, self._keep)
-            return self.shapes[shape]
-
-    def _keep(self, column: list[Any]) -> bool:
-        size = sum(plain is not None for plain in column) * POLY_DEGREE * 8
-        with self._lock:
-            if self.held + size > self.limit:
-                return False
-            self.held += size
-            self.encoded += 1
-            return True
-
-
-class _Product:
-    """One validated request: each row block (a unit) writes its slice of the switched result; ``finish`` packs it."""
-
-    def __init__(
-        self,
-        seal: SealContext,
-        plan: Plan,
-        n: int,
-        counts: tuple[int, int, int],
-        first: np.ndarray,
-        seeds: list[bytes],
-        weights: _Columns,
-        size: int,
-        deadline: float | None,
-    ) -> None:
-        self.seal, self.plan, self.n, self.counts = seal, plan, n, counts
-        self.first, self.seeds, self.weights, self.size, self.deadline = first, seeds, weights, size, deadline
-        self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
-        self.bits = seal.params.plain_bits + plan.shift
-        r, _, c = counts
-        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), np.uint64)
-        self.done: set[int] = set()
-        self._lock = threading.Lock()
-
-    def row_block(self, row: int) -> None:
-        """Load row block ``row``'s J ciphertexts, multiply them by every column block, switch, store."""
-        seal, evaluator, (r, j, c) = self.seal, self.seal.evaluator, self.counts
-        if self.out is None:
-            raise RuntimeError("this work is finished already")
-        inputs = []
-        for inner in range(j):
-            ct = seal.load_seeded(self.first[row, inner], self.seeds[row * j + inner])
-            evaluator.transform_to_ntt_inplace(ct)
-            inputs.append(ct)
-        block = np.zeros((c, POLY_DEGREE + self.positions.size), np.uint64)
-        for col in range(c):
-            check_deadline(self.deadline, len(self.done), r)  # a no-op without a deadline
-            total = None
-            for inner, plain in enumerate(self.weights[col]):
-                if plain is None:  # an all-zero block adds nothing (and SEAL refuses a product with zero)
-                    continue
-                term = sealapi_ciphertext()
-                evaluator.multiply_plain(inputs[inner], plain, term)
-                if total is None:
-                    total = term
-                else:
-                    evaluator.add_inplace(total, term)
-            if total is None:  # the whole column block is zero: a trivial encryption of zeros
-                continue
-            evaluator.transform_from_ntt_inplace(total)
-            polys = seal.polynomials(total)
-            block[col, :POLY_DEGREE] = polys[1]
-            block[col, POLY_DEGREE:] = polys[0][self.positions]
-        switched = switch_modulus(block, seal.params.coeff_modulus, self.bits)
-        with self._lock:
-            if self.out is None:
-                raise RuntimeError("this work is finished already")
-            self.out[row] = switched
-            self.done.add(row)
-
-    def finish(self) -> bytes:
-        with self._lock:
-            out, r = self.out, self.counts[0]
-            if out is None:
-                raise RuntimeError("this work is finished already")
-            if len(self.done) != r:
-                raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {r} row blocks done)")
-            self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
-        values = pack_bits(out, self.bits)
-        if len(values) != self.size:  # the plan fixes the size; anything else is a bug, never sent
-            raise RuntimeError(f"a result of {len(values)} bytes, not the plan's {self.size}")
-        return pack_message(RESULT_FORMAT, self.n, self.plan, [values])
 
 
 class BFVServer(LinearServer):
@@ -275,7 +94,7 @@ class BFVServer(LinearServer):
         self._sizes: dict[int, int] = {}
         self._cached_rows: int | None = None if budget is not None else 0
         self._cache = WeightCache(0)
-        self._transient: weakref.WeakValueDictionary[tuple[int, int, int], _Columns] = weakref.WeakValueDictionary()
+        self._transient: weakref.WeakValueDictionary[tuple[int, int, int], EncodedColumns] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         if budget is not None:
             budget.announce(self.cache_size)
@@ -353,7 +172,7 @@ class BFVServer(LinearServer):
         polys = encode_weights(block, plan.n_t, plan.n_d, plan.n_m, seal.params.plain_modulus)[:, 0]
         return [seal.plaintext(p, ntt=True) if p.any() else None for p in polys]
 
-    def _weights(self, seal: SealContext, plan: Plan, columns: int) -> _Columns:
+    def _weights(self, seal: SealContext, plan: Plan, columns: int) -> EncodedColumns:
         """The weights of ``plan``'s shape: kept in the cache for a cached shape, else shared by the requests using them."""
         shape, encode = (plan.n_t, plan.n_d, plan.n_m), partial(self._weight_column, seal, plan)
         d, m = self.matrix.shape
@@ -362,7 +181,7 @@ class BFVServer(LinearServer):
         with self._lock:  # encoded for this request, shared with concurrent ones of the same shape, freed after
             found = self._transient.get(shape)
             if found is None:
-                found = self._transient[shape] = _Columns(columns, encode, lambda column: True)
+                found = self._transient[shape] = EncodedColumns(columns, encode, lambda column: True)
             return found
 
     def work(self, ciphertext: bytes, evaluation_keys: bytes) -> Work:
@@ -417,14 +236,8 @@ class BFVServer(LinearServer):
             raise ValueError("unknown PRNG type in a seed")
         seal = seal_context(params)
         weights = self._weights(seal, plan, c)
-        product = _Product(seal, plan, n, (r, j, c), first.reshape(r, j, POLY_DEGREE), seeds, weights, size, deadline)
+        product = BlockProduct(seal, plan, n, (r, j, c), first.reshape(r, j, POLY_DEGREE), seeds, weights, size, deadline)
         return Work(tuple(partial(product.row_block, row) for row in range(r)), product.finish)
-
-
-def sealapi_ciphertext() -> Any:
-    from tenseal import sealapi
-
-    return sealapi.Ciphertext()
 
 
 class BFVBackend(LinearBackend):

@@ -57,6 +57,10 @@ class SealContext:
             self.evaluator.transform_to_ntt_inplace(plain, list(self.parms_id))
         return plain
 
+    def ciphertext(self) -> Any:
+        """An empty SEAL ciphertext, for the evaluator to write into."""
+        return sealapi().Ciphertext()
+
     def load_seeded(self, c0: np.ndarray, seed: bytes) -> Any:
         """A seeded ciphertext (first polynomial and PRNG info) loaded into SEAL, which expands the second."""
         return seal_files().load(sealapi().Ciphertext(), self.context, ciphertext_bytes(self.parms_id, c0, seed))

@@ -16,6 +16,7 @@ from veilml.linear.bfv.crypto import ClientKey
 from veilml.linear.bfv.encoding import encode_rows, pack_bits, unpack_bits
 from veilml.linear.bfv.params import POLY_DEGREE, BFVParams, Plan, client_params, plan_product
 from veilml.linear.bfv.wire import CIPHERTEXT_FORMAT, RESULT_FORMAT, BFVSetup, pack_message, read_message
+from veilml.linear.layers import check_setup_shape
 
 __all__ = ["BFVSession"]
 
@@ -39,11 +40,7 @@ class BFVSession(ClientSession):
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
         parsed = BFVSetup.from_bytes(setup)
-        if (parsed.rows, parsed.cols, parsed.input_bits) != (spec.rows, spec.cols, spec.input_bits):
-            raise ValueError(
-                f"the worker's bfv setup for {name!r} is for a ({parsed.rows}, {parsed.cols}) matrix with "
-                f"{parsed.input_bits}-bit inputs, but the client expects {spec}"
-            )
+        check_setup_shape("bfv", name, spec, parsed.rows, parsed.cols, parsed.input_bits)
         params = client_params(spec.rows, spec.input_bits, max(parsed.w_max, 1))
         plan_product(params, 1, spec.rows, spec.cols, max(parsed.w_max, 1), 0)  # ValueError if no block shape fits
         if params not in self._keys:

@@ -1,11 +1,9 @@
 """The ``glwe`` backend: approximate encrypted linear layers with GLWE packing (``concrete-ml-extensions``).
 
-The extension multiplies an encrypted integer matrix by a clear one: every input row is one seeded
-GLWE ciphertext per 2048 features (only the body is stored, at 39 bits per coefficient: ~10 KiB per
-row), the server computes one LWE per output integer and packs them back into GLWE ciphertexts with
-a packing key switch (the *compression key*, ~128 MiB, the only evaluation key), then switches the
-result to a 26-bit modulus (~6.6 KiB per row plus 3.25 bytes per output integer). There is no
-bootstrapping, so nothing clears the noise and the decrypted integers are approximate.
+:class:`GLWEServer` (the worker's half) multiplies seeded GLWE rows by its clear matrix and packs the
+LWE results with the compression key; :class:`GLWESession` (the client's half) encrypts and decrypts;
+:class:`GLWEBackend` makes both. The scheme and its sizes are described in :mod:`veilml.linear.glwe`;
+there is no bootstrapping, so the decrypted integers are approximate.
 
 Cost (2 CPU cores): ~10 ms per output integer when the machine is idle (16-22 ms measured while
 another job shared the cores), dominated by the packing key switch, so it scales with
@@ -44,6 +42,7 @@ from veilml.linear.glwe.wire import (
     params_digest,
     read_header,
 )
+from veilml.linear.layers import check_setup_shape
 from veilml.runtime.client import read_private_file, write_private_file
 
 __all__ = ["GLWEBackend", "GLWEServer", "GLWESession"]
@@ -190,15 +189,7 @@ class GLWESession(ClientSession):
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
         parsed = GLWESetup.from_bytes(setup)
-        if (parsed.rows, parsed.cols, parsed.input_bits) != (
-            spec.rows,
-            spec.cols,
-            spec.input_bits,
-        ):
-            raise ValueError(
-                f"the worker's GLWE setup for {name!r} is for a ({parsed.rows}, {parsed.cols}) matrix with "
-                f"{parsed.input_bits}-bit inputs, but the client expects {spec}"
-            )
+        check_setup_shape("GLWE", name, spec, parsed.rows, parsed.cols, parsed.input_bits)
         if parsed.crypto_params != self._crypto_params:
             raise ValueError(
                 f"the worker serving {name!r} uses other GLWE crypto parameters than this client; configure both "
