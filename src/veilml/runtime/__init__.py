@@ -15,7 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "FHEClient": "client",
-    "write_private_file": "client",
+    "write_private_file": "private_files",
     "FHEModel": "model",
     "FHE_MODES": "model",
     "NotCompiledError": "model",

@@ -1,15 +1,12 @@
 """The client side: the only place that holds a secret key.
 
 It quantizes and encodes inputs, encrypts them, decrypts results and dequantizes them. What
-leaves it is ciphertexts and evaluation keys, both as bytes.
+leaves it is ciphertexts and evaluation keys, both as bytes. Its key files are private files
+(:mod:`veilml.runtime.private_files`, whose readers and writers it re-exports).
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import secrets
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from veilml.runtime.envelope import (
     specs_fingerprint,
     unpack_envelope,
 )
+from veilml.runtime.private_files import read_private_file, write_private_file
 from veilml.runtime.security import encrypted_gates
 from veilml.runtime.seeded_inputs import SeededEncryptor, input_secret_key, seeded_input_spec
 
@@ -38,81 +36,6 @@ RESULT_OVERHEAD_BYTES = 4096
 class ResultError(VeilmlError, ValueError):
     """A result that cannot be this circuit's output for the rows sent (another number of rows, another
     length): refused, since the server that sent it may be hostile."""
-
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-def _refuse_symlink(path: Path, action: str) -> None:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(info.st_mode):
-        raise PermissionError(
-            f"{path} is a symbolic link (to {os.readlink(path)!r}); secret keys are {action} regular files only, "
-            "never through a link: remove the link or choose another path"
-        )
-    if not stat.S_ISREG(info.st_mode):
-        raise PermissionError(f"{path} is not a regular file; secret keys are {action} regular files only")
-
-
-def write_private_file(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` readable by its owner only (mode 0600, set at creation).
-
-    The bytes go to a new temporary file in the same directory (created exclusively, never
-    through a symbolic link), which then replaces ``path`` in one step: readers see the old file or
-    the whole new one, and a link placed at ``path`` is refused (or, if it appears meanwhile,
-    replaced itself: its target is never written).
-    """
-    path = Path(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _refuse_symlink(path, "written to")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(temporary, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        with os.fdopen(fd, "wb") as handle:
-            fd = -1
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if fd != -1:
-            os.close(fd)
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_private_file(path: str | Path) -> bytes:
-    """The bytes of a file written by :func:`write_private_file`: a regular file, not a link, mode
-    0600, owned by this process's user (a key file planted by another user, even 0600, is theirs:
-    they know its secret key)."""
-    path = Path(path)
-    _refuse_symlink(path, "read from")
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-    except OSError as error:
-        if error.errno == errno.ELOOP:  # became a link after the check above
-            raise PermissionError(f"{path} is a symbolic link; secret keys are read from regular files only") from None
-        raise
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())  # the file actually opened
-        if not stat.S_ISREG(info.st_mode):
-            raise PermissionError(f"{path} is not a regular file; secret keys are read from regular files only")
-        if info.st_uid != os.geteuid():
-            raise PermissionError(
-                f"{path} is owned by user id {info.st_uid}, not by this user ({os.geteuid()}): whoever created it knows "
-                "its secrets. Do not use it; remove it, and keep such files in a directory only you can write "
-                "(chmod 700)"
-            )
-        if info.st_mode & 0o077:
-            raise PermissionError(f"{path} is readable by other users; run 'chmod 600 {path}' first")
-        return handle.read()
 
 
 class FHEClient:

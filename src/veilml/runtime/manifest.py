@@ -247,7 +247,7 @@ def load_private_key(key: Any) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from veilml.runtime.client import read_private_file
+    from veilml.runtime.private_files import read_private_file
 
     if isinstance(key, Ed25519PrivateKey):
         return key
@@ -274,7 +274,7 @@ def write_key_pair(path: str | Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from veilml.runtime.client import write_private_file
+    from veilml.runtime.private_files import write_private_file
 
     path = Path(path)
     public_path = path.with_name(path.name + ".pub")

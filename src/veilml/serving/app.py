@@ -89,7 +89,7 @@ class AccessTokens:
     @classmethod
     def read(cls, path: str | Path) -> AccessTokens:
         """Tokens from a file readable by its owner only (mode 0600, owned by this user, not a link)."""
-        from veilml.runtime.client import read_private_file
+        from veilml.runtime.private_files import read_private_file
 
         return cls.parse(read_private_file(path).decode())
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from veilml.runtime.manifest import (
     sign_manifest,
     write_manifest,
 )
+from veilml.runtime.private_files import check_private_dir
 from veilml.runtime.security import InsecureParametersError, SpecsSummary
 from veilml.runtime.server import FHEServer
 
@@ -74,6 +74,8 @@ _SPECS = "client.specs.json"
 MAX_CLIENT_FILE_BYTES = 4 * 2**20
 _HOSTILE = "refuse this bundle: the server that sent it may be hostile, trying to read your data"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: why a key directory must be this user's alone
+_PLANTED = "its owner, or whoever may write it, could plant keys whose secret they know and read your results"
 
 
 def _specs_bytes(specs: Any) -> bytes:
@@ -178,27 +180,6 @@ def client_bundle_fingerprint(directory: str | os.PathLike) -> str:
     return checked_manifest(bundle_side(directory, "client"), CLIENT_FORMAT)[1]
 
 
-def _check_key_dir(key_dir: Path) -> None:
-    """Refuse an existing ``key_dir`` that another user owns or may write: they could plant a key file
-    whose secret they know (loaded as this client's keys) and read every result."""
-    try:
-        info = os.stat(key_dir)
-    except FileNotFoundError:
-        return  # made with mode 0700 when the first key is written
-    if not stat.S_ISDIR(info.st_mode):
-        raise NotADirectoryError(f"key_dir {key_dir} is not a directory; choose a directory for the keys")
-    if info.st_uid != os.geteuid():
-        raise PermissionError(
-            f"key_dir {key_dir} is owned by user id {info.st_uid}, not by this user ({os.geteuid()}): its owner could plant "
-            "keys whose secret they know and read your results; choose a directory of your own (mode 700)"
-        )
-    if info.st_mode & 0o022:
-        raise PermissionError(
-            f"key_dir {key_dir} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}): they could plant keys "
-            f"whose secret they know and read your results; run 'chmod 700 {key_dir}' or choose another directory"
-        )
-
-
 def _refuse(problem: str) -> InsecureParametersError:
     return InsecureParametersError(f"the client bundle is inconsistent: {problem}; {_HOSTILE}")
 
@@ -293,7 +274,7 @@ class ModelClient:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         self.key_dir = None if key_dir is None else Path(key_dir)
         if self.key_dir is not None:
-            _check_key_dir(self.key_dir)
+            check_private_dir(self.key_dir, "key_dir", _PLANTED)
         self.directory = bundle_side(directory, "client")
         self.manifest, self.bundle_fingerprint = checked_manifest(self.directory, CLIENT_FORMAT, trusted_key=trusted_key)
         if expected_fingerprint is not None:

@@ -36,6 +36,7 @@ import numpy as np
 
 from veilml.runtime.client import ResultError
 from veilml.runtime.envelope import EnvelopeError
+from veilml.runtime.private_files import CLOEXEC, NOFOLLOW, private_dir_problem
 from veilml.serving.bundle import MAX_CLIENT_FILE_BYTES, ModelClient
 from veilml.serving.http_client import HOSTILE, MAX_JSON_BYTES, HTTPClient, RemoteError, RetryPolicy
 
@@ -45,8 +46,6 @@ _CLIENT_FILES = ("manifest.json", "manifest.sig", "codec.json", "client.specs.js
 #: the largest client bundle (a zip) read from a server: real ones are a few KiB
 MAX_BUNDLE_BYTES = 4 * 2**20
 _MAX_SECRET_CHARS = 256
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class RemoteModelError(RemoteError):
@@ -172,7 +171,7 @@ class RemoteModel:
             for name in _CLIENT_FILES:  # the previous bundle's files go (a stale signature too)
                 self._remove_bundle_file(directory, name)
             for name, content in contents.items():  # known flat names only, created anew, never through a link
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=directory)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o600, dir_fd=directory)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(content)
         finally:
@@ -189,18 +188,11 @@ class RemoteModel:
             )
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | NOFOLLOW | CLOEXEC)
         except OSError as error:
             raise RemoteModelError(f"cannot open bundle_dir {path} ({error}); give a real directory") from None
-        info = os.fstat(fd)
-        problem = None
-        if not stat.S_ISDIR(info.st_mode):
-            problem = "is not a directory"
-        elif info.st_uid != os.geteuid():
-            problem = f"is owned by user id {info.st_uid}, not by this user"
-        elif info.st_mode & 0o022:
-            problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o}); run 'chmod 700 {path}'"
-        if problem:
+        problem = private_dir_problem(os.fstat(fd), path)
+        if problem is not None:
             os.close(fd)
             raise RemoteModelError(f"bundle_dir {path} {problem}: choose a directory of your own")
         return fd

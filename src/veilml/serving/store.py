@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from veilml.runtime.client import write_private_file as write_private
+from veilml.runtime.private_files import write_private_file as write_private
 from veilml.serving.limits import ServiceError, ServiceLimits
 
 __all__ = ["MAX_GRANTS", "Entry", "OwnedStore"]
