@@ -16,7 +16,8 @@ load only from a trusted maker when given its public key (``trusted_key=``).
 A client bundle can come from a hostile server (:class:`~veilml.serving.RemoteModel` fetches it
 from the server it talks to), so :class:`ModelClient` trusts none of it: before any key is made
 it checks the parameters' security and sizes (:func:`~veilml.runtime.security.check_client_specs`),
-that every input and output is encrypted, and that the specs, the codec and the manifest agree.
+that every input and output is encrypted, and that the specs, the codec and the manifest agree
+(:mod:`.client_checks`).
 :func:`client_bundle_fingerprint` names one client bundle exactly (a data owner can pin it).
 
 :class:`ModelClient` (the data owner: keys, ``encrypt(X) -> bytes``, ``decrypt(bytes) ->
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,8 +49,9 @@ from veilml.runtime.manifest import (
     write_manifest,
 )
 from veilml.runtime.private_files import check_private_dir
-from veilml.runtime.security import InsecureParametersError, SpecsSummary
+from veilml.runtime.security import InsecureParametersError
 from veilml.runtime.server import FHEServer
+from veilml.serving.client_checks import HOSTILE_BUNDLE, check_client_bundle, check_pinned
 
 __all__ = [
     "CLIENT_FORMAT",
@@ -72,8 +73,6 @@ _SPECS = "client.specs.json"
 #: the largest file a client bundle may hold (real ones: specs about 2 KiB, codec a few KiB; a
 #: thresholds codec of thousands of pairs some 100 KiB)
 MAX_CLIENT_FILE_BYTES = 4 * 2**20
-_HOSTILE = "refuse this bundle: the server that sent it may be hostile, trying to read your data"
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: why a key directory must be this user's alone
 _PLANTED = "its owner, or whoever may write it, could plant keys whose secret they know and read your results"
 
@@ -180,51 +179,6 @@ def client_bundle_fingerprint(directory: str | os.PathLike) -> str:
     return checked_manifest(bundle_side(directory, "client"), CLIENT_FORMAT)[1]
 
 
-def _refuse(problem: str) -> InsecureParametersError:
-    return InsecureParametersError(f"the client bundle is inconsistent: {problem}; {_HOSTILE}")
-
-
-def _check_client_bundle(manifest: dict[str, Any], specs: bytes, summary: SpecsSummary, codec: ClientCodec) -> None:
-    """Refuse a client bundle whose specs, codec and manifest do not describe one veilml circuit:
-    one encrypted input of the codec's encoded row (all of it, or a narrowed part, at a width that
-    holds the encoded values) and one encrypted output (of the width the codec combines)."""
-    from veilml.runtime.seeded_inputs import SeededInputError, seeded_input_spec
-
-    if manifest.get("fingerprint") != specs_fingerprint(specs):
-        raise _refuse("its manifest names another model than its client specs")
-    size = codec.encoding.size
-    for fact, value in (("n_features", codec.n_features), ("input_size", size)):
-        if type(manifest.get(fact)) is not int or manifest[fact] != value:
-            raise _refuse(f"its manifest says {fact} = {manifest.get(fact)!r} and its codec {value}")
-    if len(summary.circuits) != 1:
-        raise _refuse(f"its specs describe {len(summary.circuits)} circuits, a veilml model has one")
-    ((inputs, outputs),) = summary.circuits.values()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise _refuse(f"its circuit has {len(inputs)} inputs and {len(outputs)} outputs, a veilml model has one of each")
-    (gate,), (output,) = inputs, outputs
-    if not gate.shape or any(d != 1 for d in gate.shape[:-1]):
-        raise _refuse(f"its circuit's input has shape {gate.shape}, not one row")
-    try:
-        seeded = seeded_input_spec(specs)
-    except SeededInputError as error:
-        raise _refuse(f"its circuit's input cannot be encrypted here ({error})") from None
-    if seeded is None and gate.shape[-1] != size:  # concrete encrypts exactly what the circuit takes
-        raise _refuse(f"its circuit takes {gate.shape[-1]} values per row, and the codec encodes rows of {size}")
-    if seeded is not None and not 1 <= gate.shape[-1] <= size:  # the circuit may read part of the row (narrowed)
-        raise _refuse(f"its circuit takes {gate.shape[-1]} values per row, more than the codec's {size}")
-    encoding = codec.encoding
-    low, high = (encoding.qmin, encoding.qmax) if encoding.kind == "identity" else (0, 1)
-    width = gate.width
-    if width is None or not 1 <= width <= 62:
-        raise _refuse(f"its circuit's input is not concrete's native integer encoding of 1 to 62 bits (width {width})")
-    fits = (-(2 ** (width - 1)) <= low and high < 2 ** (width - 1)) if gate.signed else (0 <= low and high < 2**width)
-    if not fits:
-        raise _refuse(f"its circuit's {width}-bit input cannot hold the encoded values [{low}, {high}]")
-    combine = codec.output_combine
-    if combine is not None and (combine.ndim != 2 or combine.shape[0] != output.count):
-        raise _refuse(f"its codec combines {combine.shape[0]} output integers, and the circuit outputs {output.count}")
-
-
 def _read_client_file(directory: Path, name: str) -> bytes:
     return read_artifact_file(directory / name, MAX_CLIENT_FILE_BYTES, f"client bundle's {name}")
 
@@ -278,21 +232,14 @@ class ModelClient:
         self.directory = bundle_side(directory, "client")
         self.manifest, self.bundle_fingerprint = checked_manifest(self.directory, CLIENT_FORMAT, trusted_key=trusted_key)
         if expected_fingerprint is not None:
-            pinned = str(expected_fingerprint).strip().lower()
-            if not _SHA256_HEX.fullmatch(pinned):
-                raise ValueError(f"expected_fingerprint is a sha256 in hex (64 digits), got {expected_fingerprint!r}")
-            if pinned != self.bundle_fingerprint:
-                raise ArtifactError(
-                    f"the client bundle's fingerprint is {self.bundle_fingerprint}, not the expected {pinned}: it is not "
-                    f"the bundle you pinned; {_HOSTILE}"
-                )
+            check_pinned(self.bundle_fingerprint, expected_fingerprint)
         specs = _read_client_file(self.directory, _SPECS)
         summary = check_client_specs(specs, min_security_bits)  # a hostile model owner cannot weaken our keys
         try:
             self.codec = ClientCodec.from_json(_read_client_file(self.directory, "codec.json"))
         except (ValueError, RecursionError) as error:
-            raise InsecureParametersError(f"the client bundle's codec.json cannot be used: {error}; {_HOSTILE}") from None
-        _check_client_bundle(self.manifest, specs, summary, self.codec)
+            raise InsecureParametersError(f"the client bundle's codec.json cannot be used: {error}; {HOSTILE_BUNDLE}") from None
+        check_client_bundle(self.manifest, specs, summary, self.codec)
         self.max_rows = max_rows
         self._fhe = FHEClient(fhe.ClientSpecs.deserialize(specs), self.codec)
         if self.key_dir is not None and self._key_file.exists():
