@@ -101,9 +101,22 @@ def render_class(name: str) -> list[str]:
     lines += [f"        {k}={literal(v, f'{family.module}.{name}({k})')}," for k, v in defaults.items()]
     lines += ["        **kwargs: Any,"] if more else []
     lines += ["    ) -> None:"]
-    lines += [f"        self.{k} = {k}" for k in [*VEILML_PARAMS, *defaults]]
+    lines += _assignments([*VEILML_PARAMS, *defaults])
     lines += ["        self._set_extra_params(kwargs)"] if more else []
     return lines
+
+
+def _assignments(names: list[str], width: int = 110) -> list[str]:
+    """``self.a, self.b = a, b`` lines of at most ``width`` characters: the body stores each parameter
+    as given, in few enough lines that XGBoost's 45 parameters keep ``__init__`` under 80 lines."""
+    lines: list[list[str]] = [[]]
+    for name in names:
+        line = [*lines[-1], name]
+        if lines[-1] and len(f"        {', '.join(f'self.{n}' for n in line)} = {', '.join(line)}") > width:
+            lines.append([name])
+        else:
+            lines[-1] = line
+    return [f"        {', '.join(f'self.{n}' for n in line)} = {', '.join(line)}" for line in lines]
 
 
 def render_module(module: str, names: list[str]) -> str:

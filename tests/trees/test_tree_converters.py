@@ -34,9 +34,9 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from veilml.compiler import evaluate
 from veilml.models.trees import Tree, TreeEnsemble, UnsupportedModelError, lower_ensemble, to_ensemble
+from veilml.models.trees.convert.arrays import float32_tests
 from veilml.models.trees.convert.onnx import from_onnx
 from veilml.models.trees.convert.sklearn import convert_decision_tree
-from veilml.models.trees.ensemble import float32_tests
 from veilml.models.trees.lowering.ensemble import right_code
 
 xgboost = require("xgboost", "trees")

@@ -11,7 +11,7 @@ after decryption.
 Tests are exact on float64 inputs: node ``n`` sends ``x`` to its left child when
 ``x[feature] <= threshold`` (``<`` where ``strict``). Libraries that compare float32 inputs
 (scikit-learn's forests and trees, XGBoost, ONNX models with float inputs) are rewritten by
-:func:`float32_tests` into the equivalent float64 tests, so ``predict`` agrees with the library on
+:func:`~veilml.models.trees.convert.arrays.float32_tests` into the equivalent float64 tests, so ``predict`` agrees with the library on
 every input, including values next to a threshold.
 
 Inputs are expected NaN-free: veilml's estimators refuse NaN inputs. ``default_left`` records where
@@ -29,16 +29,12 @@ import numpy as np
 
 from veilml.quantization import UniformQuantizer
 
-__all__ = ["Tree", "TreeEnsemble", "UnsupportedModelError", "float32_tests", "make_tree"]
+__all__ = ["Tree", "TreeEnsemble"]
 
 PostTransform = Literal["identity", "sigmoid", "softmax"]
 Task = Literal["regression", "classification"]
 POST_TRANSFORMS = ("identity", "sigmoid", "softmax")
 TASKS = ("regression", "classification")
-
-
-class UnsupportedModelError(TypeError, ValueError):
-    """The model (its type, or something in it) cannot be converted; the message names the fix."""
 
 
 def _as_bool(values: np.ndarray | None, n: int, default: bool, name: str) -> np.ndarray:
@@ -287,121 +283,3 @@ def _fewest_crossings(t_c: float, strict: bool, x: np.ndarray, t: float, q: np.n
     if crossings(other) >= crossings(nearest):
         return t_c
     return float(other if strict else other - 1)
-
-
-def _bucket_goes_right(t_c: np.ndarray, strict: np.ndarray) -> np.ndarray:
-    """Code-scale thresholds that send the bucket holding the float threshold right.
-
-    The inputs of a bucket go one way in FHE; in float, those on either side of ``t`` differ. Hist-
-    based boosting (XGBoost, LightGBM) puts its thresholds on data values, which go right
-    (``x >= t``; ``x <= t'`` for the float32 midpoint ``t'`` just below): the bucket of ``t`` is
-    sent right, so that the data value there keeps its side (measured: XGBoost on diabetes, R²
-    0.186 against 0.212 in float at 8 bits when that bucket went left). The returned threshold
-    ``r`` makes ``lowering.right_code`` give ``round(t_c)``: ``r`` for ``<`` tests, ``r - 1`` for
-    ``<=`` ones. A threshold exactly on a bucket boundary (grids built from the thresholds,
-    ``UniformQuantizer.from_cut_points``) is kept as is: no bucket straddles it.
-    """
-    on_boundary = np.abs(t_c - np.floor(t_c) - 0.5) < 1e-9
-    first_right = np.floor(t_c + 0.5)
-    return np.where(on_boundary, t_c, np.where(strict, first_right, first_right - 1))
-
-
-_F32_TOP = float(2.0**128 - 2.0**103)  # float64 values >= this round to +inf in float32
-
-
-def float32_tests(threshold: np.ndarray, strict: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rewrite the tests ``float32(x) <= t`` (``<`` where ``strict``) as exact tests on float64 ``x``.
-
-    A library that casts inputs to float32 before comparing (scikit-learn's trees: float32 inputs,
-    float64 thresholds; XGBoost and ONNX float models: both float32) sends ``x`` left exactly when
-    ``float32(x) <= T``, where ``T`` is the largest float32 that passes the test. Rounding to the
-    nearest float32 is monotone, so that holds exactly when ``x`` is below the midpoint ``U`` of
-    ``T`` and the next float32, or equal to it if the tie rounds down to ``T`` (``T`` has an even
-    mantissa). Returns ``(U, strict')`` with ``strict'`` True where the test is ``x < U``.
-    """
-    t = np.asarray(threshold, dtype=np.float64)
-    strict = np.asarray(strict, dtype=bool)
-    with np.errstate(over="ignore", invalid="ignore"):  # thresholds beyond float32's range
-        T = t.astype(np.float32)
-        T64 = T.astype(np.float64)
-        too_high = np.where(strict, T64 >= t, T64 > t)  # T must pass the test itself
-        T = np.where(too_high, np.nextafter(T, np.float32(-np.inf)), T).astype(np.float32)
-        T64 = T.astype(np.float64)
-        up = np.nextafter(T, np.float32(np.inf)).astype(np.float64)
-        U = np.where(np.isfinite(up), T64 + (up - T64) / 2, _F32_TOP)  # T == float32 max: next is inf
-    U = np.where(T64 == -np.inf, -_F32_TOP, U)
-    U = np.where(T64 == np.inf, np.inf, U)
-    U = np.where(strict & (t == -np.inf), -np.inf, U)  # float32(x) < -inf: never
-    even = (T.view(np.uint32) & 1) == 0
-    return U, ~even
-
-
-def make_tree(
-    feature: np.ndarray,
-    threshold: np.ndarray,
-    left: np.ndarray,
-    right: np.ndarray,
-    value: np.ndarray,
-    strict: np.ndarray,
-    default_left: np.ndarray,
-    root: int = 0,
-) -> Tree:
-    """A :class:`Tree` from the arrays of a source model (leaves: ``left < 0``).
-
-    Nodes whose test is the same for every finite input (threshold ``+inf``: always left;
-    ``-inf``: always right) are replaced by the child every finite input reaches, and the nodes
-    are renumbered depth-first from ``root``. Arrays that need neither are kept as they are.
-    """
-    feature = np.asarray(feature, dtype=np.int64)
-    threshold = np.asarray(threshold, dtype=np.float64)
-    left = np.asarray(left, dtype=np.int64)
-    right = np.asarray(right, dtype=np.int64)
-    strict = np.asarray(strict, dtype=bool)
-    default_left = np.asarray(default_left, dtype=bool)
-    value = np.asarray(value, dtype=np.float64)
-    inner = left >= 0
-    if np.isnan(threshold[inner]).any():
-        raise UnsupportedModelError("a split has a NaN threshold; this model cannot be converted")
-    constant = inner & np.isinf(threshold)
-    order: list[int] = []
-    if root == 0 and not constant.any():
-        # keep the source's numbering when every node is reachable from node 0
-        seen = np.zeros(len(feature), dtype=bool)
-        stack = [0]
-        while stack:
-            node = stack.pop()
-            seen[node] = True
-            if inner[node]:
-                stack.extend((int(right[node]), int(left[node])))
-        if seen.all():
-            return _tree(feature, threshold, left, right, value, strict, default_left, inner)
-
-    def resolve(node: int) -> int:
-        while constant[node]:
-            node = int(left[node]) if threshold[node] > 0 else int(right[node])
-        return node
-
-    new_id: dict[int, int] = {}
-    stack = [resolve(root)]
-    while stack:  # depth-first, left child first: the order scikit-learn uses
-        node = stack.pop()
-        new_id[node] = len(order)
-        order.append(node)
-        if inner[node]:
-            stack.extend((resolve(int(right[node])), resolve(int(left[node]))))
-    idx = np.asarray(order, dtype=np.int64)
-    new_left = np.array([new_id[resolve(int(left[n]))] if inner[n] else -1 for n in order], dtype=np.int64)
-    new_right = np.array([new_id[resolve(int(right[n]))] if inner[n] else -1 for n in order], dtype=np.int64)
-    return _tree(feature[idx], threshold[idx], new_left, new_right, value[idx], strict[idx], default_left[idx], inner[idx])
-
-
-def _tree(feature, threshold, left, right, value, strict, default_left, inner) -> Tree:
-    return Tree(
-        feature=np.where(inner, feature, -1),
-        threshold=np.where(inner, threshold, 0.0),
-        left=np.where(inner, left, -1),
-        right=np.where(inner, right, -1),
-        value=np.where(inner[:, None], 0.0, value),
-        strict=strict & inner,
-        default_left=default_left & inner,
-    )

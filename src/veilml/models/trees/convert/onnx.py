@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from veilml.models.trees.ensemble import TreeEnsemble, UnsupportedModelError, float32_tests, make_tree
+from veilml.models.trees.convert.arrays import UnsupportedModelError, float32_tests, make_tree
+from veilml.models.trees.ensemble import TreeEnsemble
 
 __all__ = ["from_onnx"]
 

@@ -1,6 +1,6 @@
 """scikit-learn decision trees -> TreeEnsemble, read directly from ``model.tree_``.
 
-treelite (the front end of every other library, :mod:`.convert_treelite`) does not import a single
+treelite (the front end of every other library, :mod:`.treelite`) does not import a single
 ``DecisionTreeClassifier`` / ``DecisionTreeRegressor``; a forest's trees go through treelite with
 the same semantics as here: scikit-learn casts inputs to float32 and compares them with float64
 thresholds (rewritten by :func:`float32_tests`), classifier leaves hold class fractions, and
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from veilml.models.trees.ensemble import TreeEnsemble, UnsupportedModelError, float32_tests, make_tree
+from veilml.models.trees.convert.arrays import UnsupportedModelError, float32_tests, make_tree
+from veilml.models.trees.ensemble import TreeEnsemble
 
 __all__ = ["convert_decision_tree"]
 

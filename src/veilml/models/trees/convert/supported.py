@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from veilml.models.trees.convert.arrays import UnsupportedModelError
 from veilml.models.trees.convert.sklearn import convert_decision_tree
 from veilml.models.trees.convert.treelite import convert_lightgbm, convert_sklearn_ensemble, convert_xgboost
-from veilml.models.trees.ensemble import TreeEnsemble, UnsupportedModelError
+from veilml.models.trees.ensemble import TreeEnsemble
 
 __all__ = ["CONVERTERS", "UnsupportedModelError", "to_ensemble"]
 

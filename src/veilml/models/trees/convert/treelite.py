@@ -8,7 +8,7 @@ v4 serialization format), which are exact; ``dump_as_json`` prints the same fiel
 empty value for an infinite threshold (HistGradientBoosting trained with NaN), which is not JSON.
 
 What treelite leaves to its caller, or gets wrong, is handled here, each case checked against the
-source library's own ``predict`` / ``predict_proba`` in ``tests/test_tree_converters.py``:
+source library's own ``predict`` / ``predict_proba`` in ``tests/trees/test_tree_converters.py``:
 
 - input precision: scikit-learn forests and gradient boosting cast inputs to float32 and XGBoost
   stores float32 thresholds; their tests are rewritten into exact float64 tests
@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from veilml.models.trees.ensemble import TreeEnsemble, UnsupportedModelError, float32_tests, make_tree
+from veilml.models.trees.convert.arrays import UnsupportedModelError, float32_tests, make_tree
+from veilml.models.trees.ensemble import Tree, TreeEnsemble
 
 __all__ = ["convert_lightgbm", "convert_sklearn_ensemble", "convert_xgboost", "from_treelite"]
 
@@ -82,6 +83,37 @@ def from_treelite(
         source: how error messages name the model.
     """
     header = tl_model.get_header_accessor()
+    outputs = _read_outputs(header, task, source)
+    class_id = header.get_field("class_id")
+    trees = [
+        _read_tree(tl_model.get_tree_accessor(t), int(class_id[t]), outputs, float32_inputs, source)
+        for t in range(int(tl_model.num_tree))
+    ]
+    return TreeEnsemble(
+        tuple(trees),
+        int(header.get_field("num_feature")[0]),
+        split="<=",
+        base_score=outputs.base,
+        post_transform=outputs.post_transform,
+        task=outputs.task,
+    )
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """What a treelite header says about the scores: their number, task and output function, and the
+    factors folded into leaf values (forest averaging, LightGBM's sigmoid parameter)."""
+
+    n_outputs: int
+    task: str
+    post_transform: str
+    scale: np.ndarray  # per output: 1 / the number of trees adding to it when the forest averages them
+    alpha: float
+    base: np.ndarray
+
+
+def _read_outputs(header: Any, task: str | None, source: str) -> _Outputs:
+    """The header's outputs, refusing what the client cannot compute after decryption."""
     task_type = int(header.get_field("task_type")[0])
     if task_type not in (0, 1, 2):
         raise UnsupportedModelError(
@@ -109,15 +141,11 @@ def from_treelite(
             f"{source} is a binary classifier whose output is a raw margin, not a probability; "
             "train it with a logistic objective (e.g. XGBoost objective='binary:logistic')"
         )
-
-    target_id = header.get_field("target_id")
-    class_id = header.get_field("class_id")
-    n_trees = int(tl_model.num_tree)
-    if np.any(target_id > 0):
+    if np.any(header.get_field("target_id") > 0):
         raise UnsupportedModelError(f"{source} has trees for several targets; veilml converts single-output models")
     # how many trees add to each output: forests average over them
     contributors = np.zeros(n_outputs)
-    for c in class_id:
+    for c in header.get_field("class_id"):
         if c < 0:
             contributors += 1
         else:
@@ -127,59 +155,53 @@ def from_treelite(
         scale = 1.0 / np.maximum(contributors, 1)
     alpha = float(header.get_field("sigmoid_alpha")[0]) if post_transform == "sigmoid" else 1.0
     base = np.asarray(header.get_field("base_scores"), dtype=np.float64).reshape(-1)[:n_outputs] * alpha
+    return _Outputs(n_outputs, task, post_transform, scale, alpha, base)
 
-    trees = []
-    for t in range(n_trees):
-        fields = tl_model.get_tree_accessor(t)
-        get = fields.get_field
-        node_type = np.asarray(get("node_type"))
-        if bool(get("has_categorical_split")[0]) or np.any(node_type == _CATEGORICAL):
+
+def _read_tree(fields: Any, c: int, outputs: _Outputs, float32_inputs: bool, source: str) -> Tree:
+    """One tree of a treelite model (``c``: the output it adds to, or -1 for a leaf vector of every output)."""
+    get = fields.get_field
+    node_type = np.asarray(get("node_type"))
+    if bool(get("has_categorical_split")[0]) or np.any(node_type == _CATEGORICAL):
+        raise UnsupportedModelError(
+            f"{source} has categorical splits; veilml compares numbers only: encode categories as "
+            "numbers (e.g. ordinal codes) and fit without categorical features"
+        )
+    inner = node_type == _NUMERICAL
+    cmp = np.asarray(get("cmp"))
+    if np.any(inner & ~np.isin(cmp, (_LT, _LE, _GT, _GE))):
+        raise UnsupportedModelError(f"{source} has an equality split; veilml converts '<', '<=', '>', '>=' splits")
+    swap = inner & np.isin(cmp, (_GT, _GE))  # x > t goes left == x <= t goes right
+    cleft, cright = np.asarray(get("cleft"), dtype=np.int64), np.asarray(get("cright"), dtype=np.int64)
+    left = np.where(swap, cright, cleft)
+    right = np.where(swap, cleft, cright)
+    strict = np.isin(cmp, (_LT, _GE))
+    default_left = np.asarray(get("default_left")).astype(bool) ^ swap
+    threshold = np.asarray(get("threshold"), dtype=np.float64)
+    if float32_inputs:
+        threshold, strict = float32_tests(threshold, strict)
+    value = _leaf_values(get, inner, c, outputs.n_outputs, source) * (outputs.scale * outputs.alpha)
+    left, right = np.where(inner, left, -1), np.where(inner, right, -1)
+    return make_tree(get("split_index"), threshold, left, right, value, strict, default_left)
+
+
+def _leaf_values(get: Any, inner: np.ndarray, c: int, n_outputs: int, source: str) -> np.ndarray:
+    """(nodes, outputs) leaf values: a vector per leaf (``c < 0``), or one value added to output ``c``."""
+    value = np.zeros((inner.shape[0], n_outputs))
+    if c >= 0:
+        value[~inner, c] = np.asarray(get("leaf_value"), dtype=np.float64)[~inner]
+        return value
+    begin, end = np.asarray(get("leaf_vector_begin")), np.asarray(get("leaf_vector_end"))
+    vector = np.asarray(get("leaf_vector"), dtype=np.float64)
+    for node in np.flatnonzero(~inner):
+        leaf = vector[begin[node] : end[node]]
+        if leaf.shape != (n_outputs,):
             raise UnsupportedModelError(
-                f"{source} has categorical splits; veilml compares numbers only: encode categories as "
-                "numbers (e.g. ordinal codes) and fit without categorical features"
+                f"{source} has leaves with {leaf.shape[0]} values for {n_outputs} outputs; "
+                "veilml converts leaves holding one value or one value per class"
             )
-        n = node_type.shape[0]
-        inner = node_type == _NUMERICAL
-        cmp = np.asarray(get("cmp"))
-        if np.any(inner & ~np.isin(cmp, (_LT, _LE, _GT, _GE))):
-            raise UnsupportedModelError(f"{source} has an equality split; veilml converts '<', '<=', '>', '>=' splits")
-        swap = inner & np.isin(cmp, (_GT, _GE))  # x > t goes left == x <= t goes right
-        cleft, cright = np.asarray(get("cleft"), dtype=np.int64), np.asarray(get("cright"), dtype=np.int64)
-        left = np.where(swap, cright, cleft)
-        right = np.where(swap, cleft, cright)
-        strict = np.isin(cmp, (_LT, _GE))
-        default_left = np.asarray(get("default_left")).astype(bool) ^ swap
-        threshold = np.asarray(get("threshold"), dtype=np.float64)
-        if float32_inputs:
-            threshold, strict = float32_tests(threshold, strict)
-
-        value = np.zeros((n, n_outputs))
-        c = int(class_id[t])
-        if c < 0:
-            begin, end = np.asarray(get("leaf_vector_begin")), np.asarray(get("leaf_vector_end"))
-            vector = np.asarray(get("leaf_vector"), dtype=np.float64)
-            for node in np.flatnonzero(~inner):
-                leaf = vector[begin[node] : end[node]]
-                if leaf.shape != (n_outputs,):
-                    raise UnsupportedModelError(
-                        f"{source} has leaves with {leaf.shape[0]} values for {n_outputs} outputs; "
-                        "veilml converts leaves holding one value or one value per class"
-                    )
-                value[node] = leaf
-        else:
-            value[~inner, c] = np.asarray(get("leaf_value"), dtype=np.float64)[~inner]
-        value *= scale * alpha
-        left, right = np.where(inner, left, -1), np.where(inner, right, -1)
-        trees.append(make_tree(get("split_index"), threshold, left, right, value, strict, default_left))
-
-    return TreeEnsemble(
-        tuple(trees),
-        int(header.get_field("num_feature")[0]),
-        split="<=",
-        base_score=base,
-        post_transform=post_transform,
-        task=task,
-    )
+        value[node] = leaf
+    return value
 
 
 def _scaled(ensemble: TreeEnsemble, factor: float) -> TreeEnsemble:

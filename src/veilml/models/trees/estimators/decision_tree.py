@@ -72,24 +72,13 @@ class DecisionTreeClassifier(EncryptedClassifier):
         random_state=None,
         splitter="best",
     ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.leaf_lookups = leaf_lookups
-        self.train_on = train_on
-        self.ccp_alpha = ccp_alpha
-        self.class_weight = class_weight
-        self.criterion = criterion
-        self.max_depth = max_depth
-        self.max_features = max_features
-        self.max_leaf_nodes = max_leaf_nodes
-        self.min_impurity_decrease = min_impurity_decrease
-        self.min_samples_leaf = min_samples_leaf
-        self.min_samples_split = min_samples_split
-        self.min_weight_fraction_leaf = min_weight_fraction_leaf
-        self.monotonic_cst = monotonic_cst
-        self.random_state = random_state
-        self.splitter = splitter
+        self.n_bits, self.leaf_bits, self.encoding = n_bits, leaf_bits, encoding
+        self.leaf_lookups, self.train_on, self.ccp_alpha = leaf_lookups, train_on, ccp_alpha
+        self.class_weight, self.criterion, self.max_depth = class_weight, criterion, max_depth
+        self.max_features, self.max_leaf_nodes = max_features, max_leaf_nodes
+        self.min_impurity_decrease, self.min_samples_leaf = min_impurity_decrease, min_samples_leaf
+        self.min_samples_split, self.min_weight_fraction_leaf = min_samples_split, min_weight_fraction_leaf
+        self.monotonic_cst, self.random_state, self.splitter = monotonic_cst, random_state, splitter
 
 
 class DecisionTreeRegressor(EncryptedRegressor):
@@ -150,20 +139,10 @@ class DecisionTreeRegressor(EncryptedRegressor):
         random_state=None,
         splitter="best",
     ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.leaf_lookups = leaf_lookups
-        self.train_on = train_on
-        self.ccp_alpha = ccp_alpha
-        self.criterion = criterion
-        self.max_depth = max_depth
-        self.max_features = max_features
-        self.max_leaf_nodes = max_leaf_nodes
-        self.min_impurity_decrease = min_impurity_decrease
-        self.min_samples_leaf = min_samples_leaf
-        self.min_samples_split = min_samples_split
-        self.min_weight_fraction_leaf = min_weight_fraction_leaf
-        self.monotonic_cst = monotonic_cst
-        self.random_state = random_state
-        self.splitter = splitter
+        self.n_bits, self.leaf_bits, self.encoding = n_bits, leaf_bits, encoding
+        self.leaf_lookups, self.train_on, self.ccp_alpha = leaf_lookups, train_on, ccp_alpha
+        self.criterion, self.max_depth, self.max_features = criterion, max_depth, max_features
+        self.max_leaf_nodes, self.min_impurity_decrease = max_leaf_nodes, min_impurity_decrease
+        self.min_samples_leaf, self.min_samples_split = min_samples_leaf, min_samples_split
+        self.min_weight_fraction_leaf, self.monotonic_cst = min_weight_fraction_leaf, monotonic_cst
+        self.random_state, self.splitter = random_state, splitter

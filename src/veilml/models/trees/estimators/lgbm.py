@@ -79,30 +79,15 @@ class LGBMClassifier(EncryptedClassifier):
         subsample_freq=0,
         **kwargs: Any,
     ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.leaf_lookups = leaf_lookups
-        self.train_on = train_on
-        self.boosting_type = boosting_type
-        self.class_weight = class_weight
-        self.colsample_bytree = colsample_bytree
-        self.importance_type = importance_type
-        self.learning_rate = learning_rate
-        self.max_depth = max_depth
-        self.min_child_samples = min_child_samples
-        self.min_child_weight = min_child_weight
-        self.min_split_gain = min_split_gain
-        self.n_estimators = n_estimators
-        self.n_jobs = n_jobs
-        self.num_leaves = num_leaves
-        self.objective = objective
-        self.random_state = random_state
-        self.reg_alpha = reg_alpha
-        self.reg_lambda = reg_lambda
-        self.subsample = subsample
-        self.subsample_for_bin = subsample_for_bin
-        self.subsample_freq = subsample_freq
+        self.n_bits, self.leaf_bits, self.encoding = n_bits, leaf_bits, encoding
+        self.leaf_lookups, self.train_on, self.boosting_type = leaf_lookups, train_on, boosting_type
+        self.class_weight, self.colsample_bytree = class_weight, colsample_bytree
+        self.importance_type, self.learning_rate, self.max_depth = importance_type, learning_rate, max_depth
+        self.min_child_samples, self.min_child_weight = min_child_samples, min_child_weight
+        self.min_split_gain, self.n_estimators, self.n_jobs = min_split_gain, n_estimators, n_jobs
+        self.num_leaves, self.objective, self.random_state = num_leaves, objective, random_state
+        self.reg_alpha, self.reg_lambda, self.subsample = reg_alpha, reg_lambda, subsample
+        self.subsample_for_bin, self.subsample_freq = subsample_for_bin, subsample_freq
         self._set_extra_params(kwargs)
 
 
@@ -172,28 +157,13 @@ class LGBMRegressor(EncryptedRegressor):
         subsample_freq=0,
         **kwargs: Any,
     ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.leaf_lookups = leaf_lookups
-        self.train_on = train_on
-        self.boosting_type = boosting_type
-        self.class_weight = class_weight
-        self.colsample_bytree = colsample_bytree
-        self.importance_type = importance_type
-        self.learning_rate = learning_rate
-        self.max_depth = max_depth
-        self.min_child_samples = min_child_samples
-        self.min_child_weight = min_child_weight
-        self.min_split_gain = min_split_gain
-        self.n_estimators = n_estimators
-        self.n_jobs = n_jobs
-        self.num_leaves = num_leaves
-        self.objective = objective
-        self.random_state = random_state
-        self.reg_alpha = reg_alpha
-        self.reg_lambda = reg_lambda
-        self.subsample = subsample
-        self.subsample_for_bin = subsample_for_bin
-        self.subsample_freq = subsample_freq
+        self.n_bits, self.leaf_bits, self.encoding = n_bits, leaf_bits, encoding
+        self.leaf_lookups, self.train_on, self.boosting_type = leaf_lookups, train_on, boosting_type
+        self.class_weight, self.colsample_bytree = class_weight, colsample_bytree
+        self.importance_type, self.learning_rate, self.max_depth = importance_type, learning_rate, max_depth
+        self.min_child_samples, self.min_child_weight = min_child_samples, min_child_weight
+        self.min_split_gain, self.n_estimators, self.n_jobs = min_split_gain, n_estimators, n_jobs
+        self.num_leaves, self.objective, self.random_state = num_leaves, objective, random_state
+        self.reg_alpha, self.reg_lambda, self.subsample = reg_alpha, reg_lambda, subsample
+        self.subsample_for_bin, self.subsample_freq = subsample_for_bin, subsample_freq
         self._set_extra_params(kwargs)

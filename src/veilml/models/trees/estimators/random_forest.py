@@ -78,30 +78,15 @@ class RandomForestClassifier(EncryptedClassifier):
         verbose=0,
         warm_start=False,
     ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.leaf_lookups = leaf_lookups
-        self.train_on = train_on
-        self.bootstrap = bootstrap
-        self.ccp_alpha = ccp_alpha
-        self.class_weight = class_weight
-        self.criterion = criterion
-        self.max_depth = max_depth
-        self.max_features = max_features
-        self.max_leaf_nodes = max_leaf_nodes
-        self.max_samples = max_samples
-        self.min_impurity_decrease = min_impurity_decrease
-        self.min_samples_leaf = min_samples_leaf
-        self.min_samples_split = min_samples_split
-        self.min_weight_fraction_leaf = min_weight_fraction_leaf
-        self.monotonic_cst = monotonic_cst
-        self.n_estimators = n_estimators
-        self.n_jobs = n_jobs
-        self.oob_score = oob_score
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+        self.n_bits, self.leaf_bits, self.encoding = n_bits, leaf_bits, encoding
+        self.leaf_lookups, self.train_on, self.bootstrap = leaf_lookups, train_on, bootstrap
+        self.ccp_alpha, self.class_weight, self.criterion = ccp_alpha, class_weight, criterion
+        self.max_depth, self.max_features, self.max_leaf_nodes = max_depth, max_features, max_leaf_nodes
+        self.max_samples, self.min_impurity_decrease = max_samples, min_impurity_decrease
+        self.min_samples_leaf, self.min_samples_split = min_samples_leaf, min_samples_split
+        self.min_weight_fraction_leaf, self.monotonic_cst = min_weight_fraction_leaf, monotonic_cst
+        self.n_estimators, self.n_jobs, self.oob_score = n_estimators, n_jobs, oob_score
+        self.random_state, self.verbose, self.warm_start = random_state, verbose, warm_start
 
 
 class RandomForestRegressor(EncryptedRegressor):
@@ -168,26 +153,12 @@ class RandomForestRegressor(EncryptedRegressor):
         verbose=0,
         warm_start=False,
     ) -> None:
-        self.n_bits = n_bits
-        self.leaf_bits = leaf_bits
-        self.encoding = encoding
-        self.leaf_lookups = leaf_lookups
-        self.train_on = train_on
-        self.bootstrap = bootstrap
-        self.ccp_alpha = ccp_alpha
-        self.criterion = criterion
-        self.max_depth = max_depth
-        self.max_features = max_features
-        self.max_leaf_nodes = max_leaf_nodes
-        self.max_samples = max_samples
-        self.min_impurity_decrease = min_impurity_decrease
-        self.min_samples_leaf = min_samples_leaf
-        self.min_samples_split = min_samples_split
-        self.min_weight_fraction_leaf = min_weight_fraction_leaf
-        self.monotonic_cst = monotonic_cst
-        self.n_estimators = n_estimators
-        self.n_jobs = n_jobs
-        self.oob_score = oob_score
-        self.random_state = random_state
-        self.verbose = verbose
+        self.n_bits, self.leaf_bits, self.encoding = n_bits, leaf_bits, encoding
+        self.leaf_lookups, self.train_on, self.bootstrap = leaf_lookups, train_on, bootstrap
+        self.ccp_alpha, self.criterion, self.max_depth = ccp_alpha, criterion, max_depth
+        self.max_features, self.max_leaf_nodes, self.max_samples = max_features, max_leaf_nodes, max_samples
+        self.min_impurity_decrease, self.min_samples_leaf = min_impurity_decrease, min_samples_leaf
+        self.min_samples_split, self.min_weight_fraction_leaf = min_samples_split, min_weight_fraction_leaf
+        self.monotonic_cst, self.n_estimators, self.n_jobs = monotonic_cst, n_estimators, n_jobs
+        self.oob_score, self.random_state, self.verbose = oob_score, random_state, verbose
         self.warm_start = warm_start
