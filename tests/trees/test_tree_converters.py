@@ -37,7 +37,7 @@ from veilml.models.trees import Tree, TreeEnsemble, UnsupportedModelError, lower
 from veilml.models.trees.convert.arrays import float32_tests
 from veilml.models.trees.convert.onnx import from_onnx
 from veilml.models.trees.convert.sklearn import convert_decision_tree
-from veilml.models.trees.lowering.ensemble import right_code
+from veilml.models.trees.lowering.leaf_values import right_code
 
 xgboost = require("xgboost", "trees")
 lightgbm = require("lightgbm", "trees")

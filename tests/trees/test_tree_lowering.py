@@ -16,7 +16,7 @@ from requires import require
 import veilml
 from veilml.compiler import GraphBuilder, InputEncoding
 from veilml.compiler.cost import CostModel, graph_cost
-from veilml.models.trees.lowering.ensemble import candidate_encodings
+from veilml.models.trees.lowering.options import candidate_encodings
 from veilml.quantization import QuantizationRangeWarning
 from veilml.runtime.codec import ClientCodec
 

@@ -8,7 +8,7 @@ from sklearn.tree import DecisionTreeRegressor as FloatTreeRegressor
 from veilml import DecisionTreeClassifier, DecisionTreeRegressor
 from veilml.compiler import Ops, evaluate
 from veilml.models.trees import lower_ensemble, to_ensemble
-from veilml.models.trees.lowering.ensemble import right_code
+from veilml.models.trees.lowering.leaf_values import right_code
 
 
 def test_breast_cancer_disable_matches_float_accuracy(cancer, no_clip_warning):

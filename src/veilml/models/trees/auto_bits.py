@@ -59,7 +59,7 @@ def choose_bits(estimator: Any, X: np.ndarray, y: np.ndarray, sample_weight: Any
         model = estimator._new_library_model()
         model.fit(X[fit], estimator._library_targets(y[fit]), sample_weight=weights[fit])
         predicted = model.predict(X[held])
-        if classifier and estimator._family.module == "xgboost":
+        if classifier and estimator._family.labels_as_indices:
             predicted = np.unique(y[fit])[np.asarray(predicted, dtype=np.int64)]
         return predicted
 

@@ -1,7 +1,9 @@
 """The tree families veilml wraps: one table, from estimator name to the library class it trains.
 
-Each entry names its library's class; the estimator's hyper-parameters are read from that class
-(``get_params`` of a default instance), so no list of parameters is copied here.
+Each entry names its library's class. ``scripts/generate_estimators.py`` reads each estimator's
+hyper-parameters from that class (``get_params`` of a default instance) and writes the estimator
+classes (:mod:`veilml.models.trees.estimators`); ``tests/trees/test_estimator_classes.py`` checks them
+against the installed libraries, so no list of parameters is kept by hand.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ class Family(NamedTuple):
     name: str  # its class name
     task: Literal["classification", "regression"]
     extra: str  # the veilml extra that installs the library
+
+    @property
+    def labels_as_indices(self) -> bool:
+        """Whether the library's classifier wants labels 0..n-1 (XGBoost); the others keep the user's labels."""
+        return self.module == "xgboost"
 
 
 def _both(module: str, stem: str, extra: str, classifier: str = "Classifier", regressor: str = "Regressor") -> dict[str, Family]:

@@ -30,13 +30,13 @@ class EncryptedClassifier(ClassifierMixin, EncryptedEnsemble):
 
     def _library_targets(self, y: np.ndarray) -> np.ndarray:
         # XGBoost wants labels 0..n-1; the others keep the user's labels (class_weight is keyed by them)
-        if self._family is not None and self._family.module == "xgboost":
+        if self._family is not None and self._family.labels_as_indices:
             return np.unique(y, return_inverse=True)[1]
         return y
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> EncryptedClassifier:
         super().fit(X, y, sample_weight)
-        if self._family is not None and self._family.module == "xgboost":
+        if self._family is not None and self._family.labels_as_indices:
             self.classes_ = np.unique(check_y(y))
         return self
 

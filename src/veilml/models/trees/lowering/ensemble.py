@@ -41,23 +41,13 @@ from veilml.compiler import Graph, GraphBuilder, InputEncoding
 from veilml.compiler.cost import CostModel, graph_cost
 from veilml.models.trees.ensemble import TreeEnsemble
 from veilml.models.trees.lowering.indicators import indicator_tables
-from veilml.models.trees.lowering.leaf_values import right_code
-from veilml.models.trees.lowering.options import ENCODINGS, EncodingChoice, LeafStage, candidate_encodings
+from veilml.models.trees.lowering.options import EncodingChoice, LeafStage, candidate_encodings
 from veilml.models.trees.lowering.stages import COMPARISONS, describe_comparisons
 from veilml.models.trees.lowering.tables import LeafTables
 from veilml.models.trees.lowering.values import ValueTables, pair_tables, subtree_tables
 from veilml.quantization import UniformQuantizer
 
-__all__ = [
-    "ENCODINGS",
-    "LoweredEnsemble",
-    "build",
-    "candidate_encodings",
-    "leaf_stage_tables",
-    "lower_candidates",
-    "lower_ensemble",
-    "right_code",
-]
+__all__ = ["VALUE_STAGES", "LoweredEnsemble", "ValueStage", "build", "leaf_stage_tables", "lower_candidates", "lower_ensemble"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +79,7 @@ def lower_ensemble(
     ``"auto"`` (or ``"chunked"``, whose split between the chunks is then chosen), the graph is
     built for every candidate and the one whose estimated time per row (:func:`~veilml.compiler.
     cost.graph_cost` under ``cost_model``) is smallest wins; ties go to the earlier of
-    :data:`ENCODINGS`. ``"thresholds"`` (never chosen by ``"auto"``) encrypts only the
+    :data:`.options.ENCODINGS`. ``"thresholds"`` (never chosen by ``"auto"``) encrypts only the
     comparisons the model makes: the client then holds the model's split points.
 
     ``leaf_lookups`` is the leaf stage (see :func:`lower_candidates`); with ``"auto"`` the first
