@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from veilml.cli.common import LOOPBACK, CommandError, read_tokens
+from veilml.cli.common import CommandError, read_tokens, run_app, service_modules
 from veilml.serving.limits import positive
 
 __all__ = ["build_parser", "main", "serve"]
@@ -48,10 +48,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``veilml`` parser: ``veilml worker`` here, the tree model commands from :mod:`veilml.cli.model`."""
     from veilml import __version__
-    from veilml.linear import limits
-    from veilml.linear.base import BACKENDS
-    from veilml.serving.limits import add_limit_arguments
+    from veilml.cli.model import add_model_commands
 
     parser = argparse.ArgumentParser(
         prog="veilml",
@@ -59,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"veilml {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    worker = _add_worker_command(commands)
+    _add_worker_service_options(worker)
+    add_model_commands(commands, _HelpFormatter)
+    return parser
+
+
+def _add_worker_command(commands: Any) -> argparse.ArgumentParser:
+    """``veilml worker`` and what it serves: weights, layers, backend, precision."""
+    from veilml.linear import limits
+    from veilml.linear.base import BACKENDS
 
     worker = commands.add_parser(
         "worker",
@@ -113,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BITS",
         help="bits of the clients' quantized activations",
     )
+    worker.set_defaults(handler=_worker_command)
+    return worker
+
+
+def _add_worker_service_options(worker: argparse.ArgumentParser) -> None:
+    """How ``veilml worker`` serves: address, limits, caches, access tokens, logs."""
+    from veilml.linear import limits
+    from veilml.serving.limits import add_limit_arguments
+
     worker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     worker.add_argument("--port", type=_port, default=8765, metavar="PORT", help="TCP port to listen on")
     add_limit_arguments(worker, limits.WORKER_LIMITS, aliases={"--max-key-sets": "--max-sessions"})
@@ -146,16 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         help="uvicorn's log level",
     )
-    worker.set_defaults(handler=_worker_command)
-
-    from veilml.cli.model import add_model_commands
-
-    add_model_commands(commands, _HelpFormatter)
-    return parser
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def serve(worker: Any, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info", **app_options: Any) -> None:
@@ -165,16 +173,10 @@ def serve(worker: Any, host: str = "127.0.0.1", port: int = 8765, log_level: str
     as ``max_payload_bytes``, ``access_token``). uvicorn's access log is off: it would print session ids;
     the app logs requests itself with the ids removed.
     """
-    try:
-        import uvicorn
-
-        from veilml.linear.service import create_app
-    except ImportError as error:
-        raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
-    from veilml.serving.app import log_to_stderr
+    service_modules("the worker")
+    from veilml.linear.service import create_app
 
     app = create_app(worker, **app_options)
-    log_to_stderr(log_level)
     infos = worker.layers()
     print(
         f"veilml worker: {len(infos)} layer{'s' * (len(infos) != 1)}, backend {worker.backend}, "
@@ -188,25 +190,15 @@ def serve(worker: Any, host: str = "127.0.0.1", port: int = 8765, log_level: str
         print(f"  … and {len(shown) - 50} more (GET /layers)", flush=True)
     if worker.backend == "clear":
         print("veilml worker: WARNING: the clear backend computes on plaintext; use it for testing only", flush=True)
-    if host not in LOOPBACK:
-        print(
-            f"veilml worker: WARNING: listening on {host}, beyond this machine, without TLS"
-            + ("" if app_options.get("access_token") else " and without an access token (--access-token-file)"),
-            flush=True,
-        )
-    print(f"veilml worker: listening on {_url(host, port)} (GET /health, GET /layers)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    exposed = "" if app_options.get("access_token") else " and without an access token (--access-token-file)"
+    run_app(app, "worker", host=host, port=port, log_level=log_level, exposed=exposed, paths="GET /health, GET /layers")
 
 
 def _worker_command(args: argparse.Namespace) -> int:
     path = args.weights
     if not os.path.exists(path):
         raise CommandError(f"--weights {path!r} does not exist; give a Hugging Face model directory or a .safetensors file")
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as error:
-        raise CommandError(f"the worker needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
+    service_modules("the worker")
     try:
         from veilml.models.lora.weights import load_remote_weights
     except ImportError as error:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from veilml.cli.common import LOOPBACK, CommandError, read_tokens
+from veilml.cli.common import CommandError, read_tokens, run_app, service_modules
 
 __all__ = ["add_model_commands"]
 
@@ -159,14 +159,9 @@ def _decrypt(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-
-        from veilml.serving.model_service import create_model_app
-    except ImportError as error:
-        raise CommandError(f"serving needs FastAPI and uvicorn ({error}); pip install 'veilml[worker]'") from None
-    from veilml.serving.app import log_to_stderr
+    service_modules("serving")
     from veilml.serving.limits import limits_from_args
+    from veilml.serving.model_service import create_model_app
 
     tokens = read_tokens(args.access_token_file) if args.access_token_file else None
     try:
@@ -175,7 +170,6 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     state = Path(args.state).expanduser()
     app = create_model_app(args.bundle, state, limits=limits, access_token=tokens, trusted_key=args.trusted_key)
-    log_to_stderr(args.log_level)
     print(
         f"veilml serve: model {app.state.fingerprint[:12]}…, {app.state.n_features} features, "
         f"{limits.workers} FHE process(es), {limits.max_rows} rows per request, {limits.run_timeout:g} s run timeout",
@@ -187,15 +181,10 @@ def _serve(args: argparse.Namespace) -> int:
         "(give it to data owners: RemoteModel(url, expected_fingerprint=...))",
         flush=True,
     )
-    if args.host not in LOOPBACK:
-        print(
-            f"veilml serve: WARNING: listening on {args.host}, beyond this machine, without TLS"
-            + ("" if tokens else " and without an access token (--access-token-file): anyone who reaches it can query the model"),
-            flush=True,
-        )
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"veilml serve: listening on http://{host}:{args.port} (GET /health, GET /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    exposed = "" if tokens else " and without an access token (--access-token-file): anyone who reaches it can query the model"
+    run_app(
+        app, "serve", host=args.host, port=args.port, log_level=args.log_level, exposed=exposed, paths="GET /health, GET /docs"
+    )
     return 0
 
 
