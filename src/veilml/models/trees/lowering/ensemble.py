@@ -107,7 +107,7 @@ def lower_candidates(
     indicators, then the paired stage if it saves at least a fifth of the lookups, then the
     subtrees if they save at least two fifths of the fewest so far. The IR's cost function does
     not model the noise that decides between them, so the caller compiles each candidate and keeps
-    the one with the lowest complexity (:meth:`veilml.TreeClassifier.compile` does).
+    the one with the lowest complexity (the estimators' ``compile`` does).
     """
     stage = LeafStage.parse(leaf_lookups)
     choice = encoding if isinstance(encoding, InputEncoding) else EncodingChoice.parse(encoding)

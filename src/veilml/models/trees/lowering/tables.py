@@ -3,6 +3,7 @@ builder reads (:class:`LeafTables`; the stages: :mod:`.indicators`, :mod:`.value
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,7 @@ class QuantizedLeaves:
 
 
 @dataclass(frozen=True)
-class LeafTables:
+class LeafTables(ABC):
     """What a leaf stage computes once, whatever the encoding: the comparisons, the coefficients of each
     lookup's input ``t = c @ A0 + (1 - c) @ A1``, and what the client needs around the scores."""
 
@@ -76,10 +77,10 @@ class LeafTables:
         return lookup_bits(self.A0, self.A1)
 
     @property
+    @abstractmethod
     def n_lookups(self) -> int:
         """Lookups of the leaf stage."""
-        raise NotImplementedError
 
+    @abstractmethod
     def leaf_stage(self, g: GraphBuilder, parts: Parts) -> int:
         """The graph from the comparison bits ``parts`` to the summed scores."""
-        raise NotImplementedError

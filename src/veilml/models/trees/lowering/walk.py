@@ -12,12 +12,11 @@ its tests' bits (for a lone leaf, the number of failed tests on its path).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from veilml.compiler import bit_width
-from veilml.models.trees.ensemble import TreeEnsemble
+from veilml.models.trees.ensemble import Tree, TreeEnsemble
 from veilml.models.trees.lowering.leaf_values import interval_comparisons, leaf_tests, right_code
 
 __all__ = ["LeafGroup", "Walk", "lookup_bits", "tree_maxima", "walk_ensemble"]
@@ -95,7 +94,7 @@ def lookup_bits(A0: np.ndarray, A1: np.ndarray) -> int:
     return bit_width(0, max(1, int((A0 + A1).sum(axis=0).max(initial=0))))
 
 
-def tree_maxima(per_group: np.ndarray, tree_of_group: Any) -> np.ndarray:
+def tree_maxima(per_group: np.ndarray, tree_of_group: list[int]) -> np.ndarray:
     """The largest sum of each column when every tree adds one of its groups' rows (one leaf is reached)."""
     tree_of_group = np.asarray(tree_of_group)
     return np.asarray(sum(per_group[tree_of_group == t].max(axis=0) for t in np.unique(tree_of_group)), dtype=np.int64)
@@ -114,7 +113,7 @@ def _coefficients(group: LeafGroup, index: dict[Comparison, int]) -> tuple[dict[
 
 
 def _tree_groups(
-    tree: Any, codes: np.ndarray, values: np.ndarray, qmax: int, max_tests: int, width: int | None
+    tree: Tree, codes: np.ndarray, values: np.ndarray, qmax: int, max_tests: int, width: int | None
 ) -> list[LeafGroup] | None:
     """One tree's groups, top down and left first (no recursion: deep trees); None if a lone leaf does not fit."""
     most = max_tests if width is None else min(max_tests, width)
@@ -144,7 +143,7 @@ def _fits(n_path_tests: int, k: int, width: int | None) -> bool:
     return width is None or (n_path_tests + 1) * 2**k - 1 <= 2**width - 1
 
 
-def _tests_under(tree: Any, node: int, most: int) -> list[int] | None:
+def _tests_under(tree: Tree, node: int, most: int) -> list[int] | None:
     """The tests of the subtree under ``node`` in pre-order, or None if there are more than ``most``."""
     tests: list[int] = []
     stack = [node]
@@ -159,7 +158,7 @@ def _tests_under(tree: Any, node: int, most: int) -> list[int] | None:
 
 
 def _reached_value(
-    tree: Any, codes: np.ndarray, values: np.ndarray, node: int, path: Path, inner: list[int], bits: int, qmax: int
+    tree: Tree, codes: np.ndarray, values: np.ndarray, node: int, path: Path, inner: list[int], bits: int, qmax: int
 ) -> np.ndarray:
     """The value of the leaf that ``bits`` (test ``i`` is bit ``k - 1 - i``) reach from ``node``; 0 if
     that leaf's whole path contradicts itself (never reached)."""
