@@ -33,6 +33,6 @@ This is fault isolation, not a security sandbox: children run as the same user a
 their replies are unpickled by it.
 """
 
-from veilml._isolation.runner import IsolatedRunner, IsolatedTaskError
+from veilml._isolation.runner import Failure, IsolatedRunner, IsolatedTaskError
 
-__all__ = ["IsolatedRunner", "IsolatedTaskError"]
+__all__ = ["Failure", "IsolatedRunner", "IsolatedTaskError"]

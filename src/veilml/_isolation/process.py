@@ -7,24 +7,32 @@ import os
 import pickle
 import secrets
 import threading
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from veilml._isolation.child import child_main
 from veilml._isolation.output import OutputCollector
 from veilml.errors import VeilmlError
 
-__all__ = ["OUTPUT_GRACE_S", "ChildProcess", "Outcome", "stop_children"]
+__all__ = ["OUTPUT_GRACE_S", "ChildProcess", "Failure", "Outcome", "stop_children"]
 
 OUTPUT_GRACE_S = 2.0  # how long a failed task waits for the rest of its output
 REAP_S = 5.0  # how long to wait for a killed or exiting child to be reaped
 
 
+class Failure(StrEnum):
+    """How an isolated task failed to return (a string enum: ``reason == "timeout"`` holds)."""
+
+    TIMEOUT = "timeout"  # it ran out of time and its child was killed
+    CRASHED = "crashed"  # its child died (a signal, os._exit)
+
+
 class Outcome(VeilmlError):
     """Internal: a task that did not return (timeout or crash), with the child's output."""
 
-    def __init__(self, reason: Literal["timeout", "crashed"], exitcode: int | None, output: tuple[bytes, int]) -> None:
+    def __init__(self, reason: Failure, exitcode: int | None, output: tuple[bytes, int]) -> None:
         super().__init__(reason)
-        self.reason: Literal["timeout", "crashed"] = reason
+        self.reason = reason
         self.exitcode = exitcode
         self.output = output
 
@@ -67,7 +75,7 @@ class ChildProcess:
             self.conn.send_bytes(payload)
             if not self.conn.poll(timeout):
                 self.kill()
-                raise Outcome("timeout", None, self.collector.at_eof(OUTPUT_GRACE_S))
+                raise Outcome(Failure.TIMEOUT, None, self.collector.at_eof(OUTPUT_GRACE_S))
             data = self.conn.recv_bytes()
         except (EOFError, OSError):
             with self._lock:
@@ -76,7 +84,7 @@ class ChildProcess:
                     self.process.kill()
                     self.process.join(REAP_S)
                 code = self.process.exitcode
-            raise Outcome("crashed", code, self.collector.at_eof(OUTPUT_GRACE_S)) from None
+            raise Outcome(Failure.CRASHED, code, self.collector.at_eof(OUTPUT_GRACE_S)) from None
         reply = pickle.loads(data)
         if not isinstance(reply, tuple) or not reply or reply[0] != self.sent:
             raise RuntimeError("isolated process answered out of turn; it was replaced")

@@ -16,13 +16,13 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from veilml._isolation.child import PICKLE, noop
-from veilml._isolation.process import OUTPUT_GRACE_S, ChildProcess, Outcome, stop_children
+from veilml._isolation.process import OUTPUT_GRACE_S, ChildProcess, Failure, Outcome, stop_children
 from veilml.errors import VeilmlError
 
-__all__ = ["IsolatedRunner", "IsolatedTaskError"]
+__all__ = ["Failure", "IsolatedRunner", "IsolatedTaskError"]
 
 logger = logging.getLogger("veilml.isolation")
 
@@ -35,14 +35,14 @@ _LOG_LABEL_CHARS = 200
 class IsolatedTaskError(VeilmlError, RuntimeError):
     """The isolated computation did not return: it ran out of time or its process died.
 
-    ``reason`` is ``"timeout"`` or ``"crashed"``; ``exitcode`` is the child's exit status as
+    ``reason`` is :attr:`Failure.TIMEOUT` or :attr:`Failure.CRASHED` (``"timeout"``, ``"crashed"``); ``exitcode`` is the child's exit status as
     :attr:`multiprocessing.Process.exitcode` reports it (``-11`` for SIGSEGV), ``None`` for a
     timeout.
     """
 
-    def __init__(self, message: str, reason: Literal["timeout", "crashed"], exitcode: int | None = None) -> None:
+    def __init__(self, message: str, reason: Failure | str, exitcode: int | None = None) -> None:
         super().__init__(message)
-        self.reason: Literal["timeout", "crashed"] = reason
+        self.reason = Failure(reason)
         self.exitcode = exitcode
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -306,7 +306,7 @@ class IsolatedRunner:
             self._workers.discard(worker)
 
     def _failure(self, label: str, limit: float | None, outcome: Outcome) -> IsolatedTaskError:
-        if outcome.reason == "timeout":
+        if outcome.reason is Failure.TIMEOUT:
             message = (
                 f"the computation ({label}) did not finish within {limit:g} s and was stopped; a malformed or "
                 "corrupted input, or evaluation keys that do not belong to it, can keep native code busy for "
@@ -314,7 +314,7 @@ class IsolatedRunner:
                 "The next request runs in a new process."
             )
             self._log_output(label, "timed out", outcome.output)
-            return IsolatedTaskError(message, "timeout")
+            return IsolatedTaskError(message, Failure.TIMEOUT)
         code = outcome.exitcode
         if code is not None and code < 0:
             number = -code
@@ -336,7 +336,7 @@ class IsolatedRunner:
             "sent keys and data from the same session. The next request runs in a new process."
         )
         self._log_output(label, f"crashed ({what})", outcome.output)
-        return IsolatedTaskError(message, "crashed", code)
+        return IsolatedTaskError(message, Failure.CRASHED, code)
 
     def _log_output(self, label: str, what: str, output: tuple[bytes, int]) -> None:
         """Emit the one warning record of a failed task, quoting the tail of what it printed."""

@@ -241,10 +241,8 @@ class Service:
     def __init__(self, limits: ServiceLimits, access_token: str | AccessTokens | None = None) -> None:
         self.limits = limits
         self.tokens = access_tokens(access_token)
-        self.budget = BodyBudget(limits.max_inflight_bytes, limits.max_inflight_bytes_per_client)
-        self.scheduler = FairScheduler(
-            limits.workers, limits.max_queue, limits.max_requests_per_client, name=self.name.replace(".", "-")
-        )
+        self.budget = BodyBudget.for_limits(limits)
+        self.scheduler = FairScheduler.for_limits(limits, name=self.name.replace(".", "-"))
 
     def routes(self) -> list[Route]:
         """The service's endpoints."""

@@ -42,6 +42,11 @@ class BodyBudget:
         self.used = 0
         self.by_client: defaultdict[str, int] = defaultdict(int)
 
+    @classmethod
+    def for_limits(cls, limits: ServiceLimits) -> BodyBudget:
+        """The budget of a service with these ``limits`` (``max_inflight_bytes`` and its per-client twin)."""
+        return cls(limits.max_inflight_bytes, limits.max_inflight_bytes_per_client)
+
     def take(self, size: int, client: str = "") -> None:
         if self.by_client[client] + size > self.max_bytes_per_client:
             raise ServiceError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from veilml.compiler.encodings import EncodingKind
 from veilml.runtime.codec import ClientCodec
 from veilml.runtime.envelope import specs_fingerprint
 from veilml.runtime.manifest import ArtifactError
@@ -68,7 +69,7 @@ def check_client_bundle(manifest: dict[str, Any], specs: bytes, summary: SpecsSu
     if seeded is not None and not 1 <= gate.shape[-1] <= size:  # the circuit may read part of the row (narrowed)
         raise _refuse(f"its circuit takes {gate.shape[-1]} values per row, more than the codec's {size}")
     encoding = codec.encoding
-    low, high = (encoding.qmin, encoding.qmax) if encoding.kind == "identity" else (0, 1)
+    low, high = (encoding.qmin, encoding.qmax) if encoding.kind is EncodingKind.IDENTITY else (0, 1)
     width = gate.width
     if width is None or not 1 <= width <= 62:
         raise _refuse(f"its circuit's input is not concrete's native integer encoding of 1 to 62 bits (width {width})")

@@ -223,7 +223,7 @@ class ModelService(Service):
 
     def _unit(self, identifier: str, digest: str, item: bytes) -> bytes:
         """One row, run in an isolated child process within the run timeout."""
-        from veilml._isolation import IsolatedTaskError
+        from veilml._isolation import Failure, IsolatedTaskError
 
         try:
             return self.runner.run(
@@ -234,7 +234,7 @@ class ModelService(Service):
         except (EnvelopeError, ValueError) as exc:
             raise ServiceError(400, f"bad ciphertext batch: {exc}", "bad-ciphertext") from None
         except IsolatedTaskError as exc:
-            if exc.reason == "timeout":
+            if exc.reason is Failure.TIMEOUT:
                 raise ServiceError(504, str(exc), "run-timeout") from None
             raise ServiceError(500, str(exc), "crashed") from None
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from veilml.serving.limits import ServiceError
+from veilml.serving.limits import ServiceError, ServiceLimits
 
 __all__ = ["FairScheduler", "RunTimeout"]
 
@@ -80,6 +80,11 @@ class FairScheduler:
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
             thread.start()
+
+    @classmethod
+    def for_limits(cls, limits: ServiceLimits, name: str = "veilml-work") -> FairScheduler:
+        """The scheduler of a service with these ``limits`` (``workers``, ``max_queue``, ``max_requests_per_client``)."""
+        return cls(limits.workers, limits.max_queue, limits.max_requests_per_client, name=name)
 
     @property
     def admitted(self) -> int:
