@@ -9,7 +9,10 @@ encrypted quantized rows.
 - :mod:`.worker`: the worker core (:class:`Worker`) and :class:`LocalTransport`
 - :mod:`.executor`: the client (:class:`EncryptedLinearExecutor`) and the :class:`Transport` protocol
 - :mod:`.service` and :mod:`.transport`: the worker's HTTP service and the client's HTTP transport
-  (``veilml[worker]``: FastAPI and httpx, imported only from those modules)
+  (``veilml[worker]``: FastAPI and httpx, imported only from those modules), built on the kit and the HTTP
+  client of :mod:`veilml.serving` (one layer down)
+
+Messages are framed with :func:`pack_frames`, :mod:`veilml.runtime.envelope`'s one batch framing.
 """
 
 from veilml.linear.base import (

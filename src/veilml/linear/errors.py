@@ -2,7 +2,8 @@
 
 :class:`WorkerError` is raised by the worker core, sent back as ``{"detail", "code"}`` by the HTTP
 service, and raised again on the client by the HTTP transport (as its subclass
-:class:`~veilml.linear.transport.RemoteWorkerError`). :class:`InsecureBackendError` is the
+:class:`~veilml.linear.transport.RemoteWorkerError`, which is also the
+:class:`~veilml.serving.http_client.RemoteError` of every veilml HTTP client). :class:`InsecureBackendError` is the
 client's refusal of a worker that would see its data in plaintext.
 """
 
