@@ -93,9 +93,10 @@ class RemoteModel:
         import httpx
 
         self.url = url.rstrip("/")
-        self._http = HTTPClient(
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._server = HTTPClient(
             self.url,
-            httpx.Client(timeout=timeout, transport=transport),
+            self._http,
             policy=RetryPolicy(retries=retries, backoff=backoff),
             error=RemoteModelError,
             headers={} if access_token is None else {"authorization": f"Bearer {access_token}"},
@@ -108,7 +109,7 @@ class RemoteModel:
                 self._bundle_dir = Path(tempfile.mkdtemp(prefix="veilml-client-"))  # new, mode 0700
             else:
                 self._bundle_dir = Path(bundle_dir).expanduser()
-            self._unpack(self._http.request("GET", "/bundle/client", limit=MAX_BUNDLE_BYTES))
+            self._unpack(self._server.request("GET", "/bundle/client", limit=MAX_BUNDLE_BYTES))
             self.client = ModelClient(
                 self._bundle_dir,
                 key_dir=None if key_dir is None else Path(key_dir).expanduser(),
@@ -116,7 +117,7 @@ class RemoteModel:
                 trusted_key=trusted_key,
                 expected_fingerprint=expected_fingerprint,
             )
-            health = self._http.json("GET", "/health")
+            health = self._server.json("GET", "/health")
             if health.get("fingerprint") != self.client.fingerprint:
                 raise RemoteModelError(
                     "the server's model and the client bundle it sent differ; try again (it may have restarted with "
@@ -215,7 +216,7 @@ class RemoteModel:
     def register(self) -> str:
         """Send this client's evaluation keys (once); returns its key id."""
         if self._key_id is None:
-            answer = self._http.json("POST", "/keys", content=self.client.evaluation_keys())
+            answer = self._server.json("POST", "/keys", content=self.client.evaluation_keys())
             secret = answer.get("secret")
             if answer.get("key_id") != self.client.key_id:
                 raise RemoteModelError("the server registered the keys under another key id than theirs")
@@ -229,7 +230,7 @@ class RemoteModel:
         for attempt in range(2):
             headers = {"x-veilml-key-id": self.register(), "x-veilml-key-secret": self._secret or ""}
             try:
-                return self._http.request(
+                return self._server.request(
                     "POST", "/predict", content=body, headers=headers, limit=self.client.max_result_batch_bytes(rows)
                 )
             except RemoteModelError as error:
@@ -268,7 +269,7 @@ class RemoteModel:
         return self._decrypt("decrypt_integers", X)
 
     def close(self) -> None:
-        self._http.client.close()
+        self._http.close()
 
     def __enter__(self) -> RemoteModel:
         return self
