@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
 __all__ = ["LRUCache"]
@@ -49,6 +49,11 @@ class LRUCache(Generic[K, V]):
         """Whether ``key`` is cached now (it does not count as a use)."""
         with self._lock:
             return key in self._entries
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys, least recently used first (a snapshot: iterating does not count as a use)."""
+        with self._lock:
+            return iter(list(self._entries))
 
     def __len__(self) -> int:
         with self._lock:
