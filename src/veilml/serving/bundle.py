@@ -59,6 +59,7 @@ __all__ = [
     "SERVER_FORMAT",
     "ModelClient",
     "ModelServer",
+    "bundle_fhe_server",
     "bundle_side",
     "client_bundle_fingerprint",
     "save_bundle",
@@ -319,6 +320,19 @@ class ModelClient:
         return self.codec.predict(self.decrypt_integers(results, rows=rows))
 
 
+def bundle_fhe_server(directory: Path, manifest: dict[str, Any], server: Any = None, **options: Any) -> FHEServer:
+    """The :class:`~veilml.runtime.server.FHEServer` of a server bundle side whose ``manifest`` was checked: its
+    circuit's specs and layout, its input columns; ``server`` is concrete's (None: checks only, nothing runs)."""
+    return FHEServer(
+        server,
+        (directory / _SPECS).read_bytes(),
+        layout=(directory / "layout.bin").read_bytes(),
+        input_columns=manifest.get("input_columns"),
+        row_size=int(manifest["input_size"]),
+        **options,
+    )
+
+
 class ModelServer:
     """The evaluation side of a deployed model, from its server bundle: no key, no data.
 
@@ -349,18 +363,9 @@ class ModelServer:
 
         self.directory = bundle_side(directory, "server")
         self.manifest = check_manifest(self.directory, SERVER_FORMAT, trusted_key=trusted_key)
-        specs = (self.directory / _SPECS).read_bytes()
         server = fhe.Server.load(str(self.directory / "server.zip"))
         self.max_rows = max_rows
-        self._fhe = FHEServer(
-            server,
-            specs,
-            layout=(self.directory / "layout.bin").read_bytes(),
-            key_cache_size=key_cache_size,
-            max_bytes=max_bytes,
-            input_columns=self.manifest.get("input_columns"),
-            row_size=int(self.manifest["input_size"]),
-        )
+        self._fhe = bundle_fhe_server(self.directory, self.manifest, server, key_cache_size=key_cache_size, max_bytes=max_bytes)
 
     @property
     def fingerprint(self) -> str:

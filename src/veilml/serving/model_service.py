@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import os
 import threading
 import zipfile
@@ -70,20 +69,6 @@ def _client_zip(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _admission(directory: Path) -> Any:
-    """The checks of a server bundle's keys and ciphertexts, without concrete's circuit (this process never runs it)."""
-    from veilml.runtime.server import FHEServer
-
-    manifest = json.loads((directory / "manifest.json").read_text())
-    return FHEServer(
-        None,
-        (directory / "client.specs.json").read_bytes(),
-        layout=(directory / "layout.bin").read_bytes(),
-        input_columns=manifest.get("input_columns"),
-        row_size=int(manifest["input_size"]),
-    )
-
-
 class ModelService(Service):
     """``veilml serve``: one model bundle, its key store, and an isolated runner of its rows; each endpoint is a
     method (see the module docstring for what they answer)."""
@@ -106,7 +91,13 @@ class ModelService(Service):
     ) -> None:
         from veilml._isolation import IsolatedRunner
         from veilml.runtime.manifest import check_manifest
-        from veilml.serving.bundle import CLIENT_FORMAT, SERVER_FORMAT, bundle_side, client_bundle_fingerprint
+        from veilml.serving.bundle import (
+            CLIENT_FORMAT,
+            SERVER_FORMAT,
+            bundle_fhe_server,
+            bundle_side,
+            client_bundle_fingerprint,
+        )
 
         tokens = access_tokens(access_token)  # a bad token is refused before anything is made
         server_dir, client_dir = bundle_side(bundle, "server"), bundle_side(bundle, "client")
@@ -115,7 +106,7 @@ class ModelService(Service):
         )  # signed by its maker, if a key is given
         check_manifest(client_dir, CLIENT_FORMAT, trusted_key=trusted_key)
         self.bundle_fingerprint = client_bundle_fingerprint(client_dir)
-        self.checker = _admission(server_dir)
+        self.checker = bundle_fhe_server(server_dir, self.manifest)  # checks only: concrete runs in the children
         self.bundle_path, self.trusted_key = str(server_dir.resolve()), trusted_key
         self.client_zip = _client_zip(client_dir)
         self.store = OwnedStore(
