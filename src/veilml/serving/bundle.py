@@ -13,16 +13,13 @@ may be signed (``save_bundle(..., signing_key=)``, :func:`sign_bundle`, ``veilml
 server bundle is code, and a client bundle decides what leaves the data owner's machine, so both
 load only from a trusted maker when given its public key (``trusted_key=``).
 
-A client bundle can come from a hostile server (:class:`~veilml.serving.RemoteModel` fetches it
-from the server it talks to), so :class:`ModelClient` trusts none of it: before any key is made
-it checks the parameters' security and sizes (:func:`~veilml.runtime.security.check_client_specs`),
-that every input and output is encrypted, and that the specs, the codec and the manifest agree
-(:mod:`.client_checks`).
-:func:`client_bundle_fingerprint` names one client bundle exactly (a data owner can pin it).
-
-:class:`ModelClient` (the data owner: keys, ``encrypt(X) -> bytes``, ``decrypt(bytes) ->
-predictions``) and :class:`ModelServer` (``register(keys) -> key id``, ``run(bytes, key_id)``)
-are built from those directories alone.
+A client bundle may come from a hostile server (:class:`~veilml.serving.RemoteModel` fetches it from the
+server it talks to), so :class:`ModelClient` (the data owner: keys, ``encrypt(X) -> bytes``, ``decrypt(bytes)
+-> predictions``) trusts none of it: before any key is made it checks the parameters' security and sizes
+(:func:`~veilml.runtime.security.check_client_specs`) and that the specs, the codec and the manifest describe
+one encrypted circuit (:mod:`.client_checks`); :func:`client_bundle_fingerprint` names one client bundle
+exactly (a data owner can pin it). :class:`ModelServer` (``register(keys) -> key id``, ``run(bytes, key_id)``)
+runs a server bundle; :func:`loaded_server` keeps one loaded per process.
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +60,7 @@ __all__ = [
     "bundle_fhe_server",
     "bundle_side",
     "client_bundle_fingerprint",
+    "loaded_server",
     "save_bundle",
     "sign_bundle",
 ]
@@ -76,11 +75,6 @@ _SPECS = "client.specs.json"
 MAX_CLIENT_FILE_BYTES = 4 * 2**20
 #: why a key directory must be this user's alone
 _PLANTED = "its owner, or whoever may write it, could plant keys whose secret they know and read your results"
-
-
-def _specs_bytes(specs: Any) -> bytes:
-    raw = specs.serialize() if hasattr(specs, "serialize") else specs
-    return raw.encode() if isinstance(raw, str) else bytes(raw)
 
 
 def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: Any = None) -> Path:
@@ -103,7 +97,8 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        specs = _specs_bytes(compiled.circuit.client.specs)
+        raw = compiled.circuit.client.specs.serialize()
+        specs = raw.encode() if isinstance(raw, str) else bytes(raw)
         fingerprint = specs_fingerprint(specs)
         codec: ClientCodec = fhe_model.codec
         facts = {"fingerprint": fingerprint, "n_features": codec.n_features, "input_size": codec.encoding.size}
@@ -386,3 +381,17 @@ class ModelServer:
         """The result batch of a ciphertext batch made under the registered key set ``key_id``."""
         items = unpack_batch(ciphertexts, max_items=self.max_rows, max_bytes=self._fhe.max_bytes, what="ciphertext batch")
         return pack_batch([self._fhe.run_registered(item, key_id) for item in items])
+
+
+_LOADED: dict[tuple[str, tuple[tuple[str, Any], ...]], ModelServer] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def loaded_server(bundle: str, **options: Any) -> ModelServer:
+    """The :class:`ModelServer` of ``bundle`` made with ``options``, loaded once per process and kept (a Dask
+    worker's, a ``veilml serve`` child's): loading a circuit takes seconds, a row a fraction of one."""
+    key = (bundle, tuple(sorted(options.items())))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = ModelServer(bundle, **options)
+        return _LOADED[key]

@@ -17,7 +17,6 @@ evaluation keys and ciphertexts, never a secret key.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,12 @@ from veilml.runtime.envelope import pack_batch, unpack_batch
 
 __all__ = ["run_on_dask"]
 
-_SERVERS: dict[str, Any] = {}  # per worker process: bundle path -> ModelServer
-_LOCK = threading.Lock()
-
-
-def _server(bundle: str) -> Any:
-    from veilml.serving.bundle import ModelServer
-
-    with _LOCK:
-        if bundle not in _SERVERS:
-            _SERVERS[bundle] = ModelServer(bundle)
-        return _SERVERS[bundle]
-
 
 def _run_chunk(bundle: str, evaluation_keys: bytes, key_id: str, chunk: bytes) -> bytes:
     """On a worker: the results of one chunk (the bundle and the keys are loaded once per process)."""
-    server = _server(bundle)
+    from veilml.serving.bundle import loaded_server
+
+    server = loaded_server(bundle)
     if not server.is_registered(key_id):
         server.register(evaluation_keys)
     return server.run(chunk, key_id)

@@ -9,7 +9,6 @@ loads the server bundle once and keeps the key sets it deserialized (least recen
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,11 @@ from veilml.serving.store import read_item
 
 __all__ = ["load", "run_row"]
 
-_SERVERS: dict[tuple[str, Any], Any] = {}  # per child process: (bundle, trusted key) -> ModelServer
-_LOCK = threading.Lock()
-
 
 def _server(bundle: str, trusted_key: Any) -> Any:
-    from veilml.serving.bundle import ModelServer
+    from veilml.serving.bundle import loaded_server
 
-    with _LOCK:
-        key = (bundle, trusted_key)
-        if key not in _SERVERS:
-            options = {} if trusted_key is None else {"trusted_key": trusted_key}
-            _SERVERS[key] = ModelServer(bundle, key_cache_size=2, max_rows=1, **options)
-        return _SERVERS[key]
+    return loaded_server(bundle, key_cache_size=2, max_rows=1, trusted_key=trusted_key)
 
 
 def load(bundle: str, trusted_key: Any = None) -> None:
