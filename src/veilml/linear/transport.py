@@ -4,7 +4,9 @@ Every call but ``open_session`` is safe to repeat: ``layers`` and ``setup`` read
 sends the same keys again (the worker accepts identical keys and refuses others), and ``run`` is a
 pure function of its ciphertext and keys. So a call that fails on the way (connection refused or
 reset, timeout, 5xx) is sent again after an exponential backoff, for up to ``retry_for`` seconds:
-long enough, by default, to ride out a worker restart. A 4xx is the client's problem and raises
+long enough, by default, to ride out a worker restart. Requests go through the HTTP client loop of
+every veilml client (:class:`~veilml.serving.http_client.HTTPClient`: retries, bounded reads, errors
+with the worker's status and code), with this transport's :class:`~veilml.serving.http_client.RetryPolicy`. A 4xx is the client's problem and raises
 :class:`RemoteWorkerError` with the worker's explanation, except for the cases handled here: a 401
 on ``run`` means the worker lost the session (it restarted, or evicted it: a new session is opened)
 or the keys of that matrix (evicted), so the transport registers the keys it last sent for that
