@@ -45,7 +45,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (3, ("veilml.compiler",)),
     (2, ("veilml.quantization",)),
     (1, ("veilml._isolation",)),
-    (0, ("veilml.data", "veilml.errors")),
+    (0, ("veilml.data", "veilml.errors", "veilml._lazy")),
 )
 
 

@@ -215,7 +215,7 @@ def test_children_die_with_the_parent():
         "print(r.run(isolation_helpers.getpid), flush=True)\n"
         "r.run(isolation_helpers.spin, timeout=120)\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, text=True)
     try:
         child = int(parent.stdout.readline())

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import abc
 import importlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,7 +34,9 @@ from veilml.runtime.envelope import pack_batch, unpack_batch
 
 __all__ = [
     "BACKENDS",
+    "MALFORMED",
     "MAX_FRAMES",
+    "MAX_JSON_MESSAGE_BYTES",
     "ClientSession",
     "LinearBackend",
     "LinearServer",
@@ -42,6 +45,7 @@ __all__ = [
     "WorkTimeout",
     "check_deadline",
     "get_backend",
+    "json_message",
     "pack_frames",
     "run_work",
     "unpack_frames",
@@ -56,6 +60,30 @@ def pack_frames(frames: Sequence[bytes]) -> bytes:
     """A message's frames (a header, then data) in veilml's one framing of byte strings, the batch of
     :func:`veilml.runtime.envelope.pack_batch`."""
     return pack_batch(frames)
+
+
+#: longest JSON message (a header, a setup, parameters) a backend reads; an honest one is under 300 bytes
+MAX_JSON_MESSAGE_BYTES = 4096
+#: what reading a malformed JSON message can raise (deep nesting included), all turned into ValueError
+MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError, RecursionError)
+
+
+def json_message(data: bytes, fmt: str, max_bytes: int = MAX_JSON_MESSAGE_BYTES, what: str = "message") -> dict[str, Any]:
+    """The JSON object of a message whose ``"format"`` is ``fmt``, read only within ``max_bytes``.
+
+    Raises ValueError for anything else: too long, not UTF-8 JSON, nested past the parser's depth, not
+    an object, another format. Callers check the fields and say whose message it was.
+    """
+    if len(data) > max_bytes:
+        raise ValueError(f"a {fmt} {what} of at most {max_bytes} bytes expected, got {len(data)}")
+    try:
+        document = json.loads(bytes(data).decode())
+    except MALFORMED as error:
+        raise ValueError(f"not JSON ({type(error).__name__}: {str(error)[:100]})") from None
+    if not isinstance(document, dict) or document.get("format") != fmt:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise ValueError(f"format {found!r}, not {fmt!r}")
+    return document
 
 
 def unpack_frames(data: bytes, max_frames: int = MAX_FRAMES) -> list[bytes]:

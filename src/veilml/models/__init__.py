@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from veilml._lazy import lazy_exports
 from veilml.models.trees.families import FAMILIES
 
 __all__ = [*FAMILIES, "from_onnx"]
@@ -12,11 +10,4 @@ __all__ = [*FAMILIES, "from_onnx"]
 _LAZY = {**{name: ".trees" for name in FAMILIES}, "from_onnx": ".trees"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

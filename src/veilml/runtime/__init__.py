@@ -18,8 +18,7 @@ Names load on first use, so importing a submodule does not import numpy and conc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from veilml._lazy import lazy_exports
 
 _EXPORTS = {
     "FHEClient": "client",
@@ -34,13 +33,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -22,8 +22,7 @@ Names load on first use: importing this package loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from veilml._lazy import lazy_exports
 
 _EXPORTS = {
     "ModelClient": "bundle",
@@ -38,9 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -45,6 +45,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from veilml.linear.base import MALFORMED, json_message
+
 __all__ = [
     "COEFF_BITS",
     "FAILURE_BITS",
@@ -108,16 +110,12 @@ class BFVParams:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BFVParams:
-        if len(data) > MAX_PARAMS_BYTES:
-            raise ValueError(f"expected a {PARAMS_FORMAT} message from a bfv client (at most {MAX_PARAMS_BYTES} bytes)")
         try:
-            d = json.loads(bytes(data).decode())
-            if d.get("format") != PARAMS_FORMAT:
-                raise ValueError(f"format {d.get('format')!r}")
+            d = json_message(data, PARAMS_FORMAT, MAX_PARAMS_BYTES)
             values = [d["coeff_modulus"], d["plain_bits"], d["poly_degree"]]
             if not all(type(v) is int for v in values):
                 raise ValueError("integer fields expected")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError, RecursionError) as error:
+        except MALFORMED as error:
             raise ValueError(f"expected a {PARAMS_FORMAT} message from a bfv client ({error})") from None
         params = cls(*values)
         params.check()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from veilml.linear.base import pack_frames, unpack_frames
+from veilml.linear.base import MALFORMED, json_message, pack_frames, unpack_frames
 from veilml.linear.bfv.params import POLY_DEGREE, Plan
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
 SETUP_FORMAT = "veilml-bfv-setup/1"
 CIPHERTEXT_FORMAT = "veilml-bfv-ct/1"
 RESULT_FORMAT = "veilml-bfv-result/1"
-MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError, RecursionError)
 #: longest JSON header or setup message read (an honest one is under 150 bytes)
 MAX_HEADER_BYTES = 1024
 
@@ -63,12 +62,8 @@ class BFVSetup:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BFVSetup:
-        if len(data) > MAX_HEADER_BYTES:
-            raise ValueError(f"not a setup from a 'bfv' worker (over {MAX_HEADER_BYTES} bytes)")
         try:
-            d = json.loads(bytes(data).decode())
-            if d.get("format") != SETUP_FORMAT:
-                raise ValueError(f"format {d.get('format')!r}")
+            d = json_message(data, SETUP_FORMAT, MAX_HEADER_BYTES)
             setup = cls(
                 _int(d["rows"], 1, 2**24, "rows"),
                 _int(d["cols"], 1, 2**24, "cols"),
@@ -89,12 +84,8 @@ def pack_message(fmt: str, n: int, plan: Plan | None, frames: list[bytes]) -> by
 def read_message(data: bytes, fmt: str, max_rows: int = 2**24) -> tuple[int, Plan | None, list[bytes]]:
     """(row count, plan, data frames) of a ciphertext or result message; the plan is None for zero rows."""
     frames = unpack_frames(data)
-    if frames and len(frames[0]) > MAX_HEADER_BYTES:
-        raise ValueError(f"expected a {fmt} message (a header of at most {MAX_HEADER_BYTES} bytes, got {len(frames[0])})")
     try:
-        header = json.loads(frames[0].decode()) if frames else {}
-        if header.get("format") != fmt:
-            raise ValueError(f"format {header.get('format')!r}")
+        header = json_message(frames[0] if frames else b"{}", fmt, MAX_HEADER_BYTES, "header")
         n = _int(header["n"], 0, max_rows, "the row count")
         if n == 0:
             if header["plan"] is not None or len(frames) != 1:

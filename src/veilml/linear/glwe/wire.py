@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from veilml.linear.base import MALFORMED, json_message
 from veilml.linear.glwe.extension import load_fhext
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
 ]
 
 # what parsing a forged or truncated JSON document can raise
-MALFORMED = (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError)
 
 SETUP_FORMAT = "veilml-glwe-setup/1"
 CIPHERTEXT_FORMAT = "veilml-glwe-ct/1"
@@ -95,9 +95,7 @@ class GLWESetup:
     @classmethod
     def from_bytes(cls, data: bytes) -> GLWESetup:
         try:
-            d = json.loads(bytes(data).decode())
-            if d.get("format") != SETUP_FORMAT:
-                raise ValueError(f"format {d.get('format')!r}")
+            d = json_message(data, SETUP_FORMAT)
             rows, cols, input_bits = (
                 int(d["rows"]),
                 int(d["cols"]),
@@ -120,9 +118,7 @@ def pack_header(fmt: str, n: int, blocks: int, rows: int) -> bytes:
 
 def read_header(frame: bytes, fmt: str) -> dict[str, int]:
     try:
-        d = json.loads(frame.decode())
-        if d.get("format") != fmt:
-            raise ValueError(f"format {d.get('format')!r}")
+        d = json_message(frame, fmt)
         return {k: int(d[k]) for k in ("n", "blocks", "rows")}
     except MALFORMED as error:
         raise ValueError(f"expected a {fmt} message ({error})") from None

@@ -18,8 +18,7 @@ below is first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from veilml._lazy import lazy_exports
 
 __all__ = [
     "DEFAULT_REMOTE_PATTERNS",
@@ -72,15 +71,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        try:
-            module = importlib.import_module(_LAZY[name], __name__)
-        except ImportError as error:
-            raise ImportError(f"veilml.models.lora.{name} needs the lora extra: pip install 'veilml[lora]' ({error})") from error
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, missing="the lora extra: pip install 'veilml[lora]'")

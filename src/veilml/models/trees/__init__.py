@@ -14,9 +14,7 @@ Names load on first use, so that scikit-learn, XGBoost or LightGBM load only whe
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from veilml._lazy import lazy_exports
 from veilml.models.trees.families import FAMILIES
 
 _EXPORTS = {
@@ -36,13 +34,4 @@ _EXPORTS = {
 __all__ = ["FAMILIES", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
