@@ -48,6 +48,7 @@ def _phases(payload: bytes, spec, key: np.ndarray) -> np.ndarray:
     return bodies - masks @ key
 
 
+@pytest.mark.execute  # real keys and encryption, concrete's server runs the rows
 def test_seeded_inputs_compute_what_concrete_computes(circuit):
     compiled, spec, values, f = circuit
     assert spec is not None and spec.shape == (300,) and spec.signed == (values.min() < 0)
@@ -125,6 +126,7 @@ def test_configuration_chooses_who_encrypts():
         Configuration(input_encryption="plain")
 
 
+@pytest.mark.execute
 def test_a_concrete_encrypted_model_still_runs(cancer, test_config):
     """``input_encryption="concrete"``: concrete's seeded inputs, the same integers."""
     import veilml
