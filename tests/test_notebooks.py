@@ -2,7 +2,8 @@
 
 Each notebook asserts what it prints (agreement between FHE modes, accuracies, losses), so running
 it is its test: ``test_notebook_runs_without_errors`` executes it with nbclient in a fresh
-``python3`` kernel, from the notebooks folder, as a reader would, and discards the executed copy.
+``python3`` kernel, from the notebooks folder, as a reader would, and discards the executed copy; nbclient
+itself runs in a child process (``notebook_child.py``), away from pytest's.
 
 The committed files keep their outputs and plots, so that a reader sees the results without
 running anything; ``test_notebook_is_stored_executed`` checks that they are complete, in order,
@@ -11,20 +12,23 @@ free of errors and small. Re-execute and save them with ``python scripts/run_not
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from requires import require
 
 nbformat = require("nbformat", "test")
-nbclient = require("nbclient", "test")
+require("nbclient", "test")
 require("ipykernel", "test")
-
-from nbclient.exceptions import CellExecutionError  # noqa: E402
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
+CHILD_TIMEOUT_S = 1800  # a whole notebook
+CHILD = Path(__file__).resolve().parent / "notebook_child.py"
 MAX_NOTEBOOK_BYTES = 150 * 1024
 # A code cell whose source contains one of these shows something, so it must have stored outputs.
 SHOWS = ("print(", "plt.show()", "display(")
@@ -48,20 +52,19 @@ def test_notebooks_exist() -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_without_errors(path: Path) -> None:
     stored = path.read_bytes()
-    notebook = nbformat.reads(stored.decode("utf-8"), as_version=4)
-    client = nbclient.NotebookClient(
-        notebook,
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT_S,
-        allow_errors=False,
-        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
+    # in a child process (tests/notebook_child.py): nbclient's kernel sockets and threads never live in pytest's
+    done = subprocess.run(
+        [sys.executable, str(CHILD), str(path), str(NOTEBOOKS_DIR), str(CELL_TIMEOUT_S)],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
     )
-    try:
-        client.execute()
-    except CellExecutionError as error:
-        pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)
-    errors = _error_outputs(notebook)
-    assert not errors, f"{path.name} has cells that raised:\n" + "\n".join(errors)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and lines, f"{path.name}: the notebook runner died ({done.returncode}):\n{done.stderr[-4000:]}"
+    verdict = json.loads(lines[-1])
+    if verdict["failed"]:
+        pytest.fail(f"{path.name} failed:\n{verdict['failed']}", pytrace=False)
+    assert not verdict["errors"], f"{path.name} has cells that raised:\n" + "\n".join(verdict["errors"])
     assert path.read_bytes() == stored, f"running {path.name} must not change the committed file"
 
 
