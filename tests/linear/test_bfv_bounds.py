@@ -1,6 +1,10 @@
 """The bfv worker's work is bounded by construction: it derives the plan and the parameters, cuts the work into
-units with a deadline, keeps its weight cache within budget, and refuses oversized or hostile messages."""
+units with a deadline, keeps its weight cache within budget, and refuses oversized or hostile messages.
 
+Both engines (``bfv`` and ``bfv-seal``) share the worker's checks (:mod:`veilml.linear.bfv.server`): each test
+runs on both."""
+
+import dataclasses
 import json
 import threading
 import time
@@ -14,13 +18,24 @@ require("zstandard", "bfv")
 
 from veilml.linear import pack_frames, unpack_frames  # noqa: E402
 from veilml.linear.base import Work, WorkTimeout, run_work  # noqa: E402
-from veilml.linear.bfv import BFVBackend, BFVParams, Plan  # noqa: E402
+from veilml.linear.bfv import BFVBackend, Plan  # noqa: E402
+from veilml.linear.bfv import params as rns  # noqa: E402
 from veilml.linear.bfv.encoding import pack_bits, unpack_bits  # noqa: E402
-from veilml.linear.bfv.params import result_shift  # noqa: E402
-from veilml.linear.bfv.wire import CIPHERTEXT_FORMAT, BFVSetup, read_message  # noqa: E402
+from veilml.linear.bfv.planner import result_shift  # noqa: E402
+from veilml.linear.bfv.product import pack_values, unpack_values  # noqa: E402
+from veilml.linear.bfv.seal import SealBFVBackend  # noqa: E402
+from veilml.linear.bfv.seal import params as seal  # noqa: E402
+from veilml.linear.bfv.wire import BFVSetup, read_message  # noqa: E402
 from veilml.linear.clear import ClearBackend  # noqa: E402
 
 rng = np.random.default_rng(7)
+ENGINES = {"bfv": (BFVBackend, rns), "bfv-seal": (SealBFVBackend, seal)}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    """(backend class, its parameters module)."""
+    return ENGINES[request.param]
 
 
 def client(backend, M, input_bits=8):
@@ -29,11 +44,12 @@ def client(backend, M, input_bits=8):
     return server, session, keys
 
 
-def test_a_hostile_plan_is_refused_before_any_heavy_work():
+def test_a_hostile_plan_is_refused_before_any_heavy_work(engine):
     """(1, 2048, 1) with its matching shift: 8 rows asked for a (8 x C) array of whole ciphertexts (the attack)."""
+    backend, module = engine
     M = rng.integers(-127, 128, size=(64, 192))
-    server, session, keys = client(BFVBackend(), M)
-    params = BFVParams.from_bytes(keys)
+    server, session, keys = client(backend(), M)
+    params = module.BFVParams.from_bytes(keys)
     hostile = Plan(1, 2048, 1, result_shift(params, 1, 2048, 1, server.w_max))
     session._plan = lambda matrix, n: hostile  # a client that proposes its own plan
     ciphertext = session.encrypt("m", rng.integers(0, 256, size=(8, 64)))
@@ -46,23 +62,27 @@ def test_a_hostile_plan_is_refused_before_any_heavy_work():
     assert server.weight_cache.encoded == 0 and server.weight_cache.held == 0  # no weight was even encoded
 
 
-def test_only_the_parameters_an_honest_client_derives_are_accepted():
+def test_only_the_parameters_an_honest_client_derives_are_accepted(engine):
+    backend, module = engine
     M = rng.integers(-127, 128, size=(64, 192))
-    server, _, keys = client(BFVBackend(), M)
+    server, _, keys = client(backend(), M)
     server.check_keys(keys)
-    honest = BFVParams.from_bytes(keys)
-    for bigger in (1, 8):  # valid for SEAL and for the noise, but not what the client derives: refused
-        other = BFVParams(honest.coeff_modulus, honest.plain_bits + bigger).to_bytes()
+    honest = module.BFVParams.from_bytes(keys)
+    for bigger in (1, 8):  # valid for the engine and for the noise, but not what the client derives: refused
+        other = dataclasses.replace(honest, plain_bits=honest.plain_bits + bigger).to_bytes()
         with pytest.raises(ValueError, match="not this worker's for this matrix.*use veilml's client"):
             server.check_keys(other)
     with pytest.raises(ValueError, match="at most 512 bytes"):
         server.check_keys(keys + b" " * 1000)
 
 
-def test_work_units_in_any_order_give_the_bytes_of_run_and_the_exact_product():
-    M = rng.integers(-128, 128, size=(64, 192))
-    server, session, keys = client(BFVBackend(), M)
-    x = rng.integers(0, 256, size=(150, 64))
+def test_work_units_in_any_order_give_the_bytes_of_run_and_the_exact_product(engine):
+    backend, _ = engine
+    # the RNS planner takes one block of up to 2048 rows: 4100 rows make three (the SEAL one blocks 64 rows)
+    (n, d, m) = (4100, 16, 4) if backend is BFVBackend else (150, 64, 192)
+    M = rng.integers(-128, 128, size=(d, m))
+    server, session, keys = client(backend(), M)
+    x = rng.integers(0, 256, size=(n, d))
     ciphertext = session.encrypt("m", x)
     expected = server.run(ciphertext, keys)
     work = server.work(ciphertext, keys)
@@ -84,24 +104,26 @@ def test_work_units_in_any_order_give_the_bytes_of_run_and_the_exact_product():
     assert np.array_equal(session.decrypt("m", expected), x.astype(np.int64) @ M.astype(np.int64))
 
 
-def test_a_past_deadline_stops_the_work():
+def test_a_past_deadline_stops_the_work(engine):
+    backend, _ = engine
     M = rng.integers(-127, 128, size=(64, 192))
-    server, session, keys = client(BFVBackend(), M)
+    server, session, keys = client(backend(), M)
     ciphertext = session.encrypt("m", rng.integers(0, 256, size=(70, 64)))
     with pytest.raises(WorkTimeout, match="units of work"):
         server.run(ciphertext, keys, deadline=time.monotonic() - 1)
     assert issubclass(WorkTimeout, RuntimeError)
     with pytest.raises(WorkTimeout):
         run_work(server.work(ciphertext, keys), deadline=time.monotonic() - 1)
-    slow = BFVBackend(run_timeout=1e-9).server(M, 8)  # the backend's time limit applies without a deadline
+    slow = backend(run_timeout=1e-9).server(M, 8)  # the backend's time limit applies without a deadline
     with pytest.raises(WorkTimeout):
         slow.run(ciphertext, keys)
 
 
-def test_the_weight_cache_stays_within_budget_under_alternating_row_counts():
+def test_the_weight_cache_stays_within_budget_under_alternating_row_counts(engine):
+    factory, module = engine
     M = rng.integers(-127, 128, size=(64, 192))
-    size = BFVBackend().server(M, 8).cache_size
-    backend = BFVBackend(weight_cache_bytes=size(8) + size(1))  # 8 rows per block fit, 16 do not
+    size = factory().server(M, 8).cache_size
+    backend = factory(weight_cache_bytes=size(8) + size(1))  # 8 rows per block fit, 16 do not
     server, session, keys = client(backend, M)
     cache = server.weight_cache
     assert server.cached_rows == 8 and cache.limit == size(8) and backend._budget.used <= backend._budget.limit
@@ -115,37 +137,40 @@ def test_the_weight_cache_stays_within_budget_under_alternating_row_counts():
             server.run(requests[n], keys)
             assert cache.held == held <= cache.limit and cache.encoded == encoded
     blocks = [shape[0] for shape in cache.shapes]
-    assert set(blocks) <= {1, 2, 4, 8} and len(set(blocks)) == len(blocks) >= 3  # at most one shape per n_t
-    fresh, session, keys = client(BFVBackend(), M)  # concurrent first requests encode each column block once
+    assert set(blocks) <= {1, 2, 4, 8} and len(set(blocks)) == len(blocks) >= 2  # at most one shape per n_t
+    fresh, session, keys = client(factory(), M)  # concurrent first requests encode each column block once
     ciphertext = session.encrypt("m", rng.integers(0, 256, size=(64, 64)))
     threads = [threading.Thread(target=fresh.run, args=(ciphertext, keys)) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    plan = fresh.plan(BFVParams.from_bytes(keys), 64)
-    assert fresh.weight_cache.encoded == plan.counts(64, 64, 192)[2]
+    plan = fresh.plan(module.BFVParams.from_bytes(keys), 64)
+    columns = 1 if factory is BFVBackend else plan.counts(64, 64, 192)[2]  # the RNS engine encodes a shape at once
+    assert fresh.weight_cache.encoded == columns
 
 
-def test_a_result_over_the_limit_is_refused_unrun():
+def test_a_result_over_the_limit_is_refused_unrun(engine):
+    backend, _ = engine
     M = rng.integers(-127, 128, size=(64, 192))
-    server, session, keys = client(BFVBackend(max_result_bytes=10_000), M)
+    server, session, keys = client(backend(max_result_bytes=10_000), M)
     with pytest.raises(ValueError, match="over this worker's limit of 10000; send fewer rows"):
         server.work(session.encrypt("m", rng.integers(0, 256, size=(4, 64))), keys)
 
 
-def test_deeply_nested_json_is_a_value_error():
+def test_deeply_nested_json_is_a_value_error(engine):
+    _, module = engine
     deep = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(ValueError, match="header of at most"):
-        read_message(pack_frames([deep, b""]), CIPHERTEXT_FORMAT)
+        read_message(pack_frames([deep, b""]), module.CIPHERTEXT_FORMAT)
     for text in (deep, b'{"format": ' + deep + b"}"):
         with pytest.raises(ValueError):
-            BFVParams.from_bytes(text)
+            module.BFVParams.from_bytes(text)
         with pytest.raises(ValueError):
-            BFVSetup.from_bytes(text)
+            BFVSetup.from_bytes(text, module.SETUP_FORMAT)
     nested = b"[" * 400 + b"]" * 400  # short enough to parse: still a ValueError, not a crash
     with pytest.raises(ValueError):
-        read_message(pack_frames([nested]), CIPHERTEXT_FORMAT)
+        read_message(pack_frames([nested]), module.CIPHERTEXT_FORMAT)
 
 
 def test_the_default_work_is_one_unit_around_run():
@@ -169,3 +194,6 @@ def test_bit_packing_keeps_its_wire_layout():
             stream = sum(int(v) << (i * bits) for i, v in enumerate(values))
             expected = stream.to_bytes(-(-count * bits // 8), "little")
             assert pack_bits(values, bits) == expected and np.array_equal(unpack_bits(expected, count, bits), values)
+            if bits <= 55:  # the RNS engine's numba packer writes the same layout
+                assert pack_values(values.astype(np.int64), bits) == expected
+                assert np.array_equal(unpack_values(expected, count, bits), values.astype(np.int64))

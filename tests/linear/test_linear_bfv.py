@@ -1,4 +1,7 @@
-"""The exact 'bfv' encrypted-linear backend (SEAL's BFV through tenseal, coefficient encoding)."""
+"""The exact 'bfv' encrypted-linear backends: the default RNS engine and 'bfv-seal' (SEAL's BFV through tenseal).
+
+Products, plans, budgets and the worker are checked on both engines; SEAL's byte layouts on the SEAL one.
+"""
 
 import json
 
@@ -20,11 +23,15 @@ from veilml.linear import (  # noqa: E402
     pack_frames,
     unpack_frames,
 )
-from veilml.linear.bfv import BFVBackend, BFVParams, plan_product  # noqa: E402
-from veilml.linear.bfv.crypto import ClientKey  # noqa: E402
+from veilml.linear.bfv import BFVBackend, plan_product  # noqa: E402
 from veilml.linear.bfv.encoding import pack_bits, switch_modulus, unpack_bits  # noqa: E402
-from veilml.linear.bfv.params import client_params, plain_bits_for  # noqa: E402
-from veilml.linear.bfv.seal_bytes import (  # noqa: E402
+from veilml.linear.bfv.params import RNS_COSTS  # noqa: E402
+from veilml.linear.bfv.params import client_params as rns_params  # noqa: E402
+from veilml.linear.bfv.planner import plain_bits_for  # noqa: E402
+from veilml.linear.bfv.seal import SealBFVBackend  # noqa: E402
+from veilml.linear.bfv.seal.crypto import ClientKey  # noqa: E402
+from veilml.linear.bfv.seal.params import SEAL_COSTS, client_params  # noqa: E402
+from veilml.linear.bfv.seal.seal_bytes import (  # noqa: E402
     ciphertext_bytes,
     plaintext_bytes,
     read_ciphertext,
@@ -37,9 +44,12 @@ from veilml.linear.clear import ClearBackend  # noqa: E402
 rng = np.random.default_rng(0)
 
 
-@pytest.fixture(scope="module")
-def backend():
-    return BFVBackend()
+ENGINES = {"bfv": BFVBackend, "bfv-seal": SealBFVBackend}
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def backend(request):
+    return ENGINES[request.param]()
 
 
 def product(backend, M, x, input_bits=8):
@@ -156,63 +166,75 @@ def test_extreme_values_at_the_widest_layers(backend, n, d, m):
             assert np.array_equal(product(backend, M, x)[0], x @ M)
 
 
-def test_noise_bound_and_plan_fit_the_modulus():
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_noise_bound_and_plan_fit_the_modulus(engine):
+    derive, costs = (rns_params, RNS_COSTS) if engine == "bfv" else (client_params, SEAL_COSTS)
     for d in (64, 2048, 16384):
-        params = client_params(d, 8, 128)
+        params = derive(d, 8, 128)
         assert (2 * d * 255 * 128) < params.plain_modulus <= 4 * d * 255 * 128
         for n in (1, 64, 512):
-            plan = plan_product(params, n, d, 2048, 128, 0)
+            plan = plan_product(params, costs, n, d, 2048, 128, 0)
             assert plan.n_t * plan.n_d * plan.n_m == 2048 and 1 <= plan.shift <= 20
     assert plain_bits_for(2048, 8, 128) == 27
-    assert plan_product(client_params(64, 8, 127), 512, 64, 192, 127, 64).n_t == 64  # the probe's shapes
+    if engine == "bfv-seal":
+        assert plan_product(derive(64, 8, 127), costs, 512, 64, 192, 127, 64).n_t == 64  # the probe's shapes
     with pytest.raises(ValueError, match="no block shape"):
-        plan_product(client_params(2**20, 8, 128), 1, 2**20, 4, 128, 0)
-    server = BFVBackend().server(np.full((32897, 2), -128), 8)  # one row wider than the noise allows
+        plan_product(derive(2**20, 8, 128), costs, 1, 2**20, 4, 128, 0)
+    server = ENGINES[engine]().server(np.full((32897, 2), -128), 8)  # one row wider than the noise allows
     with pytest.raises(ValueError, match="no block shape"):
-        BFVBackend().session().register("m", server.spec, server.setup())
+        ENGINES[engine]().session().register("m", server.spec, server.setup())
 
 
 # -- the worker, the client, and what each holds ------------------------------------------------------------------
 
 
-def test_registry_default_and_float_products_through_the_worker(backend):
+def test_registry_default_and_float_products_through_the_worker():
     assert isinstance(get_backend("bfv"), BFVBackend) and BFVBackend.exact and BFVBackend.encrypts
+    assert isinstance(get_backend("bfv-seal"), SealBFVBackend) and SealBFVBackend.exact and SealBFVBackend.encrypts
     assert Worker({"a": rng.normal(size=(4, 2))}).backend == "bfv"  # the default encrypting backend
     W, bias = rng.normal(size=(48, 20)), rng.normal(size=20)
     x, g = rng.normal(size=(9, 48)), rng.normal(size=(9, 20))
     results = {}
-    for name in ("clear", "bfv"):
+    for name in ("clear", "bfv", "bfv-seal"):
         worker = Worker({"fc": W}, biases={"fc": bias}, backend=name)
         executor = EncryptedLinearExecutor(LocalTransport(worker), backend=None if name == "bfv" else name)
         results[name] = executor.forward("fc", x), executor.backward("fc", g)
-    for exact, reference in zip(results["bfv"], results["clear"]):
-        np.testing.assert_array_equal(exact, reference)  # bit for bit, forward and backward
+    for engine in ("bfv", "bfv-seal"):
+        for exact, reference in zip(results[engine], results["clear"]):
+            np.testing.assert_array_equal(exact, reference)  # bit for bit, forward and backward
 
 
-def test_the_worker_never_holds_a_secret_key():
-    worker = Worker({"fc": rng.normal(size=(40, 24)), "out": rng.normal(size=(24, 40))}, backend="bfv")
-    executor = EncryptedLinearExecutor(LocalTransport(worker))
+def _secret_pieces(key) -> list[bytes]:
+    """Pieces of a client key's secret as the client holds it (either engine)."""
+    secret = key._secret.astype(np.int64).tobytes()  # the coefficients
+    pieces = [secret[i : i + 1024] for i in range(0, len(secret), 4096)]
+    if hasattr(key, "_secret_key"):  # SEAL's own (NTT-form) secret key
+        sealed = unwrap(seal_files().save(key._secret_key), 1 << 20)
+        return pieces + [sealed[-1024 * i - 1024 : -1024 * i or None] for i in range(4)]
+    transform = key._s_hat.tobytes()  # the RNS engine's secret in the transform domain
+    return pieces + [transform[i : i + 1024] for i in range(0, len(transform), 4096)]
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_the_worker_never_holds_a_secret_key(engine):
+    worker = Worker({"fc": rng.normal(size=(40, 24)), "out": rng.normal(size=(24, 40))}, backend=engine)
+    executor = EncryptedLinearExecutor(LocalTransport(worker), backend=engine)
     for name, width in (("fc", 40), ("out", 24)):
         executor.forward(name, rng.normal(size=(3, width)))
         executor.backward(name, rng.normal(size=(3, 64 - width)))
     keys = list(executor.session._keys.values())
     assert keys
-    secrets = []
-    for key in keys:
-        secret = key._secret.astype(np.int64).tobytes()  # the coefficients, as the client holds them
-        sealed = unwrap(seal_files().save(key._secret_key), 1 << 20)  # SEAL's own (NTT-form) secret key
-        secrets += [secret[i : i + 1024] for i in range(0, len(secret), 4096)]
-        secrets += [sealed[-1024 * i - 1024 : -1024 * i or None] for i in range(4)]
+    secrets = [piece for key in keys for piece in _secret_pieces(key)]
     assert any(any(w in blob for w in secrets) for blob in held_bytes(executor.session))  # the probe finds them
     assert not any(any(w in blob for w in secrets) for blob in held_bytes(worker))
     for scope, message in worker.session_keys.items():  # all a worker holds of a session: public parameters
-        params = BFVParams.from_bytes(message)
+        params = get_backend(engine).server(np.eye(2, dtype=np.int64), 8).parse_params(message)
         assert len(message) < 200 and params.plain_bits >= 20, scope
 
 
-def test_bad_keys_and_messages_are_refused_before_seal_sees_them(backend):
+def test_bad_keys_and_messages_are_refused_before_seal_sees_them():
     M = rng.integers(-127, 128, size=(40, 12))
-    _, (server, session, keys, ciphertext, result) = product(backend, M, rng.integers(0, 256, size=(5, 40)))
+    _, (server, session, keys, ciphertext, result) = product(SealBFVBackend(), M, rng.integers(0, 256, size=(5, 40)))
     params = json.loads(keys)
     for junk, words in [
         (b"junk", "veilml-bfv-params"),
@@ -263,18 +285,22 @@ def test_requests_over_max_rows_are_refused():
     assert error.value.status == 413
 
 
-def test_weights_beyond_the_cache_budget_are_encoded_per_request():
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_weights_beyond_the_cache_budget_are_encoded_per_request(engine):
     M = rng.integers(-127, 128, size=(64, 96))
     x = rng.integers(0, 256, size=(20, 64))
-    small = BFVBackend(weight_cache_bytes=0)
+    backend = ENGINES[engine]
+    small = backend(weight_cache_bytes=0)
     result, (server, *_) = product(small, M, x)
     assert server.cached_rows == 0 and server.weight_cache.held == 0 and np.array_equal(result, x @ M)
-    result, (server, *_) = product(BFVBackend(), M, x)
-    assert server.cached_rows == 64 and server.weight_cache.held > 0 and np.array_equal(result, x @ M)
-    size = BFVBackend().server(M, 8).cache_size  # bytes kept for a number of cached rows (one shape per n_t up to it)
-    tight = BFVBackend(weight_cache_bytes=2 * size(2) + size(1))  # two such matrices fit at 2 rows per block, not 4
+    result, (server, *_) = product(backend(), M, x)
+    assert server.cached_rows == 64 and np.array_equal(result, x @ M)
+    assert server.weight_cache.held > 0 or server.plan(server.expected_params, 20).n_t > 64  # cached unless planned wider
+    size = backend().server(M, 8).cache_size  # bytes kept for a number of cached rows (one shape per n_t up to it)
+    assert size(2) > size(1) > 0
+    tight = backend(weight_cache_bytes=2 * size(2) + size(1))  # two such matrices fit at 2 rows per block, not 4
     servers = [tight.server(M, 8) for _ in range(2)]
     assert [s.cached_rows for s in servers] == [2, 2]
-    greedy = BFVBackend(weight_cache_bytes=size(1) * 3 // 2)  # n_t = 1 for one of them only
+    greedy = backend(weight_cache_bytes=size(1) * 3 // 2)  # n_t = 1 for one of them only
     servers = [greedy.server(M, 8) for _ in range(2)]
     assert [s.cached_rows for s in servers] == [1, 0]

@@ -107,7 +107,8 @@ def _add_worker_command(commands: Any) -> argparse.ArgumentParser:
         choices=tuple(BACKENDS),
         default=limits.DEFAULT_BACKEND,
         help=(
-            "encrypted-linear backend: 'bfv' (exact, fast: SEAL's BFV with coefficient encoding), 'concrete' "
+            "encrypted-linear backend: 'bfv' (exact, fast: BFV with coefficient encoding on veilml's numba or torch "
+            "kernels), 'bfv-seal' (the same protocol computed with SEAL's BFV: exact, slower), 'concrete' "
             "(exact, compiled through veilml's IR), 'glwe' (approximate, compact, CUDA-capable), or 'clear' "
             "(plaintext: the worker sees the clients' data; testing only, clients must ask for it too)"
         ),
@@ -140,9 +141,18 @@ def _add_worker_service_options(worker: argparse.ArgumentParser) -> None:
         default=2048.0,
         metavar="N",
         help=(
-            "bfv backend: MiB of weights kept encoded in NTT form for every row-block size up to the largest that "
-            "fits (about 8 bytes per weight and direction for each size of 1, 2, 4, ... rows, up to 64); what does "
-            "not fit is encoded per request"
+            "bfv backends: MiB of weights kept encoded in NTT form for every row-block size up to the largest that "
+            "fits (for each size of 1, 2, 4, ... rows, up to 64: 16 bytes per weight and direction with 'bfv', about "
+            "8 times the row count with 'bfv-seal'); what does not fit is encoded per request"
+        ),
+    )
+    worker.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help=(
+            "bfv backend: where the worker computes: 'cpu' (numba kernels, the default) or a torch device such as "
+            "'cuda' or 'cuda:1' (torch kernels, bit-identical results)"
         ),
     )
     worker.add_argument(
@@ -232,8 +242,12 @@ def _worker_command(args: argparse.Namespace) -> int:
         options: dict[str, Any] = {}
         if args.backend == "concrete":
             options = {"run_timeout": service_limits.run_timeout, "cache_dir": args.circuit_cache}
-        elif args.backend == "bfv":
+        elif args.backend in ("bfv", "bfv-seal"):
             options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20), "run_timeout": service_limits.run_timeout}
+            if args.backend == "bfv":
+                options["device"] = args.device
+        if args.device != "cpu" and args.backend != "bfv":
+            raise CommandError(f"--device {args.device} is for --backend bfv; the {args.backend} backend computes on the CPU")
         backend = get_backend(args.backend, **options)
         worker = Worker(
             weights,

@@ -1,4 +1,4 @@
-"""Encrypted ``x @ M`` with a clear integer matrix: backends ``bfv``, ``concrete``, ``glwe``, and ``clear`` (plaintext).
+"""Encrypted ``x @ M`` with a clear integer matrix: backends ``bfv`` (and ``bfv-seal``), ``concrete``, ``glwe``, ``clear``.
 
 On top of the backends, remote linear layers: a worker holds frozen weights and a client sends
 encrypted quantized rows.

@@ -243,6 +243,7 @@ class LinearBackend(abc.ABC):
 # list of backend names (the worker's --backend choices, in this order: exact, approximate, plaintext)
 BACKENDS: dict[str, str] = {
     "bfv": "veilml.linear.bfv:BFVBackend",
+    "bfv-seal": "veilml.linear.bfv.seal:SealBFVBackend",
     "concrete": "veilml.linear.concrete:ConcreteBackend",
     "glwe": "veilml.linear.glwe:GLWEBackend",
     "clear": "veilml.linear.clear:ClearBackend",
@@ -250,7 +251,7 @@ BACKENDS: dict[str, str] = {
 
 
 def get_backend(name: str | LinearBackend, **options: object) -> LinearBackend:
-    """The backend called ``name`` (``"bfv"``, ``"concrete"``, ``"glwe"``, or ``"clear"`` for plaintext)."""
+    """The backend called ``name`` (``"bfv"``, ``"bfv-seal"``, ``"concrete"``, ``"glwe"``, or ``"clear"`` for plaintext)."""
     if isinstance(name, LinearBackend):
         return name
     if name == "simulate":

@@ -60,7 +60,8 @@ class Worker:
         weights: layer name -> float weight (d_in, d_out), oriented so that the layer computes
             ``x @ W`` (GPT-2 ``Conv1D`` as stored; ``nn.Linear`` weights transposed).
         biases: optional layer name -> (d_out,) bias, published to clients (added in the clear).
-        backend: ``"bfv"`` (exact and fast, the default), ``"concrete"`` (exact, compiled through the IR),
+        backend: ``"bfv"`` (exact and fast, the default: veilml's kernels, numba or torch), ``"bfv-seal"`` (the same
+            protocol with SEAL: exact, slower), ``"concrete"`` (exact, compiled through the IR),
             ``"glwe"`` (approximate, compact), ``"clear"``
             (plaintext: the worker sees the client's codes; testing only), or a backend object.
         weight_bits / input_bits: precision of the quantized weights and of the client's rows.

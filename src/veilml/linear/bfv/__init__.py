@@ -1,39 +1,51 @@
-"""The ``bfv`` encrypted-linear backend: exact ``x @ M`` by RLWE coefficient encoding, with SEAL's BFV.
+"""The ``bfv`` encrypted-linear backend: exact ``x @ M`` by RLWE coefficient encoding, computed by veilml's own kernels.
 
 The technique of Cheetah and BumbleBee: a block of rows and a block of weights become two polynomials
 whose product holds many dot products in known coefficients, so one ciphertext-plaintext product
 does the work of hundreds of multiply-adds, and the result goes back switched to a small modulus with
-only its useful coefficients. SEAL (through the ``tenseal`` wheel's ``sealapi``, pinned in ``setup.cfg``)
-encrypts, multiplies in NTT form and checks parameters; no evaluation key exists, the worker holds
-public parameters only.
+only its useful coefficients. The default engine (backend ``bfv``) computes in RNS form modulo two 27-bit
+primes with numba kernels (or torch ones, for CUDA): the client encrypts and decrypts every ciphertext of a
+request at once, the worker transforms, multiplies slot by slot (small GEMMs), transforms back and switches.
+No evaluation key exists: the worker holds public parameters only. The SEAL engine (backend ``bfv-seal``,
+:mod:`.seal`) computes the same products with Microsoft SEAL.
+
+Shared by both engines:
+
+- :mod:`.planner`: the exactness bound and failure probability, the block planner (each engine's costs)
+- :mod:`.encoding`: the coefficient encoding, modulus switching, bit packing (numpy)
+- :mod:`.cache`: the worker's encoded weights, within one budget per backend, never evicted
+- :mod:`.wire`: setup, ciphertext and result messages
+
+The ``bfv`` engine:
 
 - :mod:`.backend`: :class:`BFVBackend`, :class:`BFVServer` (worker: validated, bounded work)
 - :mod:`.product`: one validated request cut into units of work, one per row block
-- :mod:`.cache`: the worker's encoded weights, within one budget per backend, never evicted
-- :mod:`.session`: :class:`BFVSession` (client: fresh keys, seeded encryption, decryption)
-- :mod:`.params`: parameters, the exactness bound and failure probability, the block planner
-- :mod:`.encoding`: the coefficient encoding, modulus switching, bit packing
-- :mod:`.crypto`: SEAL contexts, the client's key, seeded encryption, decryption in numpy
-- :mod:`.seal_bytes`: SEAL's binary layouts, read and written by hand (small, commented, tested)
-- :mod:`.wire`: setup, ciphertext and result messages
+- :mod:`.session`: :class:`BFVSession` (client: a fresh secret per session, batched encryption and decryption)
+- :mod:`.keys`: the client's secret key, encryption and decryption of arrays of ciphertexts
+- :mod:`.params`: parameters (q = p1 p2), formats, the planner's costs; :mod:`.ntt`: transform tables
+- :mod:`.prg`: uniform polynomials expanded from a seed (AES-256-CTR), the client's noise and secret
+- :mod:`.kernels` (numba), :mod:`.kernels_torch` (torch), :mod:`.reference` (numpy, for the tests)
+- :mod:`.ops`: the array operations of one request, on either kernel set; :mod:`.threads`: their threads
+
+Nothing here imports numba or torch until a product or a key needs them.
 """
 
-from veilml.linear.bfv.backend import COST_BOUND, DEFAULT_MAX_RESULT_BYTES, BFVBackend, BFVServer
-from veilml.linear.bfv.cache import DEFAULT_WEIGHT_CACHE_BYTES, WeightBudget, WeightCache
-from veilml.linear.bfv.params import BFVParams, Plan, client_params, plan_product
-from veilml.linear.bfv.session import BFVSession
+from veilml._lazy import lazy_exports
 
-__all__ = [
-    "COST_BOUND",
-    "DEFAULT_MAX_RESULT_BYTES",
-    "DEFAULT_WEIGHT_CACHE_BYTES",
-    "BFVBackend",
-    "BFVParams",
-    "BFVServer",
-    "BFVSession",
-    "Plan",
-    "WeightBudget",
-    "WeightCache",
-    "client_params",
-    "plan_product",
-]
+_EXPORTS = {
+    "COST_BOUND": "backend",
+    "DEFAULT_MAX_RESULT_BYTES": "backend",
+    "DEFAULT_WEIGHT_CACHE_BYTES": "cache",
+    "BFVBackend": "backend",
+    "BFVParams": "params",
+    "BFVServer": "backend",
+    "BFVSession": "session",
+    "Plan": "planner",
+    "WeightBudget": "cache",
+    "WeightCache": "cache",
+    "client_params": "params",
+    "plan_product": "planner",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, missing="the bfv extra: pip install 'veilml[bfv]'")
+__all__ = sorted(_EXPORTS)

@@ -1,11 +1,12 @@
-"""The ``bfv`` worker's encoded weights: the backend-wide byte budget and each server's cache of NTT-form plaintexts.
+"""The ``bfv`` worker's encoded weights (both engines): the backend-wide byte budget and each server's cache.
 
-A weight block encoded as a plaintext in NTT form takes 8 bytes per coefficient, far more than the clear
-weight, and encoding it costs about as much as a product (:data:`~.params.COST_WEIGHT`). So a worker keeps,
-for each matrix, the encoded weights of the block shapes the planner uses for few rows per block
-(:func:`~.params.cached_shape`), within one budget shared by all its matrices (:class:`WeightBudget`), and
-never evicts them (:class:`WeightCache`): an honest client's shapes stay encoded whatever other clients send.
-Shapes outside the cache are encoded per request (:class:`EncodedColumns` shared by concurrent requests).
+Weights encoded for products (SEAL plaintexts in NTT form, or the numba engine's transformed weight blocks)
+take several times the bytes of the clear weights, and encoding them costs about as much as the products of
+a few rows (each engine's :class:`~.planner.CostModel`). So a worker keeps, for each matrix, the encoded
+weights of the block shapes the planner uses for few rows per block (:func:`~.planner.cached_shape`), within
+one budget shared by all its matrices (:class:`WeightBudget`), and never evicts them (:class:`WeightCache`):
+an honest client's shapes stay encoded whatever other clients send. Shapes outside the cache are encoded
+per request (:class:`EncodedColumns` shared by concurrent requests).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from veilml.linear.bfv.params import MAX_CACHED_ROWS, POLY_DEGREE
+from veilml.linear.bfv.planner import MAX_CACHED_ROWS
 
 __all__ = ["DEFAULT_WEIGHT_CACHE_BYTES", "EncodedColumns", "WeightBudget", "WeightCache"]
 
-#: memory a worker may spend on weights kept encoded in NTT form: for cached rows r, one block shape per
-#: n_t in 1, 2, 4 .. r, about 8 n_t bytes per weight each (8 (2 r - 1) in all, per direction); what does
-#: not fit is encoded again for every request
+#: memory a worker may spend on weights kept encoded: for cached rows r, one block shape per n_t in 1, 2, 4 .. r
+#: (each engine's size per shape: :meth:`~.planner.CostModel.weight_bytes`); what does not fit is encoded again
+#: for every request
 DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
 
 
@@ -71,12 +72,12 @@ class EncodedColumns:
     encoded again when asked for again.
     """
 
-    def __init__(self, count: int, encode: Callable[[int], list[Any]], keep: Callable[[list[Any]], bool]) -> None:
-        self._columns: list[list[Any] | None] = [None] * count
+    def __init__(self, count: int, encode: Callable[[int], Any], keep: Callable[[Any], bool]) -> None:
+        self._columns: list[Any] = [None] * count
         self._encode, self._keep = encode, keep
         self._lock = threading.Lock()
 
-    def __getitem__(self, c: int) -> list[Any]:
+    def __getitem__(self, c: int) -> Any:
         found = self._columns[c]
         if found is None:
             with self._lock:  # one encoding of a column at a time: concurrent requests wait for it, never copy it
@@ -94,22 +95,24 @@ class WeightCache:
     The planner uses only these shapes for n_t <= cached rows, so every request of those shapes finds its
     weights here once encoded, whatever row counts other clients send (nothing to thrash). ``held`` (bytes
     of coefficients kept) never exceeds ``limit`` (what the server reserved in its backend's budget: the
-    size of every shape's J C plaintexts); ``encoded`` counts the column blocks ever encoded into it.
+    size of every shape's encoded weights); ``encoded`` counts the column blocks ever encoded into it.
+    ``size_of(column)`` is the bytes an encoded column holds.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, size_of: Callable[[Any], int]) -> None:
         self.limit, self.held, self.encoded = limit, 0, 0
+        self._size_of = size_of
         self.shapes: dict[tuple[int, int, int], EncodedColumns] = {}
         self._lock = threading.Lock()
 
-    def columns(self, shape: tuple[int, int, int], count: int, encode: Callable[[int], list[Any]]) -> EncodedColumns:
+    def columns(self, shape: tuple[int, int, int], count: int, encode: Callable[[int], Any]) -> EncodedColumns:
         with self._lock:
             if shape not in self.shapes:
                 self.shapes[shape] = EncodedColumns(count, encode, self._keep)
             return self.shapes[shape]
 
-    def _keep(self, column: list[Any]) -> bool:
-        size = sum(plain is not None for plain in column) * POLY_DEGREE * 8
+    def _keep(self, column: Any) -> bool:
+        size = self._size_of(column)
         with self._lock:
             if self.held + size > self.limit:
                 return False

@@ -17,9 +17,20 @@ import math
 
 import numpy as np
 
-__all__ = ["encode_rows", "encode_weights", "output_positions", "pack_bits", "switch_modulus", "unpack_bits"]
+__all__ = [
+    "decrypt_outputs",
+    "encode_rows",
+    "encode_weights",
+    "output_positions",
+    "pack_bits",
+    "selection",
+    "switch_modulus",
+    "unpack_bits",
+    "weight_blocks",
+]
 
 _CHUNK = 2048  # periods of values packed or unpacked at a time (their words stay in cache)
+_LIMB = 41  # bits per limb of a result coefficient in the float64 products of decryption (exact below 2**53)
 
 
 def encode_rows(x: np.ndarray, n_t: int, n_d: int, n_m: int) -> np.ndarray:
@@ -34,15 +45,21 @@ def encode_rows(x: np.ndarray, n_t: int, n_d: int, n_m: int) -> np.ndarray:
     return polys.reshape(r, j, n_t * n_d * n_m)
 
 
-def encode_weights(w: np.ndarray, n_t: int, n_d: int, n_m: int, t: int) -> np.ndarray:
-    """A matrix (d, m) as polynomials (J, C, N) uint64 with coefficients mod t (negative weights as t + w)."""
+def weight_blocks(w: np.ndarray, n_d: int, n_m: int) -> np.ndarray:
+    """A matrix (d, m) as the first n_d n_m coefficients of its weight polynomials: (J, C, n_d n_m) int64, signed."""
     d, m = w.shape
     j, c = -(-d // n_d), -(-m // n_m)
     padded = np.zeros((j * n_d, c * n_m), np.int64)
     padded[:d, :m] = w
     blocks = padded.reshape(j, n_d, c, n_m).transpose(0, 2, 3, 1)[..., ::-1]  # (J, C, n_m, n_d), k reversed
-    polys = np.zeros((j, c, n_t * n_d * n_m), np.int64)
-    polys[..., : n_d * n_m] = blocks.reshape(j, c, n_m * n_d)
+    return np.ascontiguousarray(blocks.reshape(j, c, n_m * n_d))
+
+
+def encode_weights(w: np.ndarray, n_t: int, n_d: int, n_m: int, t: int) -> np.ndarray:
+    """A matrix (d, m) as polynomials (J, C, N) uint64 with coefficients mod t (negative weights as t + w)."""
+    blocks = weight_blocks(w, n_d, n_m)
+    polys = np.zeros((*blocks.shape[:2], n_t * n_d * n_m), np.int64)
+    polys[..., : n_d * n_m] = blocks
     return np.mod(polys, t).astype(np.uint64)
 
 
@@ -139,3 +156,34 @@ def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
                 part |= after[high, word] << np.uint64(64 - shift)
             np.bitwise_and(part, mask, out=out[high, i])
     return out.reshape(-1)[:count]
+
+
+def selection(secret: np.ndarray, n_t: int, n_d: int, n_m: int) -> np.ndarray:
+    """(N, P) float64: column p gives coefficient ``pos_p`` of ``c1 * s`` in Z[X] / (X^N + 1) as ``c1 @ S[:, p]``.
+
+    ``secret`` is the ternary secret's coefficients; ``pos`` the output positions of the block shape.
+    """
+    size = secret.size
+    positions = output_positions(n_t, n_d, n_m)
+    index = np.arange(size)[:, None]
+    sign = np.where(index <= positions[None, :], 1.0, -1.0)  # X^i X^k wraps past X^N with a minus sign
+    return secret[(positions[None, :] - index) % size] * sign
+
+
+def decrypt_outputs(selection: np.ndarray, c1: np.ndarray, c0: np.ndarray, bits: int, shift: int, t: int) -> np.ndarray:
+    """Output integers (B, P) of B switched ciphertexts: second polynomials (B, N), first ones at the outputs (B, P).
+
+    ``round((c0 + c1 s) / 2**shift) mod t``, centred, with everything mod q' = 2**bits: sums wrap in uint64 and a
+    mask reduces them; ``c1 s`` at the outputs is a float64 product of 41-bit limbs of c1 (exact: N 2**41 < 2**53).
+    """
+    total = c0.astype(np.uint64)
+    c1 = c1.astype(np.uint64, copy=False)
+    for low in range(0, bits, _LIMB):
+        limb = ((c1 >> np.uint64(low)) & np.uint64((1 << _LIMB) - 1)).astype(np.float64)
+        part = np.rint(limb @ selection).astype(np.int64).view(np.uint64)  # exact: |sum| < N 2**LIMB = 2**52
+        with np.errstate(over="ignore"):
+            total = total + (part << np.uint64(low))
+    mask = np.uint64((1 << bits) - 1)
+    total &= mask
+    values = (((total + np.uint64(1 << (shift - 1))) & mask) >> np.uint64(shift)).astype(np.int64)
+    return np.where(values >= t // 2, values - t, values)

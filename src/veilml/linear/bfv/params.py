@@ -1,270 +1,160 @@
-"""Crypto parameters, the exactness bound, and the block planner of the ``bfv`` backend.
+"""Parameters, formats and planner costs of the ``bfv`` engine (RNS, numba kernels).
 
-Parameters. Polynomial degree N = 2048, one coefficient modulus q: the 54-bit prime SEAL's
-``CoeffModulus.Create(2048, [54])`` returns (SEAL's 128-bit table allows 54 bits at N = 2048:
-``CoeffModulus.MaxBitCount(2048, tc128)``), a plaintext modulus t = 2**plain_bits chosen per matrix, and a
-result modulus q' = t * 2**g chosen per request. The client chooses them all and checks them; the worker
-only validates what it receives.
+Parameters. Polynomial degree N = 2048 and the coefficient modulus q = p1 p2 of the two largest primes below
+2**27 that are 1 mod 4096 (:data:`MODULI`, hard-coded: a test checks their primality, their roots of unity
+and SEAL's 128-bit table). q has 54 bits, the most the HE standard's (and SEAL's) 128-bit table allows at
+N = 2048 for a ternary secret and noise of sigma 3.2 (:data:`MAX_COEFF_BITS_128`): the budget and the security
+of the SEAL engine's single 54-bit prime, in two residues that fit 32-bit words. The plaintext modulus is
+t = 2**plain_bits per matrix, the result modulus q' = t * 2**g per request: both from
+:mod:`veilml.linear.bfv.planner`, whose exactness bound holds for this q (only q, t and N enter it; the
+encryption rounds ``q m / t`` to the nearest integer and adds centred binomial noise of 21 coin pairs, as
+SEAL does). The client derives and checks them all; the worker accepts nothing else.
 
-Exactness. An output is v = sum_k x_k w_k with 0 <= x_k < 2**input_bits and |w_k| <= w_max, so
-|v| <= d * (2**input_bits - 1) * w_max =: V. With t the smallest power of two above 2 V, v mod t read
-in (-t/2, t/2) is v. After the products and their sum over the J row blocks of the matrix,
-``c0 + c1 s = (q/t) v + E (mod q)`` where, per coefficient,
-
-- ``E = sum_j (e_j + eps_j) * w_j``: ``e_j`` is SEAL's fresh encryption noise (centred binomial with 21
-  coin pairs, variance proxy 10.5; SEAL's clipped Gaussian variant, sigma 3.2, has proxy 10.24) and
-  ``eps_j`` in [-1/2, 1/2] the rounding of ``q m / t`` in SEAL's encryption. At most ``J n_d n_m``
-  weights touch one coefficient, so ``|sum e_j w_j| <= TAIL * sqrt(10.5 * J n_d n_m) * w_max`` except
-  with probability 2**-(FAILURE_BITS + 1) (sub-Gaussian tail bound, the e_j being independent) and
-  ``|sum eps_j w_j| <= J n_d n_m w_max / 2`` always. Call the sum B.
-- Switching to q' (round ``q'/q * c`` coefficient-wise) gives ``c0' + c1' s = 2**g v + (q'/q) E + r0 +
-  r1 s (mod q')`` with |r0|, |r1_i| <= 1/2 and a ternary s: the rounding term is at most (N + 1)/2, always.
-
-Decryption ``round((c0' + c1' s) / 2**g) mod t`` is exact when ``2**(g-1) (1 - 2 t B / q) > (N + 1) / 2``:
-g is the smallest such integer. The only failure is the noise tail: at most 2**-FAILURE_BITS per output
-integer (2**-64), nothing else is probabilistic. The noise fits for d up to 32,896 with 8-bit inputs and
-|w| <= 128 (t = 2**31, one output per block); wider matrices are refused when the client registers.
-
-Planner. A block shape (n_t, n_d, n_m), powers of two with n_t n_d n_m = N, cuts an (n, d) @ (d, m)
-product into R = ceil(n / n_t) row blocks, J = ceil(d / n_d) inner blocks and C = ceil(m / n_m) column
-blocks: R J ciphertexts up, R J C products, R C ciphertexts down (N + n_t n_m coefficients each) and,
-unless the worker keeps the weights encoded for blocks of n_t rows (its ``cached_rows``: weights in NTT
-form take 8 n_t bytes each), J C plaintexts to encode per request. The planner picks the shape of least
-estimated cost (seconds measured on one core, plus bytes at 100 MB/s) among those whose noise fits.
-
-Every cost of a shape whose weights are kept encoded is proportional to R, so for each n_t there is one
-best such shape whatever the row count (:func:`cached_shape`): a worker keeps exactly those shapes, one per
-n_t <= cached_rows (:func:`cache_bytes`), and the planner uses nothing else for those n_t. The plan is a
-function of public data only, so the worker derives it from the row count and refuses any other.
+Costs. :class:`RNSCosts` gives the planner the seconds of a block shape on one core, measured on the
+kernels of :mod:`.kernels` (``benchmarks/bfv_kernels.py``), and bytes at 100 MB/s.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 from veilml.linear.base import MALFORMED, json_message
+from veilml.linear.bfv.planner import MAX_PLAIN_BITS, POLY_DEGREE, CostModel, SchemeParams, plain_bits_for
 
 __all__ = [
-    "COEFF_BITS",
-    "FAILURE_BITS",
-    "POLY_DEGREE",
+    "CIPHERTEXT_FORMAT",
+    "MAX_COEFF_BITS_128",
+    "MODULI",
+    "PRIME_BITS",
+    "RESULT_FORMAT",
+    "RNS_COSTS",
+    "SEED_BYTES",
+    "SETUP_FORMAT",
     "BFVParams",
-    "Plan",
-    "cache_bytes",
-    "cached_shape",
+    "RNSCosts",
     "client_params",
-    "noise_bound",
-    "plain_bits_for",
-    "plan_product",
-    "result_bytes",
-    "result_shift",
+    "transform_size",
 ]
 
-POLY_DEGREE = 2048
-COEFF_BITS = 54
-FAILURE_BITS = 64  # at most 2**-64 probability that one output integer is wrong
-NOISE_PROXY = 10.5  # variance proxy of one coefficient of SEAL's fresh noise
-TAIL = math.sqrt(2 * (FAILURE_BITS + 2) * math.log(2))  # P(|X| > TAIL * proxy_sigma) <= 2**-(FAILURE_BITS + 1)
-MAX_PLAIN_BITS = 40
-MAX_RESULT_BITS = 48  # the switch and the decryption stay exact in float64 estimates and uint64 sums
-MAX_CACHED_ROWS = 64  # the largest n_t a worker keeps weights encoded for (8 n_t bytes per weight)
-PARAMS_FORMAT = "veilml-bfv-params/1"
-MAX_PARAMS_BYTES = 512  # a parameters message is about 100 bytes; longer ones are refused unparsed
+#: the two largest primes below 2**27 that are 1 mod 4096 (both are also 1 mod 8192)
+MODULI = (134176769, 134111233)
+PRIME_BITS = 27  # each residue of a coefficient travels in 27 bits
+#: largest log2 q at N = 2048 for 128-bit security (HE standard, classical; SEAL's ``MaxBitCount(2048, tc128)``)
+MAX_COEFF_BITS_128 = 54
+SEED_BYTES = 32  # one AES-256 key per request expands every uniform polynomial (:mod:`.prg`)
+PARAMS_FORMAT = "veilml-bfv-params/2"
+SETUP_FORMAT = "veilml-bfv-setup/2"
+CIPHERTEXT_FORMAT = "veilml-bfv-ct/2"
+RESULT_FORMAT = "veilml-bfv-result/2"
+MAX_PARAMS_BYTES = 512  # a parameters message is about 110 bytes; longer ones are refused unparsed
 
-# estimated seconds per operation on one core (measured with tenseal 0.3.18) and bytes per second on the wire
-COST_ENCRYPT = 700e-6  # client encryption and worker loading of one ciphertext
-COST_PRODUCT = 25e-6  # one ciphertext x plaintext product and sum, in NTT form
-COST_RESULT = 300e-6  # one result ciphertext out of NTT form, switched, packed and decrypted
-COST_WEIGHT = 200e-6  # one weight plaintext encoded and put in NTT form
-BANDWIDTH = 100e6
+
+def transform_size(n_t: int) -> int:
+    """T: the length of the worker's transforms for blocks of ``n_t`` rows (see :mod:`.product`).
+
+    One row per block: the ring's own negacyclic transform of length N. Otherwise each ciphertext is cut into
+    n_t chunks of L = N / n_t coefficients whose linear products with a weight polynomial of L coefficients are
+    computed by zero-padded transforms of length 2 L, so that weights cost 2 words per weight and prime
+    whatever n_t (the ring's transform would cost n_t).
+    """
+    return POLY_DEGREE if n_t == 1 else 2 * POLY_DEGREE // n_t
+
+
+@dataclass(frozen=True)
+class RNSCosts(CostModel):
+    """Seconds per operation on one core of the numba kernels (``benchmarks/bfv_kernels.py``), bytes at ``bandwidth``."""
+
+    mac: float = 0.2e-9  # one multiply-accumulate of the slot-wise GEMM, per prime
+    butterfly: float = 0.8e-9  # one butterfly of a transform, per prime
+    encrypt: float = 30e-6  # per input ciphertext, besides its transforms: sampling, expansion, packing, checks
+    result: float = 20e-6  # per result ciphertext, besides its transforms: CRT, switch, packing, unpacking
+    decrypt_mac: float = 0.1e-9  # one multiply-add of the client's decryption (float64, per output and coefficient)
+    bandwidth: float = 100e6
+
+    def _transforms(self, n_t: int) -> float:
+        """Seconds of transforming one polynomial in both primes as the worker does for blocks of n_t rows."""
+        size = transform_size(n_t)
+        chunks = 1 if n_t == 1 else n_t
+        return 2 * chunks * size // 2 * (size.bit_length() - 1) * self.butterfly
+
+    def seconds(self, params: SchemeParams, shape: tuple[int, int, int], counts: tuple[int, int, int], shift: int) -> float:
+        (n_t, _, n_m), (r, j, c) = shape, counts
+        ring = POLY_DEGREE // 2 * (POLY_DEGREE.bit_length() - 1) * 2 * self.butterfly  # one ring transform, both primes
+        size = transform_size(n_t)
+        chunks = 1 if n_t == 1 else n_t
+        gemm = 2 * 2 * r * chunks * size * j * c * self.mac  # two polynomials, two primes
+        inputs = r * j * (self.encrypt + ring + (0 if n_t == 1 else ring + 2 * self._transforms(n_t)))
+        outputs = r * c * (self.result + 2 * self._transforms(n_t) + POLY_DEGREE * n_t * n_m * self.decrypt_mac)
+        up = r * j * 2 * POLY_DEGREE * PRIME_BITS
+        down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
+        return gemm + inputs + outputs + (up + down) / 8 / self.bandwidth
+
+    def weight_seconds(self, shape: tuple[int, int, int], j: int, c: int) -> float:
+        size = transform_size(shape[0])
+        return j * c * (size // 2 * (size.bit_length() - 1) * 2 * self.butterfly + 2 * size * 2e-9)
+
+    def weight_bytes(self, shape: tuple[int, int, int], j: int, c: int) -> int:
+        return j * c * transform_size(shape[0]) * len(MODULI) * 4  # int32 words, per prime
+
+
+RNS_COSTS = RNSCosts()
 
 
 @dataclass(frozen=True)
 class BFVParams:
     """The public parameters the client sends for one matrix (``register``'s "evaluation keys")."""
 
-    coeff_modulus: int
     plain_bits: int
+    moduli: tuple[int, ...] = MODULI
     poly_degree: int = POLY_DEGREE
+
+    @property
+    def coeff_modulus(self) -> int:
+        """q, the product of the moduli."""
+        q = 1
+        for p in self.moduli:
+            q *= p
+        return q
 
     @property
     def plain_modulus(self) -> int:
         return 1 << self.plain_bits
 
     def check(self) -> None:
-        """Raise ValueError unless these are parameters the backend computes with (cheap checks only)."""
-        q, n = self.coeff_modulus, self.poly_degree
-        if n != POLY_DEGREE:
-            raise ValueError(f"the bfv backend uses polynomial degree {POLY_DEGREE}, got {n}")
-        if not (2**40 < q < 2**COEFF_BITS and q % (2 * n) == 1):
-            raise ValueError(f"the coefficient modulus must be a prime of 41 to {COEFF_BITS} bits, 1 mod {2 * n}; got {q}")
+        """Raise ValueError unless these are parameters the engine computes with (cheap checks only)."""
+        if self.poly_degree != POLY_DEGREE:
+            raise ValueError(f"the bfv backend uses polynomial degree {POLY_DEGREE}, got {self.poly_degree}")
+        if tuple(self.moduli) != MODULI:
+            raise ValueError(f"the bfv backend's coefficient moduli are {list(MODULI)}, got {list(self.moduli)}")
         if not 2 <= self.plain_bits <= MAX_PLAIN_BITS:
             raise ValueError(f"plain_bits must be in [2, {MAX_PLAIN_BITS}], got {self.plain_bits}")
 
     def to_bytes(self) -> bytes:
-        d = {"format": PARAMS_FORMAT, "poly_degree": self.poly_degree, "coeff_modulus": self.coeff_modulus}
+        d = {"format": PARAMS_FORMAT, "poly_degree": self.poly_degree, "moduli": list(self.moduli)}
         return json.dumps({**d, "plain_bits": self.plain_bits}, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BFVParams:
         try:
             d = json_message(data, PARAMS_FORMAT, MAX_PARAMS_BYTES)
-            values = [d["coeff_modulus"], d["plain_bits"], d["poly_degree"]]
-            if not all(type(v) is int for v in values):
+            moduli = d["moduli"]
+            values = [d["plain_bits"], d["poly_degree"]]
+            if not isinstance(moduli, list) or not all(type(v) is int for v in [*values, *moduli]):
                 raise ValueError("integer fields expected")
         except MALFORMED as error:
             raise ValueError(f"expected a {PARAMS_FORMAT} message from a bfv client ({error})") from None
-        params = cls(*values)
+        params = cls(values[0], tuple(moduli), values[1])
         params.check()
         return params
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How one product is cut into blocks, and the result modulus q' = t * 2**shift."""
-
-    n_t: int
-    n_d: int
-    n_m: int
-    shift: int
-
-    def counts(self, n: int, d: int, m: int) -> tuple[int, int, int]:
-        """(R, J, C): row blocks, inner blocks, column blocks."""
-        return -(-n // self.n_t), -(-d // self.n_d), -(-m // self.n_m)
-
-
-def max_product(d: int, input_bits: int, w_max: int) -> int:
-    """V: the largest |x @ w| of one output (see the module docstring)."""
-    return d * (2**input_bits - 1) * w_max
-
-
-def plain_bits_for(d: int, input_bits: int, w_max: int) -> int:
-    """log2 of the smallest power of two t with V < t / 2."""
-    return max(2, (2 * max_product(d, input_bits, w_max)).bit_length())
-
-
-def noise_bound(j: int, n_d: int, n_m: int, w_max: int) -> float:
-    """B: the noise of one output coefficient before the switch, except with probability 2**-(FAILURE_BITS+1)."""
-    touching = j * n_d * n_m  # weights that touch one coefficient of the sum over the J inner blocks
-    return TAIL * math.sqrt(NOISE_PROXY * touching) * w_max + touching * w_max / 2
-
-
-def result_shift(params: BFVParams, j: int, n_d: int, n_m: int, w_max: int) -> int | None:
-    """g of q' = t * 2**g (see the module docstring), or None when the noise does not fit the modulus."""
-    budget = 1 - 2 * params.plain_modulus * noise_bound(j, n_d, n_m, w_max) / params.coeff_modulus
-    if budget <= 0:
-        return None
-    g = 1
-    while 2 ** (g - 1) * budget <= (params.poly_degree + 1) / 2:
-        g += 1
-    return g if params.plain_bits + g <= MAX_RESULT_BITS else None
-
-
-def row_block_limit(n: int) -> int:
-    """The largest n_t for ``n`` rows: the power of two at or above n (a request cannot hide as many rows as it
-    announces)."""
-    return min(2 ** max(0, (n - 1).bit_length()), POLY_DEGREE)
-
-
-def _powers(limit: int) -> list[int]:
-    return [2**k for k in range(POLY_DEGREE.bit_length()) if 2**k <= limit]
-
-
-def _shape_cost(params: BFVParams, n: int, d: int, m: int, w_max: int, n_t: int, n_d: int) -> tuple[float, Plan] | None:
-    """Estimated seconds of the shape (n_t, n_d, .) for ``n`` rows, weights already encoded; None if its noise does not fit."""
-    n_m = POLY_DEGREE // (n_t * n_d)
-    r, j, c = -(-n // n_t), -(-d // n_d), -(-m // n_m)
-    shift = result_shift(params, j, n_d, n_m, w_max)
-    if shift is None:
-        return None
-    bits_down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
-    seconds = r * j * COST_ENCRYPT + r * j * c * COST_PRODUCT + r * c * COST_RESULT
-    seconds += (r * j * POLY_DEGREE * COEFF_BITS + bits_down) / 8 / BANDWIDTH
-    return seconds, Plan(n_t, n_d, n_m, shift)
-
-
-@lru_cache(maxsize=4096)
-def cached_shape(params: BFVParams, d: int, m: int, w_max: int, n_t: int) -> Plan | None:
-    """The one shape of ``n_t`` rows per block whose weights a worker keeps encoded: the cheapest per row block.
-
-    Its cost for any row count is R times its cost for one block, so it is the planner's best shape of n_t
-    rows for every row count. None when no shape of n_t rows keeps the noise within the modulus.
-    """
-    best: tuple[float, int, Plan] | None = None
-    for n_d in _powers(POLY_DEGREE // n_t):
-        found = _shape_cost(params, n_t, d, m, w_max, n_t, n_d)
-        if found is not None and (best is None or (found[0], n_d) < best[:2]):
-            best = (found[0], n_d, found[1])
-    return None if best is None else best[2]
-
-
-def cache_bytes(params: BFVParams, d: int, m: int, w_max: int, cached_rows: int) -> int:
-    """Bytes a worker keeping the weights of a (d, m) matrix encoded for ``cached_rows`` rows needs at most.
-
-    One shape per n_t <= cached_rows (:func:`cached_shape`), J C plaintexts of N 8-byte coefficients each
-    (NTT form, one modulus): about 8 n_t bytes per weight and shape, so about 8 (2 cached_rows - 1) in all.
-    """
-    total = 0
-    for n_t in _powers(min(cached_rows, POLY_DEGREE)):
-        shape = cached_shape(params, d, m, w_max, n_t)
-        if shape is not None:
-            _, j, c = shape.counts(0, d, m)
-            total += j * c * POLY_DEGREE * 8
-    return total
-
-
-@lru_cache(maxsize=4096)
-def plan_product(params: BFVParams, n: int, d: int, m: int, w_max: int, cached_rows: int) -> Plan:
-    """The cheapest block shape for ``n`` rows of ``(n, d) @ (d, m)`` whose noise fits (see the module docstring).
-
-    A deterministic function of public values: the client plans with it, and the worker derives the same
-    plan from the row count and refuses any other (a request cannot choose a costlier one).
-    """
-    best: tuple[float, tuple[int, int, int], Plan] | None = None
-    for n_t in _powers(row_block_limit(n)):
-        if n_t <= cached_rows:  # weights kept encoded: only the cached shape of n_t rows, nothing to encode
-            shape = cached_shape(params, d, m, w_max, n_t)
-            candidates = [] if shape is None else [shape.n_d]
-        else:
-            candidates = _powers(POLY_DEGREE // n_t)
-        for n_d in candidates:
-            found = _shape_cost(params, n, d, m, w_max, n_t, n_d)
-            if found is None:
-                continue
-            seconds, plan = found
-            if n_t > cached_rows:
-                _, j, c = plan.counts(n, d, m)
-                seconds += j * c * COST_WEIGHT
-            key = (seconds, (n_t, n_d, plan.n_m), plan)
-            if best is None or key[:2] < best[:2]:
-                best = key
-    if best is None:
-        raise ValueError(
-            f"no block shape keeps the noise of a ({d}, {m}) product with weights up to {w_max} within the "
-            f"{params.coeff_modulus.bit_length()}-bit modulus; lower input_bits or weight_bits"
-        )
-    return best[2]
-
-
-def result_bytes(params: BFVParams, plan: Plan, n: int, d: int, m: int) -> int:
-    """Bytes of the values of a result of ``n`` rows: R C ciphertexts of N + n_t n_m switched coefficients."""
-    r, _, c = plan.counts(n, d, m)
-    return -(-r * c * (POLY_DEGREE + plan.n_t * plan.n_m) * (params.plain_bits + plan.shift) // 8)
-
-
 def client_params(d: int, input_bits: int, w_max: int) -> BFVParams:
-    """The parameters a client chooses for a (d, m) matrix, checked against SEAL's 128-bit table."""
-    from tenseal import sealapi
-
-    if sealapi.CoeffModulus.MaxBitCount(POLY_DEGREE, sealapi.SEC_LEVEL_TYPE.TC128) < COEFF_BITS:
-        raise ValueError(f"SEAL's 128-bit table does not allow a {COEFF_BITS}-bit modulus at degree {POLY_DEGREE}")
-    (modulus,) = sealapi.CoeffModulus.Create(POLY_DEGREE, [COEFF_BITS])
-    plain_bits = plain_bits_for(d, input_bits, w_max)
-    if plain_bits > MAX_PLAIN_BITS:
-        raise ValueError(f"{input_bits}-bit inputs and weights up to {w_max} over {d} rows need a {plain_bits}-bit t")
-    params = BFVParams(modulus.value(), plain_bits)
+    """The parameters a client chooses for a (d, m) matrix: q fits the 128-bit table, t the largest product."""
+    params = BFVParams(plain_bits_for(d, input_bits, w_max))
+    if params.coeff_modulus.bit_length() > MAX_COEFF_BITS_128:
+        raise ValueError(f"a {params.coeff_modulus.bit_length()}-bit modulus is over the 128-bit table at N = {POLY_DEGREE}")
+    if params.plain_bits > MAX_PLAIN_BITS:
+        raise ValueError(f"{input_bits}-bit inputs and weights up to {w_max} over {d} rows need a {params.plain_bits}-bit t")
     params.check()
     return params

@@ -1,81 +1,100 @@
 """One validated ``bfv`` request as units of work: each row block's products, then the packed result.
 
-:meth:`~.backend.BFVServer.work` checks a request and hands the checked pieces to a :class:`BlockProduct`;
-its :meth:`~BlockProduct.row_block` units load one row block's ciphertexts, multiply them by every column
-block of weights (NTT form), switch each sum to the result modulus and store its slice; ``finish`` packs the
-result once every unit ran. The units may run in any order, or at once from several threads.
+:meth:`~.backend.BFVServer.work` checks a request and hands the checked pieces to a :class:`RNSProduct`. Its
+units (:meth:`~RNSProduct.row_block`, one per row block of n_t rows) run the array operations of
+:mod:`.ops` on the block's J ciphertexts:
+
+1. expand their second polynomials from the request's seed, in the ring's transform domain (:mod:`.prg`);
+2. ``load``: cut both polynomials of each ciphertext into n_t chunks of L = N / n_t coefficients and transform
+   them with length T = 2 L (n_t = 1: the ring's own transform, of c0 only);
+3. ``multiply``: slot by slot, the (2 n_t, J) chunks times the (J, C) transformed weight blocks (a small GEMM
+   per slot and prime, lazy reduction): the sums over the J inner blocks of every product;
+4. ``finish``: back from the transform domain; the chunks' linear products added up negacyclically (X**N = -1)
+   into the C result ciphertexts mod p1 and p2; CRT to [0, q) and the switch to q' = t 2**shift, c1 whole and
+   c0 at the output coefficients only.
+
+A chunk of L coefficients times a weight polynomial of L coefficients has fewer than 2 L coefficients, so the
+transform of length 2 L computes it without wrapping: the weights cost 2 words per weight and prime whatever
+n_t, and the ring product is recovered exactly. ``finish`` packs the result once every unit ran. The units may
+run in any order, or at once from several threads.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
-from veilml.linear.base import check_deadline
-from veilml.linear.bfv.cache import EncodedColumns
-from veilml.linear.bfv.crypto import SealContext
-from veilml.linear.bfv.encoding import output_positions, pack_bits, switch_modulus
-from veilml.linear.bfv.params import POLY_DEGREE, Plan
-from veilml.linear.bfv.wire import RESULT_FORMAT, pack_message
+from veilml.linear.bfv.encoding import output_positions
+from veilml.linear.bfv.params import MODULI, RESULT_FORMAT
+from veilml.linear.bfv.planner import POLY_DEGREE, Plan
+from veilml.linear.bfv.prg import expand_uniform
+from veilml.linear.bfv.wire import pack_message
 
-__all__ = ["BlockProduct"]
+__all__ = ["RNSProduct", "check_residues", "pack_values", "unpack_values"]
 
 
-class BlockProduct:
-    """One validated request: each row block (a unit) writes its slice of the switched result; ``finish`` packs it."""
+def pack_values(values: np.ndarray, bits: int) -> bytes:
+    """Non-negative integers below 2**bits (bits <= 55), ``bits`` bits each from bit 0 of a little-endian stream
+    (the layout of :func:`~.encoding.pack_bits`)."""
+    from veilml.linear.bfv import kernels
+
+    flat = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
+    out = np.zeros(-(-flat.size * bits // 8), np.uint8)
+    kernels.pack(flat, bits, out)
+    return out.tobytes()
+
+
+def unpack_values(data: bytes, count: int, bits: int) -> np.ndarray:
+    """The ``count`` values of :func:`pack_values` (int64); ValueError unless ``data`` has exactly their size."""
+    from veilml.linear.bfv import kernels
+
+    size = -(-count * bits // 8)
+    if len(data) != size:
+        raise ValueError(f"expected {count} values of {bits} bits ({size} bytes), got {len(data)} bytes")
+    out = np.empty(count, np.int64)
+    kernels.unpack(np.frombuffer(data, np.uint8), bits, out)
+    return out
+
+
+class RNSProduct:
+    """One validated request: each row block (a unit) writes its slice of the switched result; ``finish`` packs it.
+
+    ``first`` is the c0 residues (R, J, primes, N), ``weights`` the transformed weight blocks of the plan's shape
+    (primes, T, J, C) as the kernel set holds them, ``bits`` log2 q'.
+    """
 
     def __init__(
         self,
-        seal: SealContext,
+        ops: Any,
         plan: Plan,
         n: int,
         counts: tuple[int, int, int],
         first: np.ndarray,
-        seeds: list[bytes],
-        weights: EncodedColumns,
+        seed: bytes,
+        weights: Any,
         size: int,
-        deadline: float | None,
+        bits: int,
     ) -> None:
-        self.seal, self.plan, self.n, self.counts = seal, plan, n, counts
-        self.first, self.seeds, self.weights, self.size, self.deadline = first, seeds, weights, size, deadline
+        self.ops, self.plan, self.n, self.counts = ops, plan, n, counts
+        self.first, self.seed, self.weights, self.size, self.bits = first, seed, weights, size, bits
         self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
-        self.bits = seal.params.plain_bits + plan.shift
         r, _, c = counts
-        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), np.uint64)
+        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), np.int64)
         self.done: set[int] = set()
         self._lock = threading.Lock()
 
     def row_block(self, row: int) -> None:
-        """Load row block ``row``'s J ciphertexts, multiply them by every column block, switch, store."""
-        seal, evaluator, (r, j, c) = self.seal, self.seal.evaluator, self.counts
+        """Expand, load, multiply and switch row block ``row``'s J ciphertexts; store its C result ciphertexts."""
         if self.out is None:
             raise RuntimeError("this work is finished already")
-        inputs = []
-        for inner in range(j):
-            ct = seal.load_seeded(self.first[row, inner], self.seeds[row * j + inner])
-            evaluator.transform_to_ntt_inplace(ct)
-            inputs.append(ct)
-        block = np.zeros((c, POLY_DEGREE + self.positions.size), np.uint64)
-        for col in range(c):
-            check_deadline(self.deadline, len(self.done), r)  # a no-op without a deadline
-            total = None
-            for inner, plain in enumerate(self.weights[col]):
-                if plain is None:  # an all-zero block adds nothing (and SEAL refuses a product with zero)
-                    continue
-                term = seal.ciphertext()
-                evaluator.multiply_plain(inputs[inner], plain, term)
-                if total is None:
-                    total = term
-                else:
-                    evaluator.add_inplace(total, term)
-            if total is None:  # the whole column block is zero: a trivial encryption of zeros
-                continue
-            evaluator.transform_from_ntt_inplace(total)
-            polys = seal.polynomials(total)
-            block[col, :POLY_DEGREE] = polys[1]
-            block[col, POLY_DEGREE:] = polys[0][self.positions]
-        switched = switch_modulus(block, seal.params.coeff_modulus, self.bits)
+        j = self.counts[1]
+        c0 = np.ascontiguousarray(self.first[row].transpose(1, 2, 0))  # (primes, N, J)
+        a_hat = expand_uniform(self.seed, row * j, j)
+        x = self.ops.load(c0, a_hat, self.plan.n_t)
+        y = self.ops.multiply(x, self.weights)
+        switched = self.ops.finish(y, self.plan.n_t, self.positions, self.bits)
         with self._lock:
             if self.out is None:
                 raise RuntimeError("this work is finished already")
@@ -90,7 +109,14 @@ class BlockProduct:
             if len(self.done) != r:
                 raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {r} row blocks done)")
             self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
-        values = pack_bits(out, self.bits)
+        values = pack_values(out, self.bits)
         if len(values) != self.size:  # the plan fixes the size; anything else is a bug, never sent
             raise RuntimeError(f"a result of {len(values)} bytes, not the plan's {self.size}")
         return pack_message(RESULT_FORMAT, self.n, self.plan, [values])
+
+
+def check_residues(first: np.ndarray) -> None:
+    """ValueError unless every residue (..., primes, N) is below its prime."""
+    for prime, p in enumerate(MODULI):
+        if first.size and first[..., prime, :].max() >= p:
+            raise ValueError("a ciphertext residue is not below its prime")

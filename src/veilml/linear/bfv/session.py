@@ -1,8 +1,11 @@
-"""The client's half of the ``bfv`` backend: fresh keys per session, seeded encryption, decryption.
+"""The client's half of the ``bfv`` backend: a fresh secret per session, every ciphertext of a request at once.
 
-The client derives every parameter and the block plan itself from the worker's public setup
-(:mod:`.params`), exactly as the worker does (:mod:`.backend`), so a worker cannot hand it weaker
-parameters and a request never carries a plan the worker would refuse.
+The client derives every parameter and the block plan itself from the worker's public setup (:mod:`.params`,
+:mod:`.planner`), exactly as the worker does (:mod:`.server`), so a worker cannot hand it weaker parameters
+and a request never carries a plan the worker would refuse. A request is encrypted in one batch
+(:meth:`~.keys.ClientKey.encrypt`: one seed, the noise, two transforms per ciphertext and prime) and a result
+decrypted in one (:meth:`~.keys.ClientKey.decrypt`); sizes and formats are checked before any decryption,
+never the decrypted values.
 """
 
 from __future__ import annotations
@@ -12,10 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from veilml.linear.base import ClientSession, MatrixSpec
-from veilml.linear.bfv.crypto import ClientKey
-from veilml.linear.bfv.encoding import encode_rows, pack_bits, unpack_bits
-from veilml.linear.bfv.params import POLY_DEGREE, BFVParams, Plan, client_params, plan_product
-from veilml.linear.bfv.wire import CIPHERTEXT_FORMAT, RESULT_FORMAT, BFVSetup, pack_message, read_message
+from veilml.linear.bfv.keys import ClientKey
+from veilml.linear.bfv.params import (
+    CIPHERTEXT_FORMAT,
+    PRIME_BITS,
+    RESULT_FORMAT,
+    RNS_COSTS,
+    SETUP_FORMAT,
+    BFVParams,
+    client_params,
+)
+from veilml.linear.bfv.planner import POLY_DEGREE, Plan, plan_product
+from veilml.linear.bfv.product import pack_values, unpack_values
+from veilml.linear.bfv.wire import BFVSetup, pack_message, read_message
 from veilml.linear.layers import check_setup_shape
 
 __all__ = ["BFVSession"]
@@ -39,10 +51,10 @@ class BFVSession(ClientSession):
         self._matrices: dict[str, _Matrix] = {}
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
-        parsed = BFVSetup.from_bytes(setup)
+        parsed = BFVSetup.from_bytes(setup, SETUP_FORMAT)
         check_setup_shape("bfv", name, spec, parsed.rows, parsed.cols, parsed.input_bits)
         params = client_params(spec.rows, spec.input_bits, max(parsed.w_max, 1))
-        plan_product(params, 1, spec.rows, spec.cols, max(parsed.w_max, 1), 0)  # ValueError if no block shape fits
+        plan_product(params, RNS_COSTS, 1, spec.rows, spec.cols, max(parsed.w_max, 1), 0)  # ValueError if no block shape fits
         if params not in self._keys:
             self._keys[params] = ClientKey(params)
         self._matrices[name] = _Matrix(spec, parsed, self._keys[params])
@@ -55,7 +67,7 @@ class BFVSession(ClientSession):
 
     def _plan(self, matrix: _Matrix, n: int) -> Plan:
         setup = matrix.setup
-        return plan_product(matrix.key.params, n, setup.rows, setup.cols, max(setup.w_max, 1), setup.cached_rows)
+        return plan_product(matrix.key.params, RNS_COSTS, n, setup.rows, setup.cols, max(setup.w_max, 1), setup.cached_rows)
 
     def encrypt(self, name: str, x_q: np.ndarray) -> bytes:
         matrix = self._matrix(name)
@@ -64,27 +76,22 @@ class BFVSession(ClientSession):
         if n == 0:
             return pack_message(CIPHERTEXT_FORMAT, 0, None, [])
         plan = self._plan(matrix, n)
-        polys = encode_rows(rows, plan.n_t, plan.n_d, plan.n_m)
-        firsts, seeds = [], []
-        for poly in polys.reshape(-1, POLY_DEGREE):
-            first, seed = matrix.key.encrypt(poly)
-            firsts.append(first)
-            seeds.append(seed)
-        bits = matrix.key.params.coeff_modulus.bit_length()
-        return pack_message(CIPHERTEXT_FORMAT, n, plan, [pack_bits(np.stack(firsts), bits), b"".join(seeds)])
+        r, j, _ = plan.counts(n, matrix.spec.rows, matrix.spec.cols)
+        first, seed = matrix.key.encrypt(rows, (plan.n_t, plan.n_d, plan.n_m), (r, j))
+        return pack_message(CIPHERTEXT_FORMAT, n, plan, [pack_values(first, PRIME_BITS), seed])
 
     def decrypt(self, name: str, result: bytes) -> np.ndarray:
         matrix = self._matrix(name)
         spec, params = matrix.spec, matrix.key.params
         n, plan, frames = read_message(result, RESULT_FORMAT)
-        if n == 0:
+        if n == 0 or plan is None:
             return np.zeros((0, spec.cols), np.int64)
         if plan != self._plan(matrix, n) or len(frames) != 1:
             raise ValueError(f"the result for {name!r} does not follow the block plan of its {n} rows")
         r, _, c = plan.counts(n, spec.rows, spec.cols)
         p = plan.n_t * plan.n_m
         bits = params.plain_bits + plan.shift
-        values = unpack_bits(frames[0], r * c * (POLY_DEGREE + p), bits).reshape(r * c, POLY_DEGREE + p)
+        values = unpack_values(frames[0], r * c * (POLY_DEGREE + p), bits).reshape(r * c, POLY_DEGREE + p)
         outputs = matrix.key.decrypt(
             values[:, :POLY_DEGREE], values[:, POLY_DEGREE:], (plan.n_t, plan.n_d, plan.n_m), bits, plan.shift
         )

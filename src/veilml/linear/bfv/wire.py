@@ -1,14 +1,16 @@
-"""What travels between a ``bfv`` worker and its clients: setup, ciphertext and result messages.
+"""What travels between a ``bfv`` worker and its clients (both engines): setup, ciphertext and result messages.
 
 - setup (worker -> client, JSON): the matrix shape, input bits, the largest |weight| and the largest row
   block for which the worker keeps the weights encoded (the client's planner needs both; neither reveals
   a weight).
-- evaluation keys (client -> worker): only the public parameters, :class:`~.params.BFVParams`.
-- ciphertext (client -> worker): ``pack_frames([header, first polynomials, seeds])``: the JSON header
-  names the row count and the block plan, the first polynomials of the R J seeded ciphertexts are
-  bit-packed at the modulus' bit length, each seed is SEAL's PRNG info (65 bytes).
+- evaluation keys (client -> worker): only the public parameters (each engine's ``BFVParams``).
+- ciphertext (client -> worker): ``pack_frames([header, data frames...])``: the JSON header names the row
+  count and the block plan; the data frames are the engine's (``veilml-bfv-ct/2``: the first polynomials'
+  residues and one seed, :mod:`veilml.linear.bfv.backend`; ``veilml-bfv-ct/1``: SEAL's seeded ciphertexts,
+  :mod:`veilml.linear.bfv.seal.backend`).
 - result (worker -> client): ``pack_frames([header, values])``: per result ciphertext, the whole second
-  polynomial and the first polynomial's output coefficients, switched to q' and bit-packed.
+  polynomial and the first polynomial's output coefficients, switched to q' and bit-packed (the same layout
+  in ``veilml-bfv-result/1`` and ``/2``).
 
 Both messages are :func:`~veilml.linear.base.pack_frames` frames: veilml's one framing of byte strings
 (:func:`veilml.runtime.envelope.pack_batch`). Every reader checks formats, counts and sizes before anything
@@ -22,21 +24,15 @@ import json
 from dataclasses import dataclass
 
 from veilml.linear.base import MALFORMED, json_message, pack_frames, unpack_frames
-from veilml.linear.bfv.params import POLY_DEGREE, Plan
+from veilml.linear.bfv.planner import POLY_DEGREE, Plan
 
 __all__ = [
-    "CIPHERTEXT_FORMAT",
     "MAX_HEADER_BYTES",
-    "RESULT_FORMAT",
-    "SETUP_FORMAT",
     "BFVSetup",
     "pack_message",
     "read_message",
 ]
 
-SETUP_FORMAT = "veilml-bfv-setup/1"
-CIPHERTEXT_FORMAT = "veilml-bfv-ct/1"
-RESULT_FORMAT = "veilml-bfv-result/1"
 #: longest JSON header or setup message read (an honest one is under 150 bytes)
 MAX_HEADER_BYTES = 1024
 
@@ -57,13 +53,14 @@ class BFVSetup:
     w_max: int
     cached_rows: int  # the worker keeps the weights encoded for plans of at most this many rows per block (0: never)
 
-    def to_bytes(self) -> bytes:
-        return json.dumps({"format": SETUP_FORMAT, **self.__dict__}, sort_keys=True).encode()
+    def to_bytes(self, fmt: str) -> bytes:
+        """The setup message of format ``fmt`` (each engine names its own)."""
+        return json.dumps({"format": fmt, **self.__dict__}, sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> BFVSetup:
+    def from_bytes(cls, data: bytes, fmt: str) -> BFVSetup:
         try:
-            d = json_message(data, SETUP_FORMAT, MAX_HEADER_BYTES)
+            d = json_message(data, fmt, MAX_HEADER_BYTES)
             setup = cls(
                 _int(d["rows"], 1, 2**24, "rows"),
                 _int(d["cols"], 1, 2**24, "cols"),
@@ -72,7 +69,7 @@ class BFVSetup:
                 _int(d["cached_rows"], 0, POLY_DEGREE, "cached_rows"),
             )
         except MALFORMED as error:
-            raise ValueError(f"not a setup from a 'bfv' worker ({error})") from None
+            raise ValueError(f"not a {fmt} setup from a bfv worker ({error})") from None
         return setup
 
 

@@ -15,7 +15,7 @@ def local_executor(weights: RemoteWeights, backend: str = DEFAULT_BACKEND, **wor
     """An executor over one in-process :class:`Worker` holding ``weights`` (from :func:`~veilml.models.lora.weights.remote_linear_weights`).
 
     ``backend`` names the backend of both sides: ``"bfv"`` (exact and encrypted, the default),
-    ``"concrete"``, ``"glwe"``, or ``"clear"`` (the exact integer protocol on plaintext, for experiments
+    ``"bfv-seal"`` (the same protocol computed with SEAL), ``"concrete"``, ``"glwe"``, or ``"clear"`` (the exact integer protocol on plaintext, for experiments
     in one process; never a default). ``worker_options`` go to
     :class:`Worker` (``weight_bits``, ``input_bits``...).
     """

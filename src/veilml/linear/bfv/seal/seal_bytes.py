@@ -1,4 +1,4 @@
-"""SEAL's binary layouts, read and written by hand: the only code of the ``bfv`` backend that handles raw SEAL bytes.
+"""SEAL's binary layouts, read and written by hand: the only code of veilml that handles raw SEAL bytes.
 
 ``tenseal``'s ``sealapi`` saves and loads SEAL objects only through file paths, always compresses what it
 saves (zstd), and cannot set a plaintext's coefficients from Python. So plaintexts and ciphertexts are

@@ -12,13 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from veilml.linear.bfv.encoding import output_positions
-from veilml.linear.bfv.params import POLY_DEGREE, BFVParams
-from veilml.linear.bfv.seal_bytes import ciphertext_bytes, plaintext_bytes, read_ciphertext, read_seeded_ciphertext, seal_files
+from veilml.linear.bfv.encoding import decrypt_outputs, selection
+from veilml.linear.bfv.seal.params import BFVParams
+from veilml.linear.bfv.seal.seal_bytes import (
+    ciphertext_bytes,
+    plaintext_bytes,
+    read_ciphertext,
+    read_seeded_ciphertext,
+    seal_files,
+)
 
 __all__ = ["ClientKey", "SealContext", "seal_context"]
-
-LIMB = 41  # bits per limb of a result coefficient in the float64 products of decryption (exact below 2**53)
 
 
 def sealapi() -> Any:
@@ -123,29 +127,11 @@ class ClientKey:
         return read_seeded_ciphertext(data, self.params.poly_degree)
 
     def _selection(self, n_t: int, n_d: int, n_m: int) -> np.ndarray:
-        """(N, P) float64: column p gives coefficient ``pos_p`` of ``c1 * s`` in Z[X] / (X^N + 1) as ``c1 @ S[:, p]``."""
         key = (n_t, n_d, n_m)
         if key not in self._selections:
-            positions = output_positions(n_t, n_d, n_m)
-            index = np.arange(POLY_DEGREE)[:, None]
-            sign = np.where(index <= positions[None, :], 1.0, -1.0)  # X^i X^k wraps past X^N with a minus sign
-            self._selections[key] = self._secret[(positions[None, :] - index) % POLY_DEGREE] * sign
+            self._selections[key] = selection(self._secret, n_t, n_d, n_m)
         return self._selections[key]
 
     def decrypt(self, c1: np.ndarray, c0: np.ndarray, shape: tuple[int, int, int], bits: int, shift: int) -> np.ndarray:
-        """Output integers (B, P) of B switched ciphertexts: second polynomials (B, N), first ones at the outputs (B, P).
-
-        Everything is mod q' = 2**bits, so sums wrap in uint64 and a mask reduces them.
-        """
-        selection = self._selection(*shape)
-        total = c0.astype(np.uint64)
-        for low in range(0, bits, LIMB):
-            limb = ((c1 >> np.uint64(low)) & np.uint64((1 << LIMB) - 1)).astype(np.float64)
-            part = np.rint(limb @ selection).astype(np.int64).view(np.uint64)  # exact: |sum| < N 2**LIMB = 2**52
-            with np.errstate(over="ignore"):
-                total = total + (part << np.uint64(low))
-        mask = np.uint64((1 << bits) - 1)
-        total &= mask
-        t = self.params.plain_modulus
-        values = (((total + np.uint64(1 << (shift - 1))) & mask) >> np.uint64(shift)).astype(np.int64)
-        return np.where(values >= t // 2, values - t, values)
+        """Output integers (B, P) of B switched ciphertexts (:func:`~veilml.linear.bfv.encoding.decrypt_outputs`)."""
+        return decrypt_outputs(self._selection(*shape), c1, c0, bits, shift, self.params.plain_modulus)

@@ -1,0 +1,123 @@
+"""The array operations of one ``bfv`` product, on the numba kernels (CPU) or the torch ones (CPU or CUDA).
+
+The worker's product of a row block (:mod:`.product`) is five operations on arrays of residues, the prime
+axis first (T is :func:`~.params.transform_size`, M = 2 n_t rows: c0's chunks then c1's):
+
+- ``weights(blocks, n_t)``: signed weight polynomials (J, C, L) -> their transforms W (primes, T, J, C);
+- ``load(c0, a_hat, n_t)``: c0's residues (primes, N, J) and c1 in the ring's transform domain (primes, N, J)
+  -> the transforms of their chunks X (primes, T, M, J) (for n_t = 1, c1 is used as it comes);
+- ``multiply(X, W)``: Y[r, s] = X[r, s] @ W[r, s] mod p, slot by slot (the GEMM);
+- ``residues(Y, n_t)``: back from the transform domain, chunks added up negacyclically: (primes, 2, C, N);
+- ``finish(Y, n_t, positions, bits)``: those residues CRT'd to [0, q) and switched to q' = 2**bits, c1 whole
+  then c0 at ``positions``: (C, N + P) int64 on the CPU, ready to pack.
+
+:class:`NumbaKernels` runs them with :mod:`.kernels` on :mod:`.threads`; ``TorchKernels``
+(:mod:`.kernels_torch`) with torch on any device. :func:`kernel_set` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from veilml.linear.bfv.ntt import tables
+from veilml.linear.bfv.params import MODULI, transform_size
+from veilml.linear.bfv.planner import POLY_DEGREE
+from veilml.linear.bfv.threads import split
+
+__all__ = ["INVERSE_P1", "NumbaKernels", "kernel_set"]
+
+INVERSE_P1 = pow(MODULI[0], -1, MODULI[1])
+_PRIMES = np.array(MODULI, dtype=np.int64)
+
+
+def _kernels() -> Any:
+    from veilml.linear.bfv import kernels
+
+    return kernels
+
+
+class NumbaKernels:
+    """The operations of the module docstring with the numba kernels, split across :func:`~.threads.threads`."""
+
+    name = "numba"
+    device = "cpu"
+
+    def forward(self, a: np.ndarray, size: int, lo: int = 0, hi: int | None = None) -> None:
+        """In place: transforms of length ``size`` of columns lo:hi of ``a`` (primes, size, B)."""
+        k, table, view = _kernels(), tables(size), a.reshape(len(MODULI), size, -1)
+        columns = view.shape[2] if hi is None else hi
+        split(
+            columns - lo,
+            lambda a0, a1: k.forward(view, lo + a0, lo + a1, table.forward, table.forward_shoup, table.moduli),
+            minimum=8,
+        )
+
+    def inverse(self, a: np.ndarray, size: int) -> None:
+        """In place: inverse transforms (T**-1 included) of every column of ``a`` (primes, size, B)."""
+        k, t, view = _kernels(), tables(size), a.reshape(len(MODULI), size, -1)
+        split(
+            view.shape[2],
+            lambda lo, hi: k.inverse(view, lo, hi, t.inverse, t.inverse_shoup, t.moduli, t.scale, t.scale_shoup),
+            minimum=8,
+        )
+
+    def weights(self, blocks: np.ndarray, n_t: int) -> np.ndarray:
+        size = transform_size(n_t)
+        out = np.empty((len(MODULI), size, blocks.shape[0], blocks.shape[1]), np.int32)
+        _kernels().scatter_weights(np.ascontiguousarray(blocks, dtype=np.int64), out, _PRIMES)
+        self.forward(out, size)
+        return out
+
+    def load(self, c0: np.ndarray, a_hat: np.ndarray, n_t: int) -> np.ndarray:
+        k, size, chunks = _kernels(), transform_size(n_t), 1 if n_t == 1 else n_t
+        j = c0.shape[2]
+        x = np.empty((len(MODULI), size, 2 * chunks, j), np.int32)
+        k.scatter(c0, x, chunks, 0)
+        if n_t == 1:  # the ring's own transform: c1 arrives in it
+            self.forward(x, size, 0, j)
+            x[:, :, 1, :] = a_hat
+            return x
+        coefficients = np.ascontiguousarray(a_hat)
+        self.inverse(coefficients, POLY_DEGREE)
+        k.scatter(coefficients, x, chunks, chunks)
+        self.forward(x, size)
+        return x
+
+    def multiply(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], x.shape[1], x.shape[2], w.shape[3]), np.int32)
+        split(x.shape[1], lambda lo, hi: _kernels().gemm(x, w, out, _PRIMES, lo, hi))
+        return out
+
+    def residues(self, y: np.ndarray, n_t: int) -> np.ndarray:
+        chunks = 1 if n_t == 1 else n_t
+        self.inverse(y, y.shape[1])
+        out = np.empty((len(MODULI), 2, y.shape[3], POLY_DEGREE), np.int32)
+        _kernels().overlap_add(y, chunks, _PRIMES, out)
+        return out
+
+    def finish(self, y: np.ndarray, n_t: int, positions: np.ndarray, bits: int) -> np.ndarray:
+        res = self.residues(y, n_t)
+        out = np.empty((res.shape[2], POLY_DEGREE + positions.size), np.int64)
+        split(
+            res.shape[2],
+            lambda lo, hi: _kernels().crt_switch(res[:, :, lo:hi], positions, _PRIMES, INVERSE_P1, bits, out[lo:hi]),
+        )
+        return out
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        return a
+
+
+def kernel_set(kernels: str = "numba", device: str = "cpu") -> Any:
+    """The operations on ``kernels`` ("numba": CPU only; "torch": any torch ``device``, e.g. "cuda")."""
+    if kernels == "numba":
+        if device != "cpu":
+            raise ValueError(f"the numba kernels run on the CPU; use kernels='torch' for device {device!r}")
+        return NumbaKernels()
+    if kernels == "torch":
+        from veilml.linear.bfv.kernels_torch import TorchKernels
+
+        return TorchKernels(device)
+    raise ValueError(f"unknown bfv kernels {kernels!r}; choose 'numba' (CPU) or 'torch' (CPU or CUDA)")

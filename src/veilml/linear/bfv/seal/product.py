@@ -1,0 +1,97 @@
+"""One validated ``bfv-seal`` request as units of work: each row block's products, then the packed result.
+
+:meth:`~.backend.SealBFVServer.work` checks a request and hands the checked pieces to a :class:`BlockProduct`;
+its :meth:`~BlockProduct.row_block` units load one row block's ciphertexts, multiply them by every column
+block of weights (NTT form), switch each sum to the result modulus and store its slice; ``finish`` packs the
+result once every unit ran. The units may run in any order, or at once from several threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from veilml.linear.base import check_deadline
+from veilml.linear.bfv.cache import EncodedColumns
+from veilml.linear.bfv.encoding import output_positions, pack_bits, switch_modulus
+from veilml.linear.bfv.planner import POLY_DEGREE, Plan
+from veilml.linear.bfv.seal.crypto import SealContext
+from veilml.linear.bfv.seal.params import RESULT_FORMAT
+from veilml.linear.bfv.wire import pack_message
+
+__all__ = ["BlockProduct"]
+
+
+class BlockProduct:
+    """One validated request: each row block (a unit) writes its slice of the switched result; ``finish`` packs it."""
+
+    def __init__(
+        self,
+        seal: SealContext,
+        plan: Plan,
+        n: int,
+        counts: tuple[int, int, int],
+        first: np.ndarray,
+        seeds: list[bytes],
+        weights: EncodedColumns,
+        size: int,
+        deadline: float | None,
+    ) -> None:
+        self.seal, self.plan, self.n, self.counts = seal, plan, n, counts
+        self.first, self.seeds, self.weights, self.size, self.deadline = first, seeds, weights, size, deadline
+        self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
+        self.bits = seal.params.plain_bits + plan.shift
+        r, _, c = counts
+        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), np.uint64)
+        self.done: set[int] = set()
+        self._lock = threading.Lock()
+
+    def row_block(self, row: int) -> None:
+        """Load row block ``row``'s J ciphertexts, multiply them by every column block, switch, store."""
+        seal, evaluator, (r, j, c) = self.seal, self.seal.evaluator, self.counts
+        if self.out is None:
+            raise RuntimeError("this work is finished already")
+        inputs = []
+        for inner in range(j):
+            ct = seal.load_seeded(self.first[row, inner], self.seeds[row * j + inner])
+            evaluator.transform_to_ntt_inplace(ct)
+            inputs.append(ct)
+        block = np.zeros((c, POLY_DEGREE + self.positions.size), np.uint64)
+        for col in range(c):
+            check_deadline(self.deadline, len(self.done), r)  # a no-op without a deadline
+            total = None
+            for inner, plain in enumerate(self.weights[col]):
+                if plain is None:  # an all-zero block adds nothing (and SEAL refuses a product with zero)
+                    continue
+                term = seal.ciphertext()
+                evaluator.multiply_plain(inputs[inner], plain, term)
+                if total is None:
+                    total = term
+                else:
+                    evaluator.add_inplace(total, term)
+            if total is None:  # the whole column block is zero: a trivial encryption of zeros
+                continue
+            evaluator.transform_from_ntt_inplace(total)
+            polys = seal.polynomials(total)
+            block[col, :POLY_DEGREE] = polys[1]
+            block[col, POLY_DEGREE:] = polys[0][self.positions]
+        switched = switch_modulus(block, seal.params.coeff_modulus, self.bits)
+        with self._lock:
+            if self.out is None:
+                raise RuntimeError("this work is finished already")
+            self.out[row] = switched
+            self.done.add(row)
+
+    def finish(self) -> bytes:
+        with self._lock:
+            out, r = self.out, self.counts[0]
+            if out is None:
+                raise RuntimeError("this work is finished already")
+            if len(self.done) != r:
+                raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {r} row blocks done)")
+            self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
+        values = pack_bits(out, self.bits)
+        if len(values) != self.size:  # the plan fixes the size; anything else is a bug, never sent
+            raise RuntimeError(f"a result of {len(values)} bytes, not the plan's {self.size}")
+        return pack_message(RESULT_FORMAT, self.n, self.plan, [values])
