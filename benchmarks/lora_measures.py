@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -13,7 +15,7 @@ from veilml.models.lora.trainer import LoraTrainer
 from veilml.models.lora.weights import find_remote_layers, remote_linear_weights
 from veilml.models.lora.workers import local_executor
 
-__all__ = ["client_share_of_model", "smollm2_shaped", "time_training_step", "worker_training_step"]
+__all__ = ["client_share_of_model", "smollm2_shaped", "start_worker", "time_training_step", "worker_training_step"]
 
 #: Small enough for real encryption: every row of every projection goes through the backend.
 BENCH_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 16}
@@ -224,6 +226,46 @@ def _peak_rss_bytes(pid: int) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def start_worker(
+    folder: Any, backend: str, directory: Any, worker_args: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Any, float]]:
+    """``veilml worker --weights FOLDER --backend BACKEND`` (the console script) on a free loopback port, until
+    the ``with`` ends: yields its URL, its process and the seconds it took to answer ``/health``."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(sys.executable).parent / "veilml"
+    args = [str(script), "worker", "--weights", str(folder), "--backend", backend, "--port", str(port), "--log-level", "warning"]
+    log_path = Path(directory) / f"worker-{backend}.log"
+    log = open(log_path, "wb")
+    started = time.perf_counter()
+    process = subprocess.Popen([*args, *worker_args], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.perf_counter() - started > 1800:
+                raise RuntimeError(f"the {backend} worker did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url, process, time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
 def worker_training_step(
     backend: str,
     model_factory: Any,
@@ -241,12 +283,7 @@ def worker_training_step(
     worker's first encodings or compilation) is timed apart from the ``steps`` measured after it; without
     ``warmup`` the one step measured is the first (``steps`` must be 1), key generation included.
     """
-    import socket
-    import subprocess
-    import sys
     from pathlib import Path
-
-    import httpx
 
     from veilml.linear import EncryptedLinearExecutor
     from veilml.linear.transport import HTTPTransport
@@ -254,28 +291,7 @@ def worker_training_step(
     folder = Path(directory) / "model"
     if not folder.exists():
         model_factory().save_pretrained(folder)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = Path(sys.executable).parent / "veilml"
-    args = [str(script), "worker", "--weights", str(folder), "--backend", backend, "--port", str(port), "--log-level", "warning"]
-    log = open(Path(directory) / f"worker-{backend}.log", "wb")
-    started = time.perf_counter()
-    process = subprocess.Popen([*args, *worker_args], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.perf_counter() - started > 1800:
-                raise RuntimeError(
-                    f"the {backend} worker did not start: {(Path(directory) / f'worker-{backend}.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.5)
-        worker_start = time.perf_counter() - started
+    with start_worker(folder, backend, directory, worker_args) as (url, process, worker_start):
         batches = make_batches(load_corpus("train"), seq_len=seq_len, batch_size=batch_size)[: steps + 1]
         with HTTPTransport(url, timeout=1800.0) as transport:
             executor = EncryptedLinearExecutor(transport)
@@ -315,7 +331,3 @@ def worker_training_step(
             "loss": output.training_loss,
             "worker_peak_rss_bytes": _peak_rss_bytes(process.pid),
         }
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
