@@ -346,3 +346,15 @@ def test_bad_keys_and_messages_are_refused_before_any_product():
         session.decrypt("m", pack_frames([header, values[:-1]]))
     with pytest.raises(ValueError, match="veilml-bfv-setup/2"):
         backend.session().register("m", server.spec, server.setup().replace(b"/2", b"/1"))
+
+
+def test_the_worker_command_takes_a_device_for_the_bfv_backend(tmp_path, capsys):
+    from veilml.cli.main import build_parser, main
+
+    args = build_parser().parse_args(["worker", "--weights", "w.safetensors"])
+    assert (args.backend, args.device) == ("bfv", "cpu")
+    args = build_parser().parse_args(["worker", "--weights", "w", "--backend", "bfv-seal", "--device", "cuda:1"])
+    assert (args.backend, args.device) == ("bfv-seal", "cuda:1")
+    (tmp_path / "w.safetensors").write_bytes(b"")  # refused before the weights are read
+    assert main(["worker", "--weights", str(tmp_path / "w.safetensors"), "--backend", "bfv-seal", "--device", "cuda"]) != 0
+    assert "--device cuda is for --backend bfv" in capsys.readouterr().err

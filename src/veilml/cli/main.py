@@ -208,6 +208,8 @@ def _worker_command(args: argparse.Namespace) -> int:
     path = args.weights
     if not os.path.exists(path):
         raise CommandError(f"--weights {path!r} does not exist; give a Hugging Face model directory or a .safetensors file")
+    if args.device != "cpu" and args.backend != "bfv":
+        raise CommandError(f"--device {args.device} is for --backend bfv; the {args.backend} backend computes on the CPU")
     service_modules("the worker")
     try:
         from veilml.models.lora.weights import load_remote_weights
@@ -246,8 +248,6 @@ def _worker_command(args: argparse.Namespace) -> int:
             options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20), "run_timeout": service_limits.run_timeout}
             if args.backend == "bfv":
                 options["device"] = args.device
-        if args.device != "cpu" and args.backend != "bfv":
-            raise CommandError(f"--device {args.device} is for --backend bfv; the {args.backend} backend computes on the CPU")
         backend = get_backend(args.backend, **options)
         worker = Worker(
             weights,

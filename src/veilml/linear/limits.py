@@ -24,7 +24,8 @@ __all__ = [
     "WORKER_LIMITS",
 ]
 
-#: the backend a worker serves unless told otherwise (exact and encrypted; the fastest exact one)
+#: the backend a worker serves unless told otherwise (exact and encrypted; the fastest exact one: veilml's own
+#: kernels, numba on the CPU or torch with ``--device cuda``; ``"bfv-seal"`` is the same protocol with SEAL)
 DEFAULT_BACKEND = "bfv"
 #: precision of the worker's quantized weights and of the client's quantized rows
 DEFAULT_WEIGHT_BITS = 8

@@ -111,7 +111,10 @@ def mul_rows(a: np.ndarray, s: np.ndarray, ssh: np.ndarray, p: np.ndarray, lo: i
 
 @_jit
 def gemm(x: np.ndarray, w: np.ndarray, out: np.ndarray, p: np.ndarray, lo: int, hi: int) -> None:
-    """``out[r, s] = x[r, s] @ w[r, s] mod p[r]`` for slots s in lo:hi: x (primes, T, M, J), w (primes, T, J, C)."""
+    """``out[r, s] = x[r, s] @ w[r, s] mod p[r]`` for slots s in lo:hi: x (primes, T, M, J), w (primes, T, J, C).
+
+    Products of residues are below 2**54: up to 256 of them are summed in int64 before a reduction.
+    """
     rows, inner, cols = x.shape[2], x.shape[3], w.shape[3]
     acc = np.zeros(cols, np.int64)
     for r in range(x.shape[0]):
@@ -161,26 +164,29 @@ def scatter_weights(blocks: np.ndarray, x: np.ndarray, p: np.ndarray) -> None:
 
 
 @_jit
-def overlap_add(y: np.ndarray, chunks: int, p: np.ndarray, out: np.ndarray) -> None:
-    """``out[prime, poly, c, :]``: the negacyclic sum of the chunks' linear products ``y[prime, T, poly chunks + i, c]``.
+def overlap_add(y: np.ndarray, chunks: int, p: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
+    """``out[prime, poly, c, :]`` for c in lo:hi: the negacyclic sum of the chunks' linear products ``y[prime, T, poly chunks + i, c]``.
 
     Chunk i's product covers coefficients i L .. i L + 2 L - 1: its tail adds to chunk i + 1, and the last
-    chunk's tail wraps around X**N = -1 onto chunk 0. One chunk (T = N) is the ring product itself.
+    chunk's tail wraps around X**N = -1 onto chunk 0. One chunk (T = N) is the ring product itself. Written in
+    tiles of 16 coefficients (whole cache lines of ``out``) while the rows of ``y`` they read stay in cache.
     """
     length = out.shape[3] // chunks
     for r in range(out.shape[0]):
         q = np.int64(p[r])
         for poly in range(out.shape[1]):
-            for c in range(out.shape[2]):
-                for i in range(chunks):
-                    row = poly * chunks + i
-                    before = poly * chunks + (i - 1 if i > 0 else chunks - 1)
-                    for k in range(length):
-                        v = np.int64(y[r, k, row, c])
-                        if chunks > 1:
-                            tail = np.int64(y[r, k + length, before, c])
-                            v = v + tail if i > 0 else v - tail + q
-                        out[r, poly, c, i * length + k] = v % q
+            for i in range(chunks):
+                row = poly * chunks + i
+                before = poly * chunks + (i - 1 if i > 0 else chunks - 1)
+                for k0 in range(0, length, 16):
+                    for c in range(lo, hi):
+                        target = out[r, poly, c]
+                        for k in range(k0, min(length, k0 + 16)):
+                            v = np.int64(y[r, k, row, c])
+                            if chunks > 1:
+                                tail = np.int64(y[r, k + length, before, c])
+                                v = v + tail if i > 0 else v - tail + q
+                            target[i * length + k] = v % q
 
 
 @_jit
@@ -289,20 +295,30 @@ def encrypt_combine(
     """
     n_t, n_d, n_m, inner = shape[0], shape[1], shape[2], shape[3]
     half = np.int64(1) << (plain_bits - 1)
+    blocks = a_s.shape[2] // inner
     for r in range(a_s.shape[0]):
         q, d = np.int64(moduli[r]), np.int64(delta[r])
         for i in range(a_s.shape[1]):
             row, column = i // (n_d * n_m), i % (n_d * n_m)
             target, products, noise = out[r, i], a_s[r, i], words[i]
-            for k in range(a_s.shape[2]):
-                message = np.int64(0)
-                x_row, x_column = (k // inner) * n_t + row, (k % inner) * n_d + column
-                if column < n_d and x_row < x.shape[0] and x_column < x.shape[1]:
-                    message = np.int64(x[x_row, x_column])
+            for k in range(a_s.shape[2]):  # e - a s, in [0, q)
                 word = np.int64(noise[k])
-                error = _popcount21(word & 0x1FFFFF) - _popcount21((word >> 21) & 0x1FFFFF)
-                scaled = d * message + ((rest * message + half) >> plain_bits)
-                target[k] = (scaled + error - np.int64(products[k]) + 2 * q) % q
+                v = _popcount21(word & 0x1FFFFF) - _popcount21((word >> 21) & 0x1FFFFF) - np.int64(products[k])
+                v = v + q if v < 0 else v
+                target[k] = v + q if v < 0 else v
+            if column >= n_d:  # no input lands on this coefficient
+                continue
+            for block in range(blocks):
+                x_row = block * n_t + row
+                if x_row >= x.shape[0]:
+                    break
+                for j in range(inner):
+                    x_column = j * n_d + column
+                    if x_column < x.shape[1]:
+                        message = np.int64(x[x_row, x_column])
+                        scaled = d * message + ((rest * message + half) >> plain_bits)
+                        k = block * inner + j
+                        target[k] = (np.int64(target[k]) + scaled) % q
 
 
 @_jit

@@ -94,7 +94,7 @@ class NumbaKernels:
         chunks = 1 if n_t == 1 else n_t
         self.inverse(y, y.shape[1])
         out = np.empty((len(MODULI), 2, y.shape[3], POLY_DEGREE), np.int32)
-        _kernels().overlap_add(y, chunks, _PRIMES, out)
+        split(y.shape[3], lambda lo, hi: _kernels().overlap_add(y, chunks, _PRIMES, out, lo, hi))
         return out
 
     def finish(self, y: np.ndarray, n_t: int, positions: np.ndarray, bits: int) -> np.ndarray:

@@ -65,11 +65,12 @@ def transform_size(n_t: int) -> int:
 class RNSCosts(CostModel):
     """Seconds per operation on one core of the numba kernels (``benchmarks/bfv_kernels.py``), bytes at ``bandwidth``."""
 
-    mac: float = 0.2e-9  # one multiply-accumulate of the slot-wise GEMM, per prime
+    # measured on 2 shared cores (benchmarks/results/bfv_kernels.md, one thread): 0.15 ns, 0.8 ns, 110 us, 130 us, 0.08 ns
+    mac: float = 0.15e-9  # one multiply-accumulate of the slot-wise GEMM, per prime
     butterfly: float = 0.8e-9  # one butterfly of a transform, per prime
-    encrypt: float = 30e-6  # per input ciphertext, besides its transforms: sampling, expansion, packing, checks
-    result: float = 20e-6  # per result ciphertext, besides its transforms: CRT, switch, packing, unpacking
-    decrypt_mac: float = 0.1e-9  # one multiply-add of the client's decryption (float64, per output and coefficient)
+    encrypt: float = 110e-6  # per input ciphertext, besides its transforms: sampling, expansion, packing, checks
+    result: float = 130e-6  # per result ciphertext, besides its transforms: CRT, switch, packing, unpacking
+    decrypt_mac: float = 0.08e-9  # one multiply-add of the client's decryption (float64, per output and coefficient)
     bandwidth: float = 100e6
 
     def _transforms(self, n_t: int) -> float:
@@ -84,7 +85,9 @@ class RNSCosts(CostModel):
         size = transform_size(n_t)
         chunks = 1 if n_t == 1 else n_t
         gemm = 2 * 2 * r * chunks * size * j * c * self.mac  # two polynomials, two primes
-        inputs = r * j * (self.encrypt + ring + (0 if n_t == 1 else ring + 2 * self._transforms(n_t)))
+        # per input: the client's inverse transform of a s; the worker's transform of c0 (one row per block), or
+        # its inverse transform of a and the transforms of both polynomials' chunks
+        inputs = r * j * (self.encrypt + 2 * ring + (0 if n_t == 1 else 2 * self._transforms(n_t)))
         outputs = r * c * (self.result + 2 * self._transforms(n_t) + POLY_DEGREE * n_t * n_m * self.decrypt_mac)
         up = r * j * 2 * POLY_DEGREE * PRIME_BITS
         down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
