@@ -336,6 +336,11 @@ class CrashAfter:
         return self.batches[index]
 
 
+def logged(trainer) -> list[dict]:
+    """The trainer's log entries of losses and evaluations."""
+    return [entry for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
+
+
 def test_resume_after_a_crash_is_bit_exact(data, tmp_path):
     train = data[0][:5]  # 5 batches: the run crosses epochs, so the per-epoch shuffle is resumed too
 
@@ -369,7 +374,8 @@ def test_resume_after_a_crash_is_bit_exact(data, tmp_path):
     again = {n: p for n, p in resumed.model.named_parameters() if p.requires_grad}
     assert final.keys() == again.keys()
     assert all(torch.equal(final[n], again[n]) for n in final)
-    assert straight.state.log_history == resumed.state.log_history
+    # every loss and eval entry alike; the Trainer's closing summary (run time, its own mean) differs by nature
+    assert logged(straight) == logged(resumed) and len(logged(straight)) == 1  # logging_steps=10: the last step only
     with pytest.raises(ValueError, match="same training data"):
         trainer(tmp_path / "crash").train(train[:4], resume_from_checkpoint=True)
 
@@ -445,7 +451,7 @@ def test_llama_style_model_trains_remotely(data):
         executor = None if mode == "float" else local_executor(remote_linear_weights(model), "clear")
         trainer = LoraTrainer(model, executor=executor, max_steps=steps, learning_rate=1e-2, logging_steps=1, progress=False)
         output = trainer.train(train)
-        losses[mode] = np.array([entry["loss"] for entry in trainer.state.log_history])  # one loss per step
+        losses[mode] = np.array([entry["loss"] for entry in logged(trainer)])  # one loss per step
         assert output.global_step == steps and output.training_loss == pytest.approx(losses[mode].mean())
         if executor is not None:
             assert len(trainer.remote_layers) == 2 * 7

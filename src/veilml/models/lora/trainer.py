@@ -1,98 +1,94 @@
-"""LoRA fine-tuning whose frozen linear layers run on remote workers (or locally, for comparison).
+"""LoRA fine-tuning in a few lines: :class:`LoraTrainer`, a thin convenience over transformers' ``Trainer``.
 
-:class:`LoraTrainer` follows the transformers/PEFT habits: the model is a ``PeftModel``, adapters are
-saved with ``save_pretrained`` (so ``PeftModel.from_pretrained`` reads them), checkpoints live in
-``output_dir/checkpoint-STEP`` with ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth`` and
-``trainer_state.json``, and ``train(resume_from_checkpoint=True)`` picks up the latest one. How it
-trains (steps, learning rate, logging, checkpoints...) is one frozen :class:`~.options.LoraTrainingOptions`.
+``LoraTrainer(model, executor=..., max_steps=...)`` adds the adapters, sends the frozen projections to the
+workers (:func:`~veilml.models.lora.private.private_model`) and trains with a stock ``transformers.Trainer``
+(:attr:`LoraTrainer.trainer`) on ready batches: its AdamW, scheduler, gradient clipping, logging and
+checkpoints (``output_dir/checkpoint-STEP`` with the adapters in PEFT's format, ``optimizer.pt``,
+``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``) and ``resume_from_checkpoint``. How it trains is
+one frozen :class:`~.options.LoraTrainingOptions` with ``TrainingArguments``' names.
 
-Resuming is exact: the data order is a function of (seed, step) alone, and the adapters, the
-optimizer and scheduler state and the RNG states are restored bit for bit, so k steps, a crash, and
-a resume end on the same adapter weights as one uninterrupted run.
+It gives the same numbers as the hand-written loop it replaces, bit for bit: micro-batch ``i`` of a run is
+a pure function of ``(seed, i)``, each micro-batch's mean loss is divided by the accumulation steps, and the
+optimizer is torch's (non-fused) AdamW; see :mod:`.trainer_parts`. Resuming is exact: k steps, a crash and
+a resume end on the same adapters, optimizer state and log history as one uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import random
-import re
-import shutil
-import time
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from transformers import TrainerState
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import TrainOutput
 
 from veilml.models.lora.options import InvalidLoraOptionError, LoraTrainingOptions
-from veilml.models.lora.remote import outsource_linear_layers, remote_layer_names
+from veilml.models.lora.private import (
+    RemoteLayersCallback,
+    check_remote_layers,
+    default_lora_config,
+    private_model,
+    with_adapters,
+    write_remote_layers_record,
+)
+from veilml.models.lora.remote import remote_layer_names
+from veilml.models.lora.trainer_parts import (
+    LoraHFTrainer,
+    LoraSchedule,
+    LoraStateCallback,
+    MicroBatches,
+    eval_loss,
+    first_item,
+    read_lora_state,
+    training_arguments,
+    write_lora_state,
+)
 from veilml.models.lora.weights import DEFAULT_REMOTE_PATTERNS
 
 __all__ = ["LoraTrainer", "TrainOutput", "TrainerState", "default_lora_config"]
 
 Batch = Mapping[str, torch.Tensor]
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_STATE_FILE = "trainer_state.json"
 
 
-def default_lora_config(model: nn.Module, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0, **kwargs: Any):
-    """A causal-LM ``LoraConfig`` on every linear layer except the LM head (``target_modules="all-linear"``).
-
-    GPT-2-style ``Conv1D`` models get ``fan_in_fan_out=True``, as PEFT expects for them.
-    """
-    from peft import LoraConfig
-    from transformers.pytorch_utils import Conv1D
-
-    fan_in_fan_out = any(isinstance(m, Conv1D) for m in model.modules())
-    options = {"target_modules": "all-linear", "fan_in_fan_out": fan_in_fan_out, **kwargs}
-    return LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, **options)
+def _rng_states() -> tuple[Any, Any, Any]:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()
 
 
-@dataclass
-class TrainerState:
-    """What a checkpoint records besides tensors (``trainer_state.json``)."""
-
-    global_step: int = 0
-    max_steps: int = 0
-    n_train_batches: int = 0
-    log_history: list[dict[str, float]] = field(default_factory=list)
-    unlogged_losses: list[float] = field(default_factory=list)  # step losses since the last log entry
-
-
-@dataclass(frozen=True)
-class TrainOutput:
-    global_step: int
-    training_loss: float  # mean training loss over the steps this call ran
-    metrics: dict[str, float]
+def _set_rng_states(states: tuple[Any, Any, Any]) -> None:
+    torch.set_rng_state(states[0])
+    random.setstate(states[1])
+    np.random.set_state(states[2])
 
 
 class LoraTrainer:
-    """Fine-tune the LoRA adapters of a causal LM; the frozen projections optionally run remotely.
+    """Fine-tune the LoRA adapters of a causal LM with ``transformers.Trainer``; the frozen projections
+    optionally run remotely.
 
-    What the trainer works with is given by keyword; how it trains is one :class:`LoraTrainingOptions`,
-    or its fields as keywords (``LoraTrainer(model, max_steps=200)`` is
-    ``LoraTrainer(model, options=LoraTrainingOptions(max_steps=200))``; both together apply the keywords
-    to ``options`` with :meth:`LoraTrainingOptions.replace`, which checks them).
+    What the trainer works with is given by keyword; how it trains is one :class:`LoraTrainingOptions`, or
+    its fields as keywords (``LoraTrainer(model, max_steps=200)`` is
+    ``LoraTrainer(model, options=LoraTrainingOptions(max_steps=200))``; both together apply the keywords to
+    ``options`` with :meth:`LoraTrainingOptions.replace`, which checks them).
 
     Args:
         model: a transformers causal LM (LoRA is added with ``lora_config``) or a ``PeftModel``.
         options: how to train, log, evaluate and checkpoint; default ``LoraTrainingOptions()``.
-        lora_config: a ``peft.LoraConfig``; default :func:`default_lora_config`. Not allowed with a
-            ``PeftModel``.
-        executor: an ``EncryptedLinearExecutor``; the layers matching ``remote_patterns`` are then
-            replaced by remote ones (after LoRA is added). ``None`` trains in plain float.
-        optimizer_factory: ``params -> torch.optim.Optimizer``; default AdamW(learning_rate, weight_decay).
+        lora_config: a ``peft.LoraConfig``; default :func:`default_lora_config`. Not allowed with a ``PeftModel``.
+        executor: an ``EncryptedLinearExecutor``; the layers matching ``remote_patterns`` are then replaced by
+            remote ones (after LoRA is added). ``None`` trains in plain float.
+        optimizer_factory: ``params -> torch.optim.Optimizer``; default the Trainer's AdamW(learning_rate,
+            weight_decay).
         **option_changes: fields of :class:`LoraTrainingOptions` (``max_steps``, ``learning_rate``...).
 
     Attributes:
-        options: the options in force. ``model``, ``optimizer``, ``scheduler``: the PEFT model and what
-        trains it. ``state``: the :class:`TrainerState` a checkpoint records. ``remote_layers``: the
-        names of the layers computed by the workers.
+        options: the options in force. ``model``: the PEFT model. ``trainer``: the ``transformers.Trainer``
+        that trains it; ``optimizer``, ``scheduler`` and ``state`` (its ``TrainerState``, with
+        ``log_history``) are the Trainer's. ``remote_layers``: the names of the layers computed by the workers.
     """
 
     def __init__(
@@ -106,48 +102,54 @@ class LoraTrainer:
         optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
         **option_changes: Any,
     ) -> None:
-        from transformers import get_scheduler
-
         if options is not None and not isinstance(options, LoraTrainingOptions):
             raise InvalidLoraOptionError(f"options must be a LoraTrainingOptions, got {type(options).__name__}")
         self.options = (options or LoraTrainingOptions()).replace(**option_changes)
         torch.manual_seed(self.options.seed)  # as transformers' set_seed: reproducible LoRA init and dropout
         random.seed(self.options.seed)
-        self.model = _with_adapters(model, lora_config)
-        self.executor = executor
         if executor is not None:
-            outsource_linear_layers(self.model, executor, remote_patterns)
+            self.model = private_model(model, executor, remote_patterns, lora_config=lora_config)
+        else:
+            self.model = with_adapters(model, lora_config)
+        self.executor = executor
         self.remote_layers = remote_layer_names(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ValueError("the model has no trainable parameter; check the LoRA target modules")
-        self.optimizer = (
-            optimizer_factory(self.trainable)
-            if optimizer_factory is not None
-            else torch.optim.AdamW(self.trainable, lr=self.options.learning_rate, weight_decay=self.options.weight_decay)
+        optimizer = optimizer_factory(self.trainable) if optimizer_factory is not None else None
+        self.trainer = self._hf_trainer(optimizer)
+
+    def _hf_trainer(self, optimizer: torch.optim.Optimizer | None) -> LoraHFTrainer:
+        """The Trainer, its optimizer and scheduler made now (so they can be inspected before training)."""
+        states = _rng_states()  # the Trainer seeds again; dropout keeps drawing from after the LoRA init
+        self._schedule = LoraSchedule(self.options)
+        callbacks = [self._schedule] + ([RemoteLayersCallback(self.executor)] if self.executor is not None else [])
+        trainer = LoraHFTrainer(
+            model=self.model,
+            args=training_arguments(self.options),
+            data_collator=first_item,
+            optimizers=(optimizer, None),
+            callbacks=callbacks,
         )
-        self.scheduler = get_scheduler(
-            self.options.lr_scheduler_type,
-            self.optimizer,
-            num_warmup_steps=self.options.warmup_steps,
-            num_training_steps=self.options.max_steps,
-        )
-        self.state = TrainerState(max_steps=self.options.max_steps)
+        _set_rng_states(states)
+        trainer.remove_callback(PrinterCallback)  # without a progress bar the Trainer prints every log entry
+        self._lora_state = LoraStateCallback(trainer)
+        trainer.add_callback(self._lora_state)
+        trainer.create_optimizer_and_scheduler(num_training_steps=self.options.max_steps)
+        trainer.state.max_steps = self.options.max_steps
+        return trainer
 
-    # ---- data ---------------------------------------------------------------------------------
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.trainer.optimizer
 
-    def _micro_batch(self, train_data: Sequence[Batch], index: int) -> Batch:
-        """The ``index``-th micro-batch of the whole run: a pure function of (seed, index)."""
-        epoch, position = divmod(index, len(train_data))
-        if self.options.shuffle:
-            position = int(np.random.default_rng([self.options.seed, epoch]).permutation(len(train_data))[position])
-        return train_data[position]
+    @property
+    def scheduler(self) -> Any:
+        return self.trainer.lr_scheduler
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
-        device = self.trainable[0].device
-        inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-        inputs.setdefault("labels", inputs["input_ids"])
-        return self.model(**inputs, use_cache=False).loss
+    @property
+    def state(self) -> TrainerState:
+        return self.trainer.state
 
     # ---- training -----------------------------------------------------------------------------
 
@@ -158,99 +160,67 @@ class LoraTrainer:
         *,
         resume_from_checkpoint: bool | str | Path | None = None,
     ) -> TrainOutput:
-        """Run optimizer steps until ``max_steps``; ``resume_from_checkpoint=True`` resumes from the
-        latest checkpoint in ``output_dir`` (a path resumes from that checkpoint)."""
-        from tqdm import tqdm
+        """Run optimizer steps until ``max_steps``, from where the trainer is; ``resume_from_checkpoint=True``
+        resumes from the latest checkpoint in ``output_dir`` (a path resumes from that checkpoint).
 
+        Returns the Trainer's ``TrainOutput``; its ``training_loss`` is the mean loss of the steps this call ran.
+        """
         if len(train_data) == 0:
             raise ValueError("train_data holds no batch")
-        if resume_from_checkpoint:
-            path = self.last_checkpoint() if resume_from_checkpoint is True else Path(resume_from_checkpoint)
+        with tempfile.TemporaryDirectory(prefix="veilml-lora-") as scratch:
+            checkpoint = self._start_point(resume_from_checkpoint, Path(scratch))
+            hf = self.trainer
+            hf.unlogged_losses, hf.step_losses = [], []
+            if checkpoint is not None:
+                saved = read_lora_state(checkpoint)
+                if saved["n_train_batches"] not in (0, len(train_data)):
+                    raise ValueError(
+                        f"the checkpoint was trained on {saved['n_train_batches']} batches per epoch, got {len(train_data)}; "
+                        "resume with the same training data"
+                    )
+                hf.unlogged_losses = [float(v) for v in saved["unlogged_losses"]]
+            accumulation = self.options.gradient_accumulation_steps
+            hf.args.max_steps = self.options.max_steps  # a continued run may have been given more steps
+            hf.train_dataset = MicroBatches(
+                train_data, self.options.max_steps * accumulation, seed=self.options.seed, shuffle=self.options.shuffle
+            )
+            hf.lora_eval_data = None if eval_data is None else list(eval_data)
+            self._schedule.has_eval = eval_data is not None
+            self._lora_state.n_train_batches = len(train_data)
+            hf.rng_before_start = torch.get_rng_state() if checkpoint is None else None
+            output = hf.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+        losses = hf.step_losses
+        return TrainOutput(output.global_step, float(np.mean(losses)) if losses else float("nan"), output.metrics)
+
+    def _start_point(self, resume: bool | str | Path | None, scratch: Path) -> Path | None:
+        """The checkpoint to start from: the one asked for, checked; else, after earlier steps of this
+        trainer, a snapshot of them in ``scratch`` (the Trainer continues only from a checkpoint)."""
+        if resume:
+            path = self.last_checkpoint() if resume is True else Path(resume)
             if path is None:
                 raise FileNotFoundError(f"no checkpoint-* folder in {self.options.output_dir} to resume from")
-            self.load_checkpoint(path)
-        if self.state.n_train_batches not in (0, len(train_data)):
-            raise ValueError(
-                f"the checkpoint was trained on {self.state.n_train_batches} batches per epoch, got {len(train_data)}; "
-                "resume with the same training data"
+            saved = (
+                TrainerState.load_from_json(str(path / "trainer_state.json")) if (path / "trainer_state.json").is_file() else None
             )
-        self.state.n_train_batches = len(train_data)
-        self.model.train()
-        start_step, losses, started = self.state.global_step, [], time.perf_counter()
-        max_steps = self.options.max_steps
-        bar = tqdm(total=max_steps, initial=start_step, disable=not self.options.progress, desc="LoRA fine-tuning", unit="step")
-        try:
-            while self.state.global_step < max_steps:
-                loss = self._step(train_data)
-                losses.append(loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                self._after_step(loss, eval_data)
-        finally:
-            bar.close()
-        runtime = time.perf_counter() - started
-        steps = self.state.global_step - start_step
-        metrics = {"train_runtime": runtime, "train_steps_per_second": steps / runtime if runtime > 0 else 0.0}
-        return TrainOutput(self.state.global_step, float(np.mean(losses)) if losses else float("nan"), metrics)
+            if saved is None:
+                raise FileNotFoundError(f"{path} is not a checkpoint (no trainer_state.json)")
+            if saved.max_steps != self.options.max_steps:
+                raise ValueError(
+                    f"the checkpoint belongs to a run of max_steps={saved.max_steps}, this trainer has "
+                    f"{self.options.max_steps}; the learning-rate schedule would differ"
+                )
+            if self.executor is not None:
+                check_remote_layers(path, self.model, self.executor)
+            return path
+        if self.state.global_step > 0:
+            return self.save_checkpoint(scratch / f"checkpoint-{self.state.global_step}")
+        return None
 
-    def _due(self, every: int | None) -> bool:
-        """Whether the step just done is a multiple of ``every`` (None: never) or the last one."""
-        step = self.state.global_step
-        return step == self.options.max_steps or (every is not None and step % every == 0)
-
-    def _after_step(self, loss: float, eval_data: Iterable[Batch] | None) -> None:
-        """Log, evaluate and checkpoint as the options say, once the step that ended with ``loss`` is done."""
-        options, state = self.options, self.state
-        state.unlogged_losses.append(loss)
-        if self._due(options.logging_steps):
-            mean_loss = float(np.mean(state.unlogged_losses))
-            state.log_history.append(
-                {"step": state.global_step, "loss": mean_loss, "learning_rate": self.scheduler.get_last_lr()[0]}
-            )
-            state.unlogged_losses = []
-        if eval_data is not None and self._due(options.eval_steps):
-            state.log_history.append({"step": state.global_step, **self.evaluate(eval_data)})
-        if options.output_dir is not None and self._due(options.save_steps):
-            self.save_checkpoint()
-
-    def _step(self, train_data: Sequence[Batch]) -> float:
-        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
-        accumulation = self.options.gradient_accumulation_steps
-        self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for j in range(accumulation):
-            loss = self._loss(self._micro_batch(train_data, self.state.global_step * accumulation + j)) / accumulation
-            loss.backward()
-            total += loss.item()
-        if not math.isfinite(total):
-            raise FloatingPointError(f"the loss is {total} at step {self.state.global_step + 1}; lower the learning rate")
-        if self.options.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.trainable, self.options.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.state.global_step += 1
-        return total
-
-    @torch.no_grad()
     def evaluate(self, eval_data: Iterable[Batch]) -> dict[str, float]:
-        """Token-weighted mean causal-LM loss over ``eval_data`` and its perplexity (no dropout)."""
-        was_training = self.model.training
-        self.model.eval()
-        total, tokens = 0.0, 0
-        try:
-            for batch in eval_data:
-                labels = batch.get("labels", batch["input_ids"])
-                count = int((labels[..., 1:] != -100).sum())
-                total += self._loss(batch).item() * count
-                tokens += count
-        finally:
-            self.model.train(was_training)
-        if tokens == 0:
-            raise ValueError("eval_data holds no token to predict")
-        loss = total / tokens
-        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+        """Token-weighted mean causal-LM loss over ``eval_data`` (labels -100 skipped) and its perplexity."""
+        return eval_loss(self.model, eval_data)
 
-    # ---- adapters -----------------------------------------------------------------------------
+    # ---- adapters and checkpoints -------------------------------------------------------------
 
     def save_adapters(self, directory: str | Path) -> Path:
         """The adapters in PEFT's format; read them back with ``PeftModel.from_pretrained(base, directory)``."""
@@ -271,81 +241,24 @@ class LoraTrainer:
         if missing:
             raise ValueError(f"{path} lacks adapter weights for {missing[:3]}...; it was saved from another LoRA configuration")
 
-    # ---- checkpoints --------------------------------------------------------------------------
-
-    def _checkpoints(self) -> list[tuple[int, Path]]:
-        """(step, folder) of every ``checkpoint-STEP`` folder in ``output_dir``, oldest first."""
-        directory = self.options.output_dir
-        if directory is None or not directory.is_dir():
-            return []
-        return sorted((int(m.group(1)), p) for p in directory.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
-
     def last_checkpoint(self) -> Path | None:
         """The ``checkpoint-STEP`` folder with the highest step in ``output_dir``, if any."""
-        found = self._checkpoints()
-        return found[-1][1] if found else None
+        directory = self.options.output_dir
+        if directory is None or not directory.is_dir():
+            return None
+        found = [(int(p.name.split("-", 1)[1]), p) for p in directory.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+        return max(found)[1] if found else None
 
-    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
-        """Adapters, optimizer, scheduler, RNG states and trainer state; written whole or not at all."""
-        if directory is None:
-            if self.options.output_dir is None:
-                raise ValueError("save_checkpoint needs a directory or the trainer's output_dir")
-            directory = self.options.output_dir / f"checkpoint-{self.state.global_step}"
-        final = Path(directory)
-        partial = final.with_name(final.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        self.save_adapters(partial)
-        torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, partial / "rng_state.pth")
-        (partial / _STATE_FILE).write_text(json.dumps(asdict(self.state), indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)  # a crash before this line leaves the previous checkpoints intact
-        self._rotate_checkpoints()
-        return final
-
-    def _rotate_checkpoints(self) -> None:
-        """Delete the oldest checkpoints beyond ``save_total_limit``."""
-        limit = self.options.save_total_limit
-        if limit is None:
-            return
-        found = self._checkpoints()
-        for _, path in found[: max(0, len(found) - limit)]:
-            shutil.rmtree(path)
-
-    def load_checkpoint(self, directory: str | Path) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote, so that training continues exactly."""
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """A checkpoint of where the trainer is, as the Trainer writes one (``train(resume_from_checkpoint=...)``
+        continues from it): adapters, optimizer, scheduler, RNG states, trainer state, veilml's records."""
         directory = Path(directory)
-        state_file = directory / _STATE_FILE
-        if not state_file.is_file():
-            raise FileNotFoundError(f"{directory} is not a checkpoint (no {_STATE_FILE})")
-        state = TrainerState(**json.loads(state_file.read_text()))
-        if state.max_steps != self.options.max_steps:
-            raise ValueError(
-                f"the checkpoint belongs to a run of max_steps={state.max_steps}, this trainer has {self.options.max_steps}; "
-                "the learning-rate schedule would differ"
-            )
-        self.load_adapters(directory)
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-        rng = torch.load(directory / "rng_state.pth", weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(_as_tuples(rng["python"]))
-        self.state = state
-
-
-def _with_adapters(model: nn.Module, lora_config: Any) -> nn.Module:
-    """``model`` with LoRA adapters: a ``PeftModel`` as it is, else wrapped with ``lora_config`` (or the default)."""
-    from peft import PeftModel, get_peft_model
-
-    if isinstance(model, PeftModel):
-        if lora_config is not None:
-            raise ValueError("the model already carries LoRA adapters; pass lora_config=None or the plain base model")
-        return model
-    return get_peft_model(model, lora_config if lora_config is not None else default_lora_config(model))
-
-
-def _as_tuples(value: Any) -> Any:
-    """``random.setstate`` wants tuples all the way down."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+        hf = self.trainer
+        hf.save_model(str(directory))
+        hf._save_optimizer_and_scheduler(str(directory))  # the Trainer's own writers: its own format
+        hf._save_rng_state(str(directory))
+        hf.state.save_to_json(str(directory / "trainer_state.json"))
+        write_lora_state(directory, self._lora_state.n_train_batches, hf.unlogged_losses)
+        if self.executor is not None:
+            write_remote_layers_record(directory, self.model, self.executor)
+        return directory
