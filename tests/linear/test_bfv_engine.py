@@ -189,6 +189,25 @@ def test_fresh_ciphertexts_decrypt_to_their_messages():
     assert not np.array_equal(other._secret, key._secret) and key.encrypt(rows, (4, 16, 32), (1, 3))[1] != seed
 
 
+def test_both_ways_of_decrypting_agree_on_any_ciphertext():
+    """c1 s at the outputs as float64 products with the secret, or exactly with transforms mod p1 p2 (many outputs)."""
+    from veilml.linear.bfv.encoding import decrypt_outputs
+    from veilml.linear.bfv.params import RNS_COSTS
+
+    key = ClientKey(client_params(64, 8, 127))
+    shape = (64, 1, 32)  # 2048 outputs per ciphertext: the transforms are cheaper
+    positions = output_positions(*shape)
+    for bits, shift in ((34, 12), (41, 13), (48, 20)):
+        assert RNS_COSTS.decrypt_by_transforms(positions.size, bits)
+        c1 = rng.integers(0, 2**bits, size=(3, 2048))
+        c1[0] = 2**bits - 1
+        c0 = rng.integers(0, 2**bits, size=(3, positions.size))
+        by_transforms = key.decrypt(c1, c0, shape, bits, shift)
+        by_products = decrypt_outputs(key._selection(*shape), c1, c0, bits, shift, key.params.plain_modulus)
+        assert np.array_equal(by_transforms, by_products)
+    assert not RNS_COSTS.decrypt_by_transforms(32, 40)  # few outputs: the products
+
+
 # -- the torch kernels -------------------------------------------------------------------------------------------
 
 

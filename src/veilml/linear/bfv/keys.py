@@ -8,18 +8,19 @@ m_k at once (:meth:`ClientKey.encrypt`): one fresh seed expands every a_k in the
     c0_k = round(q m_k / t) + e_k - a_k s  (mod q, as residues mod p1 and p2)
 
 with centred binomial noise e_k (21 coin pairs). Only the c0 residues and the seed travel. Decryption
-(:meth:`ClientKey.decrypt`) reads switched results at their output coefficients only
-(:func:`~.encoding.decrypt_outputs`); it checks sizes, never decrypted values.
+(:meth:`ClientKey.decrypt`) reads switched results at their output coefficients only: ``c1 s`` there as float64
+products with the secret (:func:`~.encoding.decrypt_outputs`) for few outputs per ciphertext, or over the
+integers with transforms mod p1 and p2 for many. It checks sizes, never decrypted values.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from veilml.linear.bfv.encoding import decrypt_outputs, selection
+from veilml.linear.bfv.encoding import decrypt_outputs, output_positions, selection
 from veilml.linear.bfv.ntt import shoup
-from veilml.linear.bfv.ops import NumbaKernels
-from veilml.linear.bfv.params import MODULI, BFVParams
+from veilml.linear.bfv.ops import INVERSE_P1, NumbaKernels
+from veilml.linear.bfv.params import DECRYPT_LIMB_BITS, MODULI, RNS_COSTS, BFVParams
 from veilml.linear.bfv.planner import POLY_DEGREE
 from veilml.linear.bfv.prg import expand_uniform, noise_words, random_seed, ternary_secret
 from veilml.linear.bfv.threads import split
@@ -77,5 +78,42 @@ class ClientKey:
         return self._selections[key]
 
     def decrypt(self, c1: np.ndarray, c0: np.ndarray, shape: tuple[int, int, int], bits: int, shift: int) -> np.ndarray:
-        """Output integers (B, P) of B switched ciphertexts: second polynomials (B, N), first ones at the outputs (B, P)."""
-        return decrypt_outputs(self._selection(*shape), c1, c0, bits, shift, self.params.plain_modulus)
+        """Output integers (B, P) of B switched ciphertexts: second polynomials (B, N), first ones at the outputs (B, P).
+
+        ``round((c0 + c1 s) / 2**shift) mod t`` with everything mod 2**bits; ``c1 s`` at the outputs either as float64
+        products with the secret (:func:`~.encoding.decrypt_outputs`) or, when cheaper (many outputs per ciphertext,
+        :meth:`~.params.RNSCosts.decrypt_by_transforms`), exactly over the integers with transforms mod p1 and p2.
+        """
+        if not RNS_COSTS.decrypt_by_transforms(c0.shape[1], bits):
+            return decrypt_outputs(self._selection(*shape), c1, c0, bits, shift, self.params.plain_modulus)
+        positions = output_positions(*shape)
+        total = c0.astype(np.uint64)
+        c1 = np.asarray(c1, dtype=np.int64)
+        limbs = [(c1, 0)] if bits <= DECRYPT_LIMB_BITS else [(c1 & ((1 << 24) - 1), 0), (c1 >> 24, 24)]
+        for limb, low in limbs:
+            product = self._times_secret(limb, positions).T  # (B, P): c1 s over the integers, |c1 s| < N 2**41 < q / 2
+            with np.errstate(over="ignore"):
+                total = total + (product.view(np.uint64) << np.uint64(low))
+        mask = np.uint64((1 << bits) - 1)
+        total &= mask
+        values = (((total + np.uint64(1 << (shift - 1))) & mask) >> np.uint64(shift)).astype(np.int64)
+        t = self.params.plain_modulus
+        return np.where(values >= t // 2, values - t, values)
+
+    def _times_secret(self, polys: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """``polys * s`` in Z[X] / (X**N + 1) at ``positions`` for B polynomials (B, N) of non-negative coefficients
+        below 2**41: (P, B) int64, exact (the residues mod p1 and p2 CRT'd to the centred range of q)."""
+        from veilml.linear.bfv import kernels
+
+        count = polys.shape[0]
+        a = np.empty((len(MODULI), POLY_DEGREE, count), np.int32)
+        for prime, p in enumerate(MODULI):
+            a[prime] = (polys % p).T
+        self._ops.forward(a, POLY_DEGREE)
+        split(count, lambda lo, hi: kernels.mul_rows(a, self._s_hat, self._s_hat_shoup, _PRIMES, lo, hi), minimum=8)
+        self._ops.inverse(a, POLY_DEGREE)
+        p1, p2 = MODULI
+        low = a[0, positions].astype(np.int64)
+        value = low + p1 * ((a[1, positions].astype(np.int64) - low + p2) * INVERSE_P1 % p2)
+        q = p1 * p2
+        return np.where(value > q // 2, value - q, value)

@@ -24,6 +24,7 @@ from veilml.linear.bfv.planner import MAX_PLAIN_BITS, POLY_DEGREE, CostModel, Sc
 
 __all__ = [
     "CIPHERTEXT_FORMAT",
+    "DECRYPT_LIMB_BITS",
     "MAX_COEFF_BITS_128",
     "MODULI",
     "PRIME_BITS",
@@ -48,6 +49,9 @@ SETUP_FORMAT = "veilml-bfv-setup/2"
 CIPHERTEXT_FORMAT = "veilml-bfv-ct/2"
 RESULT_FORMAT = "veilml-bfv-result/2"
 MAX_PARAMS_BYTES = 512  # a parameters message is about 110 bytes; longer ones are refused unparsed
+#: c1 s of a result ciphertext is exact from transforms mod p1 p2 for c1 below 2**41 (|c1 s| < N 2**41 < q / 2);
+#: wider results are split into two limbs of at most 24 bits
+DECRYPT_LIMB_BITS = 41
 
 
 def transform_size(n_t: int) -> int:
@@ -79,16 +83,32 @@ class RNSCosts(CostModel):
         chunks = 1 if n_t == 1 else n_t
         return 2 * chunks * size // 2 * (size.bit_length() - 1) * self.butterfly
 
+    @property
+    def ring(self) -> float:
+        """Seconds of one transform of length N in both primes."""
+        return POLY_DEGREE // 2 * (POLY_DEGREE.bit_length() - 1) * 2 * self.butterfly
+
+    def decrypt_by_transforms(self, outputs: int, bits: int) -> bool:
+        """Whether the client computes ``c1 s`` of a result ciphertext with transforms (two per limb of c1: 41 bits
+        or less, one limb) rather than as float64 products at its ``outputs`` coefficients."""
+        limbs = 1 if bits <= DECRYPT_LIMB_BITS else 2
+        return 2 * limbs * self.ring < POLY_DEGREE * outputs * self.decrypt_mac
+
+    def decrypt_seconds(self, outputs: int, bits: int) -> float:
+        """Seconds of ``c1 s`` at the outputs of one result ciphertext, the cheaper way (:meth:`decrypt_by_transforms`)."""
+        limbs = 1 if bits <= DECRYPT_LIMB_BITS else 2
+        return min(2 * limbs * self.ring, POLY_DEGREE * outputs * self.decrypt_mac)
+
     def seconds(self, params: SchemeParams, shape: tuple[int, int, int], counts: tuple[int, int, int], shift: int) -> float:
         (n_t, _, n_m), (r, j, c) = shape, counts
-        ring = POLY_DEGREE // 2 * (POLY_DEGREE.bit_length() - 1) * 2 * self.butterfly  # one ring transform, both primes
+        ring = self.ring
         size = transform_size(n_t)
         chunks = 1 if n_t == 1 else n_t
         gemm = 2 * 2 * r * chunks * size * j * c * self.mac  # two polynomials, two primes
         # per input: the client's inverse transform of a s; the worker's transform of c0 (one row per block), or
         # its inverse transform of a and the transforms of both polynomials' chunks
         inputs = r * j * (self.encrypt + 2 * ring + (0 if n_t == 1 else 2 * self._transforms(n_t)))
-        outputs = r * c * (self.result + 2 * self._transforms(n_t) + POLY_DEGREE * n_t * n_m * self.decrypt_mac)
+        outputs = r * c * (self.result + 2 * self._transforms(n_t) + self.decrypt_seconds(n_t * n_m, params.plain_bits + shift))
         up = r * j * 2 * POLY_DEGREE * PRIME_BITS
         down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
         return gemm + inputs + outputs + (up + down) / 8 / self.bandwidth

@@ -5,9 +5,11 @@
   a weight).
 - evaluation keys (client -> worker): only the public parameters (each engine's ``BFVParams``).
 - ciphertext (client -> worker): ``pack_frames([header, data frames...])``: the JSON header names the row
-  count and the block plan; the data frames are the engine's (``veilml-bfv-ct/2``: the first polynomials'
-  residues and one seed, :mod:`veilml.linear.bfv.backend`; ``veilml-bfv-ct/1``: SEAL's seeded ciphertexts,
-  :mod:`veilml.linear.bfv.seal.backend`).
+  count and the block plan; the data frames are the engine's. ``veilml-bfv-ct/2``: the first polynomials'
+  residues, K = R J ciphertexts (row block by row block, inner block by inner block) each mod p1 then mod p2,
+  N coefficients each, 27 bits per residue (:func:`~veilml.linear.bfv.encoding.pack_bits`'s layout), then the
+  request's 32-byte seed (:mod:`veilml.linear.bfv.prg`); ``veilml-bfv-ct/1``: SEAL's seeded ciphertexts
+  (first polynomials mod the 54-bit prime, then one PRNG info per ciphertext, :mod:`veilml.linear.bfv.seal`).
 - result (worker -> client): ``pack_frames([header, values])``: per result ciphertext, the whole second
   polynomial and the first polynomial's output coefficients, switched to q' and bit-packed (the same layout
   in ``veilml-bfv-result/1`` and ``/2``).
