@@ -4,6 +4,7 @@ and a resumed run refuses workers serving other weights."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -195,6 +196,14 @@ def test_resume_refuses_a_worker_serving_other_weights(features, tmp_path):
     other = stock_trainer(peft_start(), features, tmp_path, fewer_bits, save_strategy="steps", save_steps=2)
     with pytest.raises(RemoteLayersMismatchError):
         other.train(resume_from_checkpoint=str(checkpoint))
+
+    moved = tmp_path / "elsewhere" / "checkpoint-2"  # outside output_dir: checked through args.resume_from_checkpoint
+    shutil.copytree(checkpoint, moved)
+    other = stock_trainer(
+        peft_start(), features, tmp_path / "other-run", clear_executor(seed=7), resume_from_checkpoint=str(moved)
+    )
+    with pytest.raises(RemoteLayersMismatchError):
+        other.train(resume_from_checkpoint=other.args.resume_from_checkpoint)
 
     same = stock_trainer(peft_start(), features, tmp_path, clear_executor(), save_strategy="steps", save_steps=2)
     same.train(resume_from_checkpoint=str(checkpoint))  # the same weights: accepted

@@ -12,6 +12,17 @@ and ``g @ W.T`` (backward) on encrypted per-row-quantized rows (see
     trainer = LoraTrainer(model, executor=executor, max_steps=200)  # or options=LoraTrainingOptions(max_steps=200)
     trainer.train(batches)
 
+With transformers' own ``Trainer`` (what ``LoraTrainer`` runs underneath), an existing PEFT script
+changes by two lines::
+
+    model = private_model(peft_model, executor)                  # the frozen projections go to the workers
+    trainer = Trainer(model=model, args=args, train_dataset=..., data_collator=...,
+                      callbacks=[RemoteLayersCallback(executor)])  # checkpoints record the remote layers
+    trainer.train()                                               # resume_from_checkpoint=... is exact
+
+``private_generate`` / ``model.generate`` then run inference through the same workers; ``shipment_examples``,
+``task_features``, ``TaskCollator`` and ``task_accuracy`` are a generated task with a held-out split.
+
 Needs the ``lora`` extra (torch, transformers, peft, safetensors); nothing heavy loads until a name
 below is first used.
 """

@@ -164,6 +164,9 @@ class RemoteLayersCallback(TrainerCallback):
 
     Give it to ``transformers.Trainer(callbacks=[...])`` with the executor of :func:`private_model`. It
     holds the executor only to read its public layer descriptions; nothing of it is saved but those.
+    A resume is checked against ``output_dir/checkpoint-<step>`` (where the Trainer writes checkpoints)
+    and ``args.resume_from_checkpoint`` when that is a path; a checkpoint from elsewhere can be checked
+    with :func:`check_remote_layers` before ``trainer.train(resume_from_checkpoint=...)``.
     """
 
     def __init__(self, executor: Any) -> None:
@@ -178,5 +181,11 @@ class RemoteLayersCallback(TrainerCallback):
             write_remote_layers_record(folder, model, self.executor)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
-        if model is not None and state.global_step > 0:  # resumed: from checkpoint-<global_step>
-            check_remote_layers(self._checkpoint(args, state), model, self.executor)
+        if model is None or state.global_step == 0:
+            return
+        # resumed: from output_dir/checkpoint-<global_step> (the Trainer's own place), or args.resume_from_checkpoint
+        folders = [self._checkpoint(args, state)]
+        if isinstance(args.resume_from_checkpoint, str):
+            folders.append(Path(args.resume_from_checkpoint))
+        for folder in folders:
+            check_remote_layers(folder, model, self.executor)
