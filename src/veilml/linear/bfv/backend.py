@@ -85,12 +85,12 @@ class BFVServer(BlockServer):
         params, plan, frames, (r, j, c) = checked.params, checked.plan, checked.frames, checked.counts
         if len(frames) != 2 or len(frames[1]) != SEED_BYTES:
             raise ValueError(f"expected {r * j} ciphertexts and one {SEED_BYTES}-byte seed (two data frames)")
-        first = unpack_values(frames[0], r * j * len(MODULI) * POLY_DEGREE, PRIME_BITS)  # ValueError on a wrong size
+        first = unpack_values(frames[0], r * j * len(MODULI) * POLY_DEGREE, PRIME_BITS, np.int32)  # ValueError: wrong size
         first = first.reshape(r, j, len(MODULI), POLY_DEGREE)
         check_residues(first)
         weights = self.weights(params, plan, 1, partial(self._encode, plan))[0]
         bits = params.plain_bits + plan.shift
-        product = RNSProduct(self.ops, plan, checked.n, (r, j, c), first.astype(np.int32), frames[1], weights, checked.size, bits)
+        product = RNSProduct(self.ops, plan, checked.n, (r, j, c), first, frames[1], weights, checked.size, bits)
         return Work(tuple(partial(product.row_block, row) for row in range(r)), product.finish)
 
 

@@ -46,14 +46,15 @@ def pack_values(values: np.ndarray, bits: int) -> bytes:
     return out.tobytes()
 
 
-def unpack_values(data: bytes, count: int, bits: int) -> np.ndarray:
-    """The ``count`` values of :func:`pack_values` (int64); ValueError unless ``data`` has exactly their size."""
+def unpack_values(data: bytes, count: int, bits: int, dtype: type = np.int64) -> np.ndarray:
+    """The ``count`` values of :func:`pack_values` (int64, or ``dtype`` when they fit it); ValueError unless ``data``
+    has exactly their size."""
     from veilml.linear.bfv import kernels
 
     size = -(-count * bits // 8)
     if len(data) != size:
         raise ValueError(f"expected {count} values of {bits} bits ({size} bytes), got {len(data)} bytes")
-    out = np.empty(count, np.int64)
+    out = np.empty(count, dtype)
     kernels.unpack(np.frombuffer(data, np.uint8), bits, out)
     return out
 
@@ -90,7 +91,7 @@ class RNSProduct:
         if self.out is None:
             raise RuntimeError("this work is finished already")
         j = self.counts[1]
-        c0 = np.ascontiguousarray(self.first[row].transpose(1, 2, 0))  # (primes, N, J)
+        c0 = self.first[row].transpose(1, 2, 0)  # (primes, N, J), a view: the kernels read it in place
         a_hat = expand_uniform(self.seed, row * j, j)
         x = self.ops.load(c0, a_hat, self.plan.n_t)
         y = self.ops.multiply(x, self.weights)
