@@ -219,6 +219,10 @@ def test_torch_ops_equal_the_numba_ops_bit_for_bit(n_t, n_d, n_m, d, m):
     blocks = weight_blocks(rng.integers(-128, 128, size=(d, m)), n_d, n_m)
     w_numba, w_torch = numba_ops.weights(blocks, n_t), torch_ops.weights(blocks, n_t)
     assert np.array_equal(w_numba, torch_ops.to_numpy(w_torch))
+    matrix = rng.integers(-128, 128, size=(d, m)).astype(np.int16)  # the worker's path: straight from the matrix
+    from_blocks = numba_ops.weights(weight_blocks(matrix, n_d, n_m), n_t)
+    assert np.array_equal(numba_ops.matrix_weights(matrix, n_d, n_m, n_t), from_blocks)
+    assert np.array_equal(torch_ops.to_numpy(torch_ops.matrix_weights(matrix, n_d, n_m, n_t)), from_blocks)
     c0, a_hat = residues((2048, j)), prg.expand_uniform(bytes(32), 0, j)
     c0[:, :, 0], a_hat[:, :, 0] = residues((2048,), high=True), residues((2048,), high=True)
     x_numba, x_torch = numba_ops.load(c0.copy(), a_hat.copy(), n_t), torch_ops.load(c0, a_hat, n_t)

@@ -23,7 +23,6 @@ import numpy as np
 
 from veilml.linear.base import ClientSession, LinearBackend, LinearServer, Work
 from veilml.linear.bfv.cache import DEFAULT_WEIGHT_CACHE_BYTES, WeightBudget
-from veilml.linear.bfv.encoding import weight_blocks
 from veilml.linear.bfv.params import (
     CIPHERTEXT_FORMAT,
     MODULI,
@@ -79,7 +78,7 @@ class BFVServer(BlockServer):
 
     def _encode(self, plan: Plan, column: int) -> Any:
         """The transformed weight blocks of ``plan``'s shape (the whole matrix: one "column" of the cache)."""
-        return self.ops.weights(weight_blocks(self.matrix, plan.n_d, plan.n_m), plan.n_t)
+        return self.ops.matrix_weights(self.matrix, plan.n_d, plan.n_m, plan.n_t)
 
     def _work(self, checked: Checked, deadline: float | None) -> Work:
         params, plan, frames, (r, j, c) = checked.params, checked.plan, checked.frames, checked.counts

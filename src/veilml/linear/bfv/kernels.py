@@ -20,6 +20,7 @@ __all__ = [
     "forward",
     "gemm",
     "inverse",
+    "matrix_weights",
     "mul_rows",
     "overlap_add",
     "pack",
@@ -161,6 +162,35 @@ def scatter_weights(blocks: np.ndarray, x: np.ndarray, p: np.ndarray) -> None:
             for j in range(blocks.shape[0]):
                 for c in range(blocks.shape[1]):
                     x[r, k, j, c] = (np.int64(blocks[j, c, k]) + q) % q if k < length else 0
+
+
+@_jit
+def matrix_weights(matrix: np.ndarray, n_d: int, n_m: int, x: np.ndarray, p: np.ndarray, lo: int, hi: int) -> None:
+    """Rows lo:hi of ``x[prime, k, j, c]``: coefficient k of weight polynomial (j, c) of a (d, m) matrix, mod p.
+
+    The polynomials of :func:`~.encoding.weight_blocks` (coefficient k = mm n_d + kk holds weight
+    (j n_d + n_d - 1 - kk, c n_m + mm), zero outside the matrix), zero-padded from L = n_d n_m to T: what
+    :func:`scatter_weights` writes from those blocks, read straight from the matrix.
+    """
+    d, m, length = matrix.shape[0], matrix.shape[1], n_d * n_m
+    for r in range(x.shape[0]):
+        q = np.int64(p[r])
+        for k in range(lo, hi):
+            plane = x[r, k]
+            if k >= length:
+                plane[:, :] = 0
+                continue
+            mm, kk = k // n_d, k % n_d
+            for j in range(plane.shape[0]):
+                row, target = j * n_d + n_d - 1 - kk, plane[j]
+                if row >= d:
+                    target[:] = 0
+                    continue
+                source = matrix[row]
+                for c in range(plane.shape[1]):
+                    column = c * n_m + mm
+                    v = np.int64(source[column]) if column < m else np.int64(0)
+                    target[c] = v + q if v < 0 else v
 
 
 @_jit

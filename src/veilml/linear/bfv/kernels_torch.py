@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from veilml.linear.bfv.encoding import weight_blocks
 from veilml.linear.bfv.ntt import tables
 from veilml.linear.bfv.params import MODULI, transform_size
 from veilml.linear.bfv.planner import POLY_DEGREE
@@ -101,6 +102,9 @@ class TorchKernels:
         x = self.torch.zeros((len(MODULI), size, j, c), dtype=self.torch.int64, device=self.device)
         x[:, :length] = b.permute(2, 0, 1).unsqueeze(0) % self._moduli(4)
         return self.forward(x, size)
+
+    def matrix_weights(self, matrix: np.ndarray, n_d: int, n_m: int, n_t: int) -> Any:
+        return self.weights(weight_blocks(matrix, n_d, n_m), n_t)
 
     def _scatter(self, src: Any, x: Any, chunks: int, offset: int) -> None:
         """x[prime, k, offset + i, j] = src[prime, i L + k, j] for k < L (the rest stays zero)."""

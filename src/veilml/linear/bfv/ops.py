@@ -4,6 +4,7 @@ The worker's product of a row block (:mod:`.product`) is five operations on arra
 axis first (T is :func:`~.params.transform_size`, M = 2 n_t rows: c0's chunks then c1's):
 
 - ``weights(blocks, n_t)``: signed weight polynomials (J, C, L) -> their transforms W (primes, T, J, C);
+  ``matrix_weights(matrix, n_d, n_m, n_t)`` the same from the matrix (:func:`~.encoding.weight_blocks`'s blocks);
 - ``load(c0, a_hat, n_t)``: c0's residues (primes, N, J) and c1 in the ring's transform domain (primes, N, J)
   -> the transforms of their chunks X (primes, T, M, J) (for n_t = 1, c1 is used as it comes);
 - ``multiply(X, W)``: Y[r, s] = X[r, s] @ W[r, s] mod p, slot by slot (the GEMM);
@@ -67,6 +68,14 @@ class NumbaKernels:
         size = transform_size(n_t)
         out = np.empty((len(MODULI), size, blocks.shape[0], blocks.shape[1]), np.int32)
         _kernels().scatter_weights(np.ascontiguousarray(blocks, dtype=np.int64), out, _PRIMES)
+        self.forward(out, size)
+        return out
+
+    def matrix_weights(self, matrix: np.ndarray, n_d: int, n_m: int, n_t: int) -> np.ndarray:
+        """``weights(weight_blocks(matrix, n_d, n_m), n_t)``, read straight from the matrix (on every thread)."""
+        size, (d, m) = transform_size(n_t), matrix.shape
+        out = np.empty((len(MODULI), size, -(-d // n_d), -(-m // n_m)), np.int32)
+        split(size, lambda lo, hi: _kernels().matrix_weights(matrix, n_d, n_m, out, _PRIMES, lo, hi))
         self.forward(out, size)
         return out
 
