@@ -15,6 +15,8 @@ Shared by both engines:
 - :mod:`.encoding`: the coefficient encoding, modulus switching, bit packing (numpy)
 - :mod:`.cache`: the worker's encoded weights, within one budget per backend, never evicted
 - :mod:`.wire`: setup, ciphertext and result messages
+- :mod:`.server`: the worker's half (parameters and plan derived, never taken; result size bounded; one unit of
+  work per row block, the deadline checked between units; the weight cache within its budget)
 
 The ``bfv`` engine:
 
