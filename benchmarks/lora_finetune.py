@@ -225,7 +225,23 @@ def markdown(result: dict) -> str:
         )
     if len(runs) == 2:
         a, b = runs[0]["eval"][-1]["eval_loss"], runs[1]["eval"][-1]["eval_loss"]
-        lines += ["", f"Final eval loss: {runs[1]['run']} {b:.4f} against {runs[0]['run']} {a:.4f}, {100 * (b - a) / a:+.2f} %."]
+        within = abs(b - a) <= 0.01 * a
+        lines += [
+            "",
+            f"Final eval loss: {runs[1]['run']} {b:.4f} against {runs[0]['run']} {a:.4f}, {100 * (b - a) / a:+.2f} % "
+            f"(within 1 % of float's: {'yes' if within else 'no'}).",
+        ]
+        if not within:
+            spans = []
+            for r in runs:
+                late = [e["eval_loss"] for e in r["eval"] if e["step"] >= 2 * config["eval_every"]]
+                spans.append(f"{r['run']} {min(late):.4f} to {max(late):.4f}")
+            lines.append(
+                f"From step {2 * config['eval_every']} on, each run's eval loss moved between evaluations within "
+                + " and ".join(spans)
+                + ": at these losses it is likely decided by the few held-out answer tokens a model is still unsure of "
+                "(compare the exact answers), so one evaluation's relative gap says little about the two runs."
+            )
     for r in runs:
         if "generation" in r:
             g = r["generation"]
@@ -262,7 +278,12 @@ def main() -> int:
         help="torch and BLAS threads of the client and of the worker (1: on a shared machine more threads spin and slow down)",
     )
     parser.add_argument("--out", default="lora_finetune", help="results file name, without extension")
+    parser.add_argument("--markdown-only", action="store_true", help="write the .md again from the .json, run nothing")
     args = parser.parse_args()
+    if args.markdown_only:
+        result = json.loads((RESULTS / f"{args.out}.json").read_text())
+        (RESULTS / f"{args.out}.md").write_text(markdown(result))
+        return 0
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.threads)  # before numpy and torch load; the worker process inherits them
 
@@ -313,6 +334,7 @@ def main() -> int:
         "lr": args.lr,
         "warmup": args.warmup,
         "eval_examples": args.eval_examples,
+        "eval_every": args.eval_every,
         "accuracy_examples": args.accuracy_examples,
         "remote_layers": remote_layers,
         "threads": args.threads,

@@ -93,6 +93,7 @@ def training_arguments(options: LoraTrainingOptions) -> TrainingArguments:
         optim="adamw_torch",  # torch >= 2.8 makes the Trainer default to the fused kernel, whose bits differ
         train_sampling_strategy="sequential",  # MicroBatches is already in the run's order
         remove_unused_columns=False,
+        dataloader_pin_memory=False,  # ready CPU batches; pinning only warns without an accelerator
         report_to="none",
         disable_tqdm=not options.progress,
     )
