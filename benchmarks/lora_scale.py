@@ -127,7 +127,9 @@ def train(model: torch.nn.Module, executor: Any, data: list[dict], steps: int, t
     return rows
 
 
-def run_case(name: str, steps: int, directory: Path, compare: bool, backend: str | None = None) -> dict:
+def run_case(
+    name: str, steps: int, directory: Path, compare: bool, backend: str | None = None, worker_args: tuple[str, ...] = ()
+) -> dict:
     from veilml.linear import EncryptedLinearExecutor
     from veilml.linear.transport import HTTPTransport
     from veilml.models.lora.weights import remote_linear_weights
@@ -140,7 +142,7 @@ def run_case(name: str, steps: int, directory: Path, compare: bool, backend: str
         base_model(model_name).save_pretrained(folder, **({"torch_dtype": torch.bfloat16} if model_name == "llama1b" else {}))
     data = batches(batch, seq, steps + 1)
     print(f"{name}: worker --backend {backend}, {steps} + 1 steps of {batch}x{seq} tokens", file=sys.stderr, flush=True)
-    with start_worker(folder, backend, directory) as (url, process, started_s):
+    with start_worker(folder, backend, directory, worker_args) as (url, process, started_s):
         with HTTPTransport(url, timeout=3600.0) as transport:
             executor = EncryptedLinearExecutor(transport)
             timed = _Timed(executor)
@@ -152,6 +154,7 @@ def run_case(name: str, steps: int, directory: Path, compare: bool, backend: str
         "model": model_name,
         "backend": backend,
         "tokens": f"{batch}x{seq}",
+        "worker_args": list(worker_args),
         "worker_start_s": started_s,
         "first_step_s": encrypted[0]["seconds"],
         "step_seconds": [r["seconds"] for r in measured],
@@ -201,24 +204,11 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--steps", type=int, default=5, help="steps timed after the first (the median is reported)")
-    parser.add_argument("--seal-steps", type=int, default=1, help="steps timed on the bfv-seal case (slow)")
-    parser.add_argument("--no-compare", action="store_true", help="skip the clear run (bit-equality)")
-    parser.add_argument("--output", default="lora_scale", help="results/<output>.json and .md")
-    parser.add_argument("--backend", help="run every case on this backend instead of its own")
-    args = parser.parse_args()
-    results = []
-    with tempfile.TemporaryDirectory() as directory:
-        for name in args.cases:
-            steps = args.seal_steps if CASES[name][3] == "bfv-seal" else args.steps
-            results.append(run_case(name, steps, Path(directory), not args.no_compare, args.backend))
-            print("\n".join(table(results[-1:])), file=sys.stderr, flush=True)
+def write(results: list[dict], output: str) -> None:
+    """results/<output>.json and .md from the cases measured so far."""
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.output}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1) + "\n")
+    (RESULTS / f"{output}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1) + "\n")
     text = [
         "# Private LoRA at scale: training steps through a `veilml worker` process\n",
         f"`python benchmarks/lora_scale.py {' '.join(sys.argv[1:])}` on {machine['cpu_count']} cores "
@@ -232,8 +222,31 @@ def main() -> int:
     if "smollm2-1x32" in by_case and "smollm2-1x32-seal" in by_case:
         ratio = by_case["smollm2-1x32-seal"]["median_step_s"] / by_case["smollm2-1x32"]["median_step_s"]
         text.append(f"The SEAL engine (`bfv-seal`) on the same SmolLM2 step, same run: **{ratio:.1f}x** slower.\n")
-    (RESULTS / f"{args.output}.md").write_text("\n".join(text))
-    print("\n".join(text))
+    (RESULTS / f"{output}.md").write_text("\n".join(text))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--steps", type=int, default=5, help="steps timed after the first (the median is reported)")
+    parser.add_argument("--seal-steps", type=int, default=1, help="steps timed on the bfv-seal case (slow)")
+    parser.add_argument("--case-steps", nargs="*", default=[], metavar="CASE=N", help="steps timed on one case")
+    parser.add_argument("--no-compare", action="store_true", help="skip the clear run (bit-equality)")
+    parser.add_argument("--no-compare-cases", nargs="*", default=[], help="cases whose clear run is skipped")
+    parser.add_argument("--output", default="lora_scale", help="results/<output>.json and .md")
+    parser.add_argument("--backend", help="run every case on this backend instead of its own")
+    parser.add_argument("--worker-args", default="", help="more arguments for every worker, e.g. '--weight-cache-mb 6144'")
+    args = parser.parse_args()
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory() as directory:
+        for name in args.cases:
+            steps = args.seal_steps if CASES[name][3] == "bfv-seal" else args.steps
+            steps = dict(item.split("=") for item in args.case_steps).get(name, steps)
+            compare = not args.no_compare and name not in args.no_compare_cases
+            results.append(run_case(name, int(steps), Path(directory), compare, args.backend, tuple(args.worker_args.split())))
+            print("\n".join(table(results[-1:])), file=sys.stderr, flush=True)
+            write(results, args.output)  # after every case: a later case that fails loses nothing
+    print((RESULTS / f"{args.output}.md").read_text())
     return 0
 
 
