@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import warnings
 
@@ -12,6 +13,19 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
 from veilml.compiler import Configuration
+
+# scripts/test.sh names a file: a native crash of the test process writes every thread's stack there
+# (pytest's own faulthandler writes to a stderr that its capture may hold when the process dies). It is
+# enabled again before every test: native libraries (LLVM, in concrete's compiler) install their own
+# SIGSEGV handlers, whose report would go to the captured stderr.
+_FAULT_LOG = open(os.environ["VEILML_FAULT_LOG"], "a") if os.environ.get("VEILML_FAULT_LOG") else None  # noqa: SIM115
+
+
+def pytest_runtest_setup(item) -> None:
+    if _FAULT_LOG is not None:
+        faulthandler.disable()  # enable() alone keeps whatever handler replaced faulthandler's
+        faulthandler.enable(file=_FAULT_LOG, all_threads=True)
+
 
 # Skips that are legitimate on a CPU-only CI machine, by a fragment of their reason. Any other skip
 # (a missing extra, a feature that is not there) fails the run under CI; these are named and counted.
