@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lora import human
 from lora_measures import _peak_rss_bytes, _Timed, start_worker
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -177,14 +178,6 @@ def run_case(
         result["clear_losses"] = [r["loss"] for r in clear]
     result["client_peak_rss_bytes"] = _peak_rss_bytes(os.getpid())  # this process so far (all cases before it too)
     return result
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def table(results: list[dict]) -> list[str]:
