@@ -216,8 +216,11 @@ def serving(routes: dict[tuple[str, str], Route]) -> Iterator[tuple[str, dict[st
     """A hostile server on loopback: ``routes`` map (method, path) to (status, headers, body bytes or
     an iterable of chunks). Yields its URL and the bytes each path managed to send."""
     sent: dict[str, int] = {}
+    stopped = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a client that stops reading does not hold a handler thread past the test
+
         def log_message(self, *args: Any) -> None:
             pass
 
@@ -234,9 +237,11 @@ def serving(routes: dict[tuple[str, str], Route]) -> Iterator[tuple[str, dict[st
             sent[self.path] = 0
             try:
                 for chunk in [payload] if isinstance(payload, bytes) else payload:
+                    if stopped.is_set():
+                        break
                     self.wfile.write(chunk)
                     sent[self.path] += len(chunk)
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:  # the client hung up (or stopped reading past the timeout): what it read is counted
                 pass
 
         def do_GET(self) -> None:
@@ -245,14 +250,19 @@ def serving(routes: dict[tuple[str, str], Route]) -> Iterator[tuple[str, dict[st
         def do_POST(self) -> None:
             self._answer("POST")
 
+    # Handler threads are joined when the server closes (block_on_close): one left writing a large body
+    # into a connection while later tests ran once took the whole test process down (SIGABRT in sendall).
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads, server.block_on_close = False, True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", sent
     finally:
+        stopped.set()
         server.shutdown()
         server.server_close()
+        thread.join()
 
 
 def _json(document: Any) -> Route:
