@@ -14,11 +14,11 @@ for arg in "$@"; do
   if [[ "$arg" != -* ]]; then exec .venv/bin/python -m pytest "$@"; fi
 done
 
-# Otherwise one pytest process per area. Twice in CI (2026-12-07) the test process died of a SIGSEGV at
-# a different test each time, with no Python traceback (native code; two other full runs here passed).
-# Until that is found, an area whose process is killed by a signal is run once more, and the fault log
-# (faulthandler, every thread; tests/conftest.py) is printed. A failed test is never rerun: only a
-# process that died. Logs: .pytest-faults/.
+# Otherwise one pytest process per area. In December 2026 the test process died in CI with no Python
+# traceback (a test's HTTP handler thread left writing after its test, fixed in test_client_trust.py;
+# found with the fault log below). As a safety net, an area whose process is killed by a signal is run
+# once more, and its fault log (faulthandler, every thread; tests/conftest.py) is printed. A failed test
+# is never rerun: only a process that died. Logs: .pytest-faults/.
 mkdir -p .pytest-faults
 status=0
 for area in ${VEILML_TEST_AREAS:-ir linear lora runtime serving root trees}; do
