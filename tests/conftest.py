@@ -16,7 +16,7 @@ from veilml.compiler import Configuration
 
 # scripts/test.sh names a file: a native crash of the test process writes every thread's stack there
 # (pytest's own faulthandler writes to a stderr that its capture may hold when the process dies). It is
-# enabled again before every test: native libraries (LLVM, in concrete's compiler) install their own
+# enabled again before every test: a native library loaded by the tests (most likely LLVM, in concrete's compiler) installs its own
 # SIGSEGV handlers, whose report would go to the captured stderr.
 _FAULT_LOG = open(os.environ["VEILML_FAULT_LOG"], "a") if os.environ.get("VEILML_FAULT_LOG") else None  # noqa: SIM115
 
