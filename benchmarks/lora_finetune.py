@@ -22,15 +22,15 @@ training step, and one private greedy generation's tokens per second. Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,50 +41,17 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class Worker:
-    """``veilml worker --backend BACKEND`` on loopback over a weights file, and its executor."""
+@contextlib.contextmanager
+def worker_executor(folder: Path, backend: str, directory: Path) -> Iterator[Any]:
+    """An executor over ``veilml worker --backend BACKEND`` on loopback (:func:`lora_measures.start_worker`)."""
+    from lora_measures import start_worker
 
-    def __init__(self, folder: Path, backend: str, log_file: Path) -> None:
-        self.folder, self.backend, self.log_file = folder, backend, log_file
+    from veilml.linear import EncryptedLinearExecutor
+    from veilml.linear.transport import HTTPTransport
 
-    def __enter__(self) -> Any:
-        import httpx
-
-        from veilml.linear import EncryptedLinearExecutor
-        from veilml.linear.transport import HTTPTransport
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        script = Path(sys.executable).parent / "veilml"
-        command = [str(script), "worker", "--weights", str(self.folder), "--backend", self.backend, "--port", str(port)]
-        self.process = subprocess.Popen(
-            [*command, "--log-level", "warning"], stdout=open(self.log_file, "wb"), stderr=subprocess.STDOUT
-        )
-        url, started = f"http://127.0.0.1:{port}", time.perf_counter()
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.perf_counter() - started > 1800:
-                self.__exit__()
-                raise RuntimeError(f"the {self.backend} worker did not start: {self.log_file.read_text()[-2000:]}")
-            time.sleep(0.5)
-        self.start_s = time.perf_counter() - started
-        self.transport = HTTPTransport(url, timeout=1800.0)
+    with start_worker(folder, backend, directory) as (url, _, _), HTTPTransport(url, timeout=1800.0) as transport:
         # a clear worker must be accepted explicitly: it sees the activations
-        return EncryptedLinearExecutor(self.transport, backend=None if self.backend != "clear" else "clear")
-
-    def __exit__(self, *exc: Any) -> None:
-        if getattr(self, "transport", None) is not None:
-            self.transport.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        yield EncryptedLinearExecutor(transport, backend=None if backend != "clear" else "clear")
 
 
 class StepTimer:
@@ -322,7 +289,7 @@ def main() -> int:
         if not args.skip_float:
             runs.append(train_run("float", start(), tokenizer, data, args, None))
         log(f"starting a veilml worker --backend {args.backend} ...")
-        with Worker(folder, args.backend, args.scratch / "worker.log") as executor:
+        with worker_executor(folder, args.backend, args.scratch) as executor:
             model = private_model(start(), executor)
             remote_layers = len(executor.infos)
             runs.append(train_run(args.backend, model, tokenizer, data, args, executor))
