@@ -59,12 +59,56 @@ def unpack_values(data: bytes, count: int, bits: int, dtype: type = np.int64) ->
     return out
 
 
-class RNSProduct:
+class RowBlocks:
+    """What a validated request of either engine shares: each row block (a unit) stores its slice of the switched
+    result under a lock; ``finish`` packs the whole once every unit ran. Subclasses set ``result_format`` and
+    ``bits`` and give :meth:`_pack`."""
+
+    result_format: str
+    bits: int
+    first: Any
+    weights: Any
+
+    def _start(self, plan: Plan, n: int, counts: tuple[int, int, int], size: int, dtype: type) -> None:
+        self.plan, self.n, self.counts, self.size = plan, n, counts, size
+        self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
+        r, _, c = counts
+        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), dtype)
+        self.done: set[int] = set()
+        self._lock = threading.Lock()
+
+    def _store(self, row: int, switched: np.ndarray) -> None:
+        with self._lock:
+            if self.out is None:
+                raise RuntimeError("this work is finished already")
+            self.out[row] = switched
+            self.done.add(row)
+
+    def _pack(self, out: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        with self._lock:
+            out, r = self.out, self.counts[0]
+            if out is None:
+                raise RuntimeError("this work is finished already")
+            if len(self.done) != r:
+                raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {r} row blocks done)")
+            self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
+        values = self._pack(out)
+        if len(values) != self.size:  # the plan fixes the size; anything else is a bug, never sent
+            raise RuntimeError(f"a result of {len(values)} bytes, not the plan's {self.size}")
+        return pack_message(self.result_format, self.n, self.plan, [values])
+
+
+class RNSProduct(RowBlocks):
     """One validated request: each row block (a unit) writes its slice of the switched result; ``finish`` packs it.
 
     ``first`` is the c0 residues (R, J, primes, N), ``weights`` the transformed weight blocks of the plan's shape
     (primes, T, J, C) as the kernel set holds them, ``bits`` log2 q'.
     """
+
+    result_format = RESULT_FORMAT
 
     def __init__(
         self,
@@ -78,13 +122,8 @@ class RNSProduct:
         size: int,
         bits: int,
     ) -> None:
-        self.ops, self.plan, self.n, self.counts = ops, plan, n, counts
-        self.first, self.seed, self.weights, self.size, self.bits = first, seed, weights, size, bits
-        self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
-        r, _, c = counts
-        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), np.int64)
-        self.done: set[int] = set()
-        self._lock = threading.Lock()
+        self.ops, self.first, self.seed, self.weights, self.bits = ops, first, seed, weights, bits
+        self._start(plan, n, counts, size, np.int64)
 
     def row_block(self, row: int) -> None:
         """Expand, load, multiply and switch row block ``row``'s J ciphertexts; store its C result ciphertexts."""
@@ -95,25 +134,10 @@ class RNSProduct:
         a_hat = expand_uniform(self.seed, row * j, j)
         x = self.ops.load(c0, a_hat, self.plan.n_t)
         y = self.ops.multiply(x, self.weights)
-        switched = self.ops.finish(y, self.plan.n_t, self.positions, self.bits)
-        with self._lock:
-            if self.out is None:
-                raise RuntimeError("this work is finished already")
-            self.out[row] = switched
-            self.done.add(row)
+        self._store(row, self.ops.finish(y, self.plan.n_t, self.positions, self.bits))
 
-    def finish(self) -> bytes:
-        with self._lock:
-            out, r = self.out, self.counts[0]
-            if out is None:
-                raise RuntimeError("this work is finished already")
-            if len(self.done) != r:
-                raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {r} row blocks done)")
-            self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
-        values = pack_values(out, self.bits)
-        if len(values) != self.size:  # the plan fixes the size; anything else is a bug, never sent
-            raise RuntimeError(f"a result of {len(values)} bytes, not the plan's {self.size}")
-        return pack_message(RESULT_FORMAT, self.n, self.plan, [values])
+    def _pack(self, out: np.ndarray) -> bytes:
+        return pack_values(out, self.bits)
 
 
 def check_residues(first: np.ndarray) -> None:

@@ -8,23 +8,23 @@ result once every unit ran. The units may run in any order, or at once from seve
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from veilml.linear.base import check_deadline
 from veilml.linear.bfv.cache import EncodedColumns
-from veilml.linear.bfv.encoding import output_positions, pack_bits, switch_modulus
+from veilml.linear.bfv.encoding import pack_bits, switch_modulus
 from veilml.linear.bfv.planner import POLY_DEGREE, Plan
+from veilml.linear.bfv.product import RowBlocks
 from veilml.linear.bfv.seal.crypto import SealContext
 from veilml.linear.bfv.seal.params import RESULT_FORMAT
-from veilml.linear.bfv.wire import pack_message
 
 __all__ = ["BlockProduct"]
 
 
-class BlockProduct:
-    """One validated request: each row block (a unit) writes its slice of the switched result; ``finish`` packs it."""
+class BlockProduct(RowBlocks):
+    """One validated request on SEAL: each row block (a unit) computes and stores its slice (:class:`~..product.RowBlocks`)."""
+
+    result_format = RESULT_FORMAT
 
     def __init__(
         self,
@@ -38,14 +38,9 @@ class BlockProduct:
         size: int,
         deadline: float | None,
     ) -> None:
-        self.seal, self.plan, self.n, self.counts = seal, plan, n, counts
-        self.first, self.seeds, self.weights, self.size, self.deadline = first, seeds, weights, size, deadline
-        self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
+        self.seal, self.first, self.seeds, self.weights, self.deadline = seal, first, seeds, weights, deadline
         self.bits = seal.params.plain_bits + plan.shift
-        r, _, c = counts
-        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), np.uint64)
-        self.done: set[int] = set()
-        self._lock = threading.Lock()
+        self._start(plan, n, counts, size, np.uint64)
 
     def row_block(self, row: int) -> None:
         """Load row block ``row``'s J ciphertexts, multiply them by every column block, switch, store."""
@@ -76,22 +71,7 @@ class BlockProduct:
             polys = seal.polynomials(total)
             block[col, :POLY_DEGREE] = polys[1]
             block[col, POLY_DEGREE:] = polys[0][self.positions]
-        switched = switch_modulus(block, seal.params.coeff_modulus, self.bits)
-        with self._lock:
-            if self.out is None:
-                raise RuntimeError("this work is finished already")
-            self.out[row] = switched
-            self.done.add(row)
+        self._store(row, switch_modulus(block, seal.params.coeff_modulus, self.bits))
 
-    def finish(self) -> bytes:
-        with self._lock:
-            out, r = self.out, self.counts[0]
-            if out is None:
-                raise RuntimeError("this work is finished already")
-            if len(self.done) != r:
-                raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {r} row blocks done)")
-            self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
-        values = pack_bits(out, self.bits)
-        if len(values) != self.size:  # the plan fixes the size; anything else is a bug, never sent
-            raise RuntimeError(f"a result of {len(values)} bytes, not the plan's {self.size}")
-        return pack_message(RESULT_FORMAT, self.n, self.plan, [values])
+    def _pack(self, out: np.ndarray) -> bytes:
+        return pack_bits(out, self.bits)
