@@ -78,15 +78,16 @@ def test_only_the_parameters_an_honest_client_derives_are_accepted(engine):
 
 def test_work_units_in_any_order_give_the_bytes_of_run_and_the_exact_product(engine):
     backend, _ = engine
-    # the RNS planner takes one block of up to 2048 rows: 4100 rows make three (the SEAL one blocks 64 rows)
-    (n, d, m) = (4100, 16, 4) if backend is BFVBackend else (150, 64, 192)
+    # the RNS engine's units are tiles of 8 MiB of float64 weights (256 columns of 4096 rows) and the session's
+    # hint: four here; the SEAL engine's are row blocks (of 64 rows here)
+    (n, d, m) = (40, 4096, 600) if backend is BFVBackend else (150, 64, 192)
     M = rng.integers(-128, 128, size=(d, m))
     server, session, keys = client(backend(), M)
     x = rng.integers(0, 256, size=(n, d))
     ciphertext = session.encrypt("m", x)
     expected = server.run(ciphertext, keys)
     work = server.work(ciphertext, keys)
-    assert isinstance(work, Work) and len(work.units) >= 3  # one unit per row block
+    assert isinstance(work, Work) and len(work.units) >= 3
     with pytest.raises(RuntimeError, match="before every unit"):
         work.finish()
     for index in rng.permutation(len(work.units)):
@@ -119,8 +120,19 @@ def test_a_past_deadline_stops_the_work(engine):
         slow.run(ciphertext, keys)
 
 
-def test_the_weight_cache_stays_within_budget_under_alternating_row_counts(engine):
-    factory, module = engine
+def test_the_rns_worker_keeps_no_encoded_weights():
+    """The default engine's products read the clear matrix: nothing is encoded or kept, whatever the row counts."""
+    M = rng.integers(-127, 128, size=(64, 192))
+    server, session, keys = client(BFVBackend(), M)
+    assert server.cached_rows == 0 and BFVSetup.from_bytes(server.setup(), rns.SETUP_FORMAT).cached_rows == 0
+    for n in (1, 8, 40, 100):
+        x = rng.integers(0, 256, size=(n, 64))
+        assert np.array_equal(session.decrypt("m", server.run(session.encrypt("m", x), keys)), x @ M)
+    assert server.weight_cache.held == 0 and server.weight_cache.encoded == 0
+
+
+def test_the_weight_cache_stays_within_budget_under_alternating_row_counts():
+    factory, module = SealBFVBackend, seal
     M = rng.integers(-127, 128, size=(64, 192))
     size = factory().server(M, 8).cache_size
     backend = factory(weight_cache_bytes=size(8) + size(1))  # 8 rows per block fit, 16 do not
@@ -146,8 +158,7 @@ def test_the_weight_cache_stays_within_budget_under_alternating_row_counts(engin
     for thread in threads:
         thread.join()
     plan = fresh.plan(module.BFVParams.from_bytes(keys), 64)
-    columns = 1 if factory is BFVBackend else plan.counts(64, 64, 192)[2]  # the RNS engine encodes a shape at once
-    assert fresh.weight_cache.encoded == columns
+    assert fresh.weight_cache.encoded == plan.counts(64, 64, 192)[2]
 
 
 def test_a_result_over_the_limit_is_refused_unrun(engine):

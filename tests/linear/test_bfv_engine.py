@@ -84,9 +84,10 @@ def test_slot_products_gemm_and_shoup_multiplication():
     assert np.array_equal(out % P[:, None, None], a.astype(np.int64) * s[:, :, None] % P[:, None, None])
 
 
-@pytest.mark.parametrize("n_t, n_d, n_m", [(1, 64, 32), (4, 8, 64), (32, 8, 8), (2048, 1, 1)])
+@pytest.mark.parametrize("n_t, n_d, n_m", [(1, 64, 32), (4, 8, 64), (32, 8, 8), (32, 64, 1), (2048, 1, 1)])
 def test_chunked_products_are_the_ring_products(n_t, n_d, n_m):
-    """scatter, scatter_weights, the transforms, the GEMM and overlap_add: c * w mod (X**N + 1, p), summed over J."""
+    """scatter, scatter_weights, the transforms, the GEMM and overlap_add: c * w mod (X**N + 1, p), summed over J, for
+    polynomials given in coefficients (load) or in the transform domain (load_uniform, the session's hints)."""
     ops, j, c = NumbaKernels(), 2, 3
     blocks = rng.integers(-128, 128, size=(j, c, n_d * n_m)) * (rng.random((j, c, n_d * n_m)) < 64 / (n_d * n_m))
     blocks[0, 0, :4], blocks[1, 2, -1] = 127, -128  # sparse (the reference's time is per non-zero), with the extremes
@@ -94,12 +95,29 @@ def test_chunked_products_are_the_ring_products(n_t, n_d, n_m):
     c0, c1 = residues((2048, j)), residues((2048, j))
     c1_hat = c1.copy()
     ops.forward(c1_hat, 2048)
-    res = ops.residues(ops.multiply(ops.load(c0.copy(), c1_hat, n_t), weights), n_t)  # (primes, 2, C, N)
-    for prime, p in enumerate(MODULI):
-        for poly, source in enumerate((c0, c1)):
+    for source, x in ((c0, ops.load(c0.copy(), n_t)), (c1, ops.load_uniform(c1_hat, n_t))):
+        res = ops.residues(ops.multiply(x, weights), n_t)  # (primes, 1, C, N)
+        for prime, p in enumerate(MODULI):
             for col in range(c):
                 expected = sum(ref.negacyclic_reference(source[prime, :, i], blocks[i, col], p) for i in range(j)) % p
-                assert np.array_equal(res[prime, poly, col], expected.astype(np.int64))
+                assert np.array_equal(res[prime, 0, col], expected.astype(np.int64))
+
+
+@pytest.mark.parametrize("limbs, w_max", [(1, 128), (2, 2**15)])
+def test_the_matrix_product_of_residues_is_exact(limbs, w_max):
+    """matmul_mod: float64 products (one limb) or 14/13-bit limbs (two) give rows @ matrix mod p exactly, at the extremes."""
+    from veilml.linear.bfv.product import limbs_for
+
+    d = 3000
+    assert limbs_for(d, w_max) == limbs
+    rows = residues((6, d))
+    rows[:, 0] = residues((d,), high=True)  # the largest residues in the first row
+    matrix = rng.integers(-w_max, w_max, size=(d, 5))
+    matrix[:, 0], matrix[:, 1] = -w_max, w_max - 1
+    out = NumbaKernels().matmul_mod(rows, matrix, limbs)
+    for prime, p in enumerate(MODULI):
+        expected = (rows[prime].astype(object) @ matrix.astype(object)) % p
+        assert (out[prime] == expected).all()
 
 
 def test_crt_and_switch_round_exactly():
@@ -108,15 +126,16 @@ def test_crt_and_switch_round_exactly():
     res = np.stack([values % p for p in MODULI]).astype(np.int64)
     assert (ref.crt_reference(res, MODULI) == values).all()
     size = values.size
-    cube = np.zeros((2, 2, 1, size), np.int32)
-    cube[:, 1, 0] = res  # c1: every value; c0 at two positions
-    positions = np.array([0, size - 1])
-    cube[:, 0, 0, positions] = res[:, positions]
+    cube = np.zeros((2, 2, size), np.int32)
+    cube[:, 1] = res  # polynomial 1: every value, read whole; polynomial 0: at two indices
+    indices = np.array([0, size - 1])
+    cube[:, 0, indices] = res[:, indices]
     for bits in (13, 30, 48):
-        out = np.empty((1, size + 2), np.int64)
-        kernels.crt_switch(cube, positions, P, INVERSE_P1, bits, out)
         expected = ref.switch_reference(values, Q, bits)
-        assert np.array_equal(out[0, :size], expected) and np.array_equal(out[0, size:], expected[positions])
+        whole, picked = np.empty((2, size), np.int64), np.empty((2, 2), np.int64)
+        kernels.crt_switch(cube, np.arange(size), P, INVERSE_P1, bits, whole)
+        kernels.crt_switch(cube, indices, P, INVERSE_P1, bits, picked)
+        assert np.array_equal(whole[1], expected) and np.array_equal(picked[0], expected[indices])
 
 
 def test_uniform_sampling_noise_and_packing_kernels():
@@ -140,9 +159,8 @@ def test_uniform_sampling_noise_and_packing_kernels():
         packed = np.zeros(-(-333 * bits // 8), np.uint8)
         kernels.pack(values, bits, packed)
         assert packed.tobytes() == pack_bits(values.astype(np.uint64), bits)
-        back = np.empty(333, np.int64)
-        kernels.unpack(packed, bits, back)
-        assert np.array_equal(back, values)
+        assert np.array_equal(unpack_values(packed.tobytes(), 333, bits), values)
+        assert np.array_equal(unpack_values(packed.tobytes(), 333, bits, np.float64), values)
 
 
 def test_seed_expansion_is_aes_ctr_per_ciphertext_and_prime():
@@ -162,56 +180,58 @@ def test_seed_expansion_is_aes_ctr_per_ciphertext_and_prime():
 
 
 def test_fresh_ciphertexts_decrypt_to_their_messages():
-    """c0 + a s = round(q m / t) + e (mod p1, p2), e small: checked with schoolbook products of the secret."""
+    """c0 + a_j s_r = round(q m / t) + e (mod p1, p2), e small, with the session's a_j and a fresh secret per row
+    block: checked with schoolbook products of each secret."""
     params = client_params(64, 8, 127)
     key = ClientKey(params)
-    rows = rng.integers(0, 256, size=(3, 40))
-    first, seed = key.encrypt(rows, (4, 16, 32), (1, 3))
-    a = prg.expand_uniform(seed, 0, 3)
-    ops = NumbaKernels()
-    ops.inverse(a, 2048)
+    rows = rng.integers(0, 256, size=(6, 40))  # two row blocks of 4 rows (the second one half full)
+    uniform = prg.expand_uniform(bytes(range(32)), 0, 3)
+    first, secrets = key.encrypt(rows, (4, 16, 32), (2, 3), uniform)
+    assert first.shape == (6, 2, 2048) and secrets.shape == (2, 2048) and not np.array_equal(secrets[0], secrets[1])
+    a = uniform.copy()
+    NumbaKernels().inverse(a, 2048)
     t = params.plain_modulus
-    for k in range(3):
-        message = np.zeros(2048, np.int64)
-        for i in range(3):
-            message[i * 512 : i * 512 + 16] = np.pad(rows[i, k * 16 : k * 16 + 16], (0, 16 - rows[i, k * 16 : k * 16 + 16].size))
-        phases = [
-            (first[k, prime].astype(object) + ref.negacyclic_reference(a[prime, :, k], key._secret, p)) % p
-            for prime, p in enumerate(MODULI)
-        ]
-        phase = ref.crt_reference(np.stack(phases), MODULI)
-        error = np.array([int(v) for v in phase], dtype=object) - np.array(
-            [(Q * int(m) * 2 + t) // (2 * t) for m in message], dtype=object
-        )
-        error = np.array([(int(e) + Q // 2) % Q - Q // 2 for e in error])
-        assert np.abs(error).max() <= 21 and error.std() > 1
-    other = ClientKey(params)  # a fresh secret for every key (one per session and parameter set)
-    assert not np.array_equal(other._secret, key._secret) and key.encrypt(rows, (4, 16, 32), (1, 3))[1] != seed
+    for r in range(2):
+        for j in range(3):
+            message = np.zeros(2048, np.int64)
+            for i in range(min(4, 6 - 4 * r)):
+                part = rows[4 * r + i, j * 16 : j * 16 + 16]
+                message[i * 512 : i * 512 + part.size] = part
+            phases = [
+                (first[3 * r + j, prime].astype(object) + ref.negacyclic_reference(a[prime, :, j], secrets[r], p)) % p
+                for prime, p in enumerate(MODULI)
+            ]
+            phase = ref.crt_reference(np.stack(phases), MODULI)
+            error = np.array([int(v) for v in phase], dtype=object) - np.array(
+                [(Q * int(m) * 2 + t) // (2 * t) for m in message], dtype=object
+            )
+            error = np.array([(int(e) + Q // 2) % Q - Q // 2 for e in error])
+            assert np.abs(error).max() <= 21 and error.std() > 1
+    again = key.encrypt(rows, (4, 16, 32), (2, 3), uniform)[1]  # fresh secrets for every request
+    assert not np.array_equal(again[0], secrets[0]) and set(np.unique(secrets)) == {-1, 0, 1}
 
 
-def test_both_ways_of_decrypting_agree_on_any_ciphertext():
-    """c1 s at the outputs as float64 products with the secret, or exactly with transforms mod p1 p2 (many outputs)."""
-    from veilml.linear.bfv.encoding import decrypt_outputs
-    from veilml.linear.bfv.params import RNS_COSTS
+def test_hints_kept_as_float64_decrypt_as_the_integers_do():
+    """decrypt_outputs with the second polynomials as float64 (one limb, how a session keeps them) or as integers."""
+    from veilml.linear.bfv.encoding import decrypt_outputs, selection
 
-    key = ClientKey(client_params(64, 8, 127))
-    shape = (64, 1, 32)  # 2048 outputs per ciphertext: the transforms are cheaper
-    positions = output_positions(*shape)
-    for bits, shift in ((34, 12), (41, 13), (48, 20)):
-        assert RNS_COSTS.decrypt_by_transforms(positions.size, bits)
-        c1 = rng.integers(0, 2**bits, size=(3, 2048))
+    secret = prg.ternary_secret()
+    shape = (32, 64, 1)
+    for bits, shift in ((34, 12), (41, 13)):
+        c1 = rng.integers(0, 2**bits, size=(5, 2048))
         c1[0] = 2**bits - 1
-        c0 = rng.integers(0, 2**bits, size=(3, positions.size))
-        by_transforms = key.decrypt(c1, c0, shape, bits, shift)
-        by_products = decrypt_outputs(key._selection(*shape), c1, c0, bits, shift, key.params.plain_modulus)
-        assert np.array_equal(by_transforms, by_products)
-    assert not RNS_COSTS.decrypt_by_transforms(32, 40)  # few outputs: the products
+        c0 = rng.integers(0, 2**bits, size=(5, 32))
+        chosen = selection(secret, *shape)
+        exact = decrypt_outputs(chosen, c1, c0, bits, shift, 2**20)
+        assert np.array_equal(decrypt_outputs(chosen, c1.astype(np.float64), c0, bits, shift, 2**20), exact)
 
 
 # -- the torch kernels -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_t, n_d, n_m, d, m", [(1, 64, 32, 100, 70), (8, 32, 8, 100, 50), (128, 4, 4, 33, 65)])
+@pytest.mark.parametrize(
+    "n_t, n_d, n_m, d, m", [(1, 64, 32, 100, 70), (8, 32, 8, 100, 50), (128, 4, 4, 33, 65), (32, 64, 1, 100, 9)]
+)
 def test_torch_ops_equal_the_numba_ops_bit_for_bit(n_t, n_d, n_m, d, m):
     require("torch", "lora")
     numba_ops, torch_ops = kernel_set("numba"), kernel_set("torch", "cpu")
@@ -223,9 +243,9 @@ def test_torch_ops_equal_the_numba_ops_bit_for_bit(n_t, n_d, n_m, d, m):
     from_blocks = numba_ops.weights(weight_blocks(matrix, n_d, n_m), n_t)
     assert np.array_equal(numba_ops.matrix_weights(matrix, n_d, n_m, n_t), from_blocks)
     assert np.array_equal(torch_ops.to_numpy(torch_ops.matrix_weights(matrix, n_d, n_m, n_t)), from_blocks)
-    c0, a_hat = residues((2048, j)), prg.expand_uniform(bytes(32), 0, j)
-    c0[:, :, 0], a_hat[:, :, 0] = residues((2048,), high=True), residues((2048,), high=True)
-    x_numba, x_torch = numba_ops.load(c0.copy(), a_hat.copy(), n_t), torch_ops.load(c0, a_hat, n_t)
+    a_hat = prg.expand_uniform(bytes(32), 0, j)
+    a_hat[:, :, 0] = residues((2048,), high=True)
+    x_numba, x_torch = numba_ops.load_uniform(a_hat.copy(), n_t), torch_ops.load_uniform(a_hat, n_t)
     assert np.array_equal(x_numba, torch_ops.to_numpy(x_torch))
     y_numba, y_torch = numba_ops.multiply(x_numba, w_numba), torch_ops.multiply(x_torch, w_torch)
     assert np.array_equal(y_numba, torch_ops.to_numpy(y_torch))
@@ -235,6 +255,10 @@ def test_torch_ops_equal_the_numba_ops_bit_for_bit(n_t, n_d, n_m, d, m):
         assert np.array_equal(
             numba_ops.finish(y_numba.copy(), n_t, positions, bits), torch_ops.finish(y_torch, n_t, positions, bits)
         )
+    rows = residues((5, d))
+    rows[:, 0] = residues((d,), high=True)
+    for limbs in (1, 2):
+        assert np.array_equal(numba_ops.matmul_mod(rows, matrix, limbs), torch_ops.matmul_mod(rows, matrix, limbs))
 
 
 def test_a_torch_worker_gives_the_exact_product_and_the_kernel_choice_is_checked():
@@ -270,8 +294,10 @@ def _seal_object(body: bytes) -> bytes:
 
 
 def test_seal_decrypts_the_workers_results_to_the_clear_product():
-    """The worker's products before the switch, as a SEAL ciphertext mod p1 p2, decrypted by SEAL with the client's
-    secret in NTT form: SEAL's NTT form is the engine's transform domain, and the products are exact."""
+    """Each result ciphertext as a SEAL ciphertext mod p1 p2 (its first polynomial the ring product c0 W, its second
+    the session's hint sum_j a_j W, before the switch), decrypted by SEAL with the row block's secret in NTT form:
+    SEAL's NTT form is the engine's transform domain, and the products are exact. And the worker's matrix product
+    gives exactly the switched output coefficients of those ring products."""
     sealapi = require("tenseal.sealapi", "bfv")
     from veilml.linear.bfv.seal.seal_bytes import CIPHER_MEMBERS, PLAIN_MEMBERS, _dynarray, seal_files
 
@@ -281,16 +307,32 @@ def test_seal_decrypts_the_workers_results_to_the_clear_product():
     server, session = backend.server(M, 8), backend.session()
     keys = session.register("m", server.spec, server.setup())
     params = server.params(keys)
-    header, first, seed = unpack_frames(session.encrypt("m", x))
+    ciphertext = session.encrypt("m", x)
+    header, first = unpack_frames(ciphertext)
+    secret = session._pending[json.loads(header)["id"]].secrets[0]
     plan = server.plan(params, n)
     r, j, c = plan.counts(n, d, m)
-    assert r == 1
+    assert r == 1 and plan.n_m == 1 and c == m
     c0 = unpack_values(first, j * 2 * 2048, PRIME_BITS).reshape(j, 2, 2048).transpose(1, 2, 0).astype(np.int32)
     ops = backend.ops
     weights = ops.weights(weight_blocks(server.matrix, plan.n_d, plan.n_m), plan.n_t)
-    res = ops.residues(
-        ops.multiply(ops.load(np.ascontiguousarray(c0), prg.expand_uniform(seed, 0, j), plan.n_t), weights), plan.n_t
-    )
+    polys = [
+        ops.residues(ops.multiply(x_, weights), plan.n_t)[:, 0]
+        for x_ in (
+            ops.load(np.ascontiguousarray(c0), plan.n_t),
+            ops.load_uniform(prg.expand_uniform(params.seed, 0, j), plan.n_t),
+        )
+    ]  # (primes, C, N): c0 W and sum_j a_j W
+
+    positions, bits = output_positions(plan.n_t, plan.n_d, plan.n_m), params.plain_bits + plan.shift
+    _, values, hint = unpack_frames(server.run(ciphertext, keys))
+    switched = unpack_values(values, c * plan.n_t, bits).reshape(c, plan.n_t)
+    expected_switched = np.empty((c, plan.n_t), np.int64)
+    kernels.crt_switch(polys[0], positions, P, INVERSE_P1, bits, expected_switched)
+    assert np.array_equal(switched, expected_switched)  # the matrix product is the ring product at the outputs
+    whole = np.empty((c, 2048), np.int64)
+    kernels.crt_switch(polys[1], np.arange(2048), P, INVERSE_P1, bits, whole)
+    assert np.array_equal(unpack_values(hint, c * 2048, bits).reshape(c, 2048), whole)
 
     extra = next(p for p in range(2**26 + 1, 2**27, 4096) if is_prime(p))  # SEAL's special prime: data level = (p1, p2)
     parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.BFV)
@@ -299,25 +341,23 @@ def test_seal_decrypts_the_workers_results_to_the_clear_product():
     parms.set_plain_modulus(params.plain_modulus)
     context = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.NONE)
     assert context.parameters_set() and context.first_context_data().parms().coeff_modulus()[1].value() == MODULI[1]
-    key = session._matrices["m"].key
-    extra_hat = (key._secret % extra).astype(np.int32)[None, :, None]
-    kernels.forward(extra_hat, 0, 1, *(lambda t: (t.forward, t.forward_shoup, t.moduli))(tables(2048, (extra,))))
-    secret = np.concatenate([key.secret_transform().reshape(-1), extra_hat.reshape(-1)]).astype(np.uint64)
-    key_bytes = _seal_object(PLAIN_MEMBERS.pack(*context.key_parms_id(), secret.size, 1.0) + _dynarray(secret))
+    s_hat = np.stack([secret % p for p in (*MODULI, extra)]).astype(np.int32)[:, :, None]
+    kernels.forward(s_hat, 0, 1, *(lambda t: (t.forward, t.forward_shoup, t.moduli))(tables(2048, (*MODULI, extra))))
+    key_bytes = _seal_object(
+        PLAIN_MEMBERS.pack(*context.key_parms_id(), s_hat.size, 1.0) + _dynarray(s_hat.reshape(-1).astype(np.uint64))
+    )
     secret_key = seal_files().load(sealapi.SecretKey(), context, key_bytes)
     decryptor = sealapi.Decryptor(context, secret_key)
-    t, positions = params.plain_modulus, output_positions(plan.n_t, plan.n_d, plan.n_m)
+    t = params.plain_modulus
     expected = (x @ M) % t
     for col in range(c):
         members = CIPHER_MEMBERS.pack(*context.first_parms_id(), 0, 2, 2048, 2, 1.0, 1)
-        values = res[:, :, col].transpose(1, 0, 2).reshape(-1).astype(np.uint64)  # poly 0 (p1, p2), poly 1 (p1, p2)
+        values = np.stack([polys[0][:, col], polys[1][:, col]]).reshape(-1).astype(np.uint64)  # poly 0 (p1, p2), poly 1
         ciphertext = seal_files().load(sealapi.Ciphertext(), context, _seal_object(members + _dynarray(values)))
         plain = sealapi.Plaintext()
         decryptor.decrypt(ciphertext, plain)
         coefficients = np.array([plain.data(i) for i in range(plain.coeff_count())] + [0] * (2048 - plain.coeff_count()))
-        outputs = coefficients[positions].reshape(plan.n_t, plan.n_m)[:n]
-        width = min(plan.n_m, m - col * plan.n_m)
-        assert np.array_equal(outputs[:, :width], expected[:, col * plan.n_m : col * plan.n_m + width])
+        assert np.array_equal(coefficients[positions][:n], expected[:, col])
         assert decryptor.invariant_noise_budget(ciphertext) > 0
 
 
@@ -329,44 +369,68 @@ def test_bad_keys_and_messages_are_refused_before_any_product():
     backend = BFVBackend()
     server, session = backend.server(M, 8), backend.session()
     keys = session.register("m", server.spec, server.setup())
-    ciphertext = session.encrypt("m", rng.integers(0, 256, size=(5, 40)))
+    x = rng.integers(0, 256, size=(5, 40))
+    ciphertext = session.encrypt("m", x)
     result = server.run(ciphertext, keys)
     params = json.loads(keys)
     for junk, words in [
-        (b"junk", "veilml-bfv-params/2"),
-        (json.dumps({**params, "format": "veilml-bfv-params/1"}).encode(), "veilml-bfv-params/2"),
+        (b"junk", "veilml-bfv-params/3"),
+        (json.dumps({**params, "format": "veilml-bfv-params/2"}).encode(), "veilml-bfv-params/3"),
         (json.dumps({**params, "poly_degree": 1024}).encode(), "polynomial degree 2048"),
         (json.dumps({**params, "moduli": [MODULI[0], 12289]}).encode(), "moduli"),
         (json.dumps({**params, "plain_bits": 8}).encode(), "too small"),
         (json.dumps({**params, "plain_bits": 4.5}).encode(), "integer"),
         (json.dumps({**params, "plain_bits": 30}).encode(), "not this worker's"),
+        (json.dumps({**params, "seed": "00" * 16}).encode(), "a seed of 32 bytes"),
+        (json.dumps({**params, "seed": "zz" * 32}).encode(), "expected a veilml-bfv-params/3"),
+        (json.dumps({k: v for k, v in params.items() if k != "seed"}).encode(), "seed"),
     ]:
         with pytest.raises(ValueError, match=words):
             server.check_keys(junk)
-    header, first, seed = unpack_frames(ciphertext)
+    header, first = unpack_frames(ciphertext)
     lying = json.loads(header)
-    plan = server.plan(BFVParams.from_bytes(keys), 9)
+    assert lying["hint"] is True and len(lying["id"]) == 32  # the first request of its shape asks for the hint
+    plan = server.plan(BFVParams.from_bytes(keys), 200)  # five ciphertexts of 256 rows and 8 columns, not one
     too_big = bytearray(first)
     too_big[:4] = b"\xff\xff\xff\x07"  # the first residue: 2**27 - 1, not below p1
     for changed, frames, words in [
-        ({"n": 2}, [first, seed], "not this worker's plan for 2 rows"),
-        ({"n": 9, "plan": [plan.n_t, plan.n_d, plan.n_m, plan.shift]}, [first, seed], "bytes"),
-        ({"plan": [64, 4, 4, 12]}, [first, seed], "powers of two whose product"),
-        ({"plan": [1, 2048, 1, 12]}, [first, seed], "not this worker's plan"),
-        ({"format": "veilml-bfv-ct/1"}, [first, seed], "veilml-bfv-ct/2"),
-        ({}, [first[:-1], seed], "bytes"),
-        ({}, [first, seed[:-1]], "32-byte seed"),
-        ({}, [first], "32-byte seed"),
-        ({}, [bytes(too_big), seed], "not below its prime"),
+        ({"n": 2}, [first], "not this worker's plan for 2 rows"),
+        ({"n": 200, "plan": [plan.n_t, plan.n_d, plan.n_m, plan.shift]}, [first], "bytes"),
+        ({"plan": [64, 4, 4, 12]}, [first], "powers of two whose product"),
+        ({"plan": [1, 2048, 1, 12]}, [first], "not this worker's plan"),
+        ({"format": "veilml-bfv-ct/2"}, [first], "veilml-bfv-ct/3"),
+        ({}, [first[:-1]], "bytes"),
+        ({}, [first, bytes(32)], "one data frame"),
+        ({}, [], "one data frame"),
+        ({}, [bytes(too_big)], "not below its prime"),
+        ({"id": "../etc"}, [first], "an id of 1 to 64 letters and digits"),
+        ({"id": None}, [first], "an id"),
+        ({"hint": 1}, [first], "true or false"),
     ]:
         with pytest.raises(ValueError, match=words):
             server.run(pack_frames([json.dumps({**lying, **changed}).encode(), *frames]), keys)
-    assert server.weight_cache.encoded == 1  # only the honest request's shape was ever encoded
-    header, values = unpack_frames(result)
-    with pytest.raises(ValueError, match="block plan"):
-        session.decrypt("m", pack_frames([json.dumps({**json.loads(header), "n": 70}).encode(), values]))
-    with pytest.raises(ValueError, match="bytes"):
-        session.decrypt("m", pack_frames([header, values[:-1]]))
+    header, values, hint = unpack_frames(result)
+    told = json.loads(header)
+    for changed, frames, words in [
+        ({"n": 70}, [values, hint], "block plan"),
+        ({}, [values[:-1], hint], "bytes"),
+        ({}, [values, hint[:-1]], "bytes"),
+        ({"id": "0" * 32}, [values, hint], "answers no request"),
+        ({"id": 7}, [values, hint], "answers no request"),
+        ({}, [values], "lacks the hint"),
+        ({"hint": False}, [values, hint], "lacks the hint"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            session.decrypt("m", pack_frames([json.dumps({**told, **changed}).encode(), *frames]))
+    assert np.array_equal(session.decrypt("m", result), x @ M)  # refused results took nothing from the request
+    with pytest.raises(ValueError, match="answers no request"):  # its secrets are gone once it is decrypted
+        session.decrypt("m", result)
+    again = session.encrypt("m", x)
+    assert json.loads(unpack_frames(again)[0])["hint"] is False  # the session keeps the hint of its shape
+    header, values = unpack_frames(server.run(again, keys))
+    with pytest.raises(ValueError, match="carries the hint"):
+        session.decrypt("m", pack_frames([header, values, hint]))
+    assert np.array_equal(session.decrypt("m", pack_frames([header, values])), x @ M)
     with pytest.raises(ValueError, match="veilml-bfv-setup/2"):
         backend.session().register("m", server.spec, server.setup().replace(b"/2", b"/1"))
 

@@ -24,6 +24,7 @@ from veilml.linear import (  # noqa: E402
     unpack_frames,
 )
 from veilml.linear.bfv import BFVBackend, plan_product  # noqa: E402
+from veilml.linear.bfv.backend import BFVServer  # noqa: E402
 from veilml.linear.bfv.encoding import pack_bits, switch_modulus, unpack_bits  # noqa: E402
 from veilml.linear.bfv.params import RNS_COSTS  # noqa: E402
 from veilml.linear.bfv.params import client_params as rns_params  # noqa: E402
@@ -150,9 +151,16 @@ def test_equals_clear_on_ragged_shapes(backend, n, d, m):
 def test_one_row_through_a_2048_by_2048_matrix(backend):
     M = rng.integers(-127, 128, size=(2048, 2048))
     x = rng.integers(0, 256, size=(1, 2048))
-    result, (_, _, _, ciphertext, answer) = product(backend, M, x)
+    result, (server, session, keys, ciphertext, answer) = product(backend, M, x)
     assert np.array_equal(result, x @ M)
-    assert len(ciphertext) < 600_000 and len(answer) < 800_000  # ~0.44 MB up, ~0.65 MB down
+    if isinstance(server, BFVServer):  # the first answer of a shape carries the session's hint: 2048 x 2048 coefficients
+        assert len(answer) > 2048 * 2048 * 4
+        ciphertext = session.encrypt("m", x)
+        answer = server.run(ciphertext, keys)
+        assert np.array_equal(session.decrypt("m", answer), x @ M)
+        assert len(ciphertext) < 15_000 and len(answer) < 12_000  # one ciphertext up, 2048 outputs down
+    else:
+        assert len(ciphertext) < 600_000 and len(answer) < 800_000  # ~0.44 MB up, ~0.65 MB down
 
 
 @pytest.mark.parametrize("n, d, m", [(1, 2048, 2048), (2, 32896, 4), (64, 2048, 4)])
@@ -204,19 +212,29 @@ def test_registry_default_and_float_products_through_the_worker():
             np.testing.assert_array_equal(exact, reference)  # bit for bit, forward and backward
 
 
+def _pieces(data: bytes) -> list[bytes]:
+    return [data[i : i + 1024] for i in range(0, len(data), 4096)]
+
+
 def _secret_pieces(key) -> list[bytes]:
-    """Pieces of a client key's secret as the client holds it (either engine)."""
-    secret = key._secret.astype(np.int64).tobytes()  # the coefficients
-    pieces = [secret[i : i + 1024] for i in range(0, len(secret), 4096)]
-    if hasattr(key, "_secret_key"):  # SEAL's own (NTT-form) secret key
-        sealed = unwrap(seal_files().save(key._secret_key), 1 << 20)
-        return pieces + [sealed[-1024 * i - 1024 : -1024 * i or None] for i in range(4)]
-    transform = key._s_hat.tobytes()  # the RNS engine's secret in the transform domain
-    return pieces + [transform[i : i + 1024] for i in range(0, len(transform), 4096)]
+    """Pieces of a SEAL client key's secret as the client holds it: its coefficients, SEAL's NTT-form key."""
+    pieces = _pieces(key._secret.astype(np.int64).tobytes())
+    sealed = unwrap(seal_files().save(key._secret_key), 1 << 20)
+    return pieces + [sealed[-1024 * i - 1024 : -1024 * i or None] for i in range(4)]
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-def test_the_worker_never_holds_a_secret_key(engine):
+def test_the_worker_never_holds_a_secret_key(engine, monkeypatch):
+    made: list[bytes] = []  # the RNS engine's secrets (one per row block and request), as the client makes them
+    if engine == "bfv":
+        from veilml.linear.bfv.keys import ClientKey as RNSKey
+
+        def recording(key, count, make=RNSKey.secrets):
+            secrets, s_hat, s_shoup = make(key, count)
+            made.extend(_pieces(secrets.tobytes()) + _pieces(np.ascontiguousarray(s_hat.transpose(2, 0, 1)).tobytes()))
+            return secrets, s_hat, s_shoup
+
+        monkeypatch.setattr(RNSKey, "secrets", recording)
     worker = Worker({"fc": rng.normal(size=(40, 24)), "out": rng.normal(size=(24, 40))}, backend=engine)
     executor = EncryptedLinearExecutor(LocalTransport(worker), backend=engine)
     for name, width in (("fc", 40), ("out", 24)):
@@ -224,7 +242,11 @@ def test_the_worker_never_holds_a_secret_key(engine):
         executor.backward(name, rng.normal(size=(3, 64 - width)))
     keys = list(executor.session._keys.values())
     assert keys
-    secrets = [piece for key in keys for piece in _secret_pieces(key)]
+    if engine == "bfv":
+        assert len(made) > 8 and not executor.session._pending  # decrypted requests' secrets are dropped
+        assert not any(any(w in blob for w in made) for blob in held_bytes(executor.session))
+        executor.session.encrypt("fc/forward", rng.integers(0, 256, size=(3, 40)))  # one awaiting its result
+    secrets = made if engine == "bfv" else [piece for key in keys for piece in _secret_pieces(key)]
     assert any(any(w in blob for w in secrets) for blob in held_bytes(executor.session))  # the probe finds them
     assert not any(any(w in blob for w in secrets) for blob in held_bytes(worker))
     for scope, message in worker.session_keys.items():  # all a worker holds of a session: public parameters
@@ -285,11 +307,11 @@ def test_requests_over_max_rows_are_refused():
     assert error.value.status == 413
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINES))
-def test_weights_beyond_the_cache_budget_are_encoded_per_request(engine):
+def test_weights_beyond_the_cache_budget_are_encoded_per_request():
+    """The SEAL engine's weight cache (the default engine keeps no encoded weights: test_bfv_bounds)."""
     M = rng.integers(-127, 128, size=(64, 96))
     x = rng.integers(0, 256, size=(20, 64))
-    backend = ENGINES[engine]
+    backend = ENGINES["bfv-seal"]
     small = backend(weight_cache_bytes=0)
     result, (server, *_) = product(small, M, x)
     assert server.cached_rows == 0 and server.weight_cache.held == 0 and np.array_equal(result, x @ M)

@@ -141,9 +141,9 @@ def _add_worker_service_options(worker: argparse.ArgumentParser) -> None:
         default=2048.0,
         metavar="N",
         help=(
-            "bfv backends: MiB of weights kept encoded in NTT form for every row-block size up to the largest that "
-            "fits (for each size of 1, 2, 4, ... rows, up to 64: 16 bytes per weight and direction with 'bfv', about "
-            "8 times the row count with 'bfv-seal'); what does not fit is encoded per request"
+            "bfv-seal backend: MiB of weights kept encoded in NTT form for every row-block size up to the largest "
+            "that fits (for each size of 1, 2, 4, ... rows, up to 64: about 8 times the row count bytes per weight "
+            "and direction); what does not fit is encoded per request ('bfv' keeps none: it reads the clear weights)"
         ),
     )
     worker.add_argument(
@@ -244,10 +244,10 @@ def _worker_command(args: argparse.Namespace) -> int:
         options: dict[str, Any] = {}
         if args.backend == "concrete":
             options = {"run_timeout": service_limits.run_timeout, "cache_dir": args.circuit_cache}
-        elif args.backend in ("bfv", "bfv-seal"):
+        elif args.backend == "bfv":
+            options = {"run_timeout": service_limits.run_timeout, "device": args.device}
+        elif args.backend == "bfv-seal":
             options = {"weight_cache_bytes": int(args.weight_cache_mb * 2**20), "run_timeout": service_limits.run_timeout}
-            if args.backend == "bfv":
-                options["device"] = args.device
         backend = get_backend(args.backend, **options)
         worker = Worker(
             weights,

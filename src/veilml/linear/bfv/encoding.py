@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "HINT_LIMB_BITS",
     "decrypt_outputs",
     "encode_rows",
     "encode_weights",
@@ -31,6 +32,7 @@ __all__ = [
 
 _CHUNK = 2048  # periods of values packed or unpacked at a time (their words stay in cache)
 _LIMB = 41  # bits per limb of a result coefficient in the float64 products of decryption (exact below 2**53)
+HINT_LIMB_BITS = _LIMB  # results of at most this many bits: second polynomials kept as float64 for decryption
 
 
 def encode_rows(x: np.ndarray, n_t: int, n_d: int, n_m: int) -> np.ndarray:
@@ -175,11 +177,16 @@ def decrypt_outputs(selection: np.ndarray, c1: np.ndarray, c0: np.ndarray, bits:
 
     ``round((c0 + c1 s) / 2**shift) mod t``, centred, with everything mod q' = 2**bits: sums wrap in uint64 and a
     mask reduces them; ``c1 s`` at the outputs is a float64 product of 41-bit limbs of c1 (exact: N 2**41 < 2**53).
+    ``c1`` may be given as float64 when bits <= 41 (one limb, as :class:`~.session.BFVSession` keeps its hints).
     """
     total = c0.astype(np.uint64)
-    c1 = c1.astype(np.uint64, copy=False)
-    for low in range(0, bits, _LIMB):
-        limb = ((c1 >> np.uint64(low)) & np.uint64((1 << _LIMB) - 1)).astype(np.float64)
+    if c1.dtype == np.float64 and bits <= _LIMB:  # one limb, kept as float64 by the caller (values below 2**bits)
+        limbs = [(c1, 0)]
+    else:
+        c1 = c1.astype(np.uint64, copy=False)
+        mask = np.uint64((1 << _LIMB) - 1)
+        limbs = [(((c1 >> np.uint64(low)) & mask).astype(np.float64), low) for low in range(0, bits, _LIMB)]
+    for limb, low in limbs:
         part = np.rint(limb @ selection).astype(np.int64).view(np.uint64)  # exact: |sum| < N 2**LIMB = 2**52
         with np.errstate(over="ignore"):
             total = total + (part << np.uint64(low))

@@ -234,20 +234,19 @@ def _switch(v: int, bits: int, q: int, ratio: float) -> int:
 
 
 @_jit
-def crt_switch(res: np.ndarray, positions: np.ndarray, moduli: np.ndarray, inverse_p1: int, bits: int, out: np.ndarray) -> None:
-    """Result values ``out[c]``: c1 (all N coefficients) then c0 at ``positions``, CRT'd to [0, q) and switched to 2**bits.
+def crt_switch(res: np.ndarray, indices: np.ndarray, moduli: np.ndarray, inverse_p1: int, bits: int, out: np.ndarray) -> None:
+    """``out[c, k]``: coefficient ``indices[k]`` of result polynomial c, CRT'd to [0, q) and switched to 2**bits.
 
-    ``res[prime, poly, c, N]`` are the residues of (c0, c1); ``inverse_p1`` is p1**-1 mod p2.
+    ``res[prime, c, N]`` are the residues of the C polynomials; ``inverse_p1`` is p1**-1 mod p2.
     """
     p1, p2 = np.int64(moduli[0]), np.int64(moduli[1])
     q = p1 * p2
     ratio = 2.0**bits / np.float64(q)
-    size = res.shape[3]
-    for c in range(res.shape[2]):
-        for k in range(size + positions.size):
-            poly, index = (1, k) if k < size else (0, positions[k - size])
-            low = np.int64(res[0, poly, c, index])
-            high = ((np.int64(res[1, poly, c, index]) - low + 2 * p2) * inverse_p1) % p2
+    for c in range(res.shape[1]):
+        for k in range(indices.size):
+            index = indices[k]
+            low = np.int64(res[0, c, index])
+            high = ((np.int64(res[1, c, index]) - low + 2 * p2) * inverse_p1) % p2
             out[c, k] = _switch(low + p1 * high, bits, q, ratio)
 
 
@@ -368,15 +367,17 @@ def pack(values: np.ndarray, bits: int, out: np.ndarray) -> None:
 
 
 @_jit
-def unpack(data: np.ndarray, bits: int, out: np.ndarray) -> None:
-    """The values of :func:`pack` (``out.size`` of them) from ``data``; the caller checks its length."""
-    acc, held, at = np.int64(0), 0, 0
-    mask = (np.int64(1) << bits) - 1
+def unpack(words: np.ndarray, bits: int, out: np.ndarray) -> None:
+    """The values of :func:`pack` (``out.size`` of them) from its bytes read as little-endian uint64 ``words``,
+    zero-padded by at least one word (:func:`~.product.unpack_values`); the caller checks the length.
+
+    Value i starts at bit i * bits: the word holding that bit, and the next one when the value spills into it.
+    """
+    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(out.size):
-        while held < bits:
-            acc |= np.int64(data[at]) << held
-            at += 1
-            held += 8
-        out[i] = acc & mask
-        acc >>= bits
-        held -= bits
+        bit = i * bits
+        w, shift = bit >> 6, bit & 63
+        value = words[w] >> np.uint64(shift)
+        if shift + bits > 64:
+            value |= words[w + 1] << np.uint64(64 - shift)
+        out[i] = value & mask

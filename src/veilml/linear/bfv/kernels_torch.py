@@ -112,17 +112,34 @@ class TorchKernels:
         parts = src.view(len(MODULI), chunks, length, -1).permute(0, 2, 1, 3)
         x[:, :length, offset : offset + chunks] = parts
 
-    def load(self, c0: np.ndarray, a_hat: np.ndarray, n_t: int) -> Any:
+    def load(self, coefficients: np.ndarray, n_t: int) -> Any:
         size, chunks = transform_size(n_t), 1 if n_t == 1 else n_t
-        first, second = self._tensor(c0), self._tensor(a_hat)
-        x = self.torch.zeros((len(MODULI), size, 2 * chunks, first.shape[2]), dtype=self.torch.int64, device=self.device)
-        if n_t == 1:  # the ring's own transform: c1 arrives in it
-            x[:, :, 0] = self.forward(first, size)
-            x[:, :, 1] = second
-            return x
+        first = coefficients if isinstance(coefficients, self.torch.Tensor) else self._tensor(coefficients)
+        x = self.torch.zeros((len(MODULI), size, chunks, first.shape[2]), dtype=self.torch.int64, device=self.device)
         self._scatter(first, x, chunks, 0)
-        self._scatter(self.inverse(second, POLY_DEGREE), x, chunks, chunks)
         return self.forward(x, size)
+
+    def load_uniform(self, a_hat: np.ndarray, n_t: int) -> Any:
+        second = self._tensor(a_hat)
+        if n_t == 1:  # the ring's own transform: the polynomials arrive in it
+            return second.view(len(MODULI), POLY_DEGREE, 1, -1)
+        return self.load(self.inverse(second, POLY_DEGREE), n_t)
+
+    def matmul_mod(self, rows: np.ndarray, matrix: np.ndarray, limbs: int) -> np.ndarray:
+        """``rows[prime] @ matrix mod p`` with float64 products on the device (see :meth:`~.ops.NumbaKernels.matmul_mod`)."""
+        torch = self.torch
+        primes, n, d = rows.shape
+        x = self._tensor(rows).view(primes * n, d)
+        w = self._tensor(matrix).to(torch.float64)
+        p = self.p.view(-1, 1, 1)
+        if limbs == 1:
+            out = (x.to(torch.float64) @ w).to(torch.int64).view(primes, n, -1) % p
+        else:
+            mask = (1 << _LOW) - 1
+            low = ((x & mask).to(torch.float64) @ w).to(torch.int64).view(primes, n, -1) % p
+            high = ((x >> _LOW).to(torch.float64) @ w).to(torch.int64).view(primes, n, -1) % p
+            out = (low + (high << _LOW)) % p
+        return self.to_numpy(out)
 
     def multiply(self, x: Any, w: Any) -> Any:
         """Y[r, s] = X[r, s] @ W[r, s] mod p: four float64 batched products of 14/13-bit limbs, each exact."""
@@ -146,26 +163,24 @@ class TorchKernels:
 
     def residues(self, y: Any, n_t: int) -> Any:
         chunks = 1 if n_t == 1 else n_t
-        primes, size, _, cols = y.shape
-        z = self.inverse(y, size).view(primes, size, 2, chunks, cols)
+        primes, size, rows, cols = y.shape
+        polys = rows // chunks
+        z = self.inverse(y, size).view(primes, size, polys, chunks, cols)
         if chunks == 1:
-            return z[:, :, :, 0].permute(0, 2, 3, 1).contiguous()  # (primes, 2, C, N)
+            return z[:, :, :, 0].permute(0, 2, 3, 1).contiguous()  # (primes, polys, C, N)
         length = size // 2
         head, tail = z[:, :length], z[:, length:]
         carried = self.torch.roll(tail, 1, dims=3)  # chunk i receives chunk i - 1's tail
         carried[:, :, :, 0] = -carried[:, :, :, 0]  # the last chunk's tail wraps around X**N = -1
-        v = (head + carried) % self._moduli(5)  # (primes, L, 2, chunks, C)
-        return v.permute(0, 2, 4, 3, 1).reshape(primes, 2, cols, POLY_DEGREE)
+        v = (head + carried) % self._moduli(5)  # (primes, L, polys, chunks, C)
+        return v.permute(0, 2, 4, 3, 1).reshape(primes, polys, cols, POLY_DEGREE)
 
-    def finish(self, y: Any, n_t: int, positions: np.ndarray, bits: int) -> np.ndarray:
-        torch = self.torch
-        res = self.residues(y, n_t)
-        index = self._tensor(positions)
-        picked = torch.cat((res[:, 1], res[:, 0][:, :, index]), dim=2)  # (primes, C, N + P): c1, then c0 at the outputs
+    def finish(self, y: Any, n_t: int, indices: np.ndarray, bits: int) -> np.ndarray:
+        picked = self.residues(y, n_t)[:, 0][:, :, self._tensor(indices)]  # (primes, C, len(indices))
         p1, p2 = MODULI
         low = picked[0]
         high = (picked[1] - low + 2 * p2) * pow(p1, -1, p2) % p2
-        return self.to_numpy(_switch(torch, low + p1 * high, bits, p1 * p2))
+        return self.to_numpy(_switch(self.torch, low + p1 * high, bits, p1 * p2))
 
     def to_numpy(self, a: Any) -> np.ndarray:
         return a.cpu().numpy() if hasattr(a, "cpu") else np.asarray(a)

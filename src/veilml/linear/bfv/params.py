@@ -17,14 +17,14 @@ kernels of :mod:`.kernels` (``benchmarks/bfv_kernels.py``), and bytes at 100 MB/
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from veilml.linear.base import MALFORMED, json_message
 from veilml.linear.bfv.planner import MAX_PLAIN_BITS, POLY_DEGREE, CostModel, SchemeParams, plain_bits_for
 
 __all__ = [
     "CIPHERTEXT_FORMAT",
-    "DECRYPT_LIMB_BITS",
+    "MAX_BLOCK_ROWS",
     "MAX_COEFF_BITS_128",
     "MODULI",
     "PRIME_BITS",
@@ -43,15 +43,16 @@ MODULI = (134176769, 134111233)
 PRIME_BITS = 27  # each residue of a coefficient travels in 27 bits
 #: largest log2 q at N = 2048 for 128-bit security (HE standard, classical; SEAL's ``MaxBitCount(2048, tc128)``)
 MAX_COEFF_BITS_128 = 54
-SEED_BYTES = 32  # one AES-256 key per request expands every uniform polynomial (:mod:`.prg`)
-PARAMS_FORMAT = "veilml-bfv-params/2"
+SEED_BYTES = 32  # one AES-256 key per session expands the uniform polynomials (:mod:`.prg`)
+PARAMS_FORMAT = "veilml-bfv-params/3"
 SETUP_FORMAT = "veilml-bfv-setup/2"
-CIPHERTEXT_FORMAT = "veilml-bfv-ct/2"
-RESULT_FORMAT = "veilml-bfv-result/2"
-MAX_PARAMS_BYTES = 512  # a parameters message is about 110 bytes; longer ones are refused unparsed
-#: c1 s of a result ciphertext is exact from transforms mod p1 p2 for c1 below 2**41 (|c1 s| < N 2**41 < q / 2);
-#: wider results are split into two limbs of at most 24 bits
-DECRYPT_LIMB_BITS = 41
+CIPHERTEXT_FORMAT = "veilml-bfv-ct/3"
+RESULT_FORMAT = "veilml-bfv-result/3"
+MAX_PARAMS_BYTES = 512  # a parameters message is about 180 bytes; longer ones are refused unparsed
+
+
+#: the most rows per block of a plan (:meth:`RNSCosts.inner_sizes`)
+MAX_BLOCK_ROWS = 32
 
 
 def transform_size(n_t: int) -> int:
@@ -69,56 +70,45 @@ def transform_size(n_t: int) -> int:
 class RNSCosts(CostModel):
     """Seconds per operation on one core of the numba kernels (``benchmarks/bfv_kernels.py``), bytes at ``bandwidth``."""
 
-    # measured on 2 shared cores (benchmarks/results/bfv_kernels.md, one thread): 0.15 ns, 0.8 ns, 110 us, 130 us, 0.08 ns
-    mac: float = 0.15e-9  # one multiply-accumulate of the slot-wise GEMM, per prime
+    # measured on 2 shared cores (benchmarks/results/bfv_kernels.md, one thread)
+    mac: float = 0.15e-9  # one multiply-accumulate of the slot-wise GEMM of the hints, per prime
+    dgemm_mac: float = 0.06e-9  # one multiply-add of the worker's float64 matrix product, per prime
     butterfly: float = 0.8e-9  # one butterfly of a transform, per prime
-    encrypt: float = 110e-6  # per input ciphertext, besides its transforms: sampling, expansion, packing, checks
-    result: float = 130e-6  # per result ciphertext, besides its transforms: CRT, switch, packing, unpacking
+    encrypt: float = 60e-6  # per input ciphertext, besides its transforms: noise, combining, packing, checks
+    result: float = 60e-9  # per output sent: CRT, switch, packing, unpacking
     decrypt_mac: float = 0.08e-9  # one multiply-add of the client's decryption (float64, per output and coefficient)
     bandwidth: float = 100e6
-
-    def _transforms(self, n_t: int) -> float:
-        """Seconds of transforming one polynomial in both primes as the worker does for blocks of n_t rows."""
-        size = transform_size(n_t)
-        chunks = 1 if n_t == 1 else n_t
-        return 2 * chunks * size // 2 * (size.bit_length() - 1) * self.butterfly
 
     @property
     def ring(self) -> float:
         """Seconds of one transform of length N in both primes."""
         return POLY_DEGREE // 2 * (POLY_DEGREE.bit_length() - 1) * 2 * self.butterfly
 
-    def decrypt_by_transforms(self, outputs: int, bits: int) -> bool:
-        """Whether the client computes ``c1 s`` of a result ciphertext with transforms (two per limb of c1: 41 bits
-        or less, one limb) rather than as float64 products at its ``outputs`` coefficients."""
-        limbs = 1 if bits <= DECRYPT_LIMB_BITS else 2
-        return 2 * limbs * self.ring < POLY_DEGREE * outputs * self.decrypt_mac
-
-    def decrypt_seconds(self, outputs: int, bits: int) -> float:
-        """Seconds of ``c1 s`` at the outputs of one result ciphertext, the cheaper way (:meth:`decrypt_by_transforms`)."""
-        limbs = 1 if bits <= DECRYPT_LIMB_BITS else 2
-        return min(2 * limbs * self.ring, POLY_DEGREE * outputs * self.decrypt_mac)
+    def inner_sizes(self, n_t: int) -> list[int]:
+        """One column per weight polynomial (n_m = 1): the worker's products are one matrix product (:mod:`.product`).
+        At most MAX_BLOCK_ROWS rows per block: a request's cost hardly depends on n_t (every ciphertext is full), and
+        one block shape for every row count from 32 on means one set of hints per matrix (:mod:`.session`)."""
+        return [POLY_DEGREE // n_t] if n_t <= MAX_BLOCK_ROWS else []
 
     def seconds(self, params: SchemeParams, shape: tuple[int, int, int], counts: tuple[int, int, int], shift: int) -> float:
-        (n_t, _, n_m), (r, j, c) = shape, counts
+        """A request's seconds: the first polynomials' matrix product (the second ones' products are the session's
+        hint, paid once per matrix and shape: :mod:`.product`)."""
+        (n_t, n_d, _), (r, j, c) = shape, counts
         ring = self.ring
-        size = transform_size(n_t)
-        chunks = 1 if n_t == 1 else n_t
-        gemm = 2 * 2 * r * chunks * size * j * c * self.mac  # two polynomials, two primes
-        # per input: the client's inverse transform of a s; the worker's transform of c0 (one row per block), or
-        # its inverse transform of a and the transforms of both polynomials' chunks
-        inputs = r * j * (self.encrypt + 2 * ring + (0 if n_t == 1 else 2 * self._transforms(n_t)))
-        outputs = r * c * (self.result + 2 * self._transforms(n_t) + self.decrypt_seconds(n_t * n_m, params.plain_bits + shift))
+        bits = params.plain_bits + shift
+        gemm = 2 * r * n_t * j * n_d * c * self.dgemm_mac  # two primes
+        # per input the client's inverse transform of a s, per row block the transform of its fresh secret
+        inputs = r * j * (self.encrypt + ring) + r * ring
+        results = r * c * n_t * (self.result + POLY_DEGREE * self.decrypt_mac)
         up = r * j * 2 * POLY_DEGREE * PRIME_BITS
-        down = r * c * (POLY_DEGREE + n_t * n_m) * (params.plain_bits + shift)
-        return gemm + inputs + outputs + (up + down) / 8 / self.bandwidth
+        down = r * c * n_t * bits
+        return gemm + inputs + results + (up + down) / 8 / self.bandwidth
 
     def weight_seconds(self, shape: tuple[int, int, int], j: int, c: int) -> float:
-        size = transform_size(shape[0])
-        return j * c * (size // 2 * (size.bit_length() - 1) * 2 * self.butterfly + 2 * size * 2e-9)
+        return 0.0  # the product reads the clear matrix
 
     def weight_bytes(self, shape: tuple[int, int, int], j: int, c: int) -> int:
-        return j * c * transform_size(shape[0]) * len(MODULI) * 4  # int32 words, per prime
+        return 0
 
 
 RNS_COSTS = RNSCosts()
@@ -126,11 +116,16 @@ RNS_COSTS = RNSCosts()
 
 @dataclass(frozen=True)
 class BFVParams:
-    """The public parameters the client sends for one matrix (``register``'s "evaluation keys")."""
+    """The public parameters the client sends for one matrix (``register``'s "evaluation keys").
+
+    ``seed`` expands the public uniform polynomials a_j of the session (:mod:`.prg`), drawn by the client: a
+    worker never chooses them. It is not compared: parameters are equal when the scheme's are.
+    """
 
     plain_bits: int
     moduli: tuple[int, ...] = MODULI
     poly_degree: int = POLY_DEGREE
+    seed: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def coeff_modulus(self) -> int:
@@ -155,7 +150,7 @@ class BFVParams:
 
     def to_bytes(self) -> bytes:
         d = {"format": PARAMS_FORMAT, "poly_degree": self.poly_degree, "moduli": list(self.moduli)}
-        return json.dumps({**d, "plain_bits": self.plain_bits}, sort_keys=True).encode()
+        return json.dumps({**d, "plain_bits": self.plain_bits, "seed": self.seed.hex()}, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BFVParams:
@@ -165,9 +160,13 @@ class BFVParams:
             values = [d["plain_bits"], d["poly_degree"]]
             if not isinstance(moduli, list) or not all(type(v) is int for v in [*values, *moduli]):
                 raise ValueError("integer fields expected")
+            seed = d["seed"]
+            if not isinstance(seed, str) or len(seed) != 2 * SEED_BYTES:
+                raise ValueError(f"a seed of {SEED_BYTES} bytes in hexadecimal expected")
+            seed = bytes.fromhex(seed)
         except MALFORMED as error:
             raise ValueError(f"expected a {PARAMS_FORMAT} message from a bfv client ({error})") from None
-        params = cls(values[0], tuple(moduli), values[1])
+        params = cls(values[0], tuple(moduli), values[1], seed)
         params.check()
         return params
 

@@ -110,6 +110,10 @@ class CostModel(abc.ABC):
     def seconds(self, params: SchemeParams, shape: tuple[int, int, int], counts: tuple[int, int, int], shift: int) -> float:
         """Client and worker seconds and wire time of a request of R row blocks, weights already encoded."""
 
+    def inner_sizes(self, n_t: int) -> list[int]:
+        """The n_d an engine computes with for blocks of n_t rows (every power of two that fits, unless it says less)."""
+        return _powers(POLY_DEGREE // n_t)
+
     @abc.abstractmethod
     def weight_seconds(self, shape: tuple[int, int, int], j: int, c: int) -> float:
         """Seconds to encode the J C weight polynomials of one shape (paid per request unless cached)."""
@@ -176,7 +180,7 @@ def cached_shape(params: SchemeParams, costs: CostModel, d: int, m: int, w_max: 
     rows for every row count. None when no shape of n_t rows keeps the noise within the modulus.
     """
     best: tuple[float, int, Plan] | None = None
-    for n_d in _powers(POLY_DEGREE // n_t):
+    for n_d in costs.inner_sizes(n_t):
         found = _shape_cost(params, costs, n_t, d, m, w_max, n_t, n_d)
         if found is not None and (best is None or (found[0], n_d) < best[:2]):
             best = (found[0], n_d, found[1])
@@ -208,7 +212,7 @@ def plan_product(params: SchemeParams, costs: CostModel, n: int, d: int, m: int,
             shape = cached_shape(params, costs, d, m, w_max, n_t)
             candidates = [] if shape is None else [shape.n_d]
         else:
-            candidates = _powers(POLY_DEGREE // n_t)
+            candidates = costs.inner_sizes(n_t)
         for n_d in candidates:
             found = _shape_cost(params, costs, n, d, m, w_max, n_t, n_d)
             if found is None:

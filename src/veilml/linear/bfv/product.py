@@ -1,38 +1,48 @@
-"""One validated ``bfv`` request as units of work: each row block's products, then the packed result.
+"""One validated ``bfv`` request as units of work: column tiles of one matrix product, the session's hint, the result.
 
-:meth:`~.backend.BFVServer.work` checks a request and hands the checked pieces to a :class:`RNSProduct`. Its
-units (:meth:`~RNSProduct.row_block`, one per row block of n_t rows) run the array operations of
-:mod:`.ops` on the block's J ciphertexts:
+:meth:`~.backend.BFVServer.work` checks a request and hands the checked pieces to a :class:`RNSProduct`. The
+engine's block shapes hold one column per weight polynomial (n_m = 1, n_t n_d = N: :class:`~.params.RNSCosts`),
+so ciphertext (r, j) holds rows r n_t .. and columns j n_d .. of the input, coefficient i n_d + k for entry
+(i, k), and a result ciphertext (r, c) the n_t outputs of column c at coefficients i n_d + n_d - 1. A
+ciphertext is ``(c0, a_j)``: c0 travels, a_j is the session's public uniform polynomial of inner block j
+(:mod:`.prg`), the same in every row block and request, each row block under its own fresh secret
+(:mod:`.keys`). So the products split in two:
 
-1. expand their second polynomials from the request's seed, in the ring's transform domain (:mod:`.prg`);
-2. ``load``: cut both polynomials of each ciphertext into n_t chunks of L = N / n_t coefficients and transform
-   them with length T = 2 L (n_t = 1: the ring's own transform, of c0 only);
-3. ``multiply``: slot by slot, the (2 n_t, J) chunks times the (J, C) transformed weight blocks (a small GEMM
-   per slot and prime, lazy reduction): the sums over the J inner blocks of every product;
-4. ``finish``: back from the transform domain; the chunks' linear products added up negacyclically (X**N = -1)
-   into the C result ciphertexts mod p1 and p2; CRT to [0, q) and the switch to q' = t 2**shift, c1 whole and
-   c0 at the output coefficients only.
+- ``c0 * W`` at the output coefficients: the coefficient of degree i n_d + n_d - 1 of ``c0_{r,j} w_{j,c}`` is
+  ``sum_k c0_{r,j}[i n_d + k] W[j n_d + k, c]`` (no other pair of degrees reaches it, and nothing wraps past
+  X**N), so the first polynomials of every result are one matrix product: the c0 coefficients laid out as
+  an (R n_t, J n_d) matrix, times W, mod p1 and mod p2. Its sums are exact in float64 (27-bit residues, or
+  two limbs of them, times the weights: :func:`limbs_for`), so the worker multiplies with BLAS, a tile of
+  columns per unit (:meth:`~RNSProduct.columns`), then CRTs to [0, q) and switches to q' = t 2**shift.
+- ``sum_j a_j * W`` (:meth:`~RNSProduct.hint_block`): the second polynomials of the C result ciphertexts, the
+  same for every row block and request of the session and block shape, switched whole. The client asks for
+  them once per matrix and shape (the request's ``hint`` field) and keeps them; other results carry none.
+  They are ring products, computed in the transform domain (:mod:`.ops`: chunks of L = n_d coefficients,
+  transforms of length 2 L, a GEMM per slot).
 
-A chunk of L coefficients times a weight polynomial of L coefficients has fewer than 2 L coefficients, so the
-transform of length 2 L computes it without wrapping: the weights cost 2 words per weight and prime whatever
-n_t, and the ring product is recovered exactly. ``finish`` packs the result once every unit ran. The units may
-run in any order, or at once from several threads.
+``finish`` packs the result once every unit ran. The units may run in any order, or at once from several
+threads.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from veilml.linear.bfv.encoding import output_positions
+from veilml.linear.bfv.ops import INVERSE_P1
 from veilml.linear.bfv.params import MODULI, RESULT_FORMAT
 from veilml.linear.bfv.planner import POLY_DEGREE, Plan
-from veilml.linear.bfv.prg import expand_uniform
 from veilml.linear.bfv.wire import pack_message
 
-__all__ = ["RNSProduct", "check_residues", "pack_values", "unpack_values"]
+__all__ = ["TILE_BYTES", "RNSProduct", "RowBlocks", "check_residues", "limbs_for", "pack_values", "result_size", "unpack_values"]
+
+_ALL = np.arange(POLY_DEGREE)
+_PRIMES = np.array(MODULI, dtype=np.int64)
 
 
 def pack_values(values: np.ndarray, bits: int) -> bytes:
@@ -54,26 +64,30 @@ def unpack_values(data: bytes, count: int, bits: int, dtype: type = np.int64) ->
     size = -(-count * bits // 8)
     if len(data) != size:
         raise ValueError(f"expected {count} values of {bits} bits ({size} bytes), got {len(data)} bytes")
+    words = np.zeros(size // 8 + 2, "<u8")  # whole little-endian words, one more than the data reaches
+    words.view(np.uint8)[:size] = np.frombuffer(data, np.uint8)
     out = np.empty(count, dtype)
-    kernels.unpack(np.frombuffer(data, np.uint8), bits, out)
+    kernels.unpack(words.astype(np.uint64, copy=False), bits, out)
     return out
 
 
 class RowBlocks:
     """What a validated request of either engine shares: each row block (a unit) stores its slice of the switched
     result under a lock; ``finish`` packs the whole once every unit ran. Subclasses set ``result_format`` and
-    ``bits`` and give :meth:`_pack`."""
+    ``bits`` and give :meth:`_frames` (and the header ``fields`` of their result)."""
 
     result_format: str
     bits: int
     first: Any
     weights: Any
+    fields: dict[str, object] = {}
 
-    def _start(self, plan: Plan, n: int, counts: tuple[int, int, int], size: int, dtype: type) -> None:
+    def _start(self, plan: Plan, n: int, counts: tuple[int, int, int], size: int, dtype: type, width: int | None = None) -> None:
         self.plan, self.n, self.counts, self.size = plan, n, counts, size
         self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
         r, _, c = counts
-        self.out: np.ndarray | None = np.zeros((r, c, POLY_DEGREE + self.positions.size), dtype)
+        width = POLY_DEGREE + self.positions.size if width is None else width
+        self.out: np.ndarray | None = np.zeros((r, c, width), dtype)
         self.done: set[int] = set()
         self._lock = threading.Lock()
 
@@ -84,31 +98,48 @@ class RowBlocks:
             self.out[row] = switched
             self.done.add(row)
 
-    def _pack(self, out: np.ndarray) -> bytes:
+    def _missing(self) -> str | None:
+        """What is not done yet (None once every unit ran)."""
+        r = self.counts[0]
+        return None if len(self.done) == r else f"{len(self.done)} of {r} row blocks done"
+
+    def _frames(self, out: np.ndarray) -> list[bytes]:
         raise NotImplementedError
 
     def finish(self) -> bytes:
         with self._lock:
-            out, r = self.out, self.counts[0]
+            out = self.out
             if out is None:
                 raise RuntimeError("this work is finished already")
-            if len(self.done) != r:
-                raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {r} row blocks done)")
+            missing = self._missing()
+            if missing is not None:
+                raise RuntimeError(f"finish() before every unit ran ({missing})")
             self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
-        values = self._pack(out)
-        if len(values) != self.size:  # the plan fixes the size; anything else is a bug, never sent
-            raise RuntimeError(f"a result of {len(values)} bytes, not the plan's {self.size}")
-        return pack_message(self.result_format, self.n, self.plan, [values])
+        frames = self._frames(out)
+        if sum(map(len, frames)) != self.size:  # the plan fixes the size; anything else is a bug, never sent
+            raise RuntimeError(f"a result of {sum(map(len, frames))} bytes, not the plan's {self.size}")
+        return pack_message(self.result_format, self.n, self.plan, frames, **self.fields)
 
 
-class RNSProduct(RowBlocks):
-    """One validated request: each row block (a unit) writes its slice of the switched result; ``finish`` packs it.
+#: bytes of one tile of the weight matrix converted to float64 for a unit of :class:`RNSProduct`
+TILE_BYTES = 8 << 20
 
-    ``first`` is the c0 residues (R, J, primes, N), ``weights`` the transformed weight blocks of the plan's shape
-    (primes, T, J, C) as the kernel set holds them, ``bits`` log2 q'.
+
+def limbs_for(d: int, w_max: int) -> int:
+    """Residue limbs per prime for exact float64 sums of d products of residues (< 2**27) and weights (|w| <= w_max):
+    one when they stay below 2**53, else two (of 14 and 13 bits)."""
+    return 1 if d * (max(MODULI) - 1) * max(w_max, 1) < 2**53 else 2
+
+
+class RNSProduct:
+    """One validated request: units of column tiles of ``c0 W``, and the hint's when asked; ``finish`` packs them
+    (see the module docstring).
+
+    ``first`` is the c0 residues (R, J, primes, N); ``matrix`` the clear (d, m) weights; ``uniform`` the session's
+    a_j (primes, N, J) in the transform domain, or None when the request asks for no hint; ``hint_weights`` gives
+    the transformed weight blocks of the plan's shape for the hint; ``bits`` log2 q'; ``request`` the request's
+    id, echoed.
     """
-
-    result_format = RESULT_FORMAT
 
     def __init__(
         self,
@@ -117,27 +148,85 @@ class RNSProduct(RowBlocks):
         n: int,
         counts: tuple[int, int, int],
         first: np.ndarray,
-        seed: bytes,
-        weights: Any,
+        matrix: np.ndarray,
+        w_max: int,
+        uniform: np.ndarray | None,
+        hint_weights: Callable[[], Any],
         size: int,
         bits: int,
+        request: str,
     ) -> None:
-        self.ops, self.first, self.seed, self.weights, self.bits = ops, first, seed, weights, bits
-        self._start(plan, n, counts, size, np.int64)
+        (r, j, c), (d, m) = counts, matrix.shape
+        if plan.n_m != 1 or c != m or first.shape != (r, j, len(MODULI), POLY_DEGREE):
+            raise ValueError(
+                f"the plan {plan} and {first.shape} residues do not fit this engine's product of a {matrix.shape} matrix"
+            )
+        self.ops, self.plan, self.n, self.counts, self.size, self.bits = ops, plan, n, counts, size, bits
+        self.matrix, self.uniform, self.hint_weights = matrix, uniform, hint_weights
+        self.fields = {"id": request, "hint": uniform is not None}
+        # (primes, R n_t, d): entry (r n_t + i, j n_d + k) is coefficient i n_d + k of c0_{r,j}
+        rows = first.reshape(r, j, len(MODULI), plan.n_t, plan.n_d).transpose(2, 0, 3, 1, 4)
+        self.rows: np.ndarray | None = np.ascontiguousarray(rows.reshape(len(MODULI), r * plan.n_t, j * plan.n_d)[:, :, :d])
+        self.limbs = limbs_for(d, w_max)
+        self.tile = max(16, TILE_BYTES // (8 * max(d, 1)))
+        self.out: np.ndarray | None = np.zeros((c, r * plan.n_t), np.int64)  # (C, R n_t): switched outputs
+        self.hint: np.ndarray | None = None
+        self.done: set[int] = set()
+        self._lock = threading.Lock()
 
-    def row_block(self, row: int) -> None:
-        """Expand, load, multiply and switch row block ``row``'s J ciphertexts; store its C result ciphertexts."""
-        if self.out is None:
+    def units(self) -> list[Callable[[], None]]:
+        """Every unit of the request: one per tile of columns, then the hint's if asked."""
+        tiles: list[Callable[[], None]] = [partial(self.columns, lo) for lo in range(0, self.counts[2], self.tile)]
+        return tiles + ([self.hint_block] if self.uniform is not None else [])
+
+    def columns(self, lo: int) -> None:
+        """Columns lo .. lo + tile of ``c0 W`` for every row block: residues, CRT, switch; stored under the lock."""
+        from veilml.linear.bfv import kernels
+
+        rows = self.rows
+        if rows is None:
             raise RuntimeError("this work is finished already")
-        j = self.counts[1]
-        c0 = self.first[row].transpose(1, 2, 0)  # (primes, N, J), a view: the kernels read it in place
-        a_hat = expand_uniform(self.seed, row * j, j)
-        x = self.ops.load(c0, a_hat, self.plan.n_t)
-        y = self.ops.multiply(x, self.weights)
-        self._store(row, self.ops.finish(y, self.plan.n_t, self.positions, self.bits))
+        hi = min(lo + self.tile, self.counts[2])
+        residues = self.ops.matmul_mod(rows, self.matrix[:, lo:hi], self.limbs)  # (primes, R n_t, hi - lo)
+        out = np.empty((hi - lo, rows.shape[1]), np.int64)
+        kernels.crt_switch(residues.transpose(0, 2, 1), np.arange(rows.shape[1]), _PRIMES, INVERSE_P1, self.bits, out)
+        with self._lock:
+            if self.out is None:
+                raise RuntimeError("this work is finished already")
+            self.out[lo:hi] = out
+            self.done.add(lo)
 
-    def _pack(self, out: np.ndarray) -> bytes:
-        return pack_values(out, self.bits)
+    def hint_block(self) -> None:
+        """The session's second polynomials of the C result ciphertexts, switched whole (see the module docstring)."""
+        if self.out is None or self.uniform is None:
+            raise RuntimeError("this work is finished already" if self.out is None else "no hint was asked for")
+        x = self.ops.load_uniform(self.uniform, self.plan.n_t)
+        hint = self.ops.finish(self.ops.multiply(x, self.hint_weights()), self.plan.n_t, _ALL, self.bits)
+        with self._lock:
+            self.hint = hint
+
+    def finish(self) -> bytes:
+        with self._lock:
+            out, tiles = self.out, -(-self.counts[2] // self.tile)
+            if out is None:
+                raise RuntimeError("this work is finished already")
+            if len(self.done) != tiles or (self.uniform is not None and self.hint is None):
+                raise RuntimeError(f"finish() before every unit ran ({len(self.done)} of {tiles} column tiles done)")
+            self.out = self.rows = None  # free them now
+        r, _, c = self.counts
+        values = out.reshape(c, r, self.plan.n_t).transpose(1, 0, 2)  # (R, C, n_t): result ciphertext (r, c)'s outputs
+        frames = [pack_values(values, self.bits)] + ([] if self.hint is None else [pack_values(self.hint, self.bits)])
+        if sum(map(len, frames)) != self.size:  # the plan fixes the size; anything else is a bug, never sent
+            raise RuntimeError(f"a result of {sum(map(len, frames))} bytes, not the plan's {self.size}")
+        return pack_message(RESULT_FORMAT, self.n, self.plan, frames, **self.fields)
+
+
+def result_size(plan: Plan, counts: tuple[int, int, int], bits: int, hint: bool) -> int:
+    """Bytes of a result's frames: R C ciphertexts' n_t n_m output coefficients, and C whole second polynomials for a
+    hint, ``bits`` bits each."""
+    r, _, c = counts
+    size = -(-r * c * plan.n_t * plan.n_m * bits // 8)
+    return size + (-(-c * POLY_DEGREE * bits // 8) if hint else 0)
 
 
 def check_residues(first: np.ndarray) -> None:

@@ -35,7 +35,7 @@ from veilml.linear.bfv.planner import (
     plan_product,
     result_bytes,
 )
-from veilml.linear.bfv.wire import BFVSetup, pack_message, read_message
+from veilml.linear.bfv.wire import BFVSetup, pack_message, read_fields, read_message
 from veilml.linear.limits import DEFAULT_RUN_TIMEOUT
 
 __all__ = ["COST_BOUND", "DEFAULT_MAX_RESULT_BYTES", "BlockServer", "Checked"]
@@ -51,8 +51,18 @@ COST_BOUND = 1
 class Checked:
     """A request whose parameters, plan and result size are the worker's own: what an engine's work starts from."""
 
-    def __init__(self, params: Any, n: int, plan: Plan, frames: list[bytes], counts: tuple[int, int, int], size: int) -> None:
+    def __init__(
+        self,
+        params: Any,
+        n: int,
+        plan: Plan,
+        frames: list[bytes],
+        counts: tuple[int, int, int],
+        size: int,
+        header: dict[str, object],
+    ) -> None:
         self.params, self.n, self.plan, self.frames, self.counts, self.size = params, n, plan, frames, counts, size
+        self.header = header  # the request's header, for the engine's own fields
 
 
 class BlockServer(LinearServer):
@@ -160,7 +170,8 @@ class BlockServer(LinearServer):
         return BFVSetup(rows, cols, self.spec.input_bits, self.w_max, self.cached_rows).to_bytes(self.setup_format)
 
     def params(self, evaluation_keys: bytes) -> Any:
-        """The client's public parameters, if they are exactly those veilml's client derives for this matrix."""
+        """The client's public parameters, if they are exactly those veilml's client derives for this matrix (the
+        client's own object: equal to the derived one, with the public data an engine does not compare)."""
         params = self.parse_params(evaluation_keys)
         need = plain_bits_for(self.spec.rows, self.spec.input_bits, self.w_max)
         if params.plain_bits < need:
@@ -173,7 +184,7 @@ class BlockServer(LinearServer):
                 f"modulus) are not this worker's for this matrix (the prime moduli {primes}, {expected.plain_bits} "
                 "bits); use veilml's client, which derives them from the worker's setup"
             )
-        return expected
+        return params
 
     def check_keys(self, evaluation_keys: bytes) -> None:
         self.params(evaluation_keys)
@@ -221,9 +232,17 @@ class BlockServer(LinearServer):
             deadline = time.monotonic() + self.run_timeout
         return run_work(self._start(ciphertext, evaluation_keys, deadline), deadline)
 
+    def result_size(self, params: Any, plan: Plan, n: int, header: dict[str, object]) -> tuple[int, int]:
+        """(bytes the worker holds, bytes it sends) for the result of a request of ``n`` rows (ValueError when the
+        request's header asks for something the engine does not give). Per result ciphertext: the whole second
+        polynomial and the first one's output coefficients."""
+        d, m = self.matrix.shape
+        r, _, c = plan.counts(n, d, m)
+        return r * c * (POLY_DEGREE + plan.n_t * plan.n_m) * 8, result_bytes(params, plan, n, d, m)
+
     def _start(self, ciphertext: bytes, evaluation_keys: bytes, deadline: float | None) -> Work:
         params = self.params(evaluation_keys)
-        n, plan, frames = read_message(ciphertext, self.ciphertext_format)
+        n, plan, frames, header = read_fields(ciphertext, self.ciphertext_format)
         if n == 0 or plan is None:
             empty = pack_message(self.result_format, 0, None, [])
             return Work((), lambda: empty)
@@ -235,10 +254,10 @@ class BlockServer(LinearServer):
             )
         d, m = self.matrix.shape
         r, j, c = plan.counts(n, d, m)
-        held = r * c * (POLY_DEGREE + plan.n_t * plan.n_m) * 8  # the worker's array of the result
+        held, size = self.result_size(params, plan, n, header)
         if held > self.max_result_bytes:
             raise ValueError(
                 f"the result of {n} rows would take {held} bytes, over this worker's limit of {self.max_result_bytes}; "
                 "send fewer rows per request"
             )
-        return self._work(Checked(params, n, plan, frames, (r, j, c), result_bytes(params, plan, n, d, m)), deadline)
+        return self._work(Checked(params, n, plan, frames, (r, j, c), size, header), deadline)

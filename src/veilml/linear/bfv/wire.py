@@ -32,6 +32,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "BFVSetup",
     "pack_message",
+    "read_fields",
     "read_message",
 ]
 
@@ -75,13 +76,20 @@ class BFVSetup:
         return setup
 
 
-def pack_message(fmt: str, n: int, plan: Plan | None, frames: list[bytes]) -> bytes:
+def pack_message(fmt: str, n: int, plan: Plan | None, frames: list[bytes], **fields: object) -> bytes:
+    """A ciphertext or result message: its header (the format, row count, plan and the engine's ``fields``) and frames."""
     shape = None if plan is None else [plan.n_t, plan.n_d, plan.n_m, plan.shift]
-    return pack_frames([json.dumps({"format": fmt, "n": n, "plan": shape}).encode(), *frames])
+    return pack_frames([json.dumps({"format": fmt, "n": n, "plan": shape, **fields}).encode(), *frames])
 
 
 def read_message(data: bytes, fmt: str, max_rows: int = 2**24) -> tuple[int, Plan | None, list[bytes]]:
     """(row count, plan, data frames) of a ciphertext or result message; the plan is None for zero rows."""
+    n, plan, frames, _ = read_fields(data, fmt, max_rows)
+    return n, plan, frames
+
+
+def read_fields(data: bytes, fmt: str, max_rows: int = 2**24) -> tuple[int, Plan | None, list[bytes], dict[str, object]]:
+    """:func:`read_message` and the whole header, for the engine's own fields (which the engine checks)."""
     frames = unpack_frames(data)
     try:
         header = json_message(frames[0] if frames else b"{}", fmt, MAX_HEADER_BYTES, "header")
@@ -89,10 +97,10 @@ def read_message(data: bytes, fmt: str, max_rows: int = 2**24) -> tuple[int, Pla
         if n == 0:
             if header["plan"] is not None or len(frames) != 1:
                 raise ValueError("an empty message has no plan and no data")
-            return 0, None, []
+            return 0, None, [], header
         n_t, n_d, n_m, shift = (_int(v, 1, POLY_DEGREE, "a plan entry") for v in header["plan"])
     except MALFORMED as error:
         raise ValueError(f"expected a {fmt} message ({error})") from None
     if n_t * n_d * n_m != POLY_DEGREE or any(v & (v - 1) for v in (n_t, n_d, n_m)):
         raise ValueError(f"a block shape is three powers of two whose product is {POLY_DEGREE}, got {(n_t, n_d, n_m)}")
-    return n, Plan(n_t, n_d, n_m, shift), frames[1:]
+    return n, Plan(n_t, n_d, n_m, shift), frames[1:], header

@@ -73,5 +73,5 @@ class BlockProduct(RowBlocks):
             block[col, POLY_DEGREE:] = polys[0][self.positions]
         self._store(row, switch_modulus(block, seal.params.coeff_modulus, self.bits))
 
-    def _pack(self, out: np.ndarray) -> bytes:
-        return pack_bits(out, self.bits)
+    def _frames(self, out: np.ndarray) -> list[bytes]:
+        return [pack_bits(out, self.bits)]
