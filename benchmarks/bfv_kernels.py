@@ -2,16 +2,16 @@
 
     .venv/bin/python benchmarks/bfv_kernels.py [--repeats 5] [--layer]
 
-On one thread (``set_threads(1)``: the planner's costs are seconds on one core), the median of ``--repeats``
-runs after one warm-up (numba's compilation is cached and not counted):
+On one numba thread (``set_threads(1)``: the planner's costs are seconds on one core; BLAS keeps its own
+threads), the median of ``--repeats`` runs after one warm-up (numba's compilation is cached and not counted):
 
-- ``mac``: one multiply-accumulate of the slot-wise GEMM, per prime (a SmolLM2 MLP block: 64 x 72 @ 72 x 192
-  per slot, 128 slots);
+- ``mac``: one multiply-accumulate of the slot-wise GEMM of the hints, per prime (a SmolLM2 MLP block:
+  64 x 72 @ 72 x 192 per slot, 128 slots);
 - ``butterfly``: one butterfly of the transforms, per prime (lengths 128 and 2048, forward and inverse);
-- ``encrypt``: per input ciphertext, the client's encryption and packing and the worker's unpacking, checks
-  and seed expansion, less their transforms (counted as butterflies);
-- ``result``: per result ciphertext, the worker's CRT, switch and packing and the client's unpacking, less
-  the transforms and the decryption's products;
+- ``dgemm_mac``: one multiply-add of the worker's float64 product of residues by the matrix, per prime;
+- ``encrypt``: per input ciphertext, the client's encryption and packing, less its transforms;
+- ``result``: per output, the worker's unpacking, checks, CRT, switch and packing and the client's unpacking,
+  less the worker's product and the decryption's products;
 - ``decrypt_mac``: one multiply-add of the client's decryption (float64 limbs, per output and coefficient).
 
 With ``--layer``, also one SmolLM2-135M layer's 14 products at 1 x 32 tokens (q, k, v, o, gate, up, down
@@ -75,47 +75,50 @@ def measure_butterfly(repeats: int) -> float:
     return statistics.mean(costs)
 
 
-def _request(n: int, d: int, m: int, seed: int = 0, backend: object = None) -> tuple:
+def _request(n: int, d: int, m: int, seed: int = 0) -> tuple:
     from veilml.linear.bfv.backend import BFVBackend
 
     rng = np.random.default_rng(seed)
-    backend = backend or BFVBackend()
+    backend = BFVBackend()
     server = backend.server(rng.integers(-127, 128, size=(d, m)), 8)
     session = backend.session()
     keys = session.register("m", server.spec, server.setup())
-    return server, session, keys, rng.integers(0, 256, size=(n, d))
+    x = rng.integers(0, 256, size=(n, d))
+    session.decrypt("m", server.run(session.encrypt("m", x), keys))  # the first request brings the hint
+    return server, session, keys, x
 
 
-def measure_encrypt_and_result(repeats: int, mac: float, butterfly: float, decrypt_mac: float) -> tuple[float, float]:
-    """Seconds per input and per result ciphertext of a 1-row request through a (2048, 2048) matrix (one row per
-    block: the ring's transforms), less what the planner counts separately: transforms, GEMM, decryption products."""
-    from veilml.linear.bfv.params import MODULI, PRIME_BITS
+def measure_dgemm_mac(repeats: int) -> float:
+    """One multiply-add of the worker's float64 product of residues by the matrix, per prime (BLAS's threads)."""
+    from veilml.linear.bfv.ops import NumbaKernels
+    from veilml.linear.bfv.params import MODULI
+
+    rng = np.random.default_rng(4)
+    rows = np.stack([rng.integers(0, p, (32, 1536)) for p in MODULI]).astype(np.int32)
+    matrix = rng.integers(-127, 128, (1536, 576)).astype(np.int16)
+    seconds = median_seconds(lambda: NumbaKernels().matmul_mod(rows, matrix, 1), repeats)
+    return seconds / (2 * 32 * 1536 * 576)
+
+
+def measure_encrypt_and_result(repeats: int, butterfly: float, dgemm_mac: float, decrypt_mac: float) -> tuple[float, float]:
+    """Seconds per input ciphertext and per output of a 32-row request through a (576, 1536) matrix, less what the
+    planner counts separately: the client's transforms, the worker's product, the decryption's products."""
     from veilml.linear.bfv.planner import POLY_DEGREE
-    from veilml.linear.bfv.prg import expand_uniform
-    from veilml.linear.bfv.product import check_residues, unpack_values
-    from veilml.linear.bfv.wire import read_message
 
-    server, session, keys, x = _request(1, 2048, 2048)
-    plan = server.plan(server.params(keys), 1)
-    r, j, c = plan.counts(1, 2048, 2048)
+    server, session, keys, x = _request(32, 576, 1536)
+    plan = server.plan(server.params(keys), 32)
+    r, j, c = plan.counts(32, 576, 1536)
     ring = POLY_DEGREE // 2 * (POLY_DEGREE.bit_length() - 1) * 2 * butterfly  # one ring transform, both primes
-
-    def upload() -> None:  # the client's encryption, the worker's checks and expansion
-        _, _, frames = read_message(session.encrypt("m", x), server.ciphertext_format)
-        first = unpack_values(frames[0], r * j * len(MODULI) * POLY_DEGREE, PRIME_BITS).reshape(r, j, 2, POLY_DEGREE)
-        check_residues(first)
-        expand_uniform(frames[1], 0, j)
-
     client = median_seconds(lambda: session.encrypt("m", x), repeats)
-    uploaded = median_seconds(upload, repeats)
-    encrypt = uploaded / (r * j) - 2 * ring  # the client's inverse transform of a s, the worker's transform of c0
+    encrypt = (client - r * ring) / (r * j) - ring  # less the secrets' transforms and each a_j s_r's inverse one
     ciphertext = session.encrypt("m", x)
     run = median_seconds(lambda: server.run(ciphertext, keys), repeats)
     result = server.run(ciphertext, keys)
-    decrypt = median_seconds(lambda: session.decrypt("m", result), repeats)
-    gemm = 2 * 2 * r * POLY_DEGREE * j * c * mac
-    rest = run - (uploaded - client) - gemm - r * j * ring - 2 * r * c * ring + decrypt
-    return encrypt, rest / (r * c) - POLY_DEGREE * plan.n_t * plan.n_m * decrypt_mac
+    pending = dict(session._pending)
+    decrypt = median_seconds(lambda: (session._pending.update(pending), session.decrypt("m", result)), repeats)
+    outputs = r * c * plan.n_t
+    rest = run - 2 * r * plan.n_t * 576 * c * dgemm_mac + decrypt - outputs * POLY_DEGREE * decrypt_mac
+    return encrypt, rest / outputs
 
 
 def measure_decrypt_mac(repeats: int) -> float:
@@ -130,27 +133,22 @@ def measure_decrypt_mac(repeats: int) -> float:
 
 
 def measure_layer(repeats: int) -> dict[str, float]:
-    """One SmolLM2-135M layer's 14 products at 1 x 32 tokens, client and worker in this process, every thread.
-
-    The layer's 14 matrices share one backend whose weight budget is a 30th of the default 2 GiB: what one layer
-    of the 30 gets in a worker serving the whole model (the weights of 32-row blocks do not fit it: the worker
-    transforms them for every request, as it would).
-    """
+    """One SmolLM2-135M layer's 14 products at 1 x 32 tokens, client and worker in this process, every thread (after
+    a first pass that brings each matrix's hint, not counted)."""
     from veilml.linear.bfv.backend import BFVBackend
-    from veilml.linear.bfv.cache import DEFAULT_WEIGHT_CACHE_BYTES
     from veilml.linear.bfv.threads import set_threads
 
     set_threads(None)
-    backend = BFVBackend(weight_cache_bytes=DEFAULT_WEIGHT_CACHE_BYTES // 30)
+    backend = BFVBackend()
     rng = np.random.default_rng(3)
     shapes = [shape for d, m in SMOLLM2.values() for shape in ((d, m), (m, d))]  # x @ W and g @ W.T
-    servers = [backend.server(rng.integers(-127, 128, size=shape), 8) for shape in shapes]  # all announced first
     products = []
-    for server in servers:
-        session = backend.session()
+    for shape in shapes:
+        server, session = backend.server(rng.integers(-127, 128, size=shape), 8), backend.session()
         keys = session.register("m", server.spec, server.setup())
         products.append((server, session, keys, rng.integers(0, 256, size=(32, server.spec.rows))))
     totals = {"encrypt": [], "worker": [], "decrypt": [], "cpu": [], "up_bytes": [], "down_bytes": []}
+    hint_bytes = 0
     for repeat in range(repeats + 1):
         step = dict.fromkeys(totals, 0.0)
         cpu = time.process_time()
@@ -168,14 +166,13 @@ def measure_layer(repeats: int) -> dict[str, float]:
             step["up_bytes"] += len(ciphertext)
             step["down_bytes"] += len(result)
         step["cpu"] = time.process_time() - cpu  # every thread's CPU seconds, the exactness checks included
-        if repeat:  # the first pass encodes the weights and compiles
+        if repeat:  # the first pass brings the hints and compiles
             for key, value in step.items():
                 totals[key].append(value)
+        else:
+            hint_bytes = int(step["down_bytes"])
     layer = {key: statistics.median(values) for key, values in totals.items()}
-    layer["cached_rows"] = [server.cached_rows for server, *_ in products]
-    layer["cached_32"] = sum(
-        server.is_cached_shape(server.expected_params, server.plan(server.expected_params, 32)) for server in servers
-    )
+    layer["first_down_bytes"] = hint_bytes
     layer["total"] = layer["encrypt"] + layer["worker"] + layer["decrypt"]
     return layer
 
@@ -191,9 +188,10 @@ def main() -> None:
     set_threads(1)
     load_before = os.getloadavg()
     measured = {"mac": measure_mac(args.repeats), "butterfly": measure_butterfly(args.repeats)}
+    measured["dgemm_mac"] = measure_dgemm_mac(args.repeats)
     measured["decrypt_mac"] = measure_decrypt_mac(args.repeats)
     measured["encrypt"], measured["result"] = measure_encrypt_and_result(
-        args.repeats, measured["mac"], measured["butterfly"], measured["decrypt_mac"]
+        args.repeats, measured["butterfly"], measured["dgemm_mac"], measured["decrypt_mac"]
     )
     layer = measure_layer(args.repeats) if args.layer else None
     report = {
@@ -227,9 +225,8 @@ def main() -> None:
         lines += [
             "",
             "One SmolLM2-135M layer at 1 x 32 tokens (q, k, v, o, gate, up, down forward and g @ W.T backward; client and "
-            "worker in one process, every thread; median of the repeats; the 14 matrices share a 30th of the default "
-            f"weight budget, as one layer of 30 in a worker: their cached rows {layer['cached_rows']}, so "
-            f"{layer['cached_32']} of 14 products find their 32-row weights kept and the others transform them per request):",
+            "worker in one process, every thread; median of the repeats, after a first pass that brings each matrix's "
+            f"hint: {layer['first_down_bytes'] / 2**20:.1f} MiB down for the layer, once per session):",
             "",
             f"- encrypt {layer['encrypt']:.3f} s, worker {layer['worker']:.3f} s, decrypt {layer['decrypt']:.3f} s: "
             f"**{layer['total']:.3f} s per layer, {30 * layer['total']:.1f} s for 30 layers** ({layer['cpu']:.3f} CPU s per "

@@ -29,8 +29,10 @@ bandwidth); the planner picks the cheapest shape whose noise fits.
 
 Every cost of a shape whose weights are kept encoded is proportional to R, so for each n_t there is one
 best such shape whatever the row count (:func:`cached_shape`): a worker keeps exactly those shapes, one per
-n_t <= cached_rows (:func:`cache_bytes`), and the planner uses nothing else for those n_t. The plan is a
-function of public data only, so the worker derives it from the row count and refuses any other.
+n_t <= cached_rows (:func:`cache_bytes`), and the planner uses nothing else for those n_t (the SEAL engine;
+the RNS engine keeps no encoded weights and plans one column per weight polynomial,
+:meth:`CostModel.inner_sizes`). The plan is a function of public data only, so the worker derives it from
+the row count and refuses any other.
 """
 
 from __future__ import annotations

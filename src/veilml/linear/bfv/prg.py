@@ -1,17 +1,18 @@
 """Randomness of the ``bfv`` engine: uniform polynomials expanded from a seed, the client's noise and secret.
 
-Expansion (both sides). A request carries one 32-byte seed, drawn fresh by the client from the operating
-system. The second polynomial of ciphertext k of the request, modulo prime i, is defined *in the ring's
-transform domain* (:mod:`.ntt`): its N slots are the first N values of the stream (k, i), where the stream is
-the AES-256-CTR keystream under the seed with the initial counter block ``k (u32) || i (u32) || 0 (u64)``
-(big-endian), read as little-endian 32-bit words whose low 27 bits are kept when below the prime (rejection
-sampling: every kept value is uniform mod p). Distinct (k, i) give disjoint counter ranges, so every stream is
-an independent pseudo-random function output (domain separation per ciphertext and prime). The transform
-is a bijection of (Z/p)^N, so a uniform vector of slots is a uniform polynomial, and uniform residues mod
-p1 and p2 are a uniform polynomial mod q: the worker needs no forward transform of it for blocks of one row.
+Expansion (both sides). A session has one 32-byte seed, drawn fresh by the client from the operating system
+and sent with its parameters. The session's public uniform polynomial a_k (the second polynomial of every
+ciphertext of inner block k), modulo prime i, is defined *in the ring's transform domain* (:mod:`.ntt`): its
+N slots are the first N values of the stream (k, i), where the stream is the AES-256-CTR keystream under the
+seed with the initial counter block ``k (u32) || i (u32) || 0 (u64)`` (big-endian), read as little-endian
+32-bit words whose low 27 bits are kept when below the prime (rejection sampling: every kept value is uniform
+mod p). Distinct (k, i) give disjoint counter ranges, so every stream is an independent pseudo-random
+function output (domain separation per polynomial and prime). The transform is a bijection of (Z/p)^N, so a
+uniform vector of slots is a uniform polynomial, and uniform residues mod p1 and p2 are a uniform polynomial
+mod q. Why sharing a_k across row blocks and requests is sound (a fresh secret for each): ``docs/security.md``.
 
-The client's own randomness (a fresh secret, the encryption noise) comes from the operating system's
-generator: the ternary secret directly, the noise from AES-256-CTR under a fresh key per request (a
+The client's own randomness (the secrets, the encryption noise) comes from the operating system's
+generator: each ternary secret directly, the noise from AES-256-CTR under a fresh key per request (a
 CSPRNG seeded from ``os.urandom``).
 """
 
@@ -77,7 +78,7 @@ def _read_on(seed: bytes, k: int, prime: int, p: int) -> np.ndarray:
 
 
 def expand_uniform(seed: bytes, first: int, count: int) -> np.ndarray:
-    """The second polynomials of ciphertexts first .. first + count - 1 in the transform domain: (primes, N, count) int32."""
+    """The uniform polynomials first .. first + count - 1 of ``seed`` in the transform domain: (primes, N, count) int32."""
     from veilml.linear.bfv import kernels
 
     if len(seed) != SEED_BYTES:
@@ -94,7 +95,7 @@ def expand_uniform(seed: bytes, first: int, count: int) -> np.ndarray:
 
 
 def random_seed() -> bytes:
-    """A fresh seed for one request, from the operating system."""
+    """A fresh seed (a session's uniform polynomials), from the operating system."""
     return os.urandom(SEED_BYTES)
 
 

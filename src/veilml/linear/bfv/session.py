@@ -46,7 +46,7 @@ __all__ = ["HINT_MEMORY", "MAX_PENDING", "BFVSession"]
 MAX_PENDING = 256
 #: bytes of hints a session keeps as float64, ready for decryption; further ones are kept bit-packed, as they
 #: arrived, and unpacked for each decryption (a Llama-3.2-1B-sized model's hints take about 7 GB packed)
-HINT_MEMORY = 4 << 30
+HINT_MEMORY = 2 << 30
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,20 @@
 - setup (worker -> client, JSON): the matrix shape, input bits, the largest |weight| and the largest row
   block for which the worker keeps the weights encoded (the client's planner needs both; neither reveals
   a weight).
-- evaluation keys (client -> worker): only the public parameters (each engine's ``BFVParams``).
+- evaluation keys (client -> worker): only the public parameters (each engine's ``BFVParams``; with
+  ``veilml-bfv-params/3`` the seed of the session's public uniform polynomials, :mod:`veilml.linear.bfv.prg`).
 - ciphertext (client -> worker): ``pack_frames([header, data frames...])``: the JSON header names the row
-  count and the block plan; the data frames are the engine's. ``veilml-bfv-ct/2``: the first polynomials'
-  residues, K = R J ciphertexts (row block by row block, inner block by inner block) each mod p1 then mod p2,
-  N coefficients each, 27 bits per residue (:func:`~veilml.linear.bfv.encoding.pack_bits`'s layout), then the
-  request's 32-byte seed (:mod:`veilml.linear.bfv.prg`); ``veilml-bfv-ct/1``: SEAL's seeded ciphertexts
+  count and the block plan (and the engine's fields); the data frames are the engine's. ``veilml-bfv-ct/3``:
+  the header's ``id`` (the request's, echoed by its result) and ``hint`` (whether the result is to carry the
+  session's second polynomials); one frame, the first polynomials' residues, K = R J ciphertexts (row block by
+  row block, inner block by inner block) each mod p1 then mod p2, N coefficients each, 27 bits per residue
+  (:func:`~veilml.linear.bfv.encoding.pack_bits`'s layout). ``veilml-bfv-ct/1``: SEAL's seeded ciphertexts
   (first polynomials mod the 54-bit prime, then one PRNG info per ciphertext, :mod:`veilml.linear.bfv.seal`).
-- result (worker -> client): ``pack_frames([header, values])``: per result ciphertext, the whole second
-  polynomial and the first polynomial's output coefficients, switched to q' and bit-packed (the same layout
-  in ``veilml-bfv-result/1`` and ``/2``).
+- result (worker -> client): ``pack_frames([header, values...])``, switched to q' and bit-packed.
+  ``veilml-bfv-result/3``: the request's ``id`` and ``hint``; the n_t output coefficients of each of the
+  R C result ciphertexts (row block by row block, column by column), then, when asked, the C whole second
+  polynomials (:mod:`veilml.linear.bfv.product`). ``veilml-bfv-result/1``: per result ciphertext the whole
+  second polynomial and the first polynomial's output coefficients.
 
 Both messages are :func:`~veilml.linear.base.pack_frames` frames: veilml's one framing of byte strings
 (:func:`veilml.runtime.envelope.pack_batch`). Every reader checks formats, counts and sizes before anything
