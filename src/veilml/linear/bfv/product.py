@@ -33,13 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from veilml.linear.bfv.encoding import output_positions
 from veilml.linear.bfv.ops import INVERSE_P1
 from veilml.linear.bfv.params import MODULI, RESULT_FORMAT
 from veilml.linear.bfv.planner import POLY_DEGREE, Plan
 from veilml.linear.bfv.wire import pack_message
 
-__all__ = ["TILE_BYTES", "RNSProduct", "RowBlocks", "check_residues", "limbs_for", "pack_values", "result_size", "unpack_values"]
+__all__ = ["TILE_BYTES", "RNSProduct", "check_residues", "limbs_for", "pack_values", "result_size", "unpack_values"]
 
 _ALL = np.arange(POLY_DEGREE)
 _PRIMES = np.array(MODULI, dtype=np.int64)
@@ -69,56 +68,6 @@ def unpack_values(data: bytes, count: int, bits: int, dtype: type = np.int64) ->
     out = np.empty(count, dtype)
     kernels.unpack(words.astype(np.uint64, copy=False), bits, out)
     return out
-
-
-class RowBlocks:
-    """What a validated request of either engine shares: each row block (a unit) stores its slice of the switched
-    result under a lock; ``finish`` packs the whole once every unit ran. Subclasses set ``result_format`` and
-    ``bits`` and give :meth:`_frames` (and the header ``fields`` of their result)."""
-
-    result_format: str
-    bits: int
-    first: Any
-    weights: Any
-    fields: dict[str, object] = {}
-
-    def _start(self, plan: Plan, n: int, counts: tuple[int, int, int], size: int, dtype: type, width: int | None = None) -> None:
-        self.plan, self.n, self.counts, self.size = plan, n, counts, size
-        self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
-        r, _, c = counts
-        width = POLY_DEGREE + self.positions.size if width is None else width
-        self.out: np.ndarray | None = np.zeros((r, c, width), dtype)
-        self.done: set[int] = set()
-        self._lock = threading.Lock()
-
-    def _store(self, row: int, switched: np.ndarray) -> None:
-        with self._lock:
-            if self.out is None:
-                raise RuntimeError("this work is finished already")
-            self.out[row] = switched
-            self.done.add(row)
-
-    def _missing(self) -> str | None:
-        """What is not done yet (None once every unit ran)."""
-        r = self.counts[0]
-        return None if len(self.done) == r else f"{len(self.done)} of {r} row blocks done"
-
-    def _frames(self, out: np.ndarray) -> list[bytes]:
-        raise NotImplementedError
-
-    def finish(self) -> bytes:
-        with self._lock:
-            out = self.out
-            if out is None:
-                raise RuntimeError("this work is finished already")
-            missing = self._missing()
-            if missing is not None:
-                raise RuntimeError(f"finish() before every unit ran ({missing})")
-            self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
-        frames = self._frames(out)
-        if sum(map(len, frames)) != self.size:  # the plan fixes the size; anything else is a bug, never sent
-            raise RuntimeError(f"a result of {sum(map(len, frames))} bytes, not the plan's {self.size}")
-        return pack_message(self.result_format, self.n, self.plan, frames, **self.fields)
 
 
 #: bytes of one tile of the weight matrix converted to float64 for a unit of :class:`RNSProduct`

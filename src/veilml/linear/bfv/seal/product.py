@@ -8,21 +8,74 @@ result once every unit ran. The units may run in any order, or at once from seve
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import numpy as np
 
 from veilml.linear.base import check_deadline
 from veilml.linear.bfv.cache import EncodedColumns
-from veilml.linear.bfv.encoding import pack_bits, switch_modulus
+from veilml.linear.bfv.encoding import output_positions, pack_bits, switch_modulus
 from veilml.linear.bfv.planner import POLY_DEGREE, Plan
-from veilml.linear.bfv.product import RowBlocks
 from veilml.linear.bfv.seal.crypto import SealContext
 from veilml.linear.bfv.seal.params import RESULT_FORMAT
+from veilml.linear.bfv.wire import pack_message
 
 __all__ = ["BlockProduct"]
 
 
+class RowBlocks:
+    """A validated request cut into row blocks: each (a unit) stores its slice of the switched result under a lock;
+    ``finish`` packs the whole once every unit ran. Subclasses set ``result_format`` and ``bits`` and give
+    :meth:`_frames` (and the header ``fields`` of their result)."""
+
+    result_format: str
+    bits: int
+    first: Any
+    weights: Any
+    fields: dict[str, object] = {}
+
+    def _start(self, plan: Plan, n: int, counts: tuple[int, int, int], size: int, dtype: type, width: int | None = None) -> None:
+        self.plan, self.n, self.counts, self.size = plan, n, counts, size
+        self.positions = output_positions(plan.n_t, plan.n_d, plan.n_m)
+        r, _, c = counts
+        width = POLY_DEGREE + self.positions.size if width is None else width
+        self.out: np.ndarray | None = np.zeros((r, c, width), dtype)
+        self.done: set[int] = set()
+        self._lock = threading.Lock()
+
+    def _store(self, row: int, switched: np.ndarray) -> None:
+        with self._lock:
+            if self.out is None:
+                raise RuntimeError("this work is finished already")
+            self.out[row] = switched
+            self.done.add(row)
+
+    def _missing(self) -> str | None:
+        """What is not done yet (None once every unit ran)."""
+        r = self.counts[0]
+        return None if len(self.done) == r else f"{len(self.done)} of {r} row blocks done"
+
+    def _frames(self, out: np.ndarray) -> list[bytes]:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        with self._lock:
+            out = self.out
+            if out is None:
+                raise RuntimeError("this work is finished already")
+            missing = self._missing()
+            if missing is not None:
+                raise RuntimeError(f"finish() before every unit ran ({missing})")
+            self.out = self.first = self.weights = None  # type: ignore[assignment]  # free them now
+        frames = self._frames(out)
+        if sum(map(len, frames)) != self.size:  # the plan fixes the size; anything else is a bug, never sent
+            raise RuntimeError(f"a result of {sum(map(len, frames))} bytes, not the plan's {self.size}")
+        return pack_message(self.result_format, self.n, self.plan, frames, **self.fields)
+
+
 class BlockProduct(RowBlocks):
-    """One validated request on SEAL: each row block (a unit) computes and stores its slice (:class:`~..product.RowBlocks`)."""
+    """One validated request on SEAL: each row block (a unit) computes and stores its slice (:class:`RowBlocks`)."""
 
     result_format = RESULT_FORMAT
 
