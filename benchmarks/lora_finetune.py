@@ -190,12 +190,32 @@ def markdown(result: dict) -> str:
             f"| {r['run']} | {r['correct_before']}/{r['accuracy_examples']} | {r['correct_after']}/{r['accuracy_examples']} | "
             f"{r['seconds_per_step_median']:.2f} | {r['train_runtime_s']:.0f} | {r['accuracy_s']:.0f} |"
         )
-    if len(runs) == 2:
-        a, b = runs[0]["eval"][-1]["eval_loss"], runs[1]["eval"][-1]["eval_loss"]
+    if result.get("reference"):
+        lines += [
+            "",
+            f"The runs before `{config['backend']}` are read from `benchmarks/results/{result['reference']}.json` (same settings).",
+        ]
+    named = {r["run"]: r for r in runs}
+    if "clear" in named and "bfv" in named:
+        clear, bfv = named["clear"], named["bfv"]
+        same = {
+            "training losses": clear["train_losses"] == bfv["train_losses"],
+            "eval losses": [e["eval_loss"] for e in clear["eval"]] == [e["eval_loss"] for e in bfv["eval"]],
+            "adapter checksum": clear["adapter_checksum"] == bfv["adapter_checksum"],
+            "held-out answers": clear["predictions_after"] == bfv["predictions_after"],
+        }
+        lines += [
+            "",
+            f"`bfv` against `clear`, all {len(bfv['train_losses'])} steps: "
+            + ", ".join(f"{what} {'bit-equal' if equal else 'DIFFERENT'}" for what, equal in same.items())
+            + f" (adapter SHA-256 `{bfv['adapter_checksum'][:16]}…`).",
+        ]
+    if len(runs) >= 2 and runs[0]["run"] == "float":
+        a, b = runs[0]["eval"][-1]["eval_loss"], runs[-1]["eval"][-1]["eval_loss"]
         within = abs(b - a) <= 0.01 * a
         lines += [
             "",
-            f"Final eval loss: {runs[1]['run']} {b:.4f} against {runs[0]['run']} {a:.4f}, {100 * (b - a) / a:+.2f} % "
+            f"Final eval loss: {runs[-1]['run']} {b:.4f} against {runs[0]['run']} {a:.4f}, {100 * (b - a) / a:+.2f} % "
             f"(within 1 % of float's: {'yes' if within else 'no'}).",
         ]
         if not within:
@@ -238,6 +258,9 @@ def main() -> int:
     parser.add_argument("--accuracy-examples", type=int, default=50)
     parser.add_argument("--generate-batch", type=int, default=25)
     parser.add_argument("--skip-float", action="store_true", help="only the private run")
+    parser.add_argument(
+        "--reference", help="results file name (without extension) whose runs are reported before this one's (and compared)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -310,6 +333,9 @@ def main() -> int:
         "load_end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
     }
     result = {"config": config, "runs": runs}
+    if args.reference:
+        result["reference"] = args.reference
+        result["runs"] = json.loads((RESULTS / f"{args.reference}.json").read_text())["runs"] + runs
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / f"{args.out}.md").write_text(markdown(result))
