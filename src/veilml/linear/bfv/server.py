@@ -5,11 +5,13 @@ client: the parameters must be those veilml's client derives for the matrix (eac
 ``client_params``) and the block plan the one :func:`~.planner.plan_product` gives for the announced row
 count. So a request of n rows costs the worker what the honest request of n rows costs, with constant
 :data:`COST_BOUND` = 1: the same ciphertext loads, products, result ciphertexts and result bytes, whatever
-the ciphertexts hold. The only cost a request can add to that is encoding a block shape's weights the first
-time it is used (once per server and shape, kept within the weight budget, never again: :mod:`.cache`). The
-result's size follows from the plan (:func:`~.planner.result_bytes`) and is refused above
-``max_result_bytes``; each engine cuts the work into one unit per row block, and :meth:`BlockServer.run`
-checks the deadline between units.
+the ciphertexts hold (with ``bfv``, a request may ask for the session's hint, which an honest client does once
+per matrix and shape: one more unit, the second polynomials' products). The only cost a ``bfv-seal``
+request can add to that is encoding a block shape's weights the first time it is used (once per server and
+shape, kept within the weight budget, never again: :mod:`.cache`). The result's size follows from the plan
+(:meth:`BlockServer.result_size`) and is refused above ``max_result_bytes``; each engine cuts the work into
+units (row blocks, or column tiles and the hint), and :meth:`BlockServer.run` checks the deadline between
+units.
 """
 
 from __future__ import annotations
