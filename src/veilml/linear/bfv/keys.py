@@ -82,12 +82,15 @@ class ClientKey:
         the first ones at the outputs (R, C, P), and the request's secrets (R, N).
 
         ``round((c0 + c1 s_r) / 2**shift) mod t`` with everything mod 2**bits, ``c1 s_r`` at the outputs as float64
-        products with the secret (:func:`~.encoding.decrypt_outputs`).
+        products with the secrets (:func:`~.encoding.decrypt_outputs`), every row block's in one matrix product.
         """
         if c0.shape[0] != secrets.shape[0] or c0.shape[1] != hint.shape[0]:
             raise ValueError(f"{c0.shape[:2]} result ciphertexts for {secrets.shape[0]} secrets and {hint.shape[0]} hints")
         t = self.params.plain_modulus
-        return np.stack([decrypt_outputs(selection(s, *shape), hint, part, bits, shift, t) for s, part in zip(secrets, c0)])
+        r, c, p = c0.shape
+        chosen = np.concatenate([selection(s, *shape) for s in secrets], axis=1)  # (N, R P): one product for all
+        outputs = decrypt_outputs(chosen, hint, c0.transpose(1, 0, 2).reshape(c, r * p), bits, shift, t)
+        return outputs.reshape(c, r, p).transpose(1, 0, 2)
 
     def _transforms(self, secrets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The transforms (primes, N, R) of secrets (R, N) and their Shoup constants (primes, R, N)."""
