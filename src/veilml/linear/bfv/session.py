@@ -64,10 +64,6 @@ class _Hint:
         dtype = np.float64 if self.bits <= HINT_LIMB_BITS else np.int64
         return unpack_values(self.packed, self.count * POLY_DEGREE, self.bits, dtype).reshape(self.count, POLY_DEGREE)
 
-    @property
-    def nbytes(self) -> int:
-        return self.dense.nbytes if self.dense is not None else len(self.packed or b"")
-
 
 @dataclass
 class _Matrix:
@@ -135,7 +131,11 @@ class BFVSession(ClientSession):
             if dense:
                 self._dense_bytes += dense_bytes
         if not dense:
-            unpack_values(data, count * POLY_DEGREE, bits)  # ValueError now on a wrong size
+            size = -(-count * POLY_DEGREE * bits // 8)
+            if len(data) != size:
+                raise ValueError(
+                    f"expected {count} second polynomials of {bits}-bit coefficients ({size} bytes), got {len(data)} bytes"
+                )
             return _Hint(count, bits, None, bytes(data))
         return _Hint(count, bits, unpack_values(data, count * POLY_DEGREE, bits, np.float64).reshape(count, POLY_DEGREE), None)
 
