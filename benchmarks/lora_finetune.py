@@ -208,7 +208,7 @@ def markdown(result: dict) -> str:
             "",
             f"`bfv` against `clear`, all {len(bfv['train_losses'])} steps: "
             + ", ".join(f"{what} {'bit-equal' if equal else 'DIFFERENT'}" for what, equal in same.items())
-            + f" (adapter SHA-256 `{bfv['adapter_checksum'][:16]}…`).",
+            + f" (adapter checksum {bfv['adapter_checksum']!r}).",
         ]
     if len(runs) >= 2 and runs[0]["run"] == "float":
         a, b = runs[0]["eval"][-1]["eval_loss"], runs[-1]["eval"][-1]["eval_loss"]

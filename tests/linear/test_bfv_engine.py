@@ -390,7 +390,7 @@ def test_bad_keys_and_messages_are_refused_before_any_product():
     header, first = unpack_frames(ciphertext)
     lying = json.loads(header)
     assert lying["hint"] is True and len(lying["id"]) == 32  # the first request of its shape asks for the hint
-    plan = server.plan(BFVParams.from_bytes(keys), 200)  # five ciphertexts of 256 rows and 8 columns, not one
+    plan = server.plan(BFVParams.from_bytes(keys), 200)  # seven row blocks of 32 rows, not one
     too_big = bytearray(first)
     too_big[:4] = b"\xff\xff\xff\x07"  # the first residue: 2**27 - 1, not below p1
     for changed, frames, words in [

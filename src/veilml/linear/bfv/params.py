@@ -70,13 +70,13 @@ def transform_size(n_t: int) -> int:
 class RNSCosts(CostModel):
     """Seconds per operation on one core of the numba kernels (``benchmarks/bfv_kernels.py``), bytes at ``bandwidth``."""
 
-    # measured on 2 shared cores (benchmarks/results/bfv_kernels.md, one thread)
-    mac: float = 0.15e-9  # one multiply-accumulate of the slot-wise GEMM of the hints, per prime
+    # measured on 2 shared cores (benchmarks/results/bfv_kernels.md, one numba thread, BLAS's own)
+    mac: float = 0.2e-9  # one multiply-accumulate of the slot-wise GEMM of the hints, per prime (not planned: once)
     dgemm_mac: float = 0.06e-9  # one multiply-add of the worker's float64 matrix product, per prime
-    butterfly: float = 0.8e-9  # one butterfly of a transform, per prime
-    encrypt: float = 60e-6  # per input ciphertext, besides its transforms: noise, combining, packing, checks
-    result: float = 60e-9  # per output sent: CRT, switch, packing, unpacking
-    decrypt_mac: float = 0.08e-9  # one multiply-add of the client's decryption (float64, per output and coefficient)
+    butterfly: float = 1.0e-9  # one butterfly of a transform, per prime
+    encrypt: float = 220e-6  # per input ciphertext, besides its transforms: noise, combining, packing, checks
+    result: float = 280e-9  # per output sent: unpacking, checks, CRT, switch, packing, unpacking
+    decrypt_mac: float = 0.075e-9  # one multiply-add of the client's decryption (float64, per output and coefficient)
     bandwidth: float = 100e6
 
     @property
