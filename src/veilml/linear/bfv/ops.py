@@ -50,13 +50,12 @@ class NumbaKernels:
     name = "numba"
     device = "cpu"
 
-    def forward(self, a: np.ndarray, size: int, lo: int = 0, hi: int | None = None) -> None:
-        """In place: transforms of length ``size`` of columns lo:hi of ``a`` (primes, size, B)."""
+    def forward(self, a: np.ndarray, size: int) -> None:
+        """In place: transforms of length ``size`` of every column of ``a`` (primes, size, B)."""
         k, table, view = _kernels(), tables(size), a.reshape(len(MODULI), size, -1)
-        columns = view.shape[2] if hi is None else hi
         split(
-            columns - lo,
-            lambda a0, a1: k.forward(view, lo + a0, lo + a1, table.forward, table.forward_shoup, table.moduli),
+            view.shape[2],
+            lambda lo, hi: k.forward(view, lo, hi, table.forward, table.forward_shoup, table.moduli),
             minimum=8,
         )
 
