@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,7 +50,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from veilml.linear.base import WorkTimeout
+from veilml.linear.base import Work, WorkTimeout
 from veilml.linear.errors import WorkerError
 from veilml.linear.http import SECRET_HEADER, SESSION_ID, redact_path
 from veilml.linear.layers import ALL
@@ -194,10 +195,21 @@ class WorkerService(Service):
         async with self.body(request) as ciphertext:
             if not ciphertext:
                 raise WorkerError(400, f"empty ciphertext for {layer}/{direction}; send the encrypted rows as the body")
-            work = await run_in_threadpool(self.worker.work, session, secret, layer, direction, ciphertext)
-            units = [_guarded(unit, layer, direction) for unit in work.units]
-            await self.scheduler.run(client_of(request), units, self.limits.run_timeout)
-            result = await run_in_threadpool(_guarded(work.finish, layer, direction))
+            client, deadline = client_of(request), time.monotonic() + self.limits.run_timeout
+
+            def start() -> tuple[Work | None, bytes | None]:  # the checks, and all of a request of one unit, in one turn
+                work = self.worker.work(session, secret, layer, direction, ciphertext)
+                if len(work.units) > 1:
+                    return work, None
+                for unit in work.units:
+                    unit()
+                return None, work.finish()
+
+            [(work, result)] = await self.scheduler.run(client, [_guarded(start, layer, direction)], self.limits.run_timeout)
+            if work is not None:  # several units: each takes its turn among other clients' work
+                units = [_guarded(unit, layer, direction) for unit in work.units]
+                await self.scheduler.run(client, units, max(deadline - time.monotonic(), 0.001))
+                result = await run_in_threadpool(_guarded(work.finish, layer, direction))
         self.worker.store.touch(session)
         return Response(result, media_type=OCTET_STREAM)
 

@@ -163,13 +163,16 @@ def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
 def selection(secret: np.ndarray, n_t: int, n_d: int, n_m: int) -> np.ndarray:
     """(N, P) float64: column p gives coefficient ``pos_p`` of ``c1 * s`` in Z[X] / (X^N + 1) as ``c1 @ S[:, p]``.
 
-    ``secret`` is the ternary secret's coefficients; ``pos`` the output positions of the block shape.
+    ``secret`` is the ternary secret's coefficients; ``pos`` the output positions of the block shape. Entry
+    (i, p) is s[pos_p - i] for i <= pos_p and -s[N + pos_p - i] past it (X^i X^k wraps past X^N with a minus
+    sign): column p is the window of N entries ending at N + pos_p of (-s, s), reversed, so every column is a
+    contiguous slice of that sequence read backwards.
     """
     size = secret.size
     positions = output_positions(n_t, n_d, n_m)
-    index = np.arange(size)[:, None]
-    sign = np.where(index <= positions[None, :], 1.0, -1.0)  # X^i X^k wraps past X^N with a minus sign
-    return secret[(positions[None, :] - index) % size] * sign
+    backwards = np.ascontiguousarray(np.concatenate([-secret, secret]).astype(np.float64)[::-1])  # k: (-s, s)[2N-1-k]
+    windows = np.lib.stride_tricks.sliding_window_view(backwards, size)  # window w: entries w .. w + N - 1
+    return windows[size - 1 - positions].T  # the columns contiguous (a transposed (P, N) array: BLAS reads either)
 
 
 def decrypt_outputs(selection: np.ndarray, c1: np.ndarray, c0: np.ndarray, bits: int, shift: int, t: int) -> np.ndarray:

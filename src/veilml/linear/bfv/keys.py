@@ -88,7 +88,7 @@ class ClientKey:
             raise ValueError(f"{c0.shape[:2]} result ciphertexts for {secrets.shape[0]} secrets and {hint.shape[0]} hints")
         t = self.params.plain_modulus
         r, c, p = c0.shape
-        chosen = np.concatenate([selection(s, *shape) for s in secrets], axis=1)  # (N, R P): one product for all
+        chosen = np.concatenate([selection(s, *shape).T for s in secrets]).T  # (N, R P): one product for all
         outputs = decrypt_outputs(chosen, hint, c0.transpose(1, 0, 2).reshape(c, r * p), bits, shift, t)
         return outputs.reshape(c, r, p).transpose(1, 0, 2)
 
