@@ -70,8 +70,19 @@ def test_keys_are_shared_and_setup_is_public(backend, session):
     ka = session.register("a", a.spec, a.setup())
     kb = session.register("b", b.spec, b.setup())
     assert ka == kb and len(ka) > 1_000_000  # one compression key (~128 MiB) for every matrix
-    setup = GLWESetup.from_bytes(a.setup())
+    setup = GLWESetup.from_bytes(a.setup(), 8, 4)
     assert setup.blocks == ((0, 8),) and np.array_equal(setup.col_sums, a.matrix.sum(axis=0))
+
+
+def test_a_wide_matrix_setup_is_read_and_its_size_bounded(backend):
+    """A layer of 2048 output columns (GPT-2-sized MLPs and wider) publishes a setup larger than a fixed JSON cap."""
+    wide = backend.server(rng.integers(-127, 128, size=(3000, 2048)), 8)
+    data = wide.setup()
+    assert len(data) > 4096
+    setup = GLWESetup.from_bytes(data, 3000, 2048)
+    assert np.array_equal(setup.col_sums, wide.matrix.sum(axis=0)) and setup.blocks[-1][1] == 3000
+    with pytest.raises(ValueError, match="bytes"):  # what a (4, 4) matrix's setup may take is far less
+        GLWESetup.from_bytes(data, 4, 4)
 
 
 @pytest.mark.parametrize("rows, blocks", [(2048, 1), (4200, 2)])

@@ -188,7 +188,7 @@ class GLWESession(ClientSession):
         return self._compression_key
 
     def register(self, name: str, spec: MatrixSpec, setup: bytes) -> bytes:
-        parsed = GLWESetup.from_bytes(setup)
+        parsed = GLWESetup.from_bytes(setup, spec.rows, spec.cols)
         check_setup_shape("GLWE", name, spec, parsed.rows, parsed.cols, parsed.input_bits)
         if parsed.crypto_params != self._crypto_params:
             raise ValueError(

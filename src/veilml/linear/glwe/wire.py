@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from veilml.linear.base import MALFORMED, json_message
+from veilml.linear.base import MALFORMED, MAX_JSON_MESSAGE_BYTES, json_message
 from veilml.linear.glwe.extension import load_fhext
 
 __all__ = [
@@ -93,9 +93,11 @@ class GLWESetup:
         ).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> GLWESetup:
+    def from_bytes(cls, data: bytes, rows: int, cols: int) -> GLWESetup:
+        """The setup of a (rows, cols) matrix; its size is bounded by them (a column sum and two block edges per row
+        take at most 24 bytes each)."""
         try:
-            d = json_message(data, SETUP_FORMAT)
+            d = json_message(data, SETUP_FORMAT, MAX_JSON_MESSAGE_BYTES + 24 * (cols + 2 * rows))
             rows, cols, input_bits = (
                 int(d["rows"]),
                 int(d["cols"]),
