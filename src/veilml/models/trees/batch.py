@@ -1,0 +1,312 @@
+"""A tree ensemble as a slot program (:mod:`veilml.runtime.batch.program`): the batched path's lowering.
+
+One row per slot. The client encrypts each feature's quantized code ``q`` (``n_bits`` bits) as bits, in one of
+two encodings (:class:`BatchEncoding`):
+
+- ``thermometer``: ``[q >= k]`` for every code ``k = 1 .. 2**n_bits - 1``; every comparison of the model is
+  then one of the encrypted bits, free.
+- ``digits``: ``q = B h + l`` with ``B = 2**low_bits``, and the thermometer bits of each digit, ``[h >= a]`` and
+  ``[l >= b]`` (``2**high_bits - 1 + 2**low_bits - 1`` bits: 14 instead of 63 at 6 bits). A comparison
+  ``[q >= B a + b]`` is ``[h >= a + 1] + ([h >= a] - [h >= a + 1]) [l >= b]``: one product (none when ``b = 0``),
+  one more level of depth.
+
+Whatever the encoding, every bit is encrypted, so the client learns nothing of which comparisons the model
+makes. Each tree is then a multiplexer, bottom up: a node's value is ``g_left + c (g_right - g_left)`` with
+``c = [q_f >= k]`` (its test sends a row right), a leaf's is its quantized value, so a node whose children are
+both leaves costs no product; with more than two outputs, each tree's leaves get indicators top down
+instead (``ind_right = ind c``, ``ind_left = ind - ind_right``: one product per internal node below the root,
+whatever the number of outputs) and the scores are clear combinations of them. The trees' scores are summed
+in the ciphertext. The leaf values are the same quantized integers the TFHE path sums, so the decrypted
+sums decode exactly as its ``disable`` mode's.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from veilml.models.trees.ensemble import TreeEnsemble
+from veilml.models.trees.lowering.leaf_values import right_code
+from veilml.runtime.batch.program import Linear, ProgramBuilder, SlotProgram
+
+__all__ = [
+    "BatchEncoding",
+    "BatchScorer",
+    "TreeProgram",
+    "batch_seconds",
+    "choose_encoding",
+    "encode_codes",
+    "matching_leaves",
+    "tree_program",
+]
+
+
+class BatchEncoding(enum.StrEnum):
+    """How the client encodes each feature's code as encrypted bits (see the module docstring)."""
+
+    THERMOMETER = "thermometer"
+    DIGITS = "digits"
+
+
+@dataclass(frozen=True)
+class TreeProgram:
+    """The slot program of an ensemble and the encoding its inputs are in."""
+
+    program: SlotProgram
+    encoding: BatchEncoding
+    n_bits: int
+    n_features: int
+
+    @property
+    def bits_per_feature(self) -> int:
+        return bits_per_feature(self.encoding, self.n_bits)
+
+
+def _split(n_bits: int) -> tuple[int, int]:
+    """(high, low) bits of the digits encoding: the low digit takes the larger half."""
+    low = (n_bits + 1) // 2
+    return n_bits - low, low
+
+
+def bits_per_feature(encoding: BatchEncoding, n_bits: int) -> int:
+    if encoding is BatchEncoding.THERMOMETER:
+        return 2**n_bits - 1
+    high, low = _split(n_bits)
+    return 2**high - 1 + 2**low - 1
+
+
+def encode_codes(codes: np.ndarray, encoding: BatchEncoding, n_bits: int) -> np.ndarray:
+    """The encrypted inputs' bits (n_features * bits_per_feature, n_rows) uint8 of codes (n_rows, n_features)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    if codes.ndim != 2 or codes.size and (codes.min() < 0 or codes.max() >= 2**n_bits):
+        raise ValueError(f"codes must be a 2-D array of integers in [0, {2**n_bits})")
+    if encoding is BatchEncoding.THERMOMETER:
+        levels = np.arange(1, 2**n_bits)
+        bits = codes[:, :, None] >= levels[None, None, :]  # (rows, features, levels)
+    else:
+        high, low = _split(n_bits)
+        high_digit, low_digit = codes >> low, codes & (2**low - 1)
+        bits = np.concatenate(
+            [
+                high_digit[:, :, None] >= np.arange(1, 2**high)[None, None, :],
+                low_digit[:, :, None] >= np.arange(1, 2**low)[None, None, :],
+            ],
+            axis=2,
+        )
+    return np.ascontiguousarray(bits.reshape(codes.shape[0], -1).T.astype(np.uint8))
+
+
+class _Comparisons:
+    """``[q_f >= k]`` as linear forms over the inputs (products made once, in the builder)."""
+
+    def __init__(self, builder: ProgramBuilder, encoding: BatchEncoding, n_bits: int) -> None:
+        self.builder, self.encoding, self.n_bits = builder, encoding, n_bits
+        self.per_feature = bits_per_feature(encoding, n_bits)
+        self._cache: dict[tuple[int, int], Linear] = {}
+
+    def __call__(self, feature: int, code: int) -> Linear:
+        qmax = 2**self.n_bits - 1
+        if code <= 0:
+            return Linear.constant(1)
+        if code > qmax:
+            return Linear.constant(0)
+        key = (feature, code)
+        if key not in self._cache:
+            self._cache[key] = self._make(feature, code)
+        return self._cache[key]
+
+    def _make(self, feature: int, code: int) -> Linear:
+        base = feature * self.per_feature
+        if self.encoding is BatchEncoding.THERMOMETER:
+            return self.builder.input(base + code - 1)
+        high, low = _split(self.n_bits)
+
+        def h_at_least(a: int) -> Linear:
+            if a <= 0:
+                return Linear.constant(1)
+            return Linear.constant(0) if a >= 2**high else self.builder.input(base + a - 1)
+
+        a, b = divmod(code, 2**low)
+        if b == 0:
+            return h_at_least(a)
+        l_bit = self.builder.input(base + 2**high - 1 + b - 1)
+        above = h_at_least(a + 1)
+        return above + self.builder.multiply(h_at_least(a) - above, l_bit)
+
+
+def tree_program(
+    ensemble: TreeEnsemble, leaf_values: list[np.ndarray], n_bits: int, encoding: BatchEncoding | str
+) -> TreeProgram:
+    """The slot program computing, per output, the sum over trees of the quantized value of the leaf each row
+    reaches. ``ensemble``'s thresholds are on the ``n_bits`` code scale; ``leaf_values`` are per tree
+    (nodes, outputs) non-negative integers (:class:`~.lowering.tables.QuantizedLeaves`)."""
+    encoding = BatchEncoding(encoding)
+    builder = ProgramBuilder(ensemble.n_features * bits_per_feature(encoding, n_bits))
+    compare = _Comparisons(builder, encoding, n_bits)
+    n_outputs = leaf_values[0].shape[1] if leaf_values else 1
+    totals = [Linear.constant(0)] * n_outputs
+    for tree, values in zip(ensemble.trees, leaf_values):
+        codes = right_code(tree.threshold, tree.strict)
+        values = np.asarray(values, dtype=np.int64)
+        scores = (
+            _multiplexer(tree, codes, values, compare, builder)
+            if n_outputs <= 2
+            else _indicators(tree, codes, values, compare, builder)
+        )
+        totals = [total + score for total, score in zip(totals, scores)]
+    return TreeProgram(builder.build(totals), encoding, n_bits, ensemble.n_features)
+
+
+def _multiplexer(tree, codes: np.ndarray, values: np.ndarray, compare: _Comparisons, builder: ProgramBuilder) -> list[Linear]:
+    """The tree's value per output, bottom up (post-order without recursion: deep trees)."""
+    done: dict[int, list[Linear]] = {}
+    stack = [(0, False)]
+    while stack:
+        node, expanded = stack.pop()
+        left, right = int(tree.left[node]), int(tree.right[node])
+        if left < 0:
+            done[node] = [Linear.constant(int(v)) for v in values[node]]
+            continue
+        if not expanded:
+            stack += [(node, True), (right, False), (left, False)]
+            continue
+        c = compare(int(tree.feature[node]), int(codes[node]))
+        gl, gr = done.pop(left), done.pop(right)
+        done[node] = [a + builder.multiply(c, b - a) for a, b in zip(gl, gr)]
+    return done[0]
+
+
+def _indicators(tree, codes: np.ndarray, values: np.ndarray, compare: _Comparisons, builder: ProgramBuilder) -> list[Linear]:
+    """The tree's value per output as clear combinations of leaf indicators, made top down."""
+    scores = [Linear.constant(0)] * values.shape[1]
+    stack = [(0, Linear.constant(1))]
+    while stack:
+        node, reached = stack.pop()
+        left, right = int(tree.left[node]), int(tree.right[node])
+        if left < 0:
+            scores = [s + reached.scaled(int(v)) for s, v in zip(scores, values[node])]
+            continue
+        goes_right = builder.multiply(reached, compare(int(tree.feature[node]), int(codes[node])))
+        stack += [(right, goes_right), (left, reached - goes_right)]
+    return scores
+
+
+#: per polynomial degree, measured costs on one core of this project's 2-core machine (seconds per ciphertext):
+#: the client's encryption of one input, the server's relinearized product (the cost model of ``"auto"``)
+_ENCRYPT_S = {8192: 0.004, 16384: 0.012, 32768: 0.04}
+_PRODUCT_S = {8192: 0.02, 16384: 0.06, 32768: 0.25}
+
+
+def batch_seconds(tp: TreeProgram, rows: int) -> float:
+    """Estimated seconds (one core) to score ``rows`` rows: per batch, the client's encryptions and the server's
+    products (:data:`_ENCRYPT_S`, :data:`_PRODUCT_S`)."""
+    from veilml.runtime.batch.seal_bfv import batch_params
+
+    degree = batch_params(tp.program.depth).poly_degree
+    batches = max(1, -(-rows // degree))
+    return batches * (tp.program.n_inputs * _ENCRYPT_S[degree] + tp.program.n_products * _PRODUCT_S[degree])
+
+
+def choose_encoding(programs: dict[BatchEncoding, TreeProgram], rows: int) -> BatchEncoding:
+    """The encoding that scores ``rows`` rows in the least estimated time (:func:`batch_seconds`)."""
+    return min(programs, key=lambda encoding: batch_seconds(programs[encoding], rows))
+
+
+def matching_leaves(estimator: Any) -> Any:
+    """The quantized leaves whose sums the estimator's codec decodes (those its TFHE circuit sums)."""
+    from veilml.models.trees.lowering.tables import QuantizedLeaves
+
+    codec, ensemble = estimator.fhe_model_.codec, estimator.ensemble_
+    for leaf_bits, score_rule in ((None, True), (estimator.leaf_bits_, False), (getattr(estimator, "leaf_bits", None), False)):
+        leaves = QuantizedLeaves.of(ensemble, estimator.n_bits_, leaf_bits, score_rule)
+        quantizer, bias, _ = leaves.output_steps(ensemble, np.eye(len(leaves.outputs), dtype=np.int64))
+        if quantizer.to_dict() == codec.output_quantizer.to_dict() and np.array_equal(bias, codec.output_bias):
+            return leaves
+    raise ValueError("this estimator's leaves are quantized in a way the batched path does not reproduce; refit it")
+
+
+class BatchScorer:
+    """Scores whole tables of a fitted veilml tree estimator on the batched (leveled BFV) path, in this process.
+
+    One row per slot: a batch of up to 8,192 or 16,384 rows is one encryption of each input bit, one evaluation
+    and one decryption. The results decode exactly as the estimator's ``fhe="disable"`` ones (the same quantized
+    integers), so ``predict`` / ``predict_proba`` / ``decision_scores`` agree with it on every row.
+
+    Args:
+        estimator: a fitted veilml tree estimator (its quantizers and ensemble are used as they are).
+        encoding: ``"thermometer"``, ``"digits"`` or ``"auto"`` (for each call, the faster for its number of rows
+            by :func:`choose_encoding`).
+        progress: a progress bar over batches (tqdm; None: only on a terminal).
+    """
+
+    def __init__(self, estimator: Any, encoding: BatchEncoding | str = "auto", progress: bool | None = None) -> None:
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(estimator)
+        self.estimator, self.progress = estimator, progress
+        self.leaves = matching_leaves(estimator)
+        ensemble, n_bits = estimator.ensemble_, estimator.n_bits_
+        wanted = list(BatchEncoding) if encoding == "auto" else [BatchEncoding(encoding)]
+        self.programs = {e: tree_program(ensemble, self.leaves.values, n_bits, e) for e in wanted}
+        self.tree_program = self.programs[wanted[0]]
+        _, _, self.combine = self.leaves.output_steps(ensemble, np.eye(len(self.leaves.outputs), dtype=np.int64))
+        self.bytes_up = self.bytes_down = 0
+
+    def plan(self, rows: int) -> TreeProgram:
+        """The program (and so the encoding and parameters) that scores ``rows`` rows the fastest."""
+        return self.programs[choose_encoding(self.programs, rows)]
+
+    @property
+    def encoding(self) -> BatchEncoding:
+        """The encoding of the last call (or the first candidate before any)."""
+        return self.tree_program.encoding
+
+    @property
+    def params(self) -> Any:
+        from veilml.runtime.batch.seal_bfv import batch_params
+
+        return batch_params(self.tree_program.program.depth)
+
+    def integers(self, X: Any) -> np.ndarray:
+        """The summed quantized scores (n_rows, outputs), computed encrypted batch by batch (fresh keys per call)."""
+        from tqdm import tqdm
+
+        from veilml.runtime.batch.seal_bfv import BatchClient, BatchServer
+
+        X = self.estimator._fitted_input(X)
+        codes = self.estimator.fhe_model_.codec.input_quantizer.quantize(X)
+        self.tree_program = self.plan(len(codes))
+        client = BatchClient(self.params)
+        server = BatchServer(self.params, client.relin_keys, client.public_key)  # public keys only
+        program, slots = self.tree_program.program, self.params.slots
+        parts = []
+        show = None if self.progress is None else not self.progress  # None: shown on a terminal only
+        # every input bit is encrypted and sent, read or not: the client learns nothing of the model's comparisons
+        for start in tqdm(range(0, len(codes), slots), desc="batched FHE", unit=f"batch of {slots}", disable=show):
+            batch = codes[start : start + slots]
+            bits = encode_codes(batch, self.encoding, self.tree_program.n_bits)
+            inputs = client.encrypt(bits)
+            outputs = server.evaluate(program, inputs, len(batch))
+            self.bytes_up += sum(len(c) for c in inputs if c is not None)
+            self.bytes_down += sum(len(c) for c in outputs)
+            parts.append(client.decrypt(outputs, len(batch)).T)
+        scores = np.concatenate(parts) if parts else np.zeros((0, len(program.outputs)), np.int64)
+        return scores @ self.combine
+
+    def decision_scores(self, X: Any) -> np.ndarray:
+        """Raw scores (n_rows, n_outputs), as the estimator's ``decision_scores(X, fhe="disable")``."""
+        codec = self.estimator.fhe_model_.codec
+        return codec.output_quantizer.dequantize(self.integers(X)) + codec.output_bias
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self.estimator.fhe_model_.codec.finish(self.decision_scores(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        codec = self.estimator.fhe_model_.codec
+        finished = codec.finish(self.decision_scores(X))
+        if codec.output is None or codec.output.task == "regression":
+            return finished[:, 0] if finished.ndim == 2 and finished.shape[1] == 1 else finished
+        return np.asarray(codec.output.classes)[np.argmax(finished, axis=1)]

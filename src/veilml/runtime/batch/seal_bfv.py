@@ -1,0 +1,303 @@
+"""Slot programs on encrypted tables: BFV with batching (SEAL 4, through ``tenseal``'s ``sealapi``).
+
+Why SEAL: it is maintained, already a dependency of the LoRA engines (pinned through ``tenseal``), and has
+what a leveled tree evaluation needs and nothing to write by hand: batching (one row per slot), relinearized
+ciphertext products, modulus switching, and the HE standard's 128-bit table (``CoeffModulus.MaxBitCount``).
+
+Parameters (:func:`batch_params`): the plaintext modulus ``t = 65537`` (the smallest batching prime for
+N = 8192 and 16384; scores stay far below it), and the smallest of :data:`LEVELS` (a polynomial degree and
+60-bit primes) that the program's depth needs, within the HE standard's 128-bit table; :class:`BatchContext`
+asks SEAL to check it (``sec_level_type.tc128``) and refuses otherwise. Everything
+the client uses is derived from the program's depth by the client itself.
+
+The client (:class:`BatchClient`) makes a fresh secret key per session and sends only public material: the
+relinearization key and a public key (for the server's re-randomization). It encrypts each input bit
+vector of a batch of up to N rows (:meth:`BatchClient.encrypt`) and decrypts the outputs.
+
+The server (:class:`BatchServer`) evaluates the program, then, before anything leaves it: multiplies every
+output by a mask that zeroes the slots carrying no row (they hold nothing of the model), switches to the
+last two primes, adds a fresh public-key encryption of zero (the second polynomial becomes fresh) and
+*floods* the first polynomial with uniform noise in [-B, B], B = q / (16 t), and switches to the last prime. The
+flooding hides the evaluation's noise, which depends on the model, when it is at most ``B / 2**40``: the
+parameters keep at least :data:`FLOOD_MARGIN_BITS` bits of noise budget for it (checked by the tests with
+the secret key).
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from veilml.runtime.batch.program import Linear, SlotProgram
+
+__all__ = [
+    "FLOOD_MARGIN_BITS",
+    "LEVELS",
+    "PLAIN_MODULUS",
+    "BatchClient",
+    "BatchContext",
+    "BatchParams",
+    "BatchServer",
+    "batch_params",
+]
+
+PLAIN_MODULUS = 65537
+#: bits of noise budget an output keeps for the flooding to hide its noise (statistical distance 2**-40 per
+#: coefficient), plus a few bits for decryption after the switch to the last prime
+FLOOD_MARGIN_BITS = 48
+#: per polynomial degree, the deepest program it evaluates and the bits of its coefficient primes (the last is
+#: SEAL's special prime, used only by relinearization). A fresh ciphertext's noise budget is about the data
+#: primes' bits minus 21 and each relinearized product costs about 29 bits (measured with SEAL's
+#: ``invariant_noise_budget``), a tree program's clear multipliers about 10 more per level; the rest is kept for
+#: the flooding (FLOOD_MARGIN_BITS; the tests check it on forests and boosters at each level's depth).
+#: Every total is within SEAL's 128-bit table (218 bits at 8192, 438 at 16384), which SEAL checks.
+LEVELS = {
+    2: (8192, (60, 60, 60, 38)),
+    4: (16384, (60, 60, 60, 60, 60, 60)),
+    5: (16384, (60, 60, 60, 60, 60, 60, 60)),
+    9: (32768, (60,) * 12),
+}
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """The BFV parameters of a batched evaluation: polynomial degree, bits of the coefficient primes (the last
+    one special), plaintext modulus."""
+
+    poly_degree: int
+    coeff_bits: tuple[int, ...]
+    plain_modulus: int = PLAIN_MODULUS
+
+    @property
+    def slots(self) -> int:
+        return self.poly_degree
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"poly_degree": self.poly_degree, "coeff_bits": list(self.coeff_bits), "plain_modulus": self.plain_modulus}
+
+
+def batch_params(depth: int) -> BatchParams:
+    """The parameters (:data:`LEVELS`) of the smallest degree and modulus that evaluate ``depth`` products."""
+    for deepest, (degree, bits) in LEVELS.items():
+        if depth <= deepest:
+            return BatchParams(degree, bits)
+    raise ValueError(f"a depth-{depth} program is too deep for the batched path (at most {max(LEVELS)} products deep)")
+
+
+class BatchContext:
+    """SEAL's context, encoder and evaluator for :class:`BatchParams` (128-bit security checked by SEAL)."""
+
+    def __init__(self, params: BatchParams) -> None:
+        from tenseal import sealapi as seal
+
+        if (params.poly_degree, params.coeff_bits) not in LEVELS.values() or params.plain_modulus != PLAIN_MODULUS:
+            raise ValueError(f"unsupported batched parameters {params}: the client and server take them from batch_params()")
+        self.seal, self.params = seal, params
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
+        parms.set_poly_modulus_degree(params.poly_degree)
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(params.poly_degree, list(params.coeff_bits)))
+        parms.set_plain_modulus(seal.Modulus(params.plain_modulus))
+        self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+        if not self.context.parameters_set():
+            raise ValueError(f"SEAL refuses the batched parameters {params}: {self.context.parameters_error_message()}")
+        self.encoder = seal.BatchEncoder(self.context)
+        self.evaluator = seal.Evaluator(self.context)
+        # the levels: first (all data primes) ... last (one prime); flooding happens two primes from the end
+        levels = [self.context.first_context_data()]
+        while levels[-1].next_context_data() is not None:
+            levels.append(levels[-1].next_context_data())
+        self.moduli = [[m.value() for m in level.parms().coeff_modulus()] for level in levels]
+        self.parms_ids = [list(level.parms_id()) for level in levels]
+        self.flood_level = max(len(levels) - 2, 0)
+
+    def plain(self, values: np.ndarray) -> Any:
+        """A plaintext of slot values (padded with zeros to the slot count)."""
+        full = np.zeros(self.params.slots, dtype=np.uint64)
+        full[: len(values)] = np.asarray(values, dtype=np.int64) % self.params.plain_modulus
+        plain = self.seal.Plaintext()
+        self.encoder.encode(full.tolist(), plain)
+        return plain
+
+    def scalar(self, value: int) -> Any:
+        """A constant plaintext (every slot ``value``)."""
+        return self.seal.Plaintext(format(int(value) % self.params.plain_modulus, "X"))
+
+    def save(self, obj: Any) -> bytes:
+        from veilml.linear.bfv.seal.seal_bytes import seal_files
+
+        return seal_files().save(obj)
+
+    def load(self, target: Any, data: bytes) -> Any:
+        from veilml.linear.bfv.seal.seal_bytes import seal_files
+
+        return seal_files().load(target, self.context, data)
+
+
+class BatchClient:
+    """A fresh secret key; encrypts input bits, decrypts outputs; sends only public keys."""
+
+    def __init__(self, params: BatchParams) -> None:
+        self.ctx = BatchContext(params)
+        seal = self.ctx.seal
+        keygen = seal.KeyGenerator(self.ctx.context)
+        self._secret = keygen.secret_key()
+        public, relin = seal.PublicKey(), seal.RelinKeys()
+        keygen.create_public_key(public)
+        keygen.create_relin_keys(relin)
+        self.public_key, self.relin_keys = self.ctx.save(public), self.ctx.save(relin)
+        self._encryptor = seal.Encryptor(self.ctx.context, self._secret)
+        self._decryptor = seal.Decryptor(self.ctx.context, self._secret)
+
+    def encrypt(self, bits: np.ndarray, used: np.ndarray | None = None) -> list[bytes | None]:
+        """Each input's bits (n_inputs, rows <= slots) as one ciphertext; None for inputs the program never reads."""
+        bits = np.asarray(bits)
+        if bits.ndim != 2 or bits.shape[1] > self.ctx.params.slots:
+            raise ValueError(f"expected input bits (inputs, rows <= {self.ctx.params.slots}), got shape {bits.shape}")
+        out: list[bytes | None] = []
+        for i, row in enumerate(bits):
+            if used is not None and not used[i]:
+                out.append(None)
+                continue
+            ct = self.ctx.seal.Ciphertext()
+            self._encryptor.encrypt_symmetric(self.ctx.plain(row), ct)
+            out.append(self.ctx.save(ct))
+        return out
+
+    def decrypt(self, outputs: list[bytes], rows: int) -> np.ndarray:
+        """The outputs (n_outputs, rows) as integers in [-t/2, t/2)."""
+        t = self.ctx.params.plain_modulus
+        values = []
+        for data in outputs:
+            ct = self.ctx.load(self.ctx.seal.Ciphertext(), data)
+            plain = self.ctx.seal.Plaintext()
+            self._decryptor.decrypt(ct, plain)
+            slots = np.asarray(self.ctx.encoder.decode_uint64(plain), dtype=np.int64)[:rows]
+            values.append(np.where(slots >= t // 2, slots - t, slots))
+        return np.stack(values) if values else np.zeros((0, rows), np.int64)
+
+    def noise_budget(self, data: bytes) -> int:
+        """Bits of noise budget left in a ciphertext (tests: the flooding margin)."""
+        return self._decryptor.invariant_noise_budget(self.ctx.load(self.ctx.seal.Ciphertext(), data))
+
+
+class BatchServer:
+    """Evaluates a slot program on a client's ciphertexts; holds the client's public keys, never a secret one."""
+
+    def __init__(self, params: BatchParams, relin_keys: bytes, public_key: bytes) -> None:
+        self.ctx = BatchContext(params)
+        seal = self.ctx.seal
+        self._relin = self.ctx.load(seal.RelinKeys(), relin_keys)
+        self._encryptor = seal.Encryptor(self.ctx.context, self.ctx.load(seal.PublicKey(), public_key))
+
+    def evaluate(self, program: SlotProgram, inputs: list[bytes | None], rows: int, keep: Any = None) -> list[bytes]:
+        """The program's outputs on one batch of ``rows`` rows, masked, flooded and switched to the last prime.
+
+        ``keep`` (tests only) receives each output before the mask and flooding.
+        """
+        seal, ev = self.ctx.seal, self.ctx.evaluator
+        if len(inputs) != program.n_inputs:
+            raise ValueError(f"the program reads {program.n_inputs} inputs, got {len(inputs)}")
+        if not 0 < rows <= self.ctx.params.slots:
+            raise ValueError(f"a batch holds 1 to {self.ctx.params.slots} rows, got {rows}")
+        used = program.used_inputs()
+        values: dict[int, Any] = {}
+        for i in np.flatnonzero(used):
+            if inputs[i] is None:
+                raise ValueError(f"input {i} is read by the program but was not sent")
+            values[int(i)] = self._load_input(inputs[i])
+        forms: dict[Linear, Any] = {}
+
+        def fresh(operation: Any, *args: Any) -> Any:  # sealapi's out-of-place operations write a destination
+            out = seal.Ciphertext()
+            operation(*args, out)
+            return out
+
+        def form(f: Linear) -> Any:
+            if f in forms:
+                return forms[f]
+            if f.is_constant:
+                raise ValueError("a constant output form reached the evaluator")  # tree programs never have one
+            ct = None
+            for ref, coef in f.terms:
+                term = values[ref] if coef == 1 else fresh(ev.multiply_plain, values[ref], self.ctx.scalar(coef))
+                ct = term if ct is None else fresh(ev.add, ct, term)  # new objects: the values are never changed in place
+            if f.const:
+                ct = fresh(ev.add_plain, ct, self.ctx.scalar(f.const))
+            forms[f] = ct
+            return ct
+
+        for index, (a, b) in enumerate(program.products):
+            product = fresh(ev.multiply, form(a), form(b))
+            ev.relinearize_inplace(product, self._relin)
+            values[program.n_inputs + index] = product
+        mask = self.ctx.plain(np.ones(rows, dtype=np.int64))
+        results = []
+        for f in program.outputs:
+            ct = form(f) if not f.is_constant else self._constant(f.const)
+            if keep is not None:
+                keep(self.ctx.save(ct))
+            results.append(self._flood(fresh(ev.multiply_plain, ct, mask)))
+        return results
+
+    def _load_input(self, data: bytes) -> Any:
+        try:
+            ct = self.ctx.load(self.ctx.seal.Ciphertext(), data)
+        except (RuntimeError, ValueError) as error:  # SEAL refuses data of other parameters or sizes
+            raise ValueError(f"an input ciphertext is not a fresh encryption at these parameters ({error})") from None
+        if (
+            ct.size() != 2
+            or list(ct.parms_id()) != self.ctx.parms_ids[0]
+            or ct.poly_modulus_degree() != self.ctx.params.poly_degree
+        ):
+            raise ValueError("an input ciphertext is not a fresh encryption at these parameters")
+        return ct
+
+    def _constant(self, value: int) -> Any:
+        ct = self.ctx.seal.Ciphertext()
+        self._encryptor.encrypt(self.ctx.scalar(value), ct)
+        return ct
+
+    def _flood(self, ct: Any) -> bytes:
+        """Switch to the flooding level, re-randomize, flood the first polynomial, switch to the last prime."""
+        ctx, ev = self.ctx, self.ctx.evaluator
+        level = ctx.flood_level
+        ev.mod_switch_to_inplace(ct, ctx.parms_ids[level])
+        zero = ctx.seal.Ciphertext()
+        self._encryptor.encrypt_zero(ctx.parms_ids[level], zero)
+        ev.add_inplace(ct, zero)
+        moduli = ctx.moduli[level]
+        q = int(np.prod([int(m) for m in moduli], dtype=object))
+        bound = q // (16 * ctx.params.plain_modulus)
+        ct = ctx.load(ctx.seal.Ciphertext(), _add_to_first(ctx.save(ct), moduli, _uniform_noise(ctx.params.poly_degree, bound)))
+        ev.mod_switch_to_inplace(ct, ctx.parms_ids[-1])
+        return ctx.save(ct)
+
+
+def _uniform_noise(n: int, bound: int) -> list[int]:
+    """``n`` integers uniform in [-bound, bound] from the operating system's generator."""
+    return [secrets.randbelow(2 * bound + 1) - bound for _ in range(n)]
+
+
+def _add_to_first(data: bytes, moduli: list[int], noise: list[int]) -> bytes:
+    """A SEAL ciphertext's bytes with ``noise`` added to its first polynomial (coefficient form, RNS)."""
+    from veilml.linear.bfv.seal.seal_bytes import CIPHER_MEMBERS, HEADER, _header, unwrap
+
+    n, k = len(noise), len(moduli)
+    body = bytearray(unwrap(data, CIPHER_MEMBERS.size + HEADER.size + 8 + 8 * 3 * n * k))
+    fields = CIPHER_MEMBERS.unpack_from(body)
+    if fields[4] != 0 or fields[5] != 2 or fields[6] != n or fields[7] != k:
+        raise ValueError(f"expected a 2-polynomial ciphertext of degree {n} over {k} primes, got {fields[4:8]}")
+    offset = CIPHER_MEMBERS.size + HEADER.size
+    if struct.unpack_from("<Q", body, offset)[0] != 2 * n * k:
+        raise ValueError("unexpected ciphertext array size")
+    start = offset + 8
+    polys = np.frombuffer(bytes(body[start : start + 8 * 2 * n * k]), dtype="<u8").reshape(2, k, n).copy()
+    for i, p in enumerate(moduli):
+        residues = np.array([v % p for v in noise], dtype=np.uint64)
+        polys[0, i] = (polys[0, i] + residues) % np.uint64(p)  # both < p < 2**61: no overflow
+    body[start : start + 8 * 2 * n * k] = polys.astype("<u8").tobytes()
+    return _header(HEADER.size + len(body)) + bytes(body)
