@@ -288,7 +288,7 @@ def test_a_torch_worker_gives_the_exact_product_and_the_kernel_choice_is_checked
 
 
 def _seal_object(body: bytes) -> bytes:
-    from veilml.linear.bfv.seal.seal_bytes import _object
+    from veilml.runtime.seal_bytes import _object
 
     return _object(body)
 
@@ -299,7 +299,7 @@ def test_seal_decrypts_the_workers_results_to_the_clear_product():
     SEAL's NTT form is the engine's transform domain, and the products are exact. And the worker's matrix product
     gives exactly the switched output coefficients of those ring products."""
     sealapi = require("tenseal.sealapi", "bfv")
-    from veilml.linear.bfv.seal.seal_bytes import CIPHER_MEMBERS, PLAIN_MEMBERS, _dynarray, seal_files
+    from veilml.runtime.seal_bytes import CIPHER_MEMBERS, PLAIN_MEMBERS, _dynarray, seal_files
 
     n, d, m = 5, 100, 24
     M, x = rng.integers(-128, 128, size=(d, m)), rng.integers(0, 256, size=(n, d))

@@ -32,7 +32,8 @@ from veilml.linear.bfv.planner import plain_bits_for  # noqa: E402
 from veilml.linear.bfv.seal import SealBFVBackend  # noqa: E402
 from veilml.linear.bfv.seal.crypto import ClientKey  # noqa: E402
 from veilml.linear.bfv.seal.params import SEAL_COSTS, client_params  # noqa: E402
-from veilml.linear.bfv.seal.seal_bytes import (  # noqa: E402
+from veilml.linear.clear import ClearBackend  # noqa: E402
+from veilml.runtime.seal_bytes import (  # noqa: E402
     ciphertext_bytes,
     plaintext_bytes,
     read_ciphertext,
@@ -40,7 +41,6 @@ from veilml.linear.bfv.seal.seal_bytes import (  # noqa: E402
     seal_files,
     unwrap,
 )
-from veilml.linear.clear import ClearBackend  # noqa: E402
 
 rng = np.random.default_rng(0)
 

@@ -26,13 +26,13 @@ the secret key).
 from __future__ import annotations
 
 import secrets
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from veilml.runtime.batch.program import Linear, SlotProgram
+from veilml.runtime.seal_bytes import add_to_first_polynomial, seal_files
 
 __all__ = [
     "FLOOD_MARGIN_BITS",
@@ -127,13 +127,9 @@ class BatchContext:
         return self.seal.Plaintext(format(int(value) % self.params.plain_modulus, "X"))
 
     def save(self, obj: Any) -> bytes:
-        from veilml.linear.bfv.seal.seal_bytes import seal_files
-
         return seal_files().save(obj)
 
     def load(self, target: Any, data: bytes) -> Any:
-        from veilml.linear.bfv.seal.seal_bytes import seal_files
-
         return seal_files().load(target, self.context, data)
 
 
@@ -272,7 +268,9 @@ class BatchServer:
         moduli = ctx.moduli[level]
         q = int(np.prod([int(m) for m in moduli], dtype=object))
         bound = q // (16 * ctx.params.plain_modulus)
-        ct = ctx.load(ctx.seal.Ciphertext(), _add_to_first(ctx.save(ct), moduli, _uniform_noise(ctx.params.poly_degree, bound)))
+        ct = ctx.load(
+            ctx.seal.Ciphertext(), add_to_first_polynomial(ctx.save(ct), moduli, _uniform_noise(ctx.params.poly_degree, bound))
+        )
         ev.mod_switch_to_inplace(ct, ctx.parms_ids[-1])
         return ctx.save(ct)
 
@@ -280,24 +278,3 @@ class BatchServer:
 def _uniform_noise(n: int, bound: int) -> list[int]:
     """``n`` integers uniform in [-bound, bound] from the operating system's generator."""
     return [secrets.randbelow(2 * bound + 1) - bound for _ in range(n)]
-
-
-def _add_to_first(data: bytes, moduli: list[int], noise: list[int]) -> bytes:
-    """A SEAL ciphertext's bytes with ``noise`` added to its first polynomial (coefficient form, RNS)."""
-    from veilml.linear.bfv.seal.seal_bytes import CIPHER_MEMBERS, HEADER, _header, unwrap
-
-    n, k = len(noise), len(moduli)
-    body = bytearray(unwrap(data, CIPHER_MEMBERS.size + HEADER.size + 8 + 8 * 3 * n * k))
-    fields = CIPHER_MEMBERS.unpack_from(body)
-    if fields[4] != 0 or fields[5] != 2 or fields[6] != n or fields[7] != k:
-        raise ValueError(f"expected a 2-polynomial ciphertext of degree {n} over {k} primes, got {fields[4:8]}")
-    offset = CIPHER_MEMBERS.size + HEADER.size
-    if struct.unpack_from("<Q", body, offset)[0] != 2 * n * k:
-        raise ValueError("unexpected ciphertext array size")
-    start = offset + 8
-    polys = np.frombuffer(bytes(body[start : start + 8 * 2 * n * k]), dtype="<u8").reshape(2, k, n).copy()
-    for i, p in enumerate(moduli):
-        residues = np.array([v % p for v in noise], dtype=np.uint64)
-        polys[0, i] = (polys[0, i] + residues) % np.uint64(p)  # both < p < 2**61: no overflow
-    body[start : start + 8 * 2 * n * k] = polys.astype("<u8").tobytes()
-    return _header(HEADER.size + len(body)) + bytes(body)

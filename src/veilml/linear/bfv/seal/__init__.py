@@ -11,7 +11,7 @@ compare both engines in one run. Its wire formats are ``veilml-bfv-*/1``.
 - :mod:`.session`: :class:`SealBFVSession` (client: fresh keys, seeded encryption, decryption)
 - :mod:`.params`: SEAL's parameters, its costs for the planner, its formats
 - :mod:`.crypto`: SEAL contexts, the client's key, seeded encryption, decryption in numpy
-- :mod:`.seal_bytes`: SEAL's binary layouts, read and written by hand (small, commented, tested)
+- :mod:`veilml.runtime.seal_bytes`: SEAL's binary layouts, read and written by hand (shared with the batched trees path)
 """
 
 from veilml.linear.bfv.seal.backend import COST_BOUND, DEFAULT_MAX_RESULT_BYTES, SealBFVBackend, SealBFVServer

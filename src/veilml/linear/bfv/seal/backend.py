@@ -24,10 +24,10 @@ from veilml.linear.bfv.planner import POLY_DEGREE, Plan
 from veilml.linear.bfv.seal.crypto import SealContext, seal_context
 from veilml.linear.bfv.seal.params import CIPHERTEXT_FORMAT, RESULT_FORMAT, SEAL_COSTS, SETUP_FORMAT, BFVParams, client_params
 from veilml.linear.bfv.seal.product import BlockProduct
-from veilml.linear.bfv.seal.seal_bytes import PRNG_INFO_BYTES, PRNG_TYPES
 from veilml.linear.bfv.seal.session import SealBFVSession
 from veilml.linear.bfv.server import COST_BOUND, DEFAULT_MAX_RESULT_BYTES, BlockServer, Checked
 from veilml.linear.limits import DEFAULT_RUN_TIMEOUT
+from veilml.runtime.seal_bytes import PRNG_INFO_BYTES, PRNG_TYPES
 
 __all__ = ["COST_BOUND", "DEFAULT_MAX_RESULT_BYTES", "SealBFVBackend", "SealBFVServer"]
 

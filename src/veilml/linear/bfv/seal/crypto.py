@@ -14,7 +14,7 @@ import numpy as np
 
 from veilml.linear.bfv.encoding import decrypt_outputs, selection
 from veilml.linear.bfv.seal.params import BFVParams
-from veilml.linear.bfv.seal.seal_bytes import (
+from veilml.runtime.seal_bytes import (
     ciphertext_bytes,
     plaintext_bytes,
     read_ciphertext,

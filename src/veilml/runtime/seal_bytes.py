@@ -38,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "PRNG_INFO_BYTES",
+    "add_to_first_polynomial",
     "SealFiles",
     "ciphertext_bytes",
     "plaintext_bytes",
@@ -199,3 +200,24 @@ def seal_version() -> tuple[int, int]:
             raise RuntimeError(f"the installed SEAL writes version {major}.{minor}; veilml's bfv backend reads SEAL 4.x")
         _VERSION = (major, minor)
     return _VERSION
+
+
+def add_to_first_polynomial(data: bytes, moduli: list[int], noise: list[int]) -> bytes:
+    """A SEAL ciphertext's bytes (two polynomials in coefficient form over the primes ``moduli``) with the integers
+    ``noise`` added to its first polynomial, written back uncompressed (the batched path's flooding)."""
+
+    n, k = len(noise), len(moduli)
+    body = bytearray(unwrap(data, CIPHER_MEMBERS.size + HEADER.size + 8 + 8 * 3 * n * k))
+    fields = CIPHER_MEMBERS.unpack_from(body)
+    if fields[4] != 0 or fields[5] != 2 or fields[6] != n or fields[7] != k:
+        raise ValueError(f"expected a 2-polynomial ciphertext of degree {n} over {k} primes, got {fields[4:8]}")
+    offset = CIPHER_MEMBERS.size + HEADER.size
+    if struct.unpack_from("<Q", body, offset)[0] != 2 * n * k:
+        raise ValueError("unexpected ciphertext array size")
+    start = offset + 8
+    polys = np.frombuffer(bytes(body[start : start + 8 * 2 * n * k]), dtype="<u8").reshape(2, k, n).copy()
+    for i, p in enumerate(moduli):
+        residues = np.array([v % p for v in noise], dtype=np.uint64)
+        polys[0, i] = (polys[0, i] + residues) % np.uint64(p)  # both < p < 2**61: no overflow
+    body[start : start + 8 * 2 * n * k] = polys.astype("<u8").tobytes()
+    return _header(HEADER.size + len(body)) + bytes(body)
