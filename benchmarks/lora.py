@@ -136,6 +136,8 @@ def worker_table(rows: list[dict]) -> list[str]:
         f"{concrete['seconds_per_step']:.2f} s (**{time_ratio:.0f}x faster**), {human(bfv['bytes_up'] + bfv['bytes_down'])} "
         f"against {human(concrete['bytes_up'] + concrete['bytes_down'])} on the wire (**1/{bytes_ratio:.0f} of the bytes**); "
         f"losses {bfv['loss']:.6f} and {concrete['loss']:.6f} (both exact: the same integers).",
+        "",
+        "*s / step* is one `LoraTrainer.train` call of one step, the Trainer's set-up (about half a second) included; `benchmarks/lora_scale.py` times the steps alone (`benchmarks/results/lora_scale*.md`). The SmolLM2-shaped step is the session's first (its hints included).",
     ]
     return lines
 
