@@ -1,0 +1,158 @@
+"""Scoring whole tables: the batched (leveled BFV) path against the TFHE path and Concrete-ML 1.9.
+
+    .venv/bin/python benchmarks/trees_batch.py [--cases dt_cancer rf_cancer ...] [--batches 1]
+
+The cases are ``benchmarks/trees.py``'s (the same models, data sets and 6 bits). For each, a veilml estimator is
+fitted and a table of ``--batches`` full batches is drawn from the test split (rows repeated), then scored by
+:class:`~veilml.models.trees.batch.BatchScorer` with ``encoding="auto"`` in this process, one step after the
+other on one core: the client's key generation, its encryption of every input bit of every batch, the
+server's evaluation (with the mask, re-randomization and flooding), the client's decryption. Every row's
+scores are compared with the estimator's ``fhe="disable"`` scores. Reported: rows per second end to end,
+bytes up and down per row, the client's public keys, and the split of the time.
+
+The TFHE path and Concrete-ML 1.9 are NOT rerun here: their batch throughputs are read from
+``benchmarks/results/trees.json`` (the last ``benchmarks/trees.py`` run, same machine, other day).
+
+Writes ``benchmarks/results/trees_batch.json`` and ``benchmarks/results/trees_batch.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from trees import CASES, MODELS, load_case_data  # noqa: E402
+
+DEFAULT_CASES = ["dt_cancer", "rf_cancer", "xgb_cancer", "dtr_diabetes", "dt_wide", "xgb_wide", "rf_wide"]
+
+
+def run_case(name: str, batches: int) -> dict:
+    import veilml
+    from veilml.models.trees.batch import BatchScorer, batch_seconds, encode_codes
+    from veilml.quantization import QuantizationRangeWarning
+    from veilml.runtime.batch.seal_bfv import BatchClient, BatchServer
+
+    warnings.simplefilter("ignore", QuantizationRangeWarning)
+    case = CASES[name]
+    estimator_name, hp, _ = MODELS[case.model]
+    X_train, X_test, y_train, _ = load_case_data(case)
+    model = getattr(veilml, estimator_name)(n_bits=case.n_bits, **hp).fit(X_train, y_train)
+    scorer = BatchScorer(model, "auto", progress=False)
+    tp = scorer.tree_program = scorer.plan(10**6)  # the encoding "auto" picks for large tables
+    slots = scorer.params.slots
+    rows = batches * slots
+    table = X_test[np.random.default_rng(0).integers(0, len(X_test), rows)]
+    expected = model.predict_integers(table, "disable") @ model.fhe_model_.codec.output_combine
+    codes = model.fhe_model_.codec.input_quantizer.quantize(table)
+    timings = {"keygen_s": 0.0, "encrypt_s": 0.0, "server_s": 0.0, "decrypt_s": 0.0}
+    start = time.perf_counter()
+    client = BatchClient(scorer.params)
+    timings["keygen_s"] = time.perf_counter() - start
+    server = BatchServer(scorer.params, client.relin_keys, client.public_key)
+    up = down = 0
+    parts = []
+    for first in range(0, rows, slots):
+        batch = codes[first : first + slots]
+        start = time.perf_counter()
+        inputs = client.encrypt(encode_codes(batch, tp.encoding, tp.n_bits))
+        timings["encrypt_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        outputs = server.evaluate(tp.program, inputs, len(batch))
+        timings["server_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        parts.append(client.decrypt(outputs, len(batch)).T)
+        timings["decrypt_s"] += time.perf_counter() - start
+        up += sum(len(c) for c in inputs if c is not None)
+        down += sum(len(c) for c in outputs)
+    got = np.concatenate(parts) @ scorer.combine
+    total = sum(timings.values())
+    tfhe = json.loads((RESULTS / "trees.json").read_text())["cases"].get(name, {}).get("sides", {})
+    return {
+        "case": name,
+        "title": case.title,
+        "encoding": tp.encoding.value,
+        "params": scorer.params.to_dict(),
+        "depth": tp.program.depth,
+        "products": tp.program.n_products,
+        "input_ciphertexts": tp.program.n_inputs,
+        "rows": rows,
+        **timings,
+        "total_s": total,
+        "rows_per_s": rows / total,
+        "bytes_up_per_row": up / rows,
+        "bytes_down_per_row": down / rows,
+        "public_key_bytes": len(client.public_key),
+        "relin_key_bytes": len(client.relin_keys),
+        "estimated_s": {e.value: batch_seconds(p, rows) for e, p in scorer.programs.items()},
+        "equal_to_disable_rows": int((got == expected).all(axis=1).sum()),
+        "all_rows_equal": bool(np.array_equal(got, expected)),
+        "tfhe_rows_per_s": tfhe.get("veilml", {}).get("batch_throughput_rows_per_s"),
+        "concrete_ml_rows_per_s": tfhe.get("Concrete-ML 1.9", {}).get("batch_throughput_rows_per_s"),
+        "tfhe_bytes_up_per_row": tfhe.get("veilml", {}).get("bytes_up_per_row"),
+        "load_average": os.getloadavg(),
+    }
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| case | encoding, N, depth, products | rows | rows/s end to end | keygen / encrypt / server / decrypt (s) "
+        "| up / down per row | public + relin. keys | every row = disable | TFHE path rows/s (trees.json) "
+        "| Concrete-ML rows/s (trees.json) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        tfhe = "-" if r["tfhe_rows_per_s"] is None else f"{r['tfhe_rows_per_s']:.2f}"
+        cml = "-" if r["concrete_ml_rows_per_s"] is None else f"{r['concrete_ml_rows_per_s']:.2f}"
+        lines.append(
+            f"| {r['case']} | {r['encoding']}, {r['params']['poly_degree']}, {r['depth']}, {r['products']} | {r['rows']} "
+            f"| **{r['rows_per_s']:.0f}** | {r['keygen_s']:.2f} / {r['encrypt_s']:.2f} / {r['server_s']:.2f} / {r['decrypt_s']:.2f} "
+            f"| {r['bytes_up_per_row'] / 1024:.1f} KiB / {r['bytes_down_per_row']:.0f} B "
+            f"| {(r['public_key_bytes'] + r['relin_key_bytes']) / 2**20:.1f} MiB "
+            f"| {'yes' if r['all_rows_equal'] else 'NO'} ({r['equal_to_disable_rows']}/{r['rows']}) | {tfhe} | {cml} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
+    parser.add_argument("--batches", type=int, default=1, help="full batches per case")
+    parser.add_argument("--output", default="trees_batch")
+    args = parser.parse_args()
+    results = []
+    for name in args.cases:
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        results.append(run_case(name, args.batches))
+        print(table(results[-1:]), file=sys.stderr, flush=True)
+        machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
+        (RESULTS / f"{args.output}.json").write_text(json.dumps({"machine": machine, "cases": results}, indent=1))
+        loads = ", ".join(f"{r['case']} {r['load_average'][0]:.2f}" for r in results)
+        text = [
+            "# Scoring whole tables: the batched path\n",
+            f"`python benchmarks/trees_batch.py {' '.join(sys.argv[1:])}` on {machine['cpu_count']} cores "
+            f"({machine['platform']}); one process, one step after the other (no overlap of client and server); "
+            f"load average at the end of each case: {loads}.\n",
+            table(results) + "\n",
+            "The TFHE path's and Concrete-ML's rows/s are their batch throughputs from `benchmarks/results/trees.json` "
+            "(not rerun here). Upload: every input bit of every feature is sent (the model's comparisons stay hidden), "
+            "as full ciphertexts (both polynomials: seeded uploads are not done yet).\n",
+        ]
+        (RESULTS / f"{args.output}.md").write_text("\n".join(text))
+    print((RESULTS / f"{args.output}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
