@@ -99,28 +99,43 @@ def run_case(name: str, batches: int) -> dict:
         "equal_to_disable_rows": int((got == expected).all(axis=1).sum()),
         "all_rows_equal": bool(np.array_equal(got, expected)),
         "tfhe_rows_per_s": tfhe.get("veilml", {}).get("batch_throughput_rows_per_s"),
+        "tfhe_latency_s": tfhe_latency(name),
         "concrete_ml_rows_per_s": tfhe.get("Concrete-ML 1.9", {}).get("batch_throughput_rows_per_s"),
         "tfhe_bytes_up_per_row": tfhe.get("veilml", {}).get("bytes_up_per_row"),
         "load_average": os.getloadavg(),
     }
 
 
+def tfhe_latency(case: str) -> float | None:
+    """The TFHE path's median latency per row of ``case`` in ``benchmarks/results/trees.json``."""
+    sides = json.loads((RESULTS / "trees.json").read_text())["cases"].get(case, {}).get("sides", {})
+    return sides.get("veilml", {}).get("execute_latency_median_s")
+
+
+def crossover_rows(r: dict) -> float | None:
+    """Rows from which one batch (its measured seconds, keys included) beats the TFHE path row by row."""
+    latency = r.get("tfhe_latency_s") or tfhe_latency(r["case"])
+    return None if latency is None else r["total_s"] / latency
+
+
 def table(results: list[dict]) -> str:
     lines = [
         "| case | encoding, N, depth, products | rows | rows/s end to end | keygen / encrypt / server / decrypt (s) "
         "| up / down per row | public + relin. keys | every row = disable | TFHE path rows/s (trees.json) "
-        "| Concrete-ML rows/s (trees.json) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Concrete-ML rows/s (trees.json) | crossover (rows) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         tfhe = "-" if r["tfhe_rows_per_s"] is None else f"{r['tfhe_rows_per_s']:.2f}"
         cml = "-" if r["concrete_ml_rows_per_s"] is None else f"{r['concrete_ml_rows_per_s']:.2f}"
+        rows = crossover_rows(r)
+        crossover = "-" if rows is None else f"{rows:.0f}"
         lines.append(
             f"| {r['case']} | {r['encoding']}, {r['params']['poly_degree']}, {r['depth']}, {r['products']} | {r['rows']} "
             f"| **{r['rows_per_s']:.0f}** | {r['keygen_s']:.2f} / {r['encrypt_s']:.2f} / {r['server_s']:.2f} / {r['decrypt_s']:.2f} "
             f"| {r['bytes_up_per_row'] / 1024:.1f} KiB / {r['bytes_down_per_row']:.0f} B "
             f"| {(r['public_key_bytes'] + r['relin_key_bytes']) / 2**20:.1f} MiB "
-            f"| {'yes' if r['all_rows_equal'] else 'NO'} ({r['equal_to_disable_rows']}/{r['rows']}) | {tfhe} | {cml} |"
+            f"| {'yes' if r['all_rows_equal'] else 'NO'} ({r['equal_to_disable_rows']}/{r['rows']}) | {tfhe} | {cml} | {crossover} |"
         )
     return "\n".join(lines)
 
@@ -130,28 +145,43 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
     parser.add_argument("--batches", type=int, default=1, help="full batches per case")
     parser.add_argument("--output", default="trees_batch")
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the committed .json (no run)")
     args = parser.parse_args()
+    if args.render:
+        record = json.loads((RESULTS / f"{args.output}.json").read_text())
+        write_markdown(record["machine"], record["cases"], args.output, record.get("command", ""))
+        print((RESULTS / f"{args.output}.md").read_text())
+        return 0
     results = []
+    command = " ".join(sys.argv[1:])
     for name in args.cases:
         print(f"{name} ...", file=sys.stderr, flush=True)
         results.append(run_case(name, args.batches))
         print(table(results[-1:]), file=sys.stderr, flush=True)
         machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
-        (RESULTS / f"{args.output}.json").write_text(json.dumps({"machine": machine, "cases": results}, indent=1))
-        loads = ", ".join(f"{r['case']} {r['load_average'][0]:.2f}" for r in results)
-        text = [
-            "# Scoring whole tables: the batched path\n",
-            f"`python benchmarks/trees_batch.py {' '.join(sys.argv[1:])}` on {machine['cpu_count']} cores "
-            f"({machine['platform']}); one process, one step after the other (no overlap of client and server); "
-            f"load average at the end of each case: {loads}.\n",
-            table(results) + "\n",
-            "The TFHE path's and Concrete-ML's rows/s are their batch throughputs from `benchmarks/results/trees.json` "
-            "(not rerun here). Upload: every input bit of every feature is sent (the model's comparisons stay hidden), "
-            "as full ciphertexts (both polynomials: seeded uploads are not done yet).\n",
-        ]
-        (RESULTS / f"{args.output}.md").write_text("\n".join(text))
+        (RESULTS / f"{args.output}.json").write_text(
+            json.dumps({"machine": machine, "command": command, "cases": results}, indent=1)
+        )
+        write_markdown(machine, results, args.output, command)
     print((RESULTS / f"{args.output}.md").read_text())
     return 0
+
+
+def write_markdown(machine: dict, results: list[dict], output: str, command: str) -> None:
+    loads = ", ".join(f"{r['case']} {r['load_average'][0]:.2f}" for r in results)
+    text = [
+        "# Scoring whole tables: the batched path\n",
+        f"`python benchmarks/trees_batch.py {command}` on {machine['cpu_count']} cores "
+        f"({machine['platform']}); one process, one step after the other (no overlap of client and server); "
+        f"load average at the end of each case: {loads}.\n",
+        table(results) + "\n",
+        "The TFHE path's and Concrete-ML's rows/s are their batch throughputs from `benchmarks/results/trees.json` "
+        "(not rerun here). Upload: every input bit of every feature is sent (the model's comparisons stay hidden), "
+        "as full ciphertexts (both polynomials: seeded uploads are not done yet). *Crossover*: the number of rows "
+        "from which one batch (its measured seconds, keys included) takes less time than scoring the rows one by one "
+        "on the TFHE path at its median latency per row (`trees.json`); below it the TFHE path is faster.\n",
+    ]
+    (RESULTS / f"{output}.md").write_text("\n".join(text))
 
 
 if __name__ == "__main__":
