@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from veilml.models.trees.batch import BatchEncoding, BatchScorer, encode_codes, matching_leaves, tree_program
+from veilml.models.trees.batch import (
+    BatchEncoding,
+    BatchScorer,
+    encode_codes,
+    matching_leaves,
+    part_programs,
+    tree_groups,
+    tree_program,
+)
 from veilml.models.trees.estimators import (
     DecisionTreeClassifier,
     GradientBoostingRegressor,
@@ -171,3 +179,24 @@ def test_a_forest_batch_equals_disable_with_the_flooding_margin():
     _, _, combine = leaves.output_steps(est.ensemble_, np.eye(len(leaves.outputs), dtype=np.int64))
     got = client.decrypt(outputs, len(X)).T @ combine
     np.testing.assert_array_equal(got, est.predict_integers(X, "disable") @ est.fhe_model_.codec.output_combine)
+
+
+def test_tree_groups_add_up_to_the_whole_program():
+    est, (X, _) = FITTED["xgboost"](), CANCER
+    leaves = matching_leaves(est)
+    whole = tree_program(est.ensemble_, leaves.values, est.n_bits_, "digits").program
+    parts = part_programs(est.ensemble_, leaves.values, est.n_bits_, BatchEncoding.DIGITS, 2)
+    groups = tree_groups(est.ensemble_, 2)
+    assert len(parts) == 2 and sorted(t for g in groups for t in g) == list(range(len(est.ensemble_.trees)))
+    bits = encode_codes(est.fhe_model_.codec.input_quantizer.quantize(X), BatchEncoding.DIGITS, est.n_bits_)
+    summed = sum(part.evaluate(bits, PLAIN_MODULUS) for part in parts) % PLAIN_MODULUS
+    np.testing.assert_array_equal(summed, whole.evaluate(bits, PLAIN_MODULUS))
+    assert abs(parts[0].n_products - parts[1].n_products) <= whole.n_products // 2
+
+
+def test_a_forest_on_two_processes_predicts_as_disable():
+    """The trees in two groups, the second in a helper process: outputs summed encrypted, every row exact."""
+    X, y = CANCER[0][:, :3], CANCER[1]
+    est = RandomForestClassifier(n_bits=6, n_estimators=4, max_depth=2, random_state=0).fit(X, y)
+    scorer = est.batch_scorer(encoding="thermometer", progress=False, workers=2)
+    np.testing.assert_array_equal(scorer.decision_scores(X), est.decision_scores(X, "disable"))

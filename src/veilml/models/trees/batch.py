@@ -22,8 +22,12 @@ sums decode exactly as its ``disable`` mode's.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from dataclasses import dataclass
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -194,6 +198,30 @@ def _indicators(tree, codes: np.ndarray, values: np.ndarray, compare: _Compariso
     return scores
 
 
+def tree_groups(ensemble: TreeEnsemble, parts: int) -> list[list[int]]:
+    """The trees cut into at most ``parts`` groups of about equal internal nodes (products), for that many cores."""
+    sizes = [int((tree.left >= 0).sum()) for tree in ensemble.trees]
+    groups: list[list[int]] = [[] for _ in range(max(1, min(parts, len(sizes))))]
+    loads = [0] * len(groups)
+    for t in sorted(range(len(sizes)), key=lambda t: -sizes[t]):  # largest first, each to the lightest group
+        g = loads.index(min(loads))
+        groups[g].append(t)
+        loads[g] += sizes[t]
+    return [sorted(group) for group in groups if group]
+
+
+def part_programs(
+    ensemble: TreeEnsemble, leaf_values: list[np.ndarray], n_bits: int, encoding: BatchEncoding, parts: int
+) -> list[SlotProgram]:
+    """One program per group of trees (:func:`tree_groups`); their outputs add up to :func:`tree_program`'s."""
+    return [
+        tree_program(
+            replace(ensemble, trees=tuple(ensemble.trees[t] for t in group)), [leaf_values[t] for t in group], n_bits, encoding
+        ).program
+        for group in tree_groups(ensemble, parts)
+    ]
+
+
 #: per polynomial degree, measured costs on one core of this project's 2-core machine (seconds per ciphertext):
 #: the client's encryption of one input, the server's relinearized product (the cost model of ``"auto"``)
 _ENCRYPT_S = {8192: 0.004, 16384: 0.012, 32768: 0.04}
@@ -240,13 +268,18 @@ class BatchScorer:
         encoding: ``"thermometer"``, ``"digits"`` or ``"auto"`` (for each call, the faster for its number of rows
             by :func:`choose_encoding`).
         progress: a progress bar over batches (tqdm; None: only on a terminal).
+        workers: processes the server's part runs on (the trees cut into groups, one per process, their outputs
+            summed encrypted); None: up to 2, as many as this machine has cores.
     """
 
-    def __init__(self, estimator: Any, encoding: BatchEncoding | str = "auto", progress: bool | None = None) -> None:
+    def __init__(
+        self, estimator: Any, encoding: BatchEncoding | str = "auto", progress: bool | None = None, workers: int | None = None
+    ) -> None:
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(estimator)
         self.estimator, self.progress = estimator, progress
+        self.workers = max(1, min(2, os.cpu_count() or 1) if workers is None else int(workers))
         self.leaves = matching_leaves(estimator)
         ensemble, n_bits = estimator.ensemble_, estimator.n_bits_
         wanted = list(BatchEncoding) if encoding == "auto" else [BatchEncoding(encoding)]
@@ -282,18 +315,24 @@ class BatchScorer:
         client = BatchClient(self.params)
         server = BatchServer(self.params, client.relin_keys, client.public_key)  # public keys only
         program, slots = self.tree_program.program, self.params.slots
-        parts = []
+        tp = self.tree_program
+        programs = part_programs(self.estimator.ensemble_, self.leaves.values, tp.n_bits, tp.encoding, self.workers)
+        found = []
         show = None if self.progress is None else not self.progress  # None: shown on a terminal only
-        # every input bit is encrypted and sent, read or not: the client learns nothing of the model's comparisons
-        for start in tqdm(range(0, len(codes), slots), desc="batched FHE", unit=f"batch of {slots}", disable=show):
-            batch = codes[start : start + slots]
-            bits = encode_codes(batch, self.encoding, self.tree_program.n_bits)
-            inputs = client.encrypt(bits)
-            outputs = server.evaluate(program, inputs, len(batch))
-            self.bytes_up += sum(len(c) for c in inputs if c is not None)
-            self.bytes_down += sum(len(c) for c in outputs)
-            parts.append(client.decrypt(outputs, len(batch)).T)
-        scores = np.concatenate(parts) if parts else np.zeros((0, len(program.outputs)), np.int64)
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if len(programs) > 1:  # the other tree groups in processes of their own (SEAL holds the GIL)
+                context = multiprocessing.get_context("spawn")
+                pool = stack.enter_context(ProcessPoolExecutor(len(programs) - 1, mp_context=context))
+            # every input bit is encrypted and sent, read or not: the client learns nothing of the model's comparisons
+            for start in tqdm(range(0, len(codes), slots), desc="batched FHE", unit=f"batch of {slots}", disable=show):
+                batch = codes[start : start + slots]
+                inputs = client.encrypt(encode_codes(batch, self.encoding, tp.n_bits))
+                outputs = server.evaluate_parts(programs, inputs, len(batch), pool)
+                self.bytes_up += sum(len(c) for c in inputs if c is not None)
+                self.bytes_down += sum(len(c) for c in outputs)
+                found.append(client.decrypt(outputs, len(batch)).T)
+        scores = np.concatenate(found) if found else np.zeros((0, len(program.outputs)), np.int64)
         return scores @ self.combine
 
     def decision_scores(self, X: Any) -> np.ndarray:

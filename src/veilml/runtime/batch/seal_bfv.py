@@ -184,6 +184,7 @@ class BatchServer:
     """Evaluates a slot program on a client's ciphertexts; holds the client's public keys, never a secret one."""
 
     def __init__(self, params: BatchParams, relin_keys: bytes, public_key: bytes) -> None:
+        self.keys = (params, relin_keys, public_key)  # public: what a helper process needs (:func:`partial_sums`)
         self.ctx = BatchContext(params)
         seal = self.ctx.seal
         self._relin = self.ctx.load(seal.RelinKeys(), relin_keys)
@@ -194,11 +195,29 @@ class BatchServer:
 
         ``keep`` (tests only) receives each output before the mask and flooding.
         """
-        seal, ev = self.ctx.seal, self.ctx.evaluator
+        self._check_rows(rows)
+        return self.release(self.sums(program, inputs), rows, keep)
+
+    def evaluate_parts(
+        self, programs: list[SlotProgram], inputs: list[bytes | None], rows: int, pool: Any = None, keep: Any = None
+    ) -> list[bytes]:
+        """Programs whose outputs add up (an ensemble's tree groups) evaluated at once, the first here and the others
+        in ``pool`` (a ``concurrent.futures`` executor of processes), then summed and released as by :meth:`evaluate`."""
+        self._check_rows(rows)
+        others = [] if pool is None else [pool.submit(partial_sums, self.keys, program, inputs) for program in programs[1:]]
+        here = [self.sums(program, inputs) for program in (programs if pool is None else programs[:1])]
+        outputs = here[0]
+        for part in here[1:] + [[self.ctx.load(self.ctx.seal.Ciphertext(), data) for data in f.result()] for f in others]:
+            if len(part) != len(outputs):
+                raise ValueError("the parts of an ensemble have different numbers of outputs")
+            outputs = [self._fresh(self.ctx.evaluator.add, total, ct) for total, ct in zip(outputs, part)]
+        return self.release(outputs, rows, keep)
+
+    def sums(self, program: SlotProgram, inputs: list[bytes | None]) -> list[Any]:
+        """The program's outputs as SEAL ciphertexts, before the mask and flooding (never to leave the server)."""
+        ev = self.ctx.evaluator
         if len(inputs) != program.n_inputs:
             raise ValueError(f"the program reads {program.n_inputs} inputs, got {len(inputs)}")
-        if not 0 < rows <= self.ctx.params.slots:
-            raise ValueError(f"a batch holds 1 to {self.ctx.params.slots} rows, got {rows}")
         used = program.used_inputs()
         values: dict[int, Any] = {}
         for i in np.flatnonzero(used):
@@ -207,37 +226,45 @@ class BatchServer:
             values[int(i)] = self._load_input(inputs[i])
         forms: dict[Linear, Any] = {}
 
-        def fresh(operation: Any, *args: Any) -> Any:  # sealapi's out-of-place operations write a destination
-            out = seal.Ciphertext()
-            operation(*args, out)
-            return out
-
         def form(f: Linear) -> Any:
             if f in forms:
                 return forms[f]
-            if f.is_constant:
-                raise ValueError("a constant output form reached the evaluator")  # tree programs never have one
             ct = None
             for ref, coef in f.terms:
-                term = values[ref] if coef == 1 else fresh(ev.multiply_plain, values[ref], self.ctx.scalar(coef))
-                ct = term if ct is None else fresh(ev.add, ct, term)  # new objects: the values are never changed in place
-            if f.const:
-                ct = fresh(ev.add_plain, ct, self.ctx.scalar(f.const))
+                term = values[ref] if coef == 1 else self._fresh(ev.multiply_plain, values[ref], self.ctx.scalar(coef))
+                ct = term if ct is None else self._fresh(ev.add, ct, term)  # new objects: values never change in place
+            if ct is None:
+                ct = self._constant(f.const)
+            elif f.const:
+                ct = self._fresh(ev.add_plain, ct, self.ctx.scalar(f.const))
             forms[f] = ct
             return ct
 
         for index, (a, b) in enumerate(program.products):
-            product = fresh(ev.multiply, form(a), form(b))
+            product = self._fresh(ev.multiply, form(a), form(b))
             ev.relinearize_inplace(product, self._relin)
             values[program.n_inputs + index] = product
+        return [form(f) for f in program.outputs]
+
+    def release(self, outputs: list[Any], rows: int, keep: Any = None) -> list[bytes]:
+        """What may leave the server: each output masked to the batch's rows, flooded, at the last prime."""
         mask = self.ctx.plain(np.ones(rows, dtype=np.int64))
         results = []
-        for f in program.outputs:
-            ct = form(f) if not f.is_constant else self._constant(f.const)
+        for ct in outputs:
             if keep is not None:
                 keep(self.ctx.save(ct))
-            results.append(self._flood(fresh(ev.multiply_plain, ct, mask)))
+            results.append(self._flood(self._fresh(self.ctx.evaluator.multiply_plain, ct, mask)))
         return results
+
+    def _check_rows(self, rows: int) -> None:
+        if not 0 < rows <= self.ctx.params.slots:
+            raise ValueError(f"a batch holds 1 to {self.ctx.params.slots} rows, got {rows}")
+
+    def _fresh(self, operation: Any, *args: Any) -> Any:
+        """``operation(*args, destination)`` into a new ciphertext (sealapi's out-of-place operations)."""
+        out = self.ctx.seal.Ciphertext()
+        operation(*args, out)
+        return out
 
     def _load_input(self, data: bytes) -> Any:
         try:
@@ -278,3 +305,16 @@ class BatchServer:
 def _uniform_noise(n: int, bound: int) -> list[int]:
     """``n`` integers uniform in [-bound, bound] from the operating system's generator."""
     return [secrets.randbelow(2 * bound + 1) - bound for _ in range(n)]
+
+
+_SERVERS: dict[tuple[BatchParams, bytes, bytes], BatchServer] = {}
+
+
+def partial_sums(keys: tuple[BatchParams, bytes, bytes], program: SlotProgram, inputs: list[bytes | None]) -> list[bytes]:
+    """A helper process's part of :meth:`BatchServer.evaluate_parts`: the program's raw outputs, saved (the server
+    that called it adds them to its own and releases them; they never leave the server's processes)."""
+    server = _SERVERS.get(keys)
+    if server is None:
+        _SERVERS.clear()  # one client's keys at a time
+        server = _SERVERS[keys] = BatchServer(*keys)
+    return [server.ctx.save(ct) for ct in server.sums(program, inputs)]

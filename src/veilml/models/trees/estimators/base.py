@@ -288,13 +288,13 @@ class EncryptedEnsemble(BaseEstimator):
         X = self._fitted_input(X)
         return self.fhe_model_.run_integers(X, fhe)
 
-    def batch_scorer(self, encoding: str = "auto", progress: bool | None = None) -> Any:
+    def batch_scorer(self, encoding: str = "auto", progress: bool | None = None, workers: int | None = None) -> Any:
         """A :class:`~veilml.models.trees.batch.BatchScorer` of this fitted model: whole tables scored on the batched
         (leveled BFV) path, one row per slot, equal to ``fhe="disable"`` on every row (no ``compile`` needed).
         From a few dozen rows on it is faster than ``predict(fhe="execute")`` (``benchmarks/results/trees_batch.md``)."""
         from veilml.models.trees.batch import BatchScorer
 
-        return BatchScorer(self, encoding, progress)
+        return BatchScorer(self, encoding, progress, workers)
 
     def fhe_report(self) -> FHEReport:
         """The lowering's strategy per stage, PBS by precision, complexity and key sizes (once
