@@ -204,7 +204,11 @@ class BatchServer:
         """Programs whose outputs add up (an ensemble's tree groups) evaluated at once, the first here and the others
         in ``pool`` (a ``concurrent.futures`` executor of processes), then summed and released as by :meth:`evaluate`."""
         self._check_rows(rows)
-        others = [] if pool is None else [pool.submit(partial_sums, self.keys, program, inputs) for program in programs[1:]]
+        others = (
+            []
+            if pool is None
+            else [pool.submit(partial_sums, self.keys, program, _read_by(program, inputs)) for program in programs[1:]]
+        )
         here = [self.sums(program, inputs) for program in (programs if pool is None else programs[:1])]
         outputs = here[0]
         for part in here[1:] + [[self.ctx.load(self.ctx.seal.Ciphertext(), data) for data in f.result()] for f in others]:
@@ -308,6 +312,14 @@ def _uniform_noise(n: int, bound: int) -> list[int]:
 
 
 _SERVERS: dict[tuple[BatchParams, bytes, bytes], BatchServer] = {}
+
+
+def _read_by(program: SlotProgram, inputs: list[bytes | None]) -> list[bytes | None]:
+    """The inputs a program reads (the others None): what a helper process is sent."""
+    used = program.used_inputs()
+    if len(inputs) != len(used):
+        raise ValueError(f"the program reads {len(used)} inputs, got {len(inputs)}")
+    return [data if read else None for data, read in zip(inputs, used)]
 
 
 def partial_sums(keys: tuple[BatchParams, bytes, bytes], program: SlotProgram, inputs: list[bytes | None]) -> list[bytes]:
