@@ -200,3 +200,13 @@ def test_a_forest_on_two_processes_predicts_as_disable():
     est = RandomForestClassifier(n_bits=6, n_estimators=4, max_depth=2, random_state=0).fit(X, y)
     scorer = est.batch_scorer(encoding="thermometer", progress=False, workers=2)
     np.testing.assert_array_equal(scorer.decision_scores(X), est.decision_scores(X, "disable"))
+
+
+def test_a_table_of_several_batches_streams_through_helper_processes():
+    """Two batches: each evaluated whole in a helper process while the client encrypts the next; every row exact."""
+    X, y = CANCER[0][:, :3], CANCER[1]
+    est = DecisionTreeClassifier(n_bits=6, max_depth=3, random_state=0).fit(X, y)
+    table = np.tile(X, (15, 1))[: 8192 + 100]
+    scorer = est.batch_scorer(encoding="thermometer", progress=False, workers=2)
+    np.testing.assert_array_equal(scorer.predict(table), est.predict(table, fhe="disable"))
+    assert scorer.params.slots == 8192 and scorer.bytes_down > 0

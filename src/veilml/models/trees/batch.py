@@ -22,6 +22,7 @@ sums decode exactly as its ``disable`` mode's.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import multiprocessing
@@ -307,7 +308,7 @@ class BatchScorer:
         """The summed quantized scores (n_rows, outputs), computed encrypted batch by batch (fresh keys per call)."""
         from tqdm import tqdm
 
-        from veilml.runtime.batch.seal_bfv import BatchClient, BatchServer
+        from veilml.runtime.batch.seal_bfv import BatchClient, BatchServer, serve_batch
 
         X = self.estimator._fitted_input(X)
         codes = self.estimator.fhe_model_.codec.input_quantizer.quantize(X)
@@ -317,21 +318,39 @@ class BatchScorer:
         program, slots = self.tree_program.program, self.params.slots
         tp = self.tree_program
         programs = part_programs(self.estimator.ensemble_, self.leaves.values, tp.n_bits, tp.encoding, self.workers)
-        found = []
+        found: list[np.ndarray] = []
+        pending: collections.deque = collections.deque()
+        starts = range(0, len(codes), slots)
+        # several batches: each evaluated whole in a helper process while this one encrypts the next (a stream);
+        # one batch: its tree groups evaluated at once, here and in helpers
+        stream = len(starts) > 1 and self.workers > 1
+        helpers = self.workers if stream else len(programs) - 1
         show = None if self.progress is None else not self.progress  # None: shown on a terminal only
+
+        def receive(rows: int, outputs: list[bytes]) -> None:
+            self.bytes_down += sum(len(c) for c in outputs)
+            found.append(client.decrypt(outputs, rows).T)
+
         with contextlib.ExitStack() as stack:
             pool = None
-            if len(programs) > 1:  # the other tree groups in processes of their own (SEAL holds the GIL)
+            if helpers > 0:  # processes of their own: SEAL holds the GIL
                 context = multiprocessing.get_context("spawn")
-                pool = stack.enter_context(ProcessPoolExecutor(len(programs) - 1, mp_context=context))
+                pool = stack.enter_context(ProcessPoolExecutor(helpers, mp_context=context))
             # every input bit is encrypted and sent, read or not: the client learns nothing of the model's comparisons
-            for start in tqdm(range(0, len(codes), slots), desc="batched FHE", unit=f"batch of {slots}", disable=show):
+            for start in tqdm(starts, desc="batched FHE", unit=f"batch of {slots}", disable=show):
                 batch = codes[start : start + slots]
                 inputs = client.encrypt(encode_codes(batch, self.encoding, tp.n_bits))
-                outputs = server.evaluate_parts(programs, inputs, len(batch), pool)
                 self.bytes_up += sum(len(c) for c in inputs if c is not None)
-                self.bytes_down += sum(len(c) for c in outputs)
-                found.append(client.decrypt(outputs, len(batch)).T)
+                if not stream:
+                    receive(len(batch), server.evaluate_parts(programs, inputs, len(batch), pool))
+                    continue
+                pending.append((len(batch), pool.submit(serve_batch, server.keys, program, inputs, len(batch))))
+                while len(pending) > helpers:
+                    rows, future = pending.popleft()
+                    receive(rows, future.result())
+            while pending:
+                rows, future = pending.popleft()
+                receive(rows, future.result())
         scores = np.concatenate(found) if found else np.zeros((0, len(program.outputs)), np.int64)
         return scores @ self.combine
 

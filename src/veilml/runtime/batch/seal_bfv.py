@@ -322,11 +322,25 @@ def _read_by(program: SlotProgram, inputs: list[bytes | None]) -> list[bytes | N
     return [data if read else None for data, read in zip(inputs, used)]
 
 
-def partial_sums(keys: tuple[BatchParams, bytes, bytes], program: SlotProgram, inputs: list[bytes | None]) -> list[bytes]:
-    """A helper process's part of :meth:`BatchServer.evaluate_parts`: the program's raw outputs, saved (the server
-    that called it adds them to its own and releases them; they never leave the server's processes)."""
+def _server(keys: tuple[BatchParams, bytes, bytes]) -> BatchServer:
+    """This helper process's server for one client's public keys (made once, kept for the next batches)."""
     server = _SERVERS.get(keys)
     if server is None:
         _SERVERS.clear()  # one client's keys at a time
         server = _SERVERS[keys] = BatchServer(*keys)
+    return server
+
+
+def partial_sums(keys: tuple[BatchParams, bytes, bytes], program: SlotProgram, inputs: list[bytes | None]) -> list[bytes]:
+    """A helper process's part of :meth:`BatchServer.evaluate_parts`: the program's raw outputs, saved (the server
+    that called it adds them to its own and releases them; they never leave the server's processes)."""
+    server = _server(keys)
     return [server.ctx.save(ct) for ct in server.sums(program, inputs)]
+
+
+def serve_batch(
+    keys: tuple[BatchParams, bytes, bytes], program: SlotProgram, inputs: list[bytes | None], rows: int
+) -> list[bytes]:
+    """A whole batch evaluated and released in a helper process (:meth:`BatchServer.evaluate`), so that the
+    client encrypts the next batch meanwhile."""
+    return _server(keys).evaluate(program, inputs, rows)
