@@ -148,16 +148,14 @@ class BatchClient:
         self._encryptor = seal.Encryptor(self.ctx.context, self._secret)
         self._decryptor = seal.Decryptor(self.ctx.context, self._secret)
 
-    def encrypt(self, bits: np.ndarray, used: np.ndarray | None = None) -> list[bytes | None]:
-        """Each input's bits (n_inputs, rows <= slots) as one ciphertext; None for inputs the program never reads."""
+    def encrypt(self, bits: np.ndarray) -> list[bytes]:
+        """Each input's bits (n_inputs, rows <= slots) as one ciphertext: every input, whether or not the model
+        reads it (the upload says nothing of the model's comparisons)."""
         bits = np.asarray(bits)
         if bits.ndim != 2 or bits.shape[1] > self.ctx.params.slots:
             raise ValueError(f"expected input bits (inputs, rows <= {self.ctx.params.slots}), got shape {bits.shape}")
-        out: list[bytes | None] = []
-        for i, row in enumerate(bits):
-            if used is not None and not used[i]:
-                out.append(None)
-                continue
+        out = []
+        for row in bits:
             ct = self.ctx.seal.Ciphertext()
             self._encryptor.encrypt_symmetric(self.ctx.plain(row), ct)
             out.append(self.ctx.save(ct))
