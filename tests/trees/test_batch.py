@@ -210,3 +210,18 @@ def test_a_table_of_several_batches_streams_through_helper_processes():
     scorer = est.batch_scorer(encoding="thermometer", progress=False, workers=2)
     np.testing.assert_array_equal(scorer.predict(table), est.predict(table, fhe="disable"))
     assert scorer.params.slots == 8192 and scorer.bytes_down > 0
+
+
+def test_the_client_checks_results_before_decrypting(small_session):
+    client, server = small_session
+    builder = ProgramBuilder(1)
+    program = builder.build([builder.input(0)])
+    inputs = client.encrypt(np.ones((1, 50), dtype=np.uint8))
+    (result,) = server.evaluate(program, inputs, 50)
+    with pytest.raises(ValueError, match="answered 2 outputs where the model has 1"):
+        client.decrypt([result, result], 50, expected=1)
+    with pytest.raises(ValueError, match="larger than any result"):
+        client.decrypt(inputs, 50)  # a fresh ciphertext (all primes) handed back as a result: refused unread
+    with pytest.raises(ValueError, match="not a ciphertext"):
+        client.decrypt([result[:-10]], 50)
+    np.testing.assert_array_equal(client.decrypt([result], 50, expected=1)[0], np.ones(50))

@@ -329,7 +329,7 @@ class BatchScorer:
 
         def receive(rows: int, outputs: list[bytes]) -> None:
             self.bytes_down += sum(len(c) for c in outputs)
-            found.append(client.decrypt(outputs, rows).T)
+            found.append(client.decrypt(outputs, rows, len(program.outputs)).T)
 
         with contextlib.ExitStack() as stack:
             pool = None
