@@ -69,7 +69,7 @@ def test_tree_program_sums_what_disable_sums(name, encoding):
         assert tp.program.depth <= thermometer.program.depth + 1 and tp.program.n_inputs * 4 < thermometer.program.n_inputs
 
 
-def test_every_input_bit_is_sent_and_multiclass_trees_use_indicators():
+def test_multiclass_trees_use_indicators_one_product_per_node():
     est = FITTED["forest-3-classes"]()
     leaves = matching_leaves(est)
     tp = tree_program(est.ensemble_, leaves.values, est.n_bits_, "thermometer")

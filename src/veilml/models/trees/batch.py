@@ -258,7 +258,8 @@ def matching_leaves(estimator: Any) -> Any:
 
 
 class BatchScorer:
-    """Scores whole tables of a fitted veilml tree estimator on the batched (leveled BFV) path, in this process.
+    """Scores whole tables of a fitted veilml tree estimator on the batched (leveled BFV) path, on this machine:
+    the client here, the server's part here and in helper processes (``workers``).
 
     One row per slot: a batch of up to 8,192 or 16,384 rows is one encryption of each input bit, one evaluation
     and one decryption. The results decode exactly as the estimator's ``fhe="disable"`` ones (the same quantized
