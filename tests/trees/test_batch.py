@@ -9,11 +9,13 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from veilml.models.trees.batch import (
     BatchEncoding,
     BatchScorer,
+    batch_seconds,
     encode_codes,
     matching_leaves,
     part_programs,
     tree_groups,
     tree_program,
+    upload_bytes,
 )
 from veilml.models.trees.estimators import (
     DecisionTreeClassifier,
@@ -225,3 +227,15 @@ def test_the_client_checks_results_before_decrypting(small_session):
     with pytest.raises(ValueError, match="not a ciphertext"):
         client.decrypt([result[:-10]], 50)
     np.testing.assert_array_equal(client.decrypt([result], 50, expected=1)[0], np.ones(50))
+
+
+def test_the_cost_model_counts_the_upload():
+    """Breast cancer's 30 features: the thermometer uploads 1,890 ciphertexts a batch, the digits 420; for a large
+    table the digits win on time and bytes, and the estimate grows with the bytes when the link is slower."""
+    est = FITTED["xgboost"]()
+    scorer = BatchScorer(est, progress=False)
+    thermometer, digits = scorer.programs[BatchEncoding.THERMOMETER], scorer.programs[BatchEncoding.DIGITS]
+    assert thermometer.program.n_inputs == 1890 and digits.program.n_inputs == 420
+    assert upload_bytes(digits) < upload_bytes(thermometer)
+    assert scorer.plan(10**6).encoding is BatchEncoding.DIGITS
+    assert batch_seconds(thermometer, 10**6, link_bytes_per_s=1e6) - batch_seconds(thermometer, 10**6) > 1e3

@@ -41,6 +41,7 @@ __all__ = [
     "BatchEncoding",
     "BatchScorer",
     "TreeProgram",
+    "LINK_BYTES_PER_S",
     "batch_seconds",
     "choose_encoding",
     "encode_codes",
@@ -227,20 +228,32 @@ def part_programs(
 #: the client's encryption of one input, the server's relinearized product (the cost model of ``"auto"``)
 _ENCRYPT_S = {8192: 0.004, 16384: 0.012, 32768: 0.04}
 _PRODUCT_S = {8192: 0.02, 16384: 0.06, 32768: 0.25}
+#: the link the cost model assumes between client and server (bytes per second: 1 Gbit/s)
+LINK_BYTES_PER_S = 125e6
 
 
-def batch_seconds(tp: TreeProgram, rows: int) -> float:
-    """Estimated seconds (one core) to score ``rows`` rows: per batch, the client's encryptions and the server's
-    products (:data:`_ENCRYPT_S`, :data:`_PRODUCT_S`)."""
+def upload_bytes(tp: TreeProgram) -> int:
+    """Bytes one batch uploads: every input as a whole ciphertext (two polynomials over the data primes, 8 bytes a
+    coefficient as SEAL saves them, before its compression of the unused high bits)."""
+    from veilml.runtime.batch.seal_bfv import batch_params
+
+    params = batch_params(tp.program.depth)
+    return tp.program.n_inputs * 2 * params.poly_degree * (len(params.coeff_bits) - 1) * 8
+
+
+def batch_seconds(tp: TreeProgram, rows: int, link_bytes_per_s: float = LINK_BYTES_PER_S) -> float:
+    """Estimated seconds to score ``rows`` rows: per batch, the client's encryptions and the server's products on
+    one core each (:data:`_ENCRYPT_S`, :data:`_PRODUCT_S`), and the upload over a link of ``link_bytes_per_s``."""
     from veilml.runtime.batch.seal_bfv import batch_params
 
     degree = batch_params(tp.program.depth).poly_degree
     batches = max(1, -(-rows // degree))
-    return batches * (tp.program.n_inputs * _ENCRYPT_S[degree] + tp.program.n_products * _PRODUCT_S[degree])
+    compute = tp.program.n_inputs * _ENCRYPT_S[degree] + tp.program.n_products * _PRODUCT_S[degree]
+    return batches * (compute + upload_bytes(tp) / link_bytes_per_s)
 
 
 def choose_encoding(programs: dict[BatchEncoding, TreeProgram], rows: int) -> BatchEncoding:
-    """The encoding that scores ``rows`` rows in the least estimated time (:func:`batch_seconds`)."""
+    """The encoding that scores ``rows`` rows in the least estimated time, upload included (:func:`batch_seconds`)."""
     return min(programs, key=lambda encoding: batch_seconds(programs[encoding], rows))
 
 
@@ -268,7 +281,7 @@ class BatchScorer:
     Args:
         estimator: a fitted veilml tree estimator (its quantizers and ensemble are used as they are).
         encoding: ``"thermometer"``, ``"digits"`` or ``"auto"`` (for each call, the faster for its number of rows
-            by :func:`choose_encoding`).
+            by :func:`choose_encoding`: encryption, evaluation and upload time).
         progress: a progress bar over batches (tqdm; None: only on a terminal).
         workers: processes the server's part runs on (the trees cut into groups, one per process, their outputs
             summed encrypted); None: up to 2, as many as this machine has cores.
