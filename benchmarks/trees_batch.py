@@ -86,7 +86,7 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
             start = time.perf_counter()
             parts.append(client.decrypt(outputs, len(batch)).T)
             timings["decrypt_s"] += time.perf_counter() - start
-            up += sum(len(c) for c in inputs if c is not None)
+            up += sum(len(c) for c in inputs)
             down += sum(len(c) for c in outputs)
     got = np.concatenate(parts) @ scorer.combine
     total = sum(timings.values())

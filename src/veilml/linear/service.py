@@ -50,7 +50,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from veilml.linear.base import Work, WorkTimeout
+from veilml.linear.base import Work, WorkTimeout, run_work
 from veilml.linear.errors import WorkerError
 from veilml.linear.http import SECRET_HEADER, SESSION_ID, redact_path
 from veilml.linear.layers import ALL
@@ -199,11 +199,7 @@ class WorkerService(Service):
 
             def start() -> tuple[Work | None, bytes | None]:  # the checks, and all of a request of one unit, in one turn
                 work = self.worker.work(session, secret, layer, direction, ciphertext)
-                if len(work.units) > 1:
-                    return work, None
-                for unit in work.units:
-                    unit()
-                return None, work.finish()
+                return (work, None) if len(work.units) > 1 else (None, run_work(work, deadline))
 
             [(work, result)] = await self.scheduler.run(client, [_guarded(start, layer, direction)], self.limits.run_timeout)
             if work is not None:  # several units: each takes its turn among other clients' work

@@ -150,7 +150,11 @@ class ClientCodec:
         integers = np.asarray(integers, dtype=np.int64)
         if self.output_combine is not None:
             integers = integers @ self.output_combine
-        values = self.output_quantizer.dequantize(integers)
+        return self.scores(integers)
+
+    def scores(self, summed: np.ndarray) -> np.ndarray:
+        """Raw float scores of the quantized scores themselves (decrypted integers after ``output_combine``)."""
+        values = self.output_quantizer.dequantize(summed)
         return values if self.output_bias is None else values + self.output_bias
 
     def finish(self, raw: np.ndarray) -> np.ndarray:
@@ -161,7 +165,11 @@ class ClientCodec:
 
     def predict(self, integers: np.ndarray) -> np.ndarray:
         """Labels (classifiers) or values (regressors, 1-D for one output) of decrypted integers."""
-        finished = self.finish(self.decode(integers))
+        return self.labels(self.decode(integers))
+
+    def labels(self, raw: np.ndarray) -> np.ndarray:
+        """Labels (classifiers) or values (regressors, 1-D for one output) of raw scores."""
+        finished = self.finish(raw)
         if self.output is None or self.output.task == "regression":
             return finished[:, 0] if finished.ndim == 2 and finished.shape[1] == 1 else finished
         return np.asarray(self.output.classes)[np.argmax(finished, axis=1)]

@@ -301,11 +301,23 @@ class BatchScorer:
         self.programs = {e: tree_program(ensemble, self.leaves.values, n_bits, e) for e in wanted}
         self.tree_program = self.programs[wanted[0]]
         _, _, self.combine = self.leaves.output_steps(ensemble, np.eye(len(self.leaves.outputs), dtype=np.int64))
+        self._parts: dict[BatchEncoding, list[SlotProgram]] = {}
         self.bytes_up = self.bytes_down = 0
 
     def plan(self, rows: int) -> TreeProgram:
         """The program (and so the encoding and parameters) that scores ``rows`` rows the fastest."""
         return self.programs[choose_encoding(self.programs, rows)]
+
+    def parts(self, tp: TreeProgram) -> list[SlotProgram]:
+        """``tp``'s program cut into one per server process (:func:`part_programs`), made once per encoding."""
+        if tp.encoding not in self._parts:
+            groups = len(tree_groups(self.estimator.ensemble_, self.workers))
+            self._parts[tp.encoding] = (
+                [tp.program]
+                if groups == 1
+                else part_programs(self.estimator.ensemble_, self.leaves.values, tp.n_bits, tp.encoding, self.workers)
+            )
+        return self._parts[tp.encoding]
 
     @property
     def encoding(self) -> BatchEncoding:
@@ -329,9 +341,8 @@ class BatchScorer:
         self.tree_program = self.plan(len(codes))
         client = BatchClient(self.params)
         server = BatchServer(self.params, client.relin_keys, client.public_key)  # public keys only
-        program, slots = self.tree_program.program, self.params.slots
-        tp = self.tree_program
-        programs = part_programs(self.estimator.ensemble_, self.leaves.values, tp.n_bits, tp.encoding, self.workers)
+        tp, slots = self.tree_program, self.params.slots
+        program, programs = tp.program, self.parts(tp)
         found: list[np.ndarray] = []
         pending: collections.deque = collections.deque()
         starts = range(0, len(codes), slots)
@@ -354,7 +365,7 @@ class BatchScorer:
             for start in tqdm(starts, desc="batched FHE", unit=f"batch of {slots}", disable=show):
                 batch = codes[start : start + slots]
                 inputs = client.encrypt(encode_codes(batch, self.encoding, tp.n_bits))
-                self.bytes_up += sum(len(c) for c in inputs if c is not None)
+                self.bytes_up += sum(len(c) for c in inputs)
                 if not stream:
                     receive(len(batch), server.evaluate_parts(programs, inputs, len(batch), pool))
                     continue
@@ -370,15 +381,10 @@ class BatchScorer:
 
     def decision_scores(self, X: Any) -> np.ndarray:
         """Raw scores (n_rows, n_outputs), as the estimator's ``decision_scores(X, fhe="disable")``."""
-        codec = self.estimator.fhe_model_.codec
-        return codec.output_quantizer.dequantize(self.integers(X)) + codec.output_bias
+        return self.estimator.fhe_model_.codec.scores(self.integers(X))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         return self.estimator.fhe_model_.codec.finish(self.decision_scores(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        codec = self.estimator.fhe_model_.codec
-        finished = codec.finish(self.decision_scores(X))
-        if codec.output is None or codec.output.task == "regression":
-            return finished[:, 0] if finished.ndim == 2 and finished.shape[1] == 1 else finished
-        return np.asarray(codec.output.classes)[np.argmax(finished, axis=1)]
+        return self.estimator.fhe_model_.codec.labels(self.decision_scores(X))
