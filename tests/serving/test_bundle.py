@@ -27,6 +27,7 @@ def _copy(bundle, tmp_path):
 def test_bundle_layout_and_what_the_client_side_holds(bundle, compiled_cancer_tree, no_clip_warning):
     assert sorted(p.name for p in (bundle / "client").iterdir()) == ["client.specs.json", "codec.json", "manifest.json"]
     assert sorted(p.name for p in (bundle / "server").iterdir()) == [
+        "batch.json",  # the batched path's slot programs
         "client.specs.json",
         "layout.bin",
         "manifest.json",

@@ -9,7 +9,9 @@ client, private files) knows nothing of HTTP; this package is the HTTP side both
 - :mod:`.remote_model`: :class:`RemoteModel`, the data owner's client of ``veilml serve``
 - :mod:`.model_service`: ``veilml serve`` (:class:`~.model_service.ModelService`); :mod:`.tree_work`: what
   its isolated children run
-- :mod:`.dask`: a ciphertext batch split across a Dask cluster
+- :mod:`.dask`: a ciphertext batch split across a Dask cluster, and the batched path's batches spread over one
+- :mod:`.batch_bundle`: a bundle's batched programs (``server/batch.json``); :mod:`.remote_batch`: RemoteModel's
+  batched half
 - the kit both HTTP services share (``veilml serve`` and ``veilml worker``): :mod:`.app` (the
   :class:`~.app.Service` base whose methods are the endpoints, access tokens, errors, access logs),
   :mod:`.limits` (:class:`ServiceLimits`, flags, ``/health``), :mod:`.body` (request bodies),

@@ -4,7 +4,7 @@
 
     directory/
       client/   manifest.json, codec.json (quantizer, encoding, output steps), client.specs.json
-      server/   manifest.json, server.zip (concrete's compiled circuit), client.specs.json, layout.bin
+      server/   manifest.json, server.zip (concrete's circuit), client.specs.json, layout.bin, batch.json (:mod:`.batch_bundle`)
 
 The client side gets what encryption and decryption need and nothing of the model in between (no
 graph, no threshold, no leaf value); the server side gets the circuit and what checks its inputs,
@@ -67,8 +67,7 @@ __all__ = [
 
 CLIENT_FORMAT = "veilml-bundle/client"
 SERVER_FORMAT = "veilml-bundle/server"
-#: rows per encrypt() / run() call unless told otherwise
-DEFAULT_MAX_ROWS = 256
+DEFAULT_MAX_ROWS = 256  #: rows per encrypt() / run() call unless told otherwise
 _SPECS = "client.specs.json"
 #: the largest file a client bundle may hold (real ones: specs about 2 KiB, codec a few KiB; a
 #: thresholds codec of thousands of pairs some 100 KiB)
@@ -77,8 +76,9 @@ MAX_CLIENT_FILE_BYTES = 4 * 2**20
 _PLANTED = "its owner, or whoever may write it, could plant keys whose secret they know and read your results"
 
 
-def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: Any = None) -> Path:
-    """Write the client and server bundles of a compiled :class:`~veilml.runtime.FHEModel`.
+def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: Any = None, batch: str | None = None) -> Path:
+    """Write the client and server bundles of a compiled :class:`~veilml.runtime.FHEModel`; ``batch``: the batched
+    path's programs (:meth:`~veilml.runtime.batch.halves.BatchModelServer.to_json`), written as ``server/batch.json``.
 
     The directory is written next to its final place and renamed into it, so a reader never sees
     half a bundle; an existing bundle there is replaced. ``signing_key`` (an Ed25519 private key, its
@@ -116,6 +116,8 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
         compiled.circuit.server.save(str(server / "server.zip"))
         (server / _SPECS).write_bytes(specs)
         (server / "layout.bin").write_bytes(fhe_model.server().layout.to_bytes())
+        if batch is not None:
+            (server / "batch.json").write_text(batch)
         columns = None if compiled.input_columns is None else [int(c) for c in compiled.input_columns]
         write_manifest(server, SERVER_FORMAT, **facts, input_columns=columns)
         if private_key is not None:

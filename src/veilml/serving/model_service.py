@@ -10,6 +10,11 @@ Endpoints (binary bodies are ``application/octet-stream``, metadata JSON; OpenAP
   ``{"key_id", "secret"}`` (201). Kept in an on-disk store (:mod:`.serving.store`): a restart keeps them.
 - ``POST /predict``: a ciphertext batch (``ModelClient.encrypt(X)``) with the headers
   ``X-Veilml-Key-Id`` and ``X-Veilml-Key-Secret`` -> the result batch.
+- ``GET /batch``: the public description of the batched path (:mod:`.batch_bundle`; 404 ``no-batch-path`` for a
+  bundle saved without it); ``POST /batch/predict``: one batch of up to N rows (the client's public keys and a
+  ciphertext per input bit, :class:`~veilml.runtime.batch.halves.BatchRequest`) -> one ciphertext per output.
+  Checked here (framing, encoding, rows, number and sizes of ciphertexts and keys; the body within
+  ``max_payload_bytes``; ``max_rows`` does not apply), evaluated in an isolated child like a row.
 
 Errors are ``{"detail", "code"}``: 400 malformed body or ciphertext, 401 unknown key id or no
 secret, 403 wrong secret, 408 stalled or slow body, 413 body, rows or keys over the limit, 429 this
@@ -47,6 +52,7 @@ from veilml.runtime.envelope import (
     unpack_envelope,
 )
 from veilml.serving.app import AccessTokens, Route, Service, access_tokens, client_of, service_limits
+from veilml.serving.batch_bundle import answer_batch
 from veilml.serving.limits import SERVE_LIMITS, ServiceError, ServiceLimits
 from veilml.serving.store import OwnedStore
 from veilml.serving.tree_work import load, run_row
@@ -56,7 +62,7 @@ __all__ = ["KEY_ID_HEADER", "KEY_SECRET_HEADER", "ModelService", "create_model_a
 KEY_ID_HEADER = "x-veilml-key-id"
 KEY_SECRET_HEADER = "x-veilml-key-secret"
 OCTET_STREAM = "application/octet-stream"
-ENDPOINTS = "GET /health, GET /bundle/client, POST /keys, POST /predict"
+ENDPOINTS = "GET /health, GET /bundle/client, POST /keys, POST /predict, GET /batch, POST /batch/predict"
 
 _ALIASES = {"max_key_store_bytes": "max_key_bytes"}  # the keyword of earlier releases
 
@@ -91,6 +97,7 @@ class ModelService(Service):
     ) -> None:
         from veilml._isolation import IsolatedRunner
         from veilml.runtime.manifest import check_manifest
+        from veilml.serving.batch_bundle import read_batch_server
         from veilml.serving.bundle import (
             CLIENT_FORMAT,
             SERVER_FORMAT,
@@ -107,6 +114,7 @@ class ModelService(Service):
         check_manifest(client_dir, CLIENT_FORMAT, trusted_key=trusted_key)
         self.bundle_fingerprint = client_bundle_fingerprint(client_dir)
         self.checker = bundle_fhe_server(server_dir, self.manifest)  # checks only: concrete runs in the children
+        self.batch = read_batch_server(server_dir)  # the batched path's programs (None: a bundle saved without them)
         self.bundle_path, self.trusted_key = str(server_dir.resolve()), trusted_key
         self.client_zip = _client_zip(client_dir)
         self.store = OwnedStore(
@@ -130,6 +138,8 @@ class ModelService(Service):
             Route("GET", "/bundle/client", self.client_bundle, zipped),
             Route("POST", "/keys", self.register, {"status_code": 201}),
             Route("POST", "/predict", self.predict, binary),
+            Route("GET", "/batch", self.batch_info),
+            Route("POST", "/batch/predict", self.batch_predict, binary),
         ]
 
     def start(self) -> None:
@@ -147,6 +157,7 @@ class ModelService(Service):
             "bundle_fingerprint": self.bundle_fingerprint,
             "n_features": int(self.manifest["n_features"]),
             "key_sets": len(self.store),
+            "batch": self.batch is not None,
         }
 
     def client_bundle(self) -> Response:
@@ -171,7 +182,37 @@ class ModelService(Service):
             results = await self.scheduler.run(client_of(request), units, self.limits.run_timeout)
         return Response(pack_batch(results), media_type=OCTET_STREAM)
 
+    def _batch_server(self) -> Any:
+        if self.batch is None:
+            raise ServiceError(
+                404,
+                "this bundle has no batched path (saved by an earlier veilml): its operator saves the model again",
+                "no-batch-path",
+            )
+        return self.batch
+
+    def batch_info(self) -> dict[str, Any]:
+        return self._batch_server().description.to_dict()
+
+    async def batch_predict(self, request: Request) -> Response:
+        server = self._batch_server()
+        async with self.body(request) as body:
+            await run_in_threadpool(self._check_batch, server, body)
+            unit = functools.partial(self._isolated, answer_batch, self.bundle_path, body, self.limits.max_payload_bytes)
+            (result,) = await self.scheduler.run(client_of(request), [unit], self.limits.run_timeout)
+        return Response(result, media_type=OCTET_STREAM)
+
     # ------------------------------------------------------------------------------------ work
+    def _check_batch(self, server: Any, body: bytes) -> None:
+        """A batched request's framing and sizes, before any byte reaches SEAL (in a child)."""
+        from veilml.runtime.batch.halves import BatchRequest
+
+        most = max(program.n_inputs for program in server.programs.values())
+        try:
+            server.check(BatchRequest.unpack(body, max_inputs=most, max_bytes=self.limits.max_payload_bytes))
+        except ValueError as exc:
+            raise ServiceError(400, f"bad batched request: {exc}", "bad-batch") from None
+
     def _admit_keys(self, client: str, body: bytes) -> tuple[str, str]:
         """Check an evaluation-key envelope, then store it once (owned by ``client`` if new): (key id, secret)."""
         try:
@@ -214,12 +255,14 @@ class ModelService(Service):
 
     def _unit(self, identifier: str, digest: str, item: bytes) -> bytes:
         """One row, run in an isolated child process within the run timeout."""
+        return self._isolated(run_row, self.bundle_path, str(self.store.directory), identifier, digest, item)
+
+    def _isolated(self, function: Any, *args: Any) -> bytes:
+        """``function(*args, trusted_key)`` in an isolated child process within the run timeout."""
         from veilml._isolation import Failure, IsolatedTaskError
 
         try:
-            return self.runner.run(
-                run_row, self.bundle_path, str(self.store.directory), identifier, digest, item, self.trusted_key
-            )
+            return self.runner.run(function, *args, self.trusted_key)
         except KeyMismatchError as exc:
             raise ServiceError(400, str(exc), "key-mismatch") from None
         except (EnvelopeError, ValueError) as exc:

@@ -7,6 +7,10 @@
     model = RemoteModel("http://127.0.0.1:8000", key_dir="~/.veilml/keys", expected_fingerprint="…")
     model.predict(X)            # encrypted here, computed there, decrypted here
 
+A table of ``BATCH_MIN_ROWS`` (128) rows or more goes through the batched path when the server has it
+(:mod:`.remote_batch`: leveled BFV, thousands of rows per request); fewer rows, one request of up to ``max_rows``
+rows at a time on the TFHE path. ``predict(X, fhe_path="tfhe" | "batch")`` forces one.
+
 Rows and results travel encrypted; the secret key stays in this process (and in ``key_dir``,
 mode 0600). Requests go through :class:`~veilml.serving.http_client.HTTPClient`: transient failures
 (connection errors, 503 busy, 502/504) are retried with backoff, answers are read up to a limit.
@@ -73,6 +77,7 @@ class RemoteModel:
             its PEM bytes, or the path of its PEM file): the bundle must be signed with it.
         min_security_bits: the security the bundle's parameters must give (see :class:`ModelClient`).
         transport: an ``httpx`` transport to use instead of the network (tests, custom TLS setups).
+        progress: a progress bar over the batched path's batches (None: on a terminal only).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class RemoteModel:
         trusted_key: Any = None,
         min_security_bits: int = 128,
         transport: Any = None,
+        progress: bool | None = None,
     ) -> None:
         import httpx
 
@@ -104,6 +110,7 @@ class RemoteModel:
         )
         self._key_id: str | None = None
         self._secret: str | None = None
+        self.progress, self._batch = progress, None
         try:
             if bundle_dir is None:
                 self._bundle_dir = Path(tempfile.mkdtemp(prefix="veilml-client-"))  # new, mode 0700
@@ -130,6 +137,7 @@ class RemoteModel:
                     f"misconfigured or hostile ({HOSTILE}); ask its operator"
                 )
             self.max_rows = min(max_rows, self.client.max_rows)
+            self._health = health
         except BaseException:
             self.close()
             raise
@@ -249,23 +257,47 @@ class RemoteModel:
             out.append((self._predict(self.client.encrypt(chunk), len(chunk)), len(chunk)))
         return out
 
-    def _decrypt(self, how: str, X: Any) -> np.ndarray:
+    def _decrypt(self, how: str, X: Any, fhe_path: str = "tfhe") -> np.ndarray:
+        from veilml.runtime.batch.plan import BATCH_MIN_ROWS, FHE_PATHS
+
+        if fhe_path not in FHE_PATHS:
+            raise ValueError(f"fhe_path must be one of {FHE_PATHS}, got {fhe_path!r}")
+        large = hasattr(X, "__len__") and len(X) >= BATCH_MIN_ROWS and self._health.get("batch") is True
+        if fhe_path == "batch" or (fhe_path == "auto" and large):
+            codec = self.client.codec
+            rows = codec.check_rows(X, "RemoteModel")  # names, shape and values, before anything is made or sent
+            raw = codec.scores(self._batched().scores(rows, self.progress))
+            return codec.labels(raw) if how == "decrypt" else codec.finish(raw)
         decrypt = getattr(self.client, how)
         try:
             return np.concatenate([decrypt(result, rows=rows) for result, rows in self._results(X)])
         except (ResultError, EnvelopeError) as error:
             raise RemoteModelError(f"{self.url} sent results that are refused: {error}") from None
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Labels (classifiers) or values (regressors) of the rows of ``X``, computed encrypted."""
-        return self._decrypt("decrypt", X)
+    def _batched(self) -> Any:
+        """The batched path's client (the server's description fetched and checked once)."""
+        if self._batch is None:
+            from veilml.serving.remote_batch import RemoteBatch
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities (classifiers) of the rows of ``X``, computed encrypted."""
-        return self._decrypt("decrypt_proba", X)
+            limit = self._health.get("max_payload_bytes")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise RemoteModelError(
+                    f"{self.url}/health gives max_payload_bytes = {limit!r}, not a positive integer; {HOSTILE}"
+                )
+            self._batch = RemoteBatch(self._server, self.client.codec, limit, RemoteModelError)
+        return self._batch
+
+    def predict(self, X: Any, *, fhe_path: str = "auto") -> np.ndarray:
+        """Labels (classifiers) or values (regressors) of the rows of ``X``, computed encrypted: tables of 128 rows or
+        more on the batched path when the server has it (``fhe_path``: ``"auto"``, ``"tfhe"`` or ``"batch"``)."""
+        return self._decrypt("decrypt", X, fhe_path)
+
+    def predict_proba(self, X: Any, *, fhe_path: str = "auto") -> np.ndarray:
+        """Class probabilities (classifiers) of the rows of ``X``, computed encrypted (``fhe_path``: see ``predict``)."""
+        return self._decrypt("decrypt_proba", X, fhe_path)
 
     def predict_integers(self, X: Any) -> np.ndarray:
-        """The decrypted integers (what ``predict_integers`` gives in the clear)."""
+        """The decrypted integers of the TFHE circuit (what ``predict_integers`` gives in the clear)."""
         return self._decrypt("decrypt_integers", X)
 
     def close(self) -> None:

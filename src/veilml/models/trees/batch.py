@@ -1,13 +1,9 @@
 """A tree ensemble as a slot program (:mod:`veilml.runtime.batch.program`): the batched path's lowering.
 
 One row per slot. The client encrypts each feature's quantized code ``q`` (``n_bits`` bits) as bits, in one of
-two encodings (:class:`BatchEncoding`):
-
-- ``thermometer``: ``[q >= k]`` for every code ``k = 1 .. 2**n_bits - 1``; every comparison of the model is
-  then one of the encrypted bits, free.
-- ``digits``: ``q = B h + l`` with ``B = 2**low_bits``, and the thermometer bits of each digit, ``[h >= a]`` and
-  ``[l >= b]`` (``2**high_bits - 1 + 2**low_bits - 1`` bits: 14 instead of 63 at 6 bits). A comparison
-  ``[q >= B a + b]`` is ``[h >= a + 1] + ([h >= a] - [h >= a + 1]) [l >= b]``: one product (none when ``b = 0``),
+two encodings (:mod:`veilml.runtime.batch.encoding`): ``thermometer`` (``[q >= k]`` for every code ``k``: every
+comparison of the model is one of the encrypted bits, free) and ``digits`` (``q = B h + l``, the thermometer
+bits of each digit). In digits, a comparison ``[q >= B a + b]`` is ``[h >= a + 1] + ([h >= a] - [h >= a + 1]) [l >= b]``: one product (none when ``b = 0``),
   one more level of depth.
 
 Whatever the encoding, every bit is encrypted, so the client learns nothing of which comparisons the model
@@ -24,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import enum
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -35,26 +30,59 @@ import numpy as np
 
 from veilml.models.trees.ensemble import TreeEnsemble
 from veilml.models.trees.lowering.leaf_values import right_code
+from veilml.runtime.batch.encoding import BatchEncoding, bits_per_feature, encode_codes, split_bits
+from veilml.runtime.batch.halves import BatchModelClient, BatchModelServer
+from veilml.runtime.batch.plan import (
+    BATCH_MIN_ROWS,
+    FHE_PATHS,
+    LINK_BYTES_PER_S,
+    batch_seconds,
+    choose_encoding,
+    upload_bytes,
+)
 from veilml.runtime.batch.program import Linear, ProgramBuilder, SlotProgram
 
 __all__ = [
+    "BATCH_MIN_ROWS",
     "BatchEncoding",
     "BatchScorer",
+    "FHE_PATHS",
     "TreeProgram",
     "LINK_BYTES_PER_S",
     "batch_seconds",
+    "batch_server",
     "choose_encoding",
     "encode_codes",
     "matching_leaves",
     "tree_program",
+    "upload_bytes",
+    "use_batch",
 ]
 
 
-class BatchEncoding(enum.StrEnum):
-    """How the client encodes each feature's code as encrypted bits (see the module docstring)."""
+def use_batch(estimator: Any, rows: int, fhe: str, fhe_path: str) -> bool:
+    """Whether ``estimator`` scores ``rows`` rows on the batched path: ``fhe_path="batch"``, or ``"auto"`` and
+    ``fhe="execute"`` on at least :data:`BATCH_MIN_ROWS` rows. Fewer rows go through the TFHE path, which needs a
+    compiled model: without one, the error names both ways out."""
+    from veilml.runtime.model import NotCompiledError
 
-    THERMOMETER = "thermometer"
-    DIGITS = "digits"
+    if fhe_path not in FHE_PATHS:
+        raise ValueError(f"fhe_path must be one of {FHE_PATHS}, got {fhe_path!r}")
+    if fhe != "execute":
+        if fhe_path == "batch":
+            raise ValueError(f"fhe_path='batch' computes encrypted: pass fhe='execute' with it (got fhe={fhe!r})")
+        return False
+    if fhe_path != "auto":
+        return fhe_path == "batch"
+    if rows >= BATCH_MIN_ROWS:
+        return True
+    if estimator.fhe_model_.compiled is None:
+        raise NotCompiledError(
+            f"{rows} rows go through the TFHE path (the batched path takes tables of {BATCH_MIN_ROWS} rows or more), "
+            "which needs a compiled model: call 'compile(X)' with representative data first, or pass fhe_path='batch' "
+            "(no compile needed)"
+        )
+    return False
 
 
 @dataclass(frozen=True)
@@ -70,39 +98,17 @@ class TreeProgram:
     def bits_per_feature(self) -> int:
         return bits_per_feature(self.encoding, self.n_bits)
 
+    @property
+    def depth(self) -> int:
+        return self.program.depth
 
-def _split(n_bits: int) -> tuple[int, int]:
-    """(high, low) bits of the digits encoding: the low digit takes the larger half."""
-    low = (n_bits + 1) // 2
-    return n_bits - low, low
+    @property
+    def n_inputs(self) -> int:
+        return self.program.n_inputs
 
-
-def bits_per_feature(encoding: BatchEncoding, n_bits: int) -> int:
-    if encoding is BatchEncoding.THERMOMETER:
-        return 2**n_bits - 1
-    high, low = _split(n_bits)
-    return 2**high - 1 + 2**low - 1
-
-
-def encode_codes(codes: np.ndarray, encoding: BatchEncoding, n_bits: int) -> np.ndarray:
-    """The encrypted inputs' bits (n_features * bits_per_feature, n_rows) uint8 of codes (n_rows, n_features)."""
-    codes = np.asarray(codes, dtype=np.int64)
-    if codes.ndim != 2 or codes.size and (codes.min() < 0 or codes.max() >= 2**n_bits):
-        raise ValueError(f"codes must be a 2-D array of integers in [0, {2**n_bits})")
-    if encoding is BatchEncoding.THERMOMETER:
-        levels = np.arange(1, 2**n_bits)
-        bits = codes[:, :, None] >= levels[None, None, :]  # (rows, features, levels)
-    else:
-        high, low = _split(n_bits)
-        high_digit, low_digit = codes >> low, codes & (2**low - 1)
-        bits = np.concatenate(
-            [
-                high_digit[:, :, None] >= np.arange(1, 2**high)[None, None, :],
-                low_digit[:, :, None] >= np.arange(1, 2**low)[None, None, :],
-            ],
-            axis=2,
-        )
-    return np.ascontiguousarray(bits.reshape(codes.shape[0], -1).T.astype(np.uint8))
+    @property
+    def n_products(self) -> int:
+        return self.program.n_products
 
 
 class _Comparisons:
@@ -128,7 +134,7 @@ class _Comparisons:
         base = feature * self.per_feature
         if self.encoding is BatchEncoding.THERMOMETER:
             return self.builder.input(base + code - 1)
-        high, low = _split(self.n_bits)
+        high, low = split_bits(self.n_bits)
 
         def h_at_least(a: int) -> Linear:
             if a <= 0:
@@ -224,39 +230,6 @@ def part_programs(
     ]
 
 
-#: per polynomial degree, measured costs on one core of this project's 2-core machine (seconds per ciphertext):
-#: the client's encryption of one input, the server's relinearized product (the cost model of ``"auto"``)
-_ENCRYPT_S = {8192: 0.004, 16384: 0.012, 32768: 0.04}
-_PRODUCT_S = {8192: 0.02, 16384: 0.06, 32768: 0.25}
-#: the link the cost model assumes between client and server (bytes per second: 1 Gbit/s)
-LINK_BYTES_PER_S = 125e6
-
-
-def upload_bytes(tp: TreeProgram) -> int:
-    """Bytes one batch uploads: every input as a whole ciphertext (two polynomials over the data primes, 8 bytes a
-    coefficient as SEAL saves them, before its compression of the unused high bits)."""
-    from veilml.runtime.batch.seal_bfv import batch_params
-
-    params = batch_params(tp.program.depth)
-    return tp.program.n_inputs * 2 * params.poly_degree * (len(params.coeff_bits) - 1) * 8
-
-
-def batch_seconds(tp: TreeProgram, rows: int, link_bytes_per_s: float = LINK_BYTES_PER_S) -> float:
-    """Estimated seconds to score ``rows`` rows: per batch, the client's encryptions and the server's products on
-    one core each (:data:`_ENCRYPT_S`, :data:`_PRODUCT_S`), and the upload over a link of ``link_bytes_per_s``."""
-    from veilml.runtime.batch.seal_bfv import batch_params
-
-    degree = batch_params(tp.program.depth).poly_degree
-    batches = max(1, -(-rows // degree))
-    compute = tp.program.n_inputs * _ENCRYPT_S[degree] + tp.program.n_products * _PRODUCT_S[degree]
-    return batches * (compute + upload_bytes(tp) / link_bytes_per_s)
-
-
-def choose_encoding(programs: dict[BatchEncoding, TreeProgram], rows: int) -> BatchEncoding:
-    """The encoding that scores ``rows`` rows in the least estimated time, upload included (:func:`batch_seconds`)."""
-    return min(programs, key=lambda encoding: batch_seconds(programs[encoding], rows))
-
-
 def matching_leaves(estimator: Any) -> Any:
     """The quantized leaves whose sums the estimator's codec decodes (those its TFHE circuit sums)."""
     from veilml.models.trees.lowering.tables import QuantizedLeaves
@@ -270,9 +243,19 @@ def matching_leaves(estimator: Any) -> Any:
     raise ValueError("this estimator's leaves are quantized in a way the batched path does not reproduce; refit it")
 
 
+def batch_server(estimator: Any, encodings: Any = tuple(BatchEncoding)) -> BatchModelServer:
+    """The server's half of the batched path for a fitted estimator: its tree programs in each of ``encodings``
+    (what a bundle's ``server/batch.json`` holds) and their public description."""
+    leaves = matching_leaves(estimator)
+    ensemble, n_bits = estimator.ensemble_, estimator.n_bits_
+    programs = {BatchEncoding(e): tree_program(ensemble, leaves.values, n_bits, e).program for e in encodings}
+    _, _, combine = leaves.output_steps(ensemble, np.eye(len(leaves.outputs), dtype=np.int64))
+    return BatchModelServer(programs, n_bits, ensemble.n_features, combine)
+
+
 class BatchScorer:
     """Scores whole tables of a fitted veilml tree estimator on the batched (leveled BFV) path, on this machine:
-    the client here, the server's part here and in helper processes (``workers``).
+    both halves here (:mod:`veilml.runtime.batch.halves`), the server's part also in helper processes (``workers``).
 
     One row per slot: a batch of up to 8,192 or 16,384 rows is one encryption of each input bit, one evaluation
     and one decryption. The results decode exactly as the estimator's ``fhe="disable"`` ones (the same quantized
@@ -301,12 +284,16 @@ class BatchScorer:
         self.programs = {e: tree_program(ensemble, self.leaves.values, n_bits, e) for e in wanted}
         self.tree_program = self.programs[wanted[0]]
         _, _, self.combine = self.leaves.output_steps(ensemble, np.eye(len(self.leaves.outputs), dtype=np.int64))
+        self.server = BatchModelServer(
+            {e: tp.program for e, tp in self.programs.items()}, n_bits, ensemble.n_features, self.combine
+        )
+        self.client = BatchModelClient(estimator.fhe_model_.codec, self.server.description)  # checks it as a client does
         self._parts: dict[BatchEncoding, list[SlotProgram]] = {}
         self.bytes_up = self.bytes_down = 0
 
     def plan(self, rows: int) -> TreeProgram:
         """The program (and so the encoding and parameters) that scores ``rows`` rows the fastest."""
-        return self.programs[choose_encoding(self.programs, rows)]
+        return self.programs[self.client.plan(rows).encoding]
 
     def parts(self, tp: TreeProgram) -> list[SlotProgram]:
         """``tp``'s program cut into one per server process (:func:`part_programs`), made once per encoding."""
@@ -332,52 +319,47 @@ class BatchScorer:
 
     def integers(self, X: Any) -> np.ndarray:
         """The summed quantized scores (n_rows, outputs), computed encrypted batch by batch (fresh keys per call)."""
-        from tqdm import tqdm
+        return self.checked_integers(self.estimator._fitted_input(X))
 
-        from veilml.runtime.batch.seal_bfv import BatchClient, BatchServer, serve_batch
+    def checked_integers(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`integers` of rows the estimator has checked already (``_fitted_input``)."""
+        self.tree_program = self.plan(len(X))
+        batches = -(-len(X) // self.params.slots)
+        scores = self.client.score(X, self._transport(self.tree_program, batches), encoding=self.encoding, progress=self.progress)
+        session = self.client.last_session
+        if session is not None:
+            self.bytes_up, self.bytes_down = self.bytes_up + session.bytes_up, self.bytes_down + session.bytes_down
+        return scores
 
-        X = self.estimator._fitted_input(X)
-        codes = self.estimator.fhe_model_.codec.input_quantizer.quantize(X)
-        self.tree_program = self.plan(len(codes))
-        client = BatchClient(self.params)
-        server = BatchServer(self.params, client.relin_keys, client.public_key)  # public keys only
-        tp, slots = self.tree_program, self.params.slots
-        program, programs = tp.program, self.parts(tp)
-        found: list[np.ndarray] = []
-        pending: collections.deque = collections.deque()
-        starts = range(0, len(codes), slots)
-        # several batches: each evaluated whole in a helper process while this one encrypts the next (a stream);
-        # one batch: its tree groups evaluated at once, here and in helpers
-        stream = len(starts) > 1 and self.workers > 1
+    def _transport(self, tp: TreeProgram, batches: int) -> Any:
+        """The server's half here: several batches each evaluated whole in a helper process while this one encrypts
+        the next (a stream); one batch: its tree groups evaluated at once, here and in helpers."""
+        from veilml.runtime.batch.seal_bfv import BatchServer, serve_batch
+
+        programs, params = self.parts(tp), self.params
+        stream = batches > 1 and self.workers > 1
         helpers = self.workers if stream else len(programs) - 1
-        show = None if self.progress is None else not self.progress  # None: shown on a terminal only
 
-        def receive(rows: int, outputs: list[bytes]) -> None:
-            self.bytes_down += sum(len(c) for c in outputs)
-            found.append(client.decrypt(outputs, rows, len(program.outputs)).T)
+        def transport(requests: Any) -> Any:
+            with contextlib.ExitStack() as stack:
+                pool = None
+                if helpers > 0:  # processes of their own: SEAL holds the GIL
+                    context = multiprocessing.get_context("spawn")
+                    pool = stack.enter_context(ProcessPoolExecutor(helpers, mp_context=context))
+                pending: collections.deque = collections.deque()
+                for request in requests:
+                    self.server.check(request)
+                    keys = (params, request.relin_keys, request.public_key)  # public keys only
+                    if not stream:
+                        yield BatchServer(*keys).evaluate_parts(programs, request.inputs, request.rows, pool)
+                        continue
+                    pending.append(pool.submit(serve_batch, keys, tp.program, request.inputs, request.rows))
+                    while len(pending) > helpers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
 
-        with contextlib.ExitStack() as stack:
-            pool = None
-            if helpers > 0:  # processes of their own: SEAL holds the GIL
-                context = multiprocessing.get_context("spawn")
-                pool = stack.enter_context(ProcessPoolExecutor(helpers, mp_context=context))
-            # every input bit is encrypted and sent, read or not: the client learns nothing of the model's comparisons
-            for start in tqdm(starts, desc="batched FHE", unit=f"batch of {slots}", disable=show):
-                batch = codes[start : start + slots]
-                inputs = client.encrypt(encode_codes(batch, self.encoding, tp.n_bits))
-                self.bytes_up += sum(len(c) for c in inputs)
-                if not stream:
-                    receive(len(batch), server.evaluate_parts(programs, inputs, len(batch), pool))
-                    continue
-                pending.append((len(batch), pool.submit(serve_batch, server.keys, program, inputs, len(batch))))
-                while len(pending) > helpers:
-                    rows, future = pending.popleft()
-                    receive(rows, future.result())
-            while pending:
-                rows, future = pending.popleft()
-                receive(rows, future.result())
-        scores = np.concatenate(found) if found else np.zeros((0, len(program.outputs)), np.int64)
-        return scores @ self.combine
+        return transport
 
     def decision_scores(self, X: Any) -> np.ndarray:
         """Raw scores (n_rows, n_outputs), as the estimator's ``decision_scores(X, fhe="disable")``."""

@@ -15,6 +15,7 @@ encrypted evaluation: exact, the same residues); :mod:`.seal_bfv` runs it on cip
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,35 @@ class SlotProgram:
     def n_products(self) -> int:
         return len(self.products)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The program as JSON data (depths are not stored: :meth:`from_dict` computes them)."""
+
+        def form(f: Linear) -> list[Any]:
+            return [f.const, [list(term) for term in f.terms]]
+
+        return {
+            "n_inputs": self.n_inputs,
+            "products": [[form(a), form(b)] for a, b in self.products],
+            "outputs": [form(f) for f in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SlotProgram:
+        """A program of :meth:`to_dict`'s data, checked: every reference to an input or an earlier product,
+        integers only; raises ValueError."""
+        try:
+            builder = ProgramBuilder(_count(data["n_inputs"]))
+            for a, b in data["products"]:
+                known = builder.n_inputs + len(builder.products)
+                builder.multiply(_form(a, known), _form(b, known))  # in order: refs below ``known``
+            known = builder.n_inputs + len(builder.products)
+            outputs = [_form(f, known) for f in data["outputs"]]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a slot program ({error})") from None
+        if len(builder.products) != len(data["products"]):
+            raise ValueError("not a slot program (a product is repeated or of a constant)")
+        return builder.build(outputs)
+
     def used_inputs(self) -> np.ndarray:
         """Which inputs any product or output reads (bool, (n_inputs,))."""
         used = np.zeros(self.n_inputs, dtype=bool)
@@ -100,6 +130,24 @@ class SlotProgram:
         for a, b in self.products:
             values.append(form(a) * form(b) % t)
         return np.stack([form(f) for f in self.outputs]) if self.outputs else np.zeros((0, *inputs.shape[1:]), np.int64)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**8:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def _form(data: Any, known: int) -> Linear:
+    """A linear form of ``[const, [[ref, coef], ...]]`` whose refs are below ``known``."""
+    const, terms = data
+    refs = [_count(ref) for ref, _ in terms]
+    if any(ref >= known for ref in refs) or len(set(refs)) != len(refs):
+        raise ValueError("a form refers to a value not computed before it, or twice to one")
+    for value in [const, *(coef for _, coef in terms)]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{value!r} is not an integer")
+    return Linear.of(dict(zip(refs, (coef for _, coef in terms))), const)
 
 
 def _form_depth(form: Linear, depths: tuple[int, ...] | list[int]) -> int:

@@ -274,24 +274,51 @@ class EncryptedEnsemble(BaseEstimator):
         self.report_ = reports[best]
         return self
 
-    def decision_scores(self, X: Any, fhe: str = "disable") -> np.ndarray:
+    def decision_scores(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto") -> np.ndarray:
         """Raw model outputs after decryption, before any post-transform: (n_samples, n_outputs).
 
         Class probabilities for forests and single trees, margins (log-odds) for boosting, values
         for regressors: one value per class or output, whatever the number of trees.
+
+        ``fhe_path`` (with ``fhe="execute"``): ``"auto"`` scores a table of ``BATCH_MIN_ROWS`` (128) rows or more on
+        the batched path (leveled BFV, thousands of rows per ciphertext, no ``compile`` needed) and fewer rows on the
+        TFHE path (compiled circuit, one row at a time); ``"batch"`` or ``"tfhe"`` force one. Both equal
+        ``fhe="disable"`` on every row.
         """
+        from veilml.models.trees.batch import use_batch
+
         X = self._fitted_input(X)  # before touching fhe_model_: NotFittedError comes first
+        if use_batch(self, len(X), fhe, fhe_path):
+            return self.fhe_model_.codec.scores(self._batch_scorer().checked_integers(X))
         return self.fhe_model_.run(X, fhe)
 
-    def predict_integers(self, X: Any, fhe: str = "disable") -> np.ndarray:
-        """The raw integers the circuit returns: the exact oracle between FHE modes."""
+    def predict_integers(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto") -> np.ndarray:
+        """The raw integers the TFHE circuit returns: the exact oracle between FHE modes.
+
+        The batched path has no circuit (it sums the scores themselves), so ``"auto"`` stays on the TFHE path here
+        and ``fhe_path="batch"`` is refused: use ``decision_scores(X, "execute", fhe_path="batch")``.
+        """
+        from veilml.models.trees.batch import FHE_PATHS
+
+        if fhe_path not in FHE_PATHS or fhe_path == "batch":
+            raise ValueError(
+                f"predict_integers returns the TFHE circuit's integers, fhe_path must be 'auto' or 'tfhe', got "
+                f"{fhe_path!r}; the batched path's scores are decision_scores(X, 'execute', fhe_path='batch')"
+            )
         X = self._fitted_input(X)
         return self.fhe_model_.run_integers(X, fhe)
+
+    def _batch_scorer(self) -> Any:
+        """The batched path's scorer of the fitted model, made once (again after ``fit`` or ``compile`` changes it)."""
+        scorer = getattr(self, "_batch", None)
+        if scorer is None or scorer.estimator is not self or scorer.client.codec is not self.fhe_model_.codec:
+            scorer = self._batch = self.batch_scorer()
+        return scorer
 
     def batch_scorer(self, encoding: str = "auto", progress: bool | None = None, workers: int | None = None) -> Any:
         """A :class:`~veilml.models.trees.batch.BatchScorer` of this fitted model: whole tables scored on the batched
         (leveled BFV) path, one row per slot, equal to ``fhe="disable"`` on every row (no ``compile`` needed).
-        From a few dozen rows on it is faster than ``predict(fhe="execute")`` (``benchmarks/results/trees_batch.md``)."""
+        ``predict(X, fhe="execute")`` uses one on tables of 128 rows or more (see ``decision_scores``)."""
         from veilml.models.trees.batch import BatchScorer
 
         return BatchScorer(self, encoding, progress, workers)
@@ -306,12 +333,18 @@ class EncryptedEnsemble(BaseEstimator):
     def save(self, directory: Any, signing_key: Any = None) -> Any:
         """Write the compiled model as a deployment bundle: ``client/`` for data owners
         (:class:`veilml.serving.ModelClient`), ``server/`` for the server
-        (:class:`veilml.serving.ModelServer`, ``veilml serve``); returns the directory.
+        (:class:`veilml.serving.ModelServer`, ``veilml serve``: the TFHE circuit, and the batched path's programs
+        in ``batch.json``); returns the directory.
 
         ``signing_key`` (an Ed25519 private key, its PEM bytes or a 0600 PEM file, see ``veilml sign --new-key``)
         signs both manifests, so that servers and clients given the public key can check who made the bundle.
         """
+        from veilml.models.trees.batch import batch_server
         from veilml.serving.bundle import save_bundle
 
         check_is_fitted(self)
-        return save_bundle(self.fhe_model_, directory, signing_key=signing_key)
+        try:
+            batch = batch_server(self).to_json()  # the server side also answers whole tables (the batched path)
+        except ValueError:  # leaves the batched path does not reproduce, or a program too deep for it
+            batch = None
+        return save_bundle(self.fhe_model_, directory, signing_key=signing_key, batch=batch)
