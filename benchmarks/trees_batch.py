@@ -67,6 +67,7 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
     server = BatchServer(scorer.params, client.relin_keys, client.public_key)
     programs = part_programs(model.ensemble_, scorer.leaves.values, tp.n_bits, tp.encoding, workers)
     up = down = 0
+    budget = 10**9
     parts = []
     with contextlib.ExitStack() as stack:
         pool = None
@@ -85,11 +86,13 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
             inputs = client.encrypt(encode_codes(batch, tp.encoding, tp.n_bits), encrypting)
             timings["encrypt_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            outputs = server.evaluate_parts(programs, inputs, len(batch), pool)
+            kept: list[bytes] = []  # the outputs before release: their noise budget (the client's secret key, here)
+            outputs = server.evaluate_parts(programs, inputs, len(batch), pool, keep=kept.append)
             timings["server_s"] += time.perf_counter() - start
             start = time.perf_counter()
             parts.append(client.decrypt(outputs, len(batch)).T)
             timings["decrypt_s"] += time.perf_counter() - start
+            budget = min([budget, *(client.noise_budget(c) for c in kept)])
             up += sum(len(c) for c in inputs)
             down += sum(len(c) for c in outputs)
     got = np.concatenate(parts) @ scorer.combine
@@ -124,6 +127,7 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
         "rows_per_s": rows / total,
         "bytes_up_per_row": up / rows,
         "bytes_down_per_row": down / rows,
+        "budget_before_flooding_bits": budget,
         "public_key_bytes": len(client.public_key),
         "relin_key_bytes": len(client.relin_keys),
         "estimated_s": {e.value: batch_seconds(p, rows) for e, p in scorer.programs.items()},
