@@ -5,7 +5,7 @@
 The cases are ``benchmarks/trees.py``'s (the same models, data sets and 6 bits). For each, a veilml estimator is
 fitted and a table of ``--batches`` full batches is drawn from the test split (rows repeated), then scored as
 :class:`~veilml.models.trees.batch.BatchScorer` does with ``encoding="auto"``, one step after the other: the
-client's key generation, its encryption of every input bit of every batch (one core), the server's evaluation
+client's key generation, its encryption of every input bit of every batch (in ``--workers`` client processes), the server's evaluation
 (the trees cut into ``--workers`` groups evaluated at once, one process each, their outputs summed encrypted,
 then the mask, re-randomization and flooding), the client's decryption. Every row's
 scores are compared with the estimator's ``fhe="disable"`` scores. Reported: rows per second end to end,
@@ -67,25 +67,32 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
     server = BatchServer(scorer.params, client.relin_keys, client.public_key)
     programs = part_programs(model.ensemble_, scorer.leaves.values, tp.n_bits, tp.encoding, workers)
     up = down = 0
+    budget = 10**9
     parts = []
     with contextlib.ExitStack() as stack:
         pool = None
+        start = time.perf_counter()
+        spawn = multiprocessing.get_context("spawn")
+        encrypting = stack.enter_context(ProcessPoolExecutor(workers, mp_context=spawn))  # the client's processes
         if len(programs) > 1:
-            start = time.perf_counter()
-            pool = stack.enter_context(ProcessPoolExecutor(len(programs) - 1, mp_context=multiprocessing.get_context("spawn")))
+            pool = stack.enter_context(ProcessPoolExecutor(len(programs) - 1, mp_context=spawn))
             pool.submit(int).result()  # started
-            timings["pool_start_s"] = time.perf_counter() - start
+        for future in [encrypting.submit(int) for _ in range(workers)]:
+            future.result()
+        timings["pool_start_s"] = time.perf_counter() - start
         for first in range(0, rows, slots):
             batch = codes[first : first + slots]
             start = time.perf_counter()
-            inputs = client.encrypt(encode_codes(batch, tp.encoding, tp.n_bits))
+            inputs = client.encrypt(encode_codes(batch, tp.encoding, tp.n_bits), encrypting)
             timings["encrypt_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            outputs = server.evaluate_parts(programs, inputs, len(batch), pool)
+            kept: list[bytes] = []  # the outputs before release: their noise budget (the client's secret key, here)
+            outputs = server.evaluate_parts(programs, inputs, len(batch), pool, keep=kept.append)
             timings["server_s"] += time.perf_counter() - start
             start = time.perf_counter()
             parts.append(client.decrypt(outputs, len(batch)).T)
             timings["decrypt_s"] += time.perf_counter() - start
+            budget = min([budget, *(client.noise_budget(c) for c in kept)])
             up += sum(len(c) for c in inputs)
             down += sum(len(c) for c in outputs)
     got = np.concatenate(parts) @ scorer.combine
@@ -120,6 +127,7 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
         "rows_per_s": rows / total,
         "bytes_up_per_row": up / rows,
         "bytes_down_per_row": down / rows,
+        "budget_before_flooding_bits": budget,
         "public_key_bytes": len(client.public_key),
         "relin_key_bytes": len(client.relin_keys),
         "estimated_s": {e.value: batch_seconds(p, rows) for e, p in scorer.programs.items()},

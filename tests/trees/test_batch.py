@@ -145,7 +145,7 @@ def test_the_server_refuses_inputs_of_other_parameters(small_session):
     client, server = small_session
     other = BatchClient(batch_params(4))
     builder = ProgramBuilder(1)
-    with pytest.raises(ValueError, match="fresh encryption at these parameters"):
+    with pytest.raises(ValueError, match="not a batched upload of these parameters"):
         server.evaluate(builder.build([builder.input(0)]), other.encrypt(np.ones((1, 10), dtype=np.uint8)), 10)
     with pytest.raises(ValueError, match="reads 1 inputs"):
         server.evaluate(builder.build([builder.input(0)]), [], 10)

@@ -79,14 +79,15 @@ def plaintext_bytes(coeffs: np.ndarray) -> bytes:
     return _object(PLAIN_MEMBERS.pack(0, 0, 0, 0, coeffs.size, 1.0) + _dynarray(coeffs))
 
 
-def ciphertext_bytes(parms_id: tuple[int, ...], polys: np.ndarray, seed: bytes | None = None) -> bytes:
-    """A ciphertext of the polynomials ``polys`` (size, N) with one modulus, not in NTT form.
+def ciphertext_bytes(parms_id: tuple[int, ...], polys: np.ndarray, seed: bytes | None = None, moduli: int = 1) -> bytes:
+    """A ciphertext of the polynomials ``polys`` (size, moduli * N: each polynomial's residues prime after prime),
+    not in NTT form.
 
     With ``seed`` (a PRNG info: type byte and seed), ``polys`` is only the first polynomial and SEAL
     expands the second one from the seed when loading (a seeded ciphertext).
     """
-    size, n = (2, polys.shape[-1]) if seed is not None else polys.shape
-    members = CIPHER_MEMBERS.pack(*parms_id, 0, size, n, 1, 1.0, 1)
+    size, n = (2, polys.shape[-1] // moduli) if seed is not None else (polys.shape[0], polys.shape[-1] // moduli)
+    members = CIPHER_MEMBERS.pack(*parms_id, 0, size, n, moduli, 1.0, 1)
     tail = b"" if seed is None else _object(seed)
     return _object(members + _dynarray(polys.reshape(-1)) + tail)
 
@@ -126,13 +127,14 @@ def read_ciphertext(data: bytes, n: int) -> np.ndarray:
     return values.reshape(2, n)
 
 
-def read_seeded_ciphertext(data: bytes, n: int) -> tuple[np.ndarray, bytes]:
-    """The first polynomial (n,) and the PRNG info (type byte and seed) of a seeded ciphertext SEAL saved."""
-    body = unwrap(data, CIPHER_MEMBERS.size + 2 * HEADER.size + 8 + 8 * n + PRNG_INFO_BYTES)
+def read_seeded_ciphertext(data: bytes, n: int, moduli: int = 1) -> tuple[np.ndarray, bytes]:
+    """The first polynomial (moduli * n,) and the PRNG info (type byte and seed) of a seeded ciphertext SEAL saved."""
+    count = moduli * n
+    body = unwrap(data, CIPHER_MEMBERS.size + 2 * HEADER.size + 8 + 8 * count + PRNG_INFO_BYTES)
     fields = CIPHER_MEMBERS.unpack_from(body)
-    if fields[5:8] != (2, n, 1):
+    if fields[5:8] != (2, n, moduli):
         raise ValueError(f"expected a seeded ciphertext of degree {n}, got size/degree/moduli {fields[5:8]}")
-    c0, offset = _read_dynarray(body, CIPHER_MEMBERS.size, n)
+    c0, offset = _read_dynarray(body, CIPHER_MEMBERS.size, count)
     info = body[offset + HEADER.size : offset + HEADER.size + PRNG_INFO_BYTES]
     if len(body) != offset + HEADER.size + PRNG_INFO_BYTES or info[0] not in PRNG_TYPES:
         raise ValueError("expected a seeded ciphertext (a PRNG info after the first polynomial)")

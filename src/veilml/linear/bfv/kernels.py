@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from veilml.runtime.bitpack import pack, unpack
+
 __all__ = [
     "cbd",
     "crt_switch",
@@ -348,36 +350,3 @@ def encrypt_combine(
                         scaled = d * message + ((rest * message + half) >> plain_bits)
                         k = block * inner + j
                         target[k] = (np.int64(target[k]) + scaled) % q
-
-
-@_jit
-def pack(values: np.ndarray, bits: int, out: np.ndarray) -> None:
-    """Non-negative ``values`` below 2**bits (bits <= 55), ``bits`` bits each from bit 0 of a little-endian stream."""
-    acc, held, at = np.int64(0), 0, 0
-    for i in range(values.size):
-        acc |= np.int64(values[i]) << held
-        held += bits
-        while held >= 8:
-            out[at] = acc & 0xFF
-            acc >>= 8
-            held -= 8
-            at += 1
-    if held > 0:
-        out[at] = acc & 0xFF
-
-
-@_jit
-def unpack(words: np.ndarray, bits: int, out: np.ndarray) -> None:
-    """The values of :func:`pack` (``out.size`` of them) from its bytes read as little-endian uint64 ``words``,
-    zero-padded by at least one word (:func:`~.product.unpack_values`); the caller checks the length.
-
-    Value i starts at bit i * bits: the word holding that bit, and the next one when the value spills into it.
-    """
-    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
-    for i in range(out.size):
-        bit = i * bits
-        w, shift = bit >> 6, bit & 63
-        value = words[w] >> np.uint64(shift)
-        if shift + bits > 64:
-            value |= words[w + 1] << np.uint64(64 - shift)
-        out[i] = value & mask

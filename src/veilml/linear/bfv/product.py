@@ -37,37 +37,12 @@ from veilml.linear.bfv.ops import INVERSE_P1
 from veilml.linear.bfv.params import MODULI, RESULT_FORMAT
 from veilml.linear.bfv.planner import POLY_DEGREE, Plan
 from veilml.linear.bfv.wire import pack_message
+from veilml.runtime.bitpack import pack_values, unpack_values
 
 __all__ = ["TILE_BYTES", "RNSProduct", "check_residues", "limbs_for", "pack_values", "result_size", "unpack_values"]
 
 _ALL = np.arange(POLY_DEGREE)
 _PRIMES = np.array(MODULI, dtype=np.int64)
-
-
-def pack_values(values: np.ndarray, bits: int) -> bytes:
-    """Non-negative integers below 2**bits (bits <= 55), ``bits`` bits each from bit 0 of a little-endian stream
-    (the layout of :func:`~.encoding.pack_bits`)."""
-    from veilml.linear.bfv import kernels
-
-    flat = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
-    out = np.zeros(-(-flat.size * bits // 8), np.uint8)
-    kernels.pack(flat, bits, out)
-    return out.tobytes()
-
-
-def unpack_values(data: bytes, count: int, bits: int, dtype: type = np.int64) -> np.ndarray:
-    """The ``count`` values of :func:`pack_values` (int64, or ``dtype`` when they fit it); ValueError unless ``data``
-    has exactly their size."""
-    from veilml.linear.bfv import kernels
-
-    size = -(-count * bits // 8)
-    if len(data) != size:
-        raise ValueError(f"expected {count} values of {bits} bits ({size} bytes), got {len(data)} bytes")
-    words = np.zeros(size // 8 + 2, "<u8")  # whole little-endian words, one more than the data reaches
-    words.view(np.uint8)[:size] = np.frombuffer(data, np.uint8)
-    out = np.empty(count, dtype)
-    kernels.unpack(words.astype(np.uint64, copy=False), bits, out)
-    return out
 
 
 #: bytes of one tile of the weight matrix converted to float64 for a unit of :class:`RNSProduct`

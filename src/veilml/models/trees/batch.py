@@ -150,11 +150,12 @@ class _Comparisons:
 
 
 def tree_program(
-    ensemble: TreeEnsemble, leaf_values: list[np.ndarray], n_bits: int, encoding: BatchEncoding | str
+    ensemble: TreeEnsemble, leaf_values: list[np.ndarray], n_bits: int, encoding: BatchEncoding | str, split: int = 0
 ) -> TreeProgram:
     """The slot program computing, per output, the sum over trees of the quantized value of the leaf each row
     reaches. ``ensemble``'s thresholds are on the ``n_bits`` code scale; ``leaf_values`` are per tree
-    (nodes, outputs) non-negative integers (:class:`~.lowering.tables.QuantizedLeaves`)."""
+    (nodes, outputs) non-negative integers (:class:`~.lowering.tables.QuantizedLeaves`). ``split``: the levels
+    of each tree evaluated as path indicators above the multiplexers (:func:`_split_multiplexer`)."""
     encoding = BatchEncoding(encoding)
     builder = ProgramBuilder(ensemble.n_features * bits_per_feature(encoding, n_bits))
     compare = _Comparisons(builder, encoding, n_bits)
@@ -164,7 +165,7 @@ def tree_program(
         codes = right_code(tree.threshold, tree.strict)
         values = np.asarray(values, dtype=np.int64)
         scores = (
-            _multiplexer(tree, codes, values, compare, builder)
+            _split_multiplexer(tree, codes, values, compare, builder, split)
             if n_outputs <= 2
             else _indicators(tree, codes, values, compare, builder)
         )
@@ -172,10 +173,12 @@ def tree_program(
     return TreeProgram(builder.build(totals), encoding, n_bits, ensemble.n_features)
 
 
-def _multiplexer(tree, codes: np.ndarray, values: np.ndarray, compare: _Comparisons, builder: ProgramBuilder) -> list[Linear]:
-    """The tree's value per output, bottom up (post-order without recursion: deep trees)."""
+def _multiplexer(
+    tree, codes: np.ndarray, values: np.ndarray, compare: _Comparisons, builder: ProgramBuilder, root: int = 0
+) -> list[Linear]:
+    """The subtree's value per output, bottom up (post-order without recursion: deep trees)."""
     done: dict[int, list[Linear]] = {}
-    stack = [(0, False)]
+    stack = [(root, False)]
     while stack:
         node, expanded = stack.pop()
         left, right = int(tree.left[node]), int(tree.right[node])
@@ -188,7 +191,33 @@ def _multiplexer(tree, codes: np.ndarray, values: np.ndarray, compare: _Comparis
         c = compare(int(tree.feature[node]), int(codes[node]))
         gl, gr = done.pop(left), done.pop(right)
         done[node] = [a + builder.multiply(c, b - a) for a, b in zip(gl, gr)]
-    return done[0]
+    return done[root]
+
+
+def _split_multiplexer(
+    tree, codes: np.ndarray, values: np.ndarray, compare: _Comparisons, builder: ProgramBuilder, split: int
+) -> list[Linear]:
+    """The tree's value as the sum, over the nodes ``split`` levels down, of the indicator of the path to the node
+    (a balanced product of its conditions) times the node's :func:`_multiplexer` value. A multiplexer chain is
+    as deep as the tree; this is ``max(log2(split), height - split) + 1`` products deep: one level less for a
+    depth-5 tree in digits at ``split = 2``, for a few more products."""
+    total = [Linear.constant(0)] * values.shape[1]
+    stack: list[tuple[int, tuple[Linear, ...]]] = [(0, ())]
+    while stack:
+        node, path = stack.pop()
+        left, right = int(tree.left[node]), int(tree.right[node])
+        if left >= 0 and len(path) < split:
+            c = compare(int(tree.feature[node]), int(codes[node]))
+            stack += [(right, (*path, c)), (left, (*path, Linear.constant(1) - c))]
+            continue
+        weight = list(path) or [Linear.constant(1)]
+        while len(weight) > 1:  # balanced: pairs of pairs
+            weight = [
+                builder.multiply(*weight[i : i + 2]) if i + 1 < len(weight) else weight[i] for i in range(0, len(weight), 2)
+            ]
+        below = _multiplexer(tree, codes, values, compare, builder, node)
+        total = [t + builder.multiply(weight[0], v) for t, v in zip(total, below)]
+    return total
 
 
 def _indicators(tree, codes: np.ndarray, values: np.ndarray, compare: _Comparisons, builder: ProgramBuilder) -> list[Linear]:

@@ -6,13 +6,14 @@ ciphertext products, modulus switching, and the HE standard's 128-bit table (``C
 
 Parameters (:func:`batch_params`): the plaintext modulus ``t = 65537`` (the smallest batching prime for
 N = 8192 and 16384; scores stay far below it), and the smallest of :data:`LEVELS` (a polynomial degree and
-60-bit primes) that the program's depth needs, within the HE standard's 128-bit table; :class:`BatchContext`
+its primes) that the program's depth needs, within the HE standard's 128-bit table; :class:`BatchContext`
 asks SEAL to check it (``sec_level_type.tc128``) and refuses otherwise. Everything
 the client uses is derived from the program's depth by the client itself.
 
 The client (:class:`BatchClient`) makes a fresh secret key per session and sends only public material: the
 relinearization key and a public key (for the server's re-randomization). It encrypts each input bit
-vector of a batch of up to N rows (:meth:`BatchClient.encrypt`) and decrypts the outputs.
+vector of a batch of up to N rows (:meth:`BatchClient.encrypt`: symmetric, seeded and bit-packed, see
+:mod:`.upload`) and decrypts the outputs.
 
 The server (:class:`BatchServer`) evaluates the program, then, before anything leaves it: multiplies every
 output by a mask that zeroes the slots carrying no row (they hold nothing of the model), switches to the
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from veilml.runtime.batch.program import Linear, SlotProgram
+from veilml.runtime.batch.upload import pack_upload, seal_input
 from veilml.runtime.seal_bytes import add_to_first_polynomial, seal_files
 
 __all__ = [
@@ -51,16 +53,17 @@ PLAIN_MODULUS = 65537
 FLOOD_MARGIN_BITS = 48
 #: per polynomial degree, the deepest program it evaluates and the bits of its coefficient primes (the last is
 #: SEAL's special prime, used only by relinearization). A fresh ciphertext's noise budget is about the data
-#: primes' bits minus 21 and each relinearized product costs about 29 bits (measured with SEAL's
-#: ``invariant_noise_budget``), a tree program's clear multipliers about 10 more per level; the rest is kept for
-#: the flooding (FLOOD_MARGIN_BITS). Left before flooding, on breast cancer: a 20-tree XGBoost of depth 3 at
-#: depth 2, 70 bits (8192); a 20 x 4 forest in digits at depth 4, 99 bits; a depth-5 tree in digits at depth 5,
-#: 116 bits; an execute-tier test checks a 3-class forest. Every total is within SEAL's 128-bit table (218
-#: bits at 8192, 438 at 16384, 881 at 32768), which SEAL checks.
+#: primes' bits minus 21 and a tree program consumes about 40 bits per level of products (measured with SEAL's
+#: ``invariant_noise_budget`` on the benchmarks' models: 200-201 bits for 20 x 4 forests and boosters at depth
+#: 4, 230-244 for depth-5 trees in digits); the rest is kept for the flooding (FLOOD_MARGIN_BITS). At 16,384 the
+#: primes have 53 bits, not 60: the data primes' total is what the upload pays per input bit and row
+#: (:mod:`.upload` packs each residue at its prime's 53 bits), and 5 x 53 bits leave 60-65 bits at depth 4,
+#: 6 x 53 bits 74-88 at depth 5, measured. Every total is within SEAL's 128-bit table (218 bits at 8192, 438 at
+#: 16384, 881 at 32768), which SEAL checks.
 LEVELS = {
     2: (8192, (60, 60, 60, 38)),
-    4: (16384, (60, 60, 60, 60, 60, 60)),
-    5: (16384, (60, 60, 60, 60, 60, 60, 60)),
+    4: (16384, (53,) * 6),
+    5: (16384, (53,) * 7),
     9: (32768, (60,) * 12),
 }
 
@@ -150,18 +153,21 @@ class BatchClient:
         self._encryptor = seal.Encryptor(self.ctx.context, self._secret)
         self._decryptor = seal.Decryptor(self.ctx.context, self._secret)
 
-    def encrypt(self, bits: np.ndarray) -> list[bytes]:
-        """Each input's bits (n_inputs, rows <= slots) as one ciphertext: every input, whether or not the model
-        reads it (the upload says nothing of the model's comparisons)."""
+    def encrypt(self, bits: np.ndarray, pool: Any = None) -> list[bytes]:
+        """Each input's bits (n_inputs, rows <= slots) as one upload (:mod:`.upload`: seeded, packed): every input,
+        whether or not the model reads it (the upload says nothing of the model's comparisons).
+
+        ``pool``: a ``concurrent.futures`` executor of processes on this (the client's) machine that encrypts
+        chunks of the inputs at once; they are handed the secret key (SEAL holds the GIL: threads would not help).
+        """
         bits = np.asarray(bits)
         if bits.ndim != 2 or bits.shape[1] > self.ctx.params.slots:
             raise ValueError(f"expected input bits (inputs, rows <= {self.ctx.params.slots}), got shape {bits.shape}")
-        out = []
-        for row in bits:
-            ct = self.ctx.seal.Ciphertext()
-            self._encryptor.encrypt_symmetric(self.ctx.plain(row), ct)
-            out.append(self.ctx.save(ct))
-        return out
+        if pool is None or len(bits) <= _CHUNK:
+            return _encrypt_rows(self.ctx, self._encryptor, bits)
+        secret = self.ctx.save(self._secret)
+        chunks = [bits[i : i + _CHUNK].astype(np.uint8) for i in range(0, len(bits), _CHUNK)]
+        return [c for f in [pool.submit(_encrypt_chunk, self.ctx.params, secret, chunk) for chunk in chunks] for c in f.result()]
 
     def decrypt(self, outputs: list[bytes], rows: int, expected: int | None = None) -> np.ndarray:
         """The outputs (n_outputs, rows) as integers in [-t/2, t/2).
@@ -286,15 +292,13 @@ class BatchServer:
         return out
 
     def _load_input(self, data: bytes) -> Any:
+        ctx = self.ctx
+        seeded = seal_input(data, ctx.params.poly_degree, ctx.moduli[0], ctx.parms_ids[0])  # ValueError: not an upload
         try:
-            ct = self.ctx.load(self.ctx.seal.Ciphertext(), data)
+            ct = ctx.load(ctx.seal.Ciphertext(), seeded)
         except (RuntimeError, ValueError) as error:  # SEAL refuses data of other parameters or sizes
             raise ValueError(f"an input ciphertext is not a fresh encryption at these parameters ({error})") from None
-        if (
-            ct.size() != 2
-            or list(ct.parms_id()) != self.ctx.parms_ids[0]
-            or ct.poly_modulus_degree() != self.ctx.params.poly_degree
-        ):
+        if ct.size() != 2 or list(ct.parms_id()) != ctx.parms_ids[0] or ct.poly_modulus_degree() != ctx.params.poly_degree:
             raise ValueError("an input ciphertext is not a fresh encryption at these parameters")
         return ct
 
@@ -327,6 +331,23 @@ def _uniform_noise(n: int, bound: int) -> list[int]:
 
 
 _SERVERS: dict[tuple[BatchParams, bytes, bytes], BatchServer] = {}
+_ENCRYPTORS: dict[tuple[BatchParams, bytes], tuple[BatchContext, Any]] = {}
+_CHUNK = 24  # inputs per task of a client's encryption pool
+
+
+def _encrypt_rows(ctx: BatchContext, encryptor: Any, bits: np.ndarray) -> list[bytes]:
+    n, primes = ctx.params.poly_degree, ctx.moduli[0]
+    return [pack_upload(ctx.save(encryptor.encrypt_symmetric(ctx.plain(row))), n, primes) for row in bits]
+
+
+def _encrypt_chunk(params: BatchParams, secret: bytes, bits: np.ndarray) -> list[bytes]:
+    """A client helper process's part of :meth:`BatchClient.encrypt` (its encryptor made once per secret key)."""
+    key = (params, secret)
+    if key not in _ENCRYPTORS:
+        _ENCRYPTORS.clear()  # one client's key at a time
+        ctx = BatchContext(params)
+        _ENCRYPTORS[key] = (ctx, ctx.seal.Encryptor(ctx.context, ctx.load(ctx.seal.SecretKey(), secret)))
+    return _encrypt_rows(*_ENCRYPTORS[key], bits)
 
 
 def _read_by(program: SlotProgram, inputs: list[bytes | None]) -> list[bytes | None]:
