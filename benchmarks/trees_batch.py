@@ -65,7 +65,7 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
     client = BatchClient(scorer.params)
     timings["keygen_s"] = time.perf_counter() - start
     server = BatchServer(scorer.params, client.relin_keys, client.public_key)
-    programs = part_programs(model.ensemble_, scorer.leaves.values, tp.n_bits, tp.encoding, workers)
+    programs = part_programs(model.ensemble_, scorer.leaves.values, tp.n_bits, tp.encoding, workers, tp.split)
     up = down = 0
     budget = 10**9
     parts = []

@@ -152,12 +152,13 @@ def test_the_server_refuses_inputs_of_other_parameters(small_session):
 
 
 def test_the_scorer_predicts_as_disable_on_every_row():
-    """A small model end to end (three features: one batch of 8,192 slots, 189 input bits), partly filled."""
+    """A small model end to end (three features: one batch, partly filled)."""
     X, y = CANCER[0][:, :3], CANCER[1]
     est = DecisionTreeClassifier(n_bits=6, max_depth=3, random_state=0).fit(X, y)
     scorer = est.batch_scorer(progress=False)
     assert isinstance(scorer, BatchScorer)
-    assert scorer.plan(len(X)).encoding is BatchEncoding.THERMOMETER  # 189 bits in one 8,192-slot batch: cheapest
+    # 42 digit bits at 16,384 slots (5 primes) cost less to encrypt than 189 thermometer bits at 8,192 (3 primes)
+    assert scorer.plan(len(X)).encoding is BatchEncoding.DIGITS
     np.testing.assert_array_equal(scorer.predict_proba(X), est.predict_proba(X, fhe="disable"))
     np.testing.assert_array_equal(scorer.predict(X), est.predict(X, fhe="disable"))
     assert scorer.bytes_up > 0 and scorer.bytes_down > 0

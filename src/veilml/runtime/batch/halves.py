@@ -17,8 +17,12 @@ ciphertext per output, framed the same way. The secret key never leaves the sess
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+import os
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,7 @@ from veilml.runtime.batch.program import SlotProgram
 from veilml.runtime.envelope import pack_batch, unpack_batch
 
 __all__ = [
+    "POOL_MIN_CIPHERTEXTS",
     "PROGRAMS_FORMAT",
     "REQUEST_FORMAT",
     "BatchModelClient",
@@ -43,12 +48,17 @@ __all__ = [
 
 REQUEST_FORMAT = "veilml-batch-request/1"
 PROGRAMS_FORMAT = "veilml-batch-programs/1"
+#: ciphertexts a table must need before :meth:`BatchModelClient.score` starts encryption processes (their start,
+#: about a second, against about 15 ms a ciphertext at N = 16384)
+POOL_MIN_CIPHERTEXTS = 256
 _OVERHEAD = 65536  # SEAL's headers, the framing, the JSON header: far more than they take
 
 
 def ciphertext_bytes(params: Any) -> int:
-    """The most bytes of a fresh ciphertext at ``params`` (two polynomials over the data primes)."""
-    return 2 * params.poly_degree * (len(params.coeff_bits) - 1) * 8 + 4096
+    """The bytes of an input at ``params``: a seeded, packed upload (:mod:`.upload`)."""
+    from veilml.runtime.batch.upload import upload_size
+
+    return upload_size(params.poly_degree, params.coeff_bits[:-1])
 
 
 def keys_bytes(params: Any) -> int:
@@ -211,12 +221,15 @@ class BatchModelClient:
         encoding: str = "auto",
         max_request_bytes: int | None = None,
         progress: bool | None = None,
+        workers: int | None = None,
     ) -> np.ndarray:
         """The summed quantized scores (n_rows, n_scores) of checked float rows ``X``.
 
         ``transport`` takes an iterator of :class:`BatchRequest` (one per batch of up to N rows, encrypted as it
         asks for them, under one fresh key) and yields each batch's outputs in order: packed bytes (checked and
         unpacked here) or a list of ciphertexts. ``progress``: a bar over batches (None: on a terminal only).
+        ``workers``: processes of this machine that encrypt (None: up to 2, as many as it has cores, once a
+        table has :data:`POOL_MIN_CIPHERTEXTS` ciphertexts to encrypt; 1: this process only).
         """
         from tqdm import tqdm
 
@@ -228,14 +241,21 @@ class BatchModelClient:
         session = self.last_session = self.session(shape)
         slots = session.client.ctx.params.slots
         batches = [codes[start : start + slots] for start in range(0, len(codes), slots)]
+        if workers is None:
+            workers = min(2, os.cpu_count() or 1) if len(batches) * shape.n_inputs >= POOL_MIN_CIPHERTEXTS else 1
         show = None if progress is None else not progress
-        answers = iter(transport(session.request(batch) for batch in batches))
-        found = [
-            session.scores(next(answers, None), len(batch))
-            for batch in tqdm(batches, desc=f"batched FHE ({shape.encoding})", unit=f"batch of {slots}", disable=show)
-        ]
-        if next(answers, None) is not None:
-            raise ValueError("the server answered more batches than were sent")
+        with contextlib.ExitStack() as stack:
+            if workers > 1:  # processes of this machine (SEAL holds the GIL): they are handed the secret key
+                context = multiprocessing.get_context("spawn")
+                session.pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+            answers = iter(transport(session.request(batch) for batch in batches))
+            found = [
+                session.scores(next(answers, None), len(batch))
+                for batch in tqdm(batches, desc=f"batched FHE ({shape.encoding})", unit=f"batch of {slots}", disable=show)
+            ]
+            if next(answers, None) is not None:
+                raise ValueError("the server answered more batches than were sent")
+            session.pool = None
         return np.concatenate(found)
 
 
@@ -247,12 +267,13 @@ class BatchSession:
 
         self.owner, self.shape = owner, shape
         self.client = BatchClient(shape.params)
+        self.pool: Any = None  # the client's encryption processes, while :meth:`BatchModelClient.score` runs
         self.bytes_up = self.bytes_down = 0
 
     def request(self, codes: np.ndarray) -> BatchRequest:
         """One batch of quantized rows (at most N), every input bit encrypted."""
         bits = encode_codes(codes, self.shape.encoding, self.owner.description.n_bits)
-        inputs = self.client.encrypt(bits)
+        inputs = self.client.encrypt(bits, self.pool)
         self.bytes_up += sum(map(len, inputs))
         return BatchRequest(self.shape.encoding, len(codes), self.client.relin_keys, self.client.public_key, inputs)
 

@@ -41,10 +41,12 @@ BATCH_MIN_ROWS = 128
 FHE_PATHS = ("auto", "tfhe", "batch")
 #: bounds on what a description may claim (far above real tree models): outputs, products, a combine entry
 _MAX_OUTPUTS, _MAX_PRODUCTS, _MAX_COMBINE = 4096, 10**8, 2**20
-#: per polynomial degree, measured costs on one core of this project's 2-core machine (seconds per ciphertext):
-#: the client's encryption of one input, the server's relinearized product (the cost model of ``"auto"``)
-_ENCRYPT_S = {8192: 0.004, 16384: 0.012, 32768: 0.04}
-_PRODUCT_S = {8192: 0.02, 16384: 0.06, 32768: 0.25}
+#: per polynomial degree, measured costs on one core of this project's 2-core machine (seconds per ciphertext and
+#: data prime): the client's encryption of one input (encoding, SEAL's seeded encryption and save, packing: 16.6
+#: ms at 16384 and 5 primes, 6.8 ms at 8192 and 3), the server's relinearized product at the first level (59 ms
+#: at 16384 and 5 primes, 16 ms at 8192 and 3); 32768 extrapolated. The cost model of ``"auto"`` and the split.
+_ENCRYPT_S = {8192: 0.0023, 16384: 0.0033, 32768: 0.007}
+_PRODUCT_S = {8192: 0.0054, 16384: 0.012, 32768: 0.025}
 #: the link the cost model assumes between client and server (bytes per second: 1 Gbit/s)
 LINK_BYTES_PER_S = 125e6
 
@@ -85,12 +87,12 @@ class ProgramShape:
 
 
 def upload_bytes(tp: Shaped) -> int:
-    """Bytes one batch uploads: every input as a whole ciphertext (two polynomials over the data primes, 8 bytes a
-    coefficient as SEAL saves them, before its compression of the unused high bits)."""
+    """Bytes one batch uploads: every input as a seeded upload, residues packed (:mod:`.upload`)."""
     from veilml.runtime.batch.seal_bfv import batch_params
+    from veilml.runtime.batch.upload import upload_size
 
     params = batch_params(tp.depth)
-    return tp.n_inputs * 2 * params.poly_degree * (len(params.coeff_bits) - 1) * 8
+    return tp.n_inputs * upload_size(params.poly_degree, params.coeff_bits[:-1])
 
 
 def batch_seconds(tp: Shaped, rows: int, link_bytes_per_s: float = LINK_BYTES_PER_S) -> float:
@@ -98,9 +100,10 @@ def batch_seconds(tp: Shaped, rows: int, link_bytes_per_s: float = LINK_BYTES_PE
     one core each (:data:`_ENCRYPT_S`, :data:`_PRODUCT_S`), and the upload over a link of ``link_bytes_per_s``."""
     from veilml.runtime.batch.seal_bfv import batch_params
 
-    degree = batch_params(tp.depth).poly_degree
+    params = batch_params(tp.depth)
+    degree, primes = params.poly_degree, len(params.coeff_bits) - 1
     batches = max(1, -(-rows // degree))
-    compute = tp.n_inputs * _ENCRYPT_S[degree] + tp.n_products * _PRODUCT_S[degree]
+    compute = primes * (tp.n_inputs * _ENCRYPT_S[degree] + tp.n_products * _PRODUCT_S[degree])
     return batches * (compute + upload_bytes(tp) / link_bytes_per_s)
 
 

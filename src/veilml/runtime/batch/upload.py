@@ -30,9 +30,9 @@ __all__ = ["MAGIC", "pack_upload", "seal_input", "upload_size"]
 MAGIC = b"VLB\x01"
 
 
-def upload_size(n: int, primes: Sequence[int]) -> int:
-    """Bytes of one upload at polynomial degree ``n`` and these data primes."""
-    return len(MAGIC) + PRNG_INFO_BYTES + sum(-(-n * int(p).bit_length() // 8) for p in primes)
+def upload_size(n: int, prime_bits: Sequence[int]) -> int:
+    """Bytes of one upload at polynomial degree ``n`` and data primes of these bit lengths."""
+    return len(MAGIC) + PRNG_INFO_BYTES + sum(-(-n * int(bits) // 8) for bits in prime_bits)
 
 
 def pack_upload(seeded: bytes, n: int, primes: Sequence[int]) -> bytes:
@@ -48,9 +48,10 @@ def pack_upload(seeded: bytes, n: int, primes: Sequence[int]) -> bytes:
 
 def seal_input(data: bytes, n: int, primes: Sequence[int], parms_id: Sequence[int]) -> bytes:
     """SEAL's bytes of the seeded ciphertext an upload carries; ValueError for anything else."""
-    if len(data) != upload_size(n, primes) or data[: len(MAGIC)] != MAGIC:
+    size = upload_size(n, [int(p).bit_length() for p in primes])
+    if len(data) != size or data[: len(MAGIC)] != MAGIC:
         raise ValueError(
-            f"an input is not a batched upload of these parameters ({upload_size(n, primes)} bytes starting {MAGIC!r}, "
+            f"an input is not a batched upload of these parameters ({size} bytes starting {MAGIC!r}, "
             f"got {len(data)} bytes): the client must use the parameters it derived from the program's depth"
         )
     info = data[len(MAGIC) : len(MAGIC) + PRNG_INFO_BYTES]
