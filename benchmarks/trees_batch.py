@@ -163,10 +163,11 @@ def streamed(r: dict) -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| case | encoding, N, depth, products | rows | rows/s end to end | keygen / encrypt / server / decrypt (s) "
-        "| up / down per row | public + relin. keys | every row = disable | TFHE path rows/s (trees.json) "
+        "| case | encoding, N × data primes, depth, products | rows | rows/s end to end | keygen / encrypt / server / decrypt (s) "
+        "| up / down per row | public + relin. keys | every row = disable | budget left before flooding (bits) "
+        "| TFHE path rows/s (trees.json) "
         "| Concrete-ML rows/s (trees.json) | crossover (rows) | streamed table: rows, rows/s, every row = disable |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         tfhe = "-" if r["tfhe_rows_per_s"] is None else f"{r['tfhe_rows_per_s']:.2f}"
@@ -174,12 +175,14 @@ def table(results: list[dict]) -> str:
         rows = crossover_rows(r)
         crossover = "-" if rows is None else f"{rows:.0f}"
         lines.append(
-            f"| {r['case']} | {r['encoding']}, {r['params']['poly_degree']}, {r['depth']}, {r['products']} | {r['rows']} "
+            f"| {r['case']} | {r['encoding']}, {r['params']['poly_degree']} × {len(r['params']['coeff_bits']) - 1} "
+            f"× {r['params']['coeff_bits'][0]} bits, {r['depth']}, {r['products']} | {r['rows']} "
             f"| **{r['rows_per_s']:.0f}** | {r['keygen_s']:.2f} / {r['encrypt_s']:.2f} / {r['server_s']:.2f} "
             f"({r.get('server_processes', 1)} proc.) / {r['decrypt_s']:.2f} "
             f"| {r['bytes_up_per_row'] / 1024:.1f} KiB / {r['bytes_down_per_row']:.0f} B "
             f"| {(r['public_key_bytes'] + r['relin_key_bytes']) / 2**20:.1f} MiB "
-            f"| {'yes' if r['all_rows_equal'] else 'NO'} ({r['equal_to_disable_rows']}/{r['rows']}) | {tfhe} | {cml} | {crossover} "
+            f"| {'yes' if r['all_rows_equal'] else 'NO'} ({r['equal_to_disable_rows']}/{r['rows']}) "
+            f"| {r.get('budget_before_flooding_bits', '-')} | {tfhe} | {cml} | {crossover} "
             f"| {streamed(r)} |"
         )
     return "\n".join(lines)
@@ -219,14 +222,18 @@ def write_markdown(machine: dict, results: list[dict], output: str, command: str
     text = [
         "# Scoring whole tables: the batched path\n",
         f"`python benchmarks/trees_batch.py {command}` on {machine['cpu_count']} cores "
-        f"({machine['platform']}); the client's steps and the server's one after the other (no overlap), the server's "
+        f"({machine['platform']}); the client's steps and the server's one after the other (no overlap), the client's "
+        f"encryption in `--workers` processes, the server's "
         f"trees cut into groups evaluated in that many processes at once (*proc.*), their outputs summed encrypted; "
         f"total time includes key generation and the helper processes' start; "
         f"load average at the end of each case: {loads}.\n",
         table(results) + "\n",
         "The TFHE path's and Concrete-ML's rows/s are their batch throughputs from `benchmarks/results/trees.json` "
         "(not rerun here). Upload: every input bit of every feature is sent (the model's comparisons stay hidden), "
-        "as full ciphertexts (both polynomials: seeded uploads are not done yet). *Crossover*: the number of rows "
+        "each as a seeded ciphertext with its residues packed at the primes' bit length (`veilml.runtime.batch.upload`). "
+        "*Budget left before flooding*: the least noise budget of the outputs before release (SEAL's "
+        "`invariant_noise_budget`, the client's secret key); the flooding needs 48 (`FLOOD_MARGIN_BITS`). "
+        "*Crossover*: the number of rows "
         "from which one batch (its measured seconds, keys included) takes less time than scoring the rows one by one "
         "on the TFHE path at its median latency per row (`trees.json`); below it the TFHE path is faster. *Streamed "
         "table*: `BatchScorer.integers` on that many rows (several batches: each evaluated whole in one of `--workers` "

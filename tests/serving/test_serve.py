@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
-from worker_helpers import CLIWorker, files_bytes, holding, key_windows
+from worker_helpers import CLIWorker, files_bytes, holding, key_windows, veilml_script
 
 pytestmark = pytest.mark.execute
 
@@ -105,3 +105,31 @@ def test_refused_requests(served, cancer, tmp_path, no_clip_warning):
     # and the good request still works after all that
     assert predict(good).status_code == 200
     assert httpx.get(server.url + "/openapi.json").json()["paths"].keys() >= {"/health", "/keys", "/predict", "/bundle/client"}
+
+
+def test_veilml_predict_scores_a_table_on_the_batched_path(compiled_cancer_tree, cancer, tmp_path, no_clip_warning):
+    """``veilml predict URL``: 200 rows through ``POST /batch/predict`` (a depth-5 tree in digits: one request of
+    about 230 MB, so this server takes 300), then 3 rows forced onto the TFHE path; both equal ``disable``."""
+    import subprocess
+
+    bundle = compiled_cancer_tree.save(tmp_path / "bundle")
+    args = (str(bundle), "--state", str(tmp_path / "state"), "--max-payload-mb", "300")
+    server = CLIWorker(tmp_path, *args, name="serve-batch", command="serve").wait_ready()
+    try:
+        X = np.vstack([cancer[1]] * 2)[:200]
+        np.savetxt(tmp_path / "rows.csv", X, delimiter=",")
+        for rows, path in ((200, "auto"), (3, "tfhe")):
+            np.savetxt(tmp_path / "few.csv", X[:rows], delimiter=",")
+            subprocess.run(
+                [str(veilml_script()), "predict", server.url, "--input", str(tmp_path / "few.csv"), "--out"]
+                + [str(tmp_path / f"{path}.csv"), "--fhe-path", path, "--progress", "off"],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            got = np.loadtxt(tmp_path / f"{path}.csv", delimiter=",", ndmin=1)
+            np.testing.assert_array_equal(got, compiled_cancer_tree.predict(X[:rows], fhe="disable"))
+        log = server.text()
+        assert log.count("/batch/predict") >= 1 and "/predict" in log.replace("/batch/predict", "")
+    finally:
+        server.kill()
