@@ -25,7 +25,7 @@ returned exactly ``simulate``'s output on every executed row. veilml's ``fhe_rep
 estimate of bytes and of the client / server split of a row's time) is recorded next to what was
 measured.
 
-Writes ``benchmarks/results/trees.json`` and ``benchmarks/results/trees.md`` (after every case)
+Writes ``benchmarks/results/trees.json`` and ``benchmarks/results/trees.md`` (``--output`` names others) (after every case)
 and, per case, ``benchmarks/results/concrete_ml_<case>.json`` (Concrete-ML's raw output).
 """
 
@@ -525,7 +525,7 @@ def readme_tables(cases: dict[str, dict]) -> str:
 
 
 def write(record: dict, args: argparse.Namespace) -> str:
-    (RESULTS / "trees.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     machine, source, cases = record["machine"], record["source"], record["cases"]
     parts = [
         "# Trees: veilml vs Concrete-ML 1.9, side by side\n",
@@ -564,7 +564,7 @@ def write(record: dict, args: argparse.Namespace) -> str:
         parts += case_section(name, entry)
     parts += ["## The README's tables (ratios, one decimal)\n", readme_tables(cases) + "\n"]
     text = "\n".join(parts)
-    (RESULTS / "trees.md").write_text(text)
+    (RESULTS / f"{args.output}.md").write_text(text)
     return text
 
 
@@ -577,6 +577,7 @@ def main() -> int:
     )
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--skip-concrete-ml", action="store_true", help="reuse the last Concrete-ML results")
+    parser.add_argument("--output", default="trees", help="results/<output>.json and .md")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     run_start = time.perf_counter()

@@ -12,7 +12,8 @@ scores are compared with the estimator's ``fhe="disable"`` scores. Reported: row
 bytes up and down per row, the client's public keys, and the split of the time.
 
 The TFHE path and Concrete-ML 1.9 are NOT rerun here: their batch throughputs are read from
-``benchmarks/results/trees.json`` (the last ``benchmarks/trees.py`` run, same machine, other day).
+``benchmarks/results/trees.json`` (the last ``benchmarks/trees.py`` run), or ``--tfhe NAME``'s (``results/NAME.json``:
+``benchmarks/trees.py --output NAME`` run just before, for the three paths side by side in one session).
 
 Writes ``benchmarks/results/trees_batch.json`` and ``benchmarks/results/trees_batch.md``.
 """
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from trees import CASES, MODELS, load_case_data  # noqa: E402
 
+TFHE_RESULTS = "trees"  # the benchmarks/trees.py results the TFHE path's and Concrete-ML's figures come from (--tfhe)
 DEFAULT_CASES = ["dt_cancer", "rf_cancer", "xgb_cancer", "dtr_diabetes", "dt_wide", "xgb_wide", "rf_wide"]
 
 
@@ -111,7 +113,7 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
             "stream_rows_per_s": len(big) / seconds,
             "stream_all_rows_equal": bool(np.array_equal(scores, exact)),
         }
-    tfhe = json.loads((RESULTS / "trees.json").read_text())["cases"].get(name, {}).get("sides", {})
+    tfhe = json.loads((RESULTS / f"{TFHE_RESULTS}.json").read_text())["cases"].get(name, {}).get("sides", {})
     return {
         "case": name,
         "title": case.title,
@@ -143,8 +145,8 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
 
 
 def tfhe_latency(case: str) -> float | None:
-    """The TFHE path's median latency per row of ``case`` in ``benchmarks/results/trees.json``."""
-    sides = json.loads((RESULTS / "trees.json").read_text())["cases"].get(case, {}).get("sides", {})
+    """The TFHE path's median latency per row of ``case`` in the ``benchmarks/trees.py`` results."""
+    sides = json.loads((RESULTS / f"{TFHE_RESULTS}.json").read_text())["cases"].get(case, {}).get("sides", {})
     return sides.get("veilml", {}).get("execute_latency_median_s")
 
 
@@ -165,8 +167,8 @@ def table(results: list[dict]) -> str:
     lines = [
         "| case | encoding, N × data primes, depth, products | rows | rows/s end to end | keygen / encrypt / server / decrypt (s) "
         "| up / down per row | public + relin. keys | every row = disable | budget left before flooding (bits) "
-        "| TFHE path rows/s (trees.json) "
-        "| Concrete-ML rows/s (trees.json) | crossover (rows) | streamed table: rows, rows/s, every row = disable |",
+        f"| TFHE path rows/s ({TFHE_RESULTS}.json) "
+        f"| Concrete-ML rows/s ({TFHE_RESULTS}.json) | crossover (rows) | streamed table: rows, rows/s, every row = disable |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -195,10 +197,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="server processes (the trees cut into groups)")
     parser.add_argument("--stream", type=int, default=3, help="batches of the streamed table (0: none)")
     parser.add_argument("--output", default="trees_batch")
+    parser.add_argument("--tfhe", default="trees", help="the benchmarks/trees.py results (results/<tfhe>.json) to compare with")
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the committed .json (no run)")
     args = parser.parse_args()
+    global TFHE_RESULTS
+    TFHE_RESULTS = args.tfhe
     if args.render:
         record = json.loads((RESULTS / f"{args.output}.json").read_text())
+        TFHE_RESULTS = record.get("tfhe", "trees")
         write_markdown(record["machine"], record["cases"], args.output, record.get("command", ""))
         print((RESULTS / f"{args.output}.md").read_text())
         return 0
@@ -210,7 +216,7 @@ def main() -> int:
         print(table(results[-1:]), file=sys.stderr, flush=True)
         machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
         (RESULTS / f"{args.output}.json").write_text(
-            json.dumps({"machine": machine, "command": command, "cases": results}, indent=1)
+            json.dumps({"machine": machine, "command": command, "tfhe": TFHE_RESULTS, "cases": results}, indent=1)
         )
         write_markdown(machine, results, args.output, command)
     print((RESULTS / f"{args.output}.md").read_text())
@@ -228,14 +234,15 @@ def write_markdown(machine: dict, results: list[dict], output: str, command: str
         f"total time includes key generation and the helper processes' start; "
         f"load average at the end of each case: {loads}.\n",
         table(results) + "\n",
-        "The TFHE path's and Concrete-ML's rows/s are their batch throughputs from `benchmarks/results/trees.json` "
-        "(not rerun here). Upload: every input bit of every feature is sent (the model's comparisons stay hidden), "
+        "The TFHE path's and Concrete-ML's rows/s are their batch throughputs from "
+        f"`benchmarks/results/{TFHE_RESULTS}.json` "
+        f"({'run just before this one, same session' if TFHE_RESULTS != 'trees' else 'not rerun here'}). Upload: every input bit of every feature is sent (the model's comparisons stay hidden), "
         "each as a seeded ciphertext with its residues packed at the primes' bit length (`veilml.runtime.batch.upload`). "
         "*Budget left before flooding*: the least noise budget of the outputs before release (SEAL's "
         "`invariant_noise_budget`, the client's secret key); the flooding needs 48 (`FLOOD_MARGIN_BITS`). "
         "*Crossover*: the number of rows "
         "from which one batch (its measured seconds, keys included) takes less time than scoring the rows one by one "
-        "on the TFHE path at its median latency per row (`trees.json`); below it the TFHE path is faster. *Streamed "
+        f"on the TFHE path at its median latency per row (`{TFHE_RESULTS}.json`); below it the TFHE path is faster. *Streamed "
         "table*: `BatchScorer.integers` on that many rows (several batches: each evaluated whole in one of `--workers` "
         "helper processes while the client encrypts the next), keys and the helpers' start included.\n",
     ]
