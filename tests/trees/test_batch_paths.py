@@ -66,3 +66,17 @@ def test_the_estimator_contract_is_unchanged(tree):
     assert "fhe_path" not in tree.get_params()
     copy = clone(tree)
     assert copy.get_params() == tree.get_params() and not hasattr(copy, "_batch")
+
+
+def test_without_the_bfv_extra_the_error_names_it(tree, monkeypatch):
+    """The batched path needs tenseal, numba and zstandard (``veilml[bfv]``), not in veilml's core: an install
+    without them gets an ImportError that names the extra, never a failure deep in SEAL's wrapper."""
+    import veilml.models.trees.batch as batch
+    import veilml.runtime.batch.plan as plan
+
+    monkeypatch.setattr(plan, "batch_available", lambda: False)
+    monkeypatch.setattr(batch, "batch_available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install 'veilml\[bfv\]'"):
+        tree.predict(X3, fhe="execute")  # a large table, no compiled circuit to fall back on
+    with pytest.raises(ImportError, match=r"veilml\[bfv\]"):
+        tree.predict(X3[:5], fhe="execute", fhe_path="batch")

@@ -258,11 +258,14 @@ class RemoteModel:
         return out
 
     def _decrypt(self, how: str, X: Any, fhe_path: str = "tfhe") -> np.ndarray:
-        from veilml.runtime.batch.plan import BATCH_MIN_ROWS, FHE_PATHS
+        from veilml.runtime.batch.plan import BATCH_MIN_ROWS, FHE_PATHS, batch_available, require_batch
 
         if fhe_path not in FHE_PATHS:
             raise ValueError(f"fhe_path must be one of {FHE_PATHS}, got {fhe_path!r}")
         large = hasattr(X, "__len__") and len(X) >= BATCH_MIN_ROWS and self._health.get("batch") is True
+        large = large and batch_available()  # without the bfv extra: the TFHE path (fhe_path="batch" says what to install)
+        if fhe_path == "batch":
+            require_batch()
         if fhe_path == "batch" or (fhe_path == "auto" and large):
             codec = self.client.codec
             rows = codec.check_rows(X, "RemoteModel")  # names, shape and values, before anything is made or sent

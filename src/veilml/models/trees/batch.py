@@ -9,6 +9,7 @@ import collections
 import contextlib
 import multiprocessing
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -19,10 +20,13 @@ from veilml.runtime.batch.encoding import BatchEncoding, encode_codes
 from veilml.runtime.batch.halves import BatchModelClient, BatchModelServer
 from veilml.runtime.batch.plan import (
     BATCH_MIN_ROWS,
+    BATCH_MODULES,
     FHE_PATHS,
     LINK_BYTES_PER_S,
+    batch_available,
     batch_seconds,
     choose_encoding,
+    require_batch,
     upload_bytes,
 )
 from veilml.runtime.batch.program import SlotProgram
@@ -61,9 +65,20 @@ def use_batch(estimator: Any, rows: int, fhe: str, fhe_path: str) -> bool:
             raise ValueError(f"fhe_path='batch' computes encrypted: pass fhe='execute' with it (got fhe={fhe!r})")
         return False
     if fhe_path != "auto":
+        if fhe_path == "batch":
+            require_batch()
         return fhe_path == "batch"
     if rows >= BATCH_MIN_ROWS:
-        return True
+        if batch_available():
+            return True
+        if estimator.fhe_model_.compiled is not None:  # the TFHE path, slower on a table: say how to get the other
+            warnings.warn(
+                f"{rows} rows go through the TFHE path, one at a time: the batched path, much faster on tables, needs "
+                f"{', '.join(BATCH_MODULES)} (pip install 'veilml[bfv]')",
+                stacklevel=3,
+            )
+            return False
+        require_batch()
     if estimator.fhe_model_.compiled is None:
         raise NotCompiledError(
             f"{rows} rows go through the TFHE path (the batched path takes tables of {BATCH_MIN_ROWS} rows or more), "

@@ -21,11 +21,14 @@ from veilml.runtime.batch.encoding import BatchEncoding, bits_per_feature
 
 __all__ = [
     "BATCH_MIN_ROWS",
+    "BATCH_MODULES",
     "DESCRIPTION_FORMAT",
     "FHE_PATHS",
     "LINK_BYTES_PER_S",
     "BatchDescription",
     "DescriptionError",
+    "batch_available",
+    "require_batch",
     "ProgramShape",
     "batch_seconds",
     "choose_encoding",
@@ -49,6 +52,25 @@ _ENCRYPT_S = {8192: 0.0023, 16384: 0.0033, 32768: 0.007}
 _PRODUCT_S = {8192: 0.0054, 16384: 0.012, 32768: 0.025}
 #: the link the cost model assumes between client and server (bytes per second: 1 Gbit/s)
 LINK_BYTES_PER_S = 125e6
+
+
+#: what the batched path imports beyond veilml's core (the ``bfv`` extra: ``pip install 'veilml[bfv]'``)
+BATCH_MODULES = ("tenseal", "numba", "zstandard")
+
+
+def batch_available() -> bool:
+    """Whether the batched path's dependencies (:data:`BATCH_MODULES`) are installed (nothing is imported)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(module) is not None for module in BATCH_MODULES)
+
+
+def require_batch() -> None:
+    """ImportError naming the fix unless :func:`batch_available`."""
+    if not batch_available():
+        raise ImportError(
+            f"the batched path needs {', '.join(BATCH_MODULES)}: pip install 'veilml[bfv]' (or use fhe_path='tfhe')"
+        )
 
 
 class DescriptionError(VeilmlError, ValueError):

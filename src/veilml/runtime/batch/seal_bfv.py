@@ -57,9 +57,11 @@ FLOOD_MARGIN_BITS = 48
 #: ``invariant_noise_budget`` on the benchmarks' models: 200-201 bits for 20 x 4 forests and boosters at depth
 #: 4, 230-244 for depth-5 trees in digits); the rest is kept for the flooding (FLOOD_MARGIN_BITS). At 16,384 the
 #: primes have 53 bits, not 60: the data primes' total is what the upload pays per input bit and row
-#: (:mod:`.upload` packs each residue at its prime's 53 bits), and 5 x 53 bits leave 60-65 bits at depth 4,
-#: 6 x 53 bits 74-88 at depth 5, measured. Every total is within SEAL's 128-bit table (218 bits at 8192, 438 at
-#: 16384, 881 at 32768), which SEAL checks.
+#: (:mod:`.upload` packs each residue at its prime's 53 bits). 5 x 53 bits left 64-96 bits before flooding on
+#: the benchmarks' seven models (``benchmarks/results/trees_batch.md``, all at depth 4); at depth 5, 6 x 53 bits
+#: leave about 74-88 by the consumption above (not measured at these primes: no benchmark model needs depth 5
+#: since trees are split, :func:`~veilml.models.trees.batch_lowering.best_tree_program`). Every total is within
+#: SEAL's 128-bit table (218 bits at 8192, 438 at 16384, 881 at 32768), which SEAL checks.
 LEVELS = {
     2: (8192, (60, 60, 60, 38)),
     4: (16384, (53,) * 6),

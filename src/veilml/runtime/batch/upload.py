@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from veilml.runtime.bitpack import pack, unpack_values
 from veilml.runtime.seal_bytes import PRNG_INFO_BYTES, PRNG_TYPES, ciphertext_bytes, read_seeded_ciphertext
 
 __all__ = ["MAGIC", "pack_upload", "seal_input", "upload_size"]
@@ -37,6 +36,8 @@ def upload_size(n: int, prime_bits: Sequence[int]) -> int:
 
 def pack_upload(seeded: bytes, n: int, primes: Sequence[int]) -> bytes:
     """An upload from what SEAL saves of a seeded ciphertext (``Encryptor.encrypt_symmetric(plain)``)."""
+    from veilml.runtime.bitpack import pack  # numba: imported where used (sizes need nothing but numpy)
+
     c0, info = read_seeded_ciphertext(seeded, n, len(primes))
     parts = [MAGIC, info]
     for residues, p in zip(c0.reshape(len(primes), n), primes):
@@ -48,6 +49,8 @@ def pack_upload(seeded: bytes, n: int, primes: Sequence[int]) -> bytes:
 
 def seal_input(data: bytes, n: int, primes: Sequence[int], parms_id: Sequence[int]) -> bytes:
     """SEAL's bytes of the seeded ciphertext an upload carries; ValueError for anything else."""
+    from veilml.runtime.bitpack import unpack_values
+
     size = upload_size(n, [int(p).bit_length() for p in primes])
     if len(data) != size or data[: len(MAGIC)] != MAGIC:
         raise ValueError(
