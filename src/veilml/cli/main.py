@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``veilml`` parser: ``veilml worker`` here, the tree model commands from :mod:`veilml.cli.model`."""
     from veilml import __version__
     from veilml.cli.model import add_model_commands
+    from veilml.cli.predict import add_predict_command
 
     parser = argparse.ArgumentParser(
         prog="veilml",
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = _add_worker_command(commands)
     _add_worker_service_options(worker)
     add_model_commands(commands, _HelpFormatter)
+    add_predict_command(commands, _HelpFormatter)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``veilml compile | sign | keygen | encrypt | run | decrypt | serve | predict``: a deployed model from the shell.
+"""``veilml compile | sign | keygen | encrypt | run | decrypt | serve``: a deployed model from the shell.
 
 Each step reads and writes files (``-`` is stdin / stdout for the binary ones), so they chain::
 
@@ -220,8 +220,6 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
         parser.set_defaults(handler=_guarded(handler))
         return parser
 
-    from veilml.cli.predict import add_predict_command
-
     p = command("compile", "compile an ONNX tree model into a deployment bundle (client/ and server/)", _compile)
     p.add_argument("model", help="an ONNX file with a TreeEnsembleClassifier / TreeEnsembleRegressor")
     p.add_argument(
@@ -276,11 +274,7 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
 
     from veilml.serving.limits import SERVE_LIMITS, add_limit_arguments
 
-    p = command(
-        "serve",
-        "serve a bundle over HTTP: POST /keys, POST /predict, GET /bundle/client, GET /health, GET /batch, POST /batch/predict",
-        _serve,
-    )
+    p = command("serve", "serve a bundle over HTTP: TFHE rows (POST /predict) and whole tables (POST /batch/predict)", _serve)
     p.add_argument("bundle", help="the bundle directory")
     p.add_argument(
         "--state",
@@ -297,5 +291,3 @@ def add_model_commands(commands: Any, formatter_class: Any) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     trusted_key_arg(p)
     add_limit_arguments(p, SERVE_LIMITS, aliases={"--max-key-mb": "--max-key-store-mb"})
-
-    add_predict_command(command)

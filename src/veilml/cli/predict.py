@@ -65,9 +65,13 @@ def _read_token(path: str) -> str:
     return tokens[0]
 
 
-def add_predict_command(command: Any) -> None:
-    """Register ``veilml predict`` through ``command(name, help, handler)`` (:func:`~veilml.cli.model.add_model_commands`)."""
-    p = command("predict", "score rows against a served model (veilml serve), encrypted end to end", _predict)
+def add_predict_command(commands: Any, formatter_class: Any) -> None:
+    """Register ``veilml predict`` on the ``veilml`` sub-command parser."""
+    from veilml.cli.model import _guarded
+
+    help_text = "score rows against a served model (veilml serve), encrypted end to end"
+    p = commands.add_parser("predict", help=help_text, description=help_text, formatter_class=formatter_class)
+    p.set_defaults(handler=_guarded(_predict))
     p.add_argument("url", help="the server's base URL")
     p.add_argument("--input", required=True, help="rows (.npy, or CSV without header; '-': stdin)")
     p.add_argument("--out", default="-", help="CSV of labels / values (or probabilities with --proba); '-': stdout")
