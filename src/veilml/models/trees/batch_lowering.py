@@ -3,15 +3,17 @@
 One row per slot. The client encrypts each feature's quantized code ``q`` (``n_bits`` bits) as bits, in one of
 two encodings (:mod:`veilml.runtime.batch.encoding`): ``thermometer`` (``[q >= k]`` for every code ``k``: every
 comparison of the model is one of the encrypted bits, free) and ``digits`` (``q = B h + l``, the thermometer
-bits of each digit). In digits, a comparison ``[q >= B a + b]`` is ``[h >= a + 1] + ([h >= a] - [h >= a + 1]) [l >= b]``: one product (none when ``b = 0``),
-  one more level of depth.
+bits of each digit). In digits, a comparison ``[q >= B a + b]`` is
+``[h >= a + 1] + ([h >= a] - [h >= a + 1]) [l >= b]``: one product (none when ``b = 0``), one more level of depth.
 
 Whatever the encoding, every bit is encrypted, so the client learns nothing of which comparisons the model
 makes. Each tree is then a multiplexer, bottom up: a node's value is ``g_left + c (g_right - g_left)`` with
 ``c = [q_f >= k]`` (its test sends a row right), a leaf's is its quantized value, so a node whose children are
 both leaves costs no product; with more than two outputs, each tree's leaves get indicators top down
 instead (``ind_right = ind c``, ``ind_left = ind - ind_right``: one product per internal node below the root,
-whatever the number of outputs) and the scores are clear combinations of them. The trees' scores are summed
+whatever the number of outputs) and the scores are clear combinations of them. With ``split = k`` a tree's top
+``k`` levels are path indicators (balanced products of their conditions) above multiplexers, one level shallower
+for a depth-5 tree in digits; :func:`best_tree_program` picks ``k`` by the cost model. The trees' scores are summed
 in the ciphertext. The leaf values are the same quantized integers the TFHE path sums, so the decrypted
 sums decode exactly as its ``disable`` mode's.
 """
