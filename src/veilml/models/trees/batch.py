@@ -104,11 +104,18 @@ def matching_leaves(estimator: Any) -> Any:
 def batch_server(estimator: Any, encodings: Any = tuple(BatchEncoding)) -> BatchModelServer:
     """The server's half of the batched path for a fitted estimator: its tree programs in each of ``encodings``
     (what a bundle's ``server/batch.json`` holds) and their public description."""
-    leaves = matching_leaves(estimator)
+    return _programs_and_server(estimator, matching_leaves(estimator), encodings)[1]
+
+
+def _programs_and_server(
+    estimator: Any, leaves: Any, encodings: Any
+) -> tuple[dict[BatchEncoding, TreeProgram], BatchModelServer]:
+    """Each encoding's tree program at its cheapest split, and the server's half that holds them."""
     ensemble, n_bits = estimator.ensemble_, estimator.n_bits_
-    programs = {BatchEncoding(e): best_tree_program(ensemble, leaves.values, n_bits, e).program for e in encodings}
+    programs = {BatchEncoding(e): best_tree_program(ensemble, leaves.values, n_bits, e) for e in encodings}
     _, _, combine = leaves.output_steps(ensemble, np.eye(len(leaves.outputs), dtype=np.int64))
-    return BatchModelServer(programs, n_bits, ensemble.n_features, combine)
+    server = BatchModelServer({e: tp.program for e, tp in programs.items()}, n_bits, ensemble.n_features, combine)
+    return programs, server
 
 
 class BatchScorer:
@@ -137,14 +144,10 @@ class BatchScorer:
         self.estimator, self.progress = estimator, progress
         self.workers = max(1, min(2, os.cpu_count() or 1) if workers is None else int(workers))
         self.leaves = matching_leaves(estimator)
-        ensemble, n_bits = estimator.ensemble_, estimator.n_bits_
         wanted = list(BatchEncoding) if encoding == "auto" else [BatchEncoding(encoding)]
-        self.programs = {e: best_tree_program(ensemble, self.leaves.values, n_bits, e) for e in wanted}
+        self.programs, self.server = _programs_and_server(estimator, self.leaves, wanted)
         self.tree_program = self.programs[wanted[0]]
-        _, _, self.combine = self.leaves.output_steps(ensemble, np.eye(len(self.leaves.outputs), dtype=np.int64))
-        self.server = BatchModelServer(
-            {e: tp.program for e, tp in self.programs.items()}, n_bits, ensemble.n_features, self.combine
-        )
+        self.combine = self.server.description.combine
         self.client = BatchModelClient(estimator.fhe_model_.codec, self.server.description)  # checks it as a client does
         self._parts: dict[BatchEncoding, list[SlotProgram]] = {}
         self.bytes_up = self.bytes_down = 0
