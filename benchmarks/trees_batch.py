@@ -5,7 +5,7 @@
 The cases are ``benchmarks/trees.py``'s (the same models, data sets and 6 bits). For each, a veilml estimator is
 fitted and a table of ``--batches`` full batches is drawn from the test split (rows repeated), then scored as
 :class:`~veilml.models.trees.batch.BatchScorer` does with ``encoding="auto"``, one step after the other: the
-client's key generation, its encryption of every input bit of every batch (in ``--workers`` client processes), the server's evaluation
+client's key generation, its encryption of every input bit of every batch (in ``--workers`` threads), the server's evaluation
 (the trees cut into ``--workers`` groups evaluated at once, one process each, their outputs summed encrypted,
 then the mask, re-randomization and flooding), the client's decryption. Every row's
 scores are compared with the estimator's ``fhe="disable"`` scores. Reported: rows per second end to end,
@@ -75,17 +75,14 @@ def run_case(name: str, batches: int, workers: int, stream: int) -> dict:
         pool = None
         start = time.perf_counter()
         spawn = multiprocessing.get_context("spawn")
-        encrypting = stack.enter_context(ProcessPoolExecutor(workers, mp_context=spawn))  # the client's processes
         if len(programs) > 1:
             pool = stack.enter_context(ProcessPoolExecutor(len(programs) - 1, mp_context=spawn))
             pool.submit(int).result()  # started
-        for future in [encrypting.submit(int) for _ in range(workers)]:
-            future.result()
         timings["pool_start_s"] = time.perf_counter() - start
         for first in range(0, rows, slots):
             batch = codes[first : first + slots]
             start = time.perf_counter()
-            inputs = client.encrypt(encode_codes(batch, tp.encoding, tp.n_bits), encrypting)
+            inputs = client.encrypt(encode_codes(batch, tp.encoding, tp.n_bits), workers)
             timings["encrypt_s"] += time.perf_counter() - start
             start = time.perf_counter()
             kept: list[bytes] = []  # the outputs before release: their noise budget (the client's secret key, here)
@@ -229,7 +226,7 @@ def write_markdown(machine: dict, results: list[dict], output: str, command: str
         "# Scoring whole tables: the batched path\n",
         f"`python benchmarks/trees_batch.py {command}` on {machine['cpu_count']} cores "
         f"({machine['platform']}); the client's steps and the server's one after the other (no overlap), the client's "
-        f"encryption in `--workers` processes, the server's "
+        f"encryption in `--workers` threads (veilml's own kernels, `veilml.runtime.batch.symmetric`), the server's "
         f"trees cut into groups evaluated in that many processes at once (*proc.*), their outputs summed encrypted; "
         f"total time includes key generation and the helper processes' start; "
         f"load average at the end of each case: {loads}.\n",

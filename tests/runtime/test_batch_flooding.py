@@ -93,7 +93,9 @@ def test_results_of_equal_scores_are_indistinguishable_by_their_noise(results):
     client, s, out = results
     shallow, deep = (_noise(client, s, out[name][0]) for name in ("shallow", "deep"))
     assert np.abs(shallow).max() < 0.5 and np.abs(deep).max() < 0.5  # decryptable
-    assert stats.ks_2samp(shallow, deep).pvalue > 1e-3
+    # fresh keys and noise every run (nothing here can be seeded): under equal distributions the p-value is uniform,
+    # so this fails by chance once in 100,000 runs; the unflooded outputs below give p ~ 0
+    assert stats.ks_2samp(shallow, deep).pvalue > 1e-5
 
 
 def test_before_the_flooding_the_same_test_tells_them_apart(results):

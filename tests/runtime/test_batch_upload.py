@@ -1,10 +1,7 @@
 """The batched path's uploads (:mod:`veilml.runtime.batch.upload`): seeded and bit-packed, checked by the
-server before SEAL sees them, equal in meaning whether the client encrypts here or in helper processes."""
+server before SEAL sees them, equal in meaning whether the client encrypts in one thread or several."""
 
 from __future__ import annotations
-
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ require("tenseal", "bfv")
 
 from veilml.runtime.batch.program import ProgramBuilder  # noqa: E402
 from veilml.runtime.batch.seal_bfv import BatchClient, BatchServer, batch_params  # noqa: E402
-from veilml.runtime.batch.upload import MAGIC, seal_input, upload_size  # noqa: E402
+from veilml.runtime.batch.upload import MAGIC, seal_inputs, upload_size  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +53,24 @@ def test_the_server_refuses_altered_uploads(session):
     client, server = session
     n, primes, parms_id = client.ctx.params.poly_degree, client.ctx.moduli[0], client.ctx.parms_ids[0]
     (upload,) = client.encrypt(np.ones((1, 10), dtype=np.uint8))
-    seal_input(upload, n, primes, parms_id)  # the original is accepted
-    head = len(MAGIC) + 65
+    seal_inputs([upload], n, primes, parms_id)  # the original is accepted
+    head = len(MAGIC) + 32
     altered = {
-        "not a batched upload": [upload[:-1], b"XXXX" + upload[4:], upload + b"\0"],
-        "unknown generator": [upload[: len(MAGIC)] + b"\x07" + upload[len(MAGIC) + 1 :]],
+        "not a batched upload": [upload[:-1], b"XXXX" + upload[4:], b"VLB\x01" + upload[4:], upload + b"\0"],
         "not below its prime": [upload[:head] + b"\xff" * (len(upload) - head)],
     }
     for message, uploads in altered.items():
         for data in uploads:
             with pytest.raises(ValueError, match=message):
                 server.evaluate(_identity(1), [data], 10)
+    # another seed is another (valid-looking) ciphertext: it decrypts to noise, not to the row
+    reseeded = upload[: len(MAGIC)] + bytes(32) + upload[head:]
+    assert not np.array_equal(client.decrypt(server.evaluate(_identity(1), [reseeded], 10), 10), np.ones((1, 10)))
 
 
-def test_helper_processes_encrypt_what_this_process_would(session):
+def test_encryption_threads_encrypt_what_one_thread_would(session):
     client, server = session
-    bits = np.random.default_rng(1).integers(0, 2, (30, 100))  # more than one chunk
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        uploads = client.encrypt(bits, pool)
-    assert len(uploads) == 30 and len(set(uploads)) == 30
-    np.testing.assert_array_equal(client.decrypt(server.evaluate(_identity(30), uploads, 100), 100), bits)
+    bits = np.random.default_rng(1).integers(0, 2, (70, 100))  # more than two chunks
+    uploads = client.encrypt(bits, workers=2)
+    assert len(uploads) == 70 and len(set(uploads)) == 70
+    np.testing.assert_array_equal(client.decrypt(server.evaluate(_identity(70), uploads, 100), 100), bits)

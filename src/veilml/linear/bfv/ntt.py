@@ -24,56 +24,11 @@ import numpy as np
 
 from veilml.linear.bfv.params import MODULI
 from veilml.linear.bfv.planner import POLY_DEGREE
+from veilml.runtime.ntt import bit_reverse, is_prime, minimal_root
 
 __all__ = ["SHOUP_BITS", "Tables", "bit_reverse", "is_prime", "minimal_root", "shoup", "tables"]
 
 SHOUP_BITS = 31
-
-
-def is_prime(n: int) -> bool:
-    """Deterministic Miller-Rabin for n < 3.3e24 (the first 13 primes as bases)."""
-    if n < 2:
-        return False
-    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
-    for b in bases:
-        if n % b == 0:
-            return n == b
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for b in bases:
-        x = pow(b, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def minimal_root(p: int, order: int) -> int:
-    """The smallest primitive ``order``-th root of unity mod the prime p (order a power of two dividing p - 1)."""
-    if (p - 1) % order:
-        raise ValueError(f"{p} - 1 is not a multiple of {order}")
-    for g in range(2, p):
-        root = pow(g, (p - 1) // order, p)
-        if pow(root, order // 2, p) == p - 1:  # of order exactly ``order``
-            break
-    else:  # pragma: no cover - a prime 1 mod order always has one
-        raise ValueError(f"no primitive {order}-th root mod {p}")
-    return min(pow(root, k, p) for k in range(1, order, 2))
-
-
-def bit_reverse(k: np.ndarray, bits: int) -> np.ndarray:
-    """The bit reversal of each entry of ``k`` on ``bits`` bits."""
-    k = np.asarray(k, dtype=np.int64)
-    out = np.zeros_like(k)
-    for b in range(bits):
-        out |= ((k >> b) & 1) << (bits - 1 - b)
-    return out
 
 
 def shoup(w: np.ndarray, p: int) -> np.ndarray:

@@ -17,12 +17,9 @@ ciphertext per output, framed the same way. The secret key never leaves the sess
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +31,6 @@ from veilml.runtime.batch.program import SlotProgram
 from veilml.runtime.envelope import pack_batch, unpack_batch
 
 __all__ = [
-    "POOL_MIN_CIPHERTEXTS",
     "PROGRAMS_FORMAT",
     "REQUEST_FORMAT",
     "BatchModelClient",
@@ -48,9 +44,6 @@ __all__ = [
 
 REQUEST_FORMAT = "veilml-batch-request/1"
 PROGRAMS_FORMAT = "veilml-batch-programs/1"
-#: ciphertexts a table must need before :meth:`BatchModelClient.score` starts encryption processes (their start,
-#: about a second, against about 15 ms a ciphertext at N = 16384)
-POOL_MIN_CIPHERTEXTS = 256
 _OVERHEAD = 65536  # SEAL's headers, the framing, the JSON header: far more than they take
 
 
@@ -228,8 +221,7 @@ class BatchModelClient:
         ``transport`` takes an iterator of :class:`BatchRequest` (one per batch of up to N rows, encrypted as it
         asks for them, under one fresh key) and yields each batch's outputs in order: packed bytes (checked and
         unpacked here) or a list of ciphertexts. ``progress``: a bar over batches (None: on a terminal only).
-        ``workers``: processes of this machine that encrypt (None: up to 2, as many as it has cores, once a
-        table has :data:`POOL_MIN_CIPHERTEXTS` ciphertexts to encrypt; 1: this process only).
+        ``workers``: threads of this process that encrypt (None: as many as it has cores, up to 2).
         """
         from tqdm import tqdm
 
@@ -242,20 +234,16 @@ class BatchModelClient:
         slots = session.client.ctx.params.slots
         batches = [codes[start : start + slots] for start in range(0, len(codes), slots)]
         if workers is None:
-            workers = min(2, os.cpu_count() or 1) if len(batches) * shape.n_inputs >= POOL_MIN_CIPHERTEXTS else 1
+            workers = min(2, os.cpu_count() or 1)
         show = None if progress is None else not progress
-        with contextlib.ExitStack() as stack:
-            if workers > 1:  # processes of this machine (SEAL holds the GIL): they are handed the secret key
-                context = multiprocessing.get_context("spawn")
-                session.pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
-            answers = iter(transport(session.request(batch) for batch in batches))
-            found = [
-                session.scores(next(answers, None), len(batch))
-                for batch in tqdm(batches, desc=f"batched FHE ({shape.encoding})", unit=f"batch of {slots}", disable=show)
-            ]
-            if next(answers, None) is not None:
-                raise ValueError("the server answered more batches than were sent")
-            session.pool = None
+        session.workers = workers
+        answers = iter(transport(session.request(batch) for batch in batches))
+        found = [
+            session.scores(next(answers, None), len(batch))
+            for batch in tqdm(batches, desc=f"batched FHE ({shape.encoding})", unit=f"batch of {slots}", disable=show)
+        ]
+        if next(answers, None) is not None:
+            raise ValueError("the server answered more batches than were sent")
         return np.concatenate(found)
 
 
@@ -267,13 +255,13 @@ class BatchSession:
 
         self.owner, self.shape = owner, shape
         self.client = BatchClient(shape.params)
-        self.pool: Any = None  # the client's encryption processes, while :meth:`BatchModelClient.score` runs
+        self.workers = 1  # the client's encryption threads (:meth:`BatchModelClient.score` sets them)
         self.bytes_up = self.bytes_down = 0
 
     def request(self, codes: np.ndarray) -> BatchRequest:
         """One batch of quantized rows (at most N), every input bit encrypted."""
         bits = encode_codes(codes, self.shape.encoding, self.owner.description.n_bits)
-        inputs = self.client.encrypt(bits, self.pool)
+        inputs = self.client.encrypt(bits, self.workers)
         self.bytes_up += sum(map(len, inputs))
         return BatchRequest(self.shape.encoding, len(codes), self.client.relin_keys, self.client.public_key, inputs)
 

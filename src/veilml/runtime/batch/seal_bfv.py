@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from veilml.runtime.batch.program import Linear, SlotProgram
-from veilml.runtime.batch.upload import pack_upload, seal_input
+from veilml.runtime.batch.symmetric import SecretKey, encrypt_rows
+from veilml.runtime.batch.upload import pack_upload, seal_inputs
 from veilml.runtime.seal_bytes import add_to_first_polynomial, seal_files
 
 __all__ = [
@@ -152,24 +153,26 @@ class BatchClient:
         keygen.create_public_key(public)
         keygen.create_relin_keys(relin)
         self.public_key, self.relin_keys = self.ctx.save(public), self.ctx.save(relin)
-        self._encryptor = seal.Encryptor(self.ctx.context, self._secret)
         self._decryptor = seal.Decryptor(self.ctx.context, self._secret)
+        primes = tuple(int(m) for m in self.ctx.moduli[0])
+        self._key = SecretKey.from_seal(self.ctx.save(self._secret), params.poly_degree, primes, params.plain_modulus)
 
-    def encrypt(self, bits: np.ndarray, pool: Any = None) -> list[bytes]:
+    def encrypt(self, bits: np.ndarray, workers: int = 1) -> list[bytes]:
         """Each input's bits (n_inputs, rows <= slots) as one upload (:mod:`.upload`: seeded, packed): every input,
         whether or not the model reads it (the upload says nothing of the model's comparisons).
 
-        ``pool``: a ``concurrent.futures`` executor of processes on this (the client's) machine that encrypts
-        chunks of the inputs at once; they are handed the secret key (SEAL holds the GIL: threads would not help).
+        ``workers``: threads that encrypt chunks of the inputs at once (the kernels release the GIL).
         """
         bits = np.asarray(bits)
         if bits.ndim != 2 or bits.shape[1] > self.ctx.params.slots:
             raise ValueError(f"expected input bits (inputs, rows <= {self.ctx.params.slots}), got shape {bits.shape}")
-        if pool is None or len(bits) <= _CHUNK:
-            return _encrypt_rows(self.ctx, self._encryptor, bits)
-        secret = self.ctx.save(self._secret)
-        chunks = [bits[i : i + _CHUNK].astype(np.uint8) for i in range(0, len(bits), _CHUNK)]
-        return [c for f in [pool.submit(_encrypt_chunk, self.ctx.params, secret, chunk) for chunk in chunks] for c in f.result()]
+        if workers <= 1 or len(bits) <= _CHUNK:
+            return _encrypt_rows(self._key, bits)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            chunks = [pool.submit(_encrypt_rows, self._key, bits[i : i + _CHUNK]) for i in range(0, len(bits), _CHUNK)]
+            return [upload for chunk in chunks for upload in chunk.result()]
 
     def decrypt(self, outputs: list[bytes], rows: int, expected: int | None = None) -> np.ndarray:
         """The outputs (n_outputs, rows) as integers in [-t/2, t/2).
@@ -246,11 +249,11 @@ class BatchServer:
         if len(inputs) != program.n_inputs:
             raise ValueError(f"the program reads {program.n_inputs} inputs, got {len(inputs)}")
         used = program.used_inputs()
-        values: dict[int, Any] = {}
-        for i in np.flatnonzero(used):
-            if inputs[i] is None:
-                raise ValueError(f"input {i} is read by the program but was not sent")
-            values[int(i)] = self._load_input(inputs[i])
+        read = [int(i) for i in np.flatnonzero(used)]
+        missing = [i for i in read if inputs[i] is None]
+        if missing:
+            raise ValueError(f"input {missing[0]} is read by the program but was not sent")
+        values: dict[int, Any] = dict(zip(read, self._load_inputs([inputs[i] for i in read])))
         forms: dict[Linear, Any] = {}
 
         def form(f: Linear) -> Any:
@@ -293,16 +296,17 @@ class BatchServer:
         operation(*args, out)
         return out
 
-    def _load_input(self, data: bytes) -> Any:
+    def _load_inputs(self, uploads: list[bytes]) -> list[Any]:
         ctx = self.ctx
-        seeded = seal_input(data, ctx.params.poly_degree, ctx.moduli[0], ctx.parms_ids[0])  # ValueError: not an upload
-        try:
-            ct = ctx.load(ctx.seal.Ciphertext(), seeded)
-        except (RuntimeError, ValueError) as error:  # SEAL refuses data of other parameters or sizes
-            raise ValueError(f"an input ciphertext is not a fresh encryption at these parameters ({error})") from None
-        if ct.size() != 2 or list(ct.parms_id()) != ctx.parms_ids[0] or ct.poly_modulus_degree() != ctx.params.poly_degree:
-            raise ValueError("an input ciphertext is not a fresh encryption at these parameters")
-        return ct
+        whole = seal_inputs(uploads, ctx.params.poly_degree, ctx.moduli[0], ctx.parms_ids[0])  # ValueError: not uploads
+        loaded = []
+        for data in whole:
+            try:
+                ct = ctx.load(ctx.seal.Ciphertext(), data)
+            except (RuntimeError, ValueError) as error:  # SEAL refuses data of other parameters or sizes
+                raise ValueError(f"an input ciphertext is not a fresh encryption at these parameters ({error})") from None
+            loaded.append(ct)
+        return loaded
 
     def _constant(self, value: int) -> Any:
         ct = self.ctx.seal.Ciphertext()
@@ -333,23 +337,12 @@ def _uniform_noise(n: int, bound: int) -> list[int]:
 
 
 _SERVERS: dict[tuple[BatchParams, bytes, bytes], BatchServer] = {}
-_ENCRYPTORS: dict[tuple[BatchParams, bytes], tuple[BatchContext, Any]] = {}
-_CHUNK = 24  # inputs per task of a client's encryption pool
+_CHUNK = 32  # inputs per task of a client's encryption threads (two of symmetric.COLUMNS)
 
 
-def _encrypt_rows(ctx: BatchContext, encryptor: Any, bits: np.ndarray) -> list[bytes]:
-    n, primes = ctx.params.poly_degree, ctx.moduli[0]
-    return [pack_upload(ctx.save(encryptor.encrypt_symmetric(ctx.plain(row))), n, primes) for row in bits]
-
-
-def _encrypt_chunk(params: BatchParams, secret: bytes, bits: np.ndarray) -> list[bytes]:
-    """A client helper process's part of :meth:`BatchClient.encrypt` (its encryptor made once per secret key)."""
-    key = (params, secret)
-    if key not in _ENCRYPTORS:
-        _ENCRYPTORS.clear()  # one client's key at a time
-        ctx = BatchContext(params)
-        _ENCRYPTORS[key] = (ctx, ctx.seal.Encryptor(ctx.context, ctx.load(ctx.seal.SecretKey(), secret)))
-    return _encrypt_rows(*_ENCRYPTORS[key], bits)
+def _encrypt_rows(key: SecretKey, bits: np.ndarray) -> list[bytes]:
+    """Uploads of each row of bits (:mod:`.upload`)."""
+    return [pack_upload(seed, c0, key.primes) for seed, c0 in encrypt_rows(key, bits)]
 
 
 def _read_by(program: SlotProgram, inputs: list[bytes | None]) -> list[bytes | None]:
