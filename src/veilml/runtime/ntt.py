@@ -96,19 +96,18 @@ class Tables64:
 
 def shoup64(w: np.ndarray, p: int) -> np.ndarray:
     """Shoup constants floor(w 2**64 / p) of values w < p (uint64)."""
-    return np.array([(int(v) << 64) // p for v in np.asarray(w).reshape(-1)], dtype=np.uint64).reshape(np.shape(w))
+    return np.array([(v << 64) // p for v in np.asarray(w, dtype=np.uint64).reshape(-1).tolist()], dtype=np.uint64).reshape(
+        np.shape(w)
+    )
 
 
 def _powers(root: int, exponents: np.ndarray, p: int) -> np.ndarray:
-    """root ** e mod p for each exponent (a running product along the sorted exponents: no pow per entry)."""
-    order = np.argsort(exponents)
-    out, value, at = np.empty(len(exponents), dtype=np.uint64), 1, 0
-    for i in order:
-        e = int(exponents[i])
-        while at < e:
-            value, at = value * root % p, at + 1
-        out[i] = value
-    return out
+    """root ** e mod p for each exponent (e < len(exponents)): every power once, then gathered."""
+    powers, value = [], 1
+    for _ in range(len(exponents)):
+        powers.append(value)
+        value = value * root % p
+    return np.array(powers, dtype=np.uint64)[exponents]
 
 
 @lru_cache(maxsize=16)
