@@ -6,7 +6,7 @@ A veilml estimator of ``benchmarks/trees.py``'s case is fitted and compiled and 
 ``--rows`` rows is generated from the case's test split (rows drawn with replacement, each feature moved by
 Gaussian noise of 5 % of its spread, seeded). The data owner's side (``BatchModelClient`` from the client
 bundle's codec and the server's public description) encrypts batch after batch under one fresh key, in two
-processes of its own; the server's side is a ``distributed.LocalCluster`` of ``--dask-workers`` worker
+threads of its own process; the server's side is a ``distributed.LocalCluster`` of ``--dask-workers`` worker
 processes, each evaluating whole batches from the bundle's ``batch.json`` (``run_batches_on_dask``), which see
 public keys and ciphertexts only. Reported: wall clock, rows/s, bytes up and down, and whether every row's
 decrypted scores equal the estimator's ``fhe="disable"`` scores (all rows compared; with SHA-256 checksums of
@@ -120,7 +120,7 @@ def markdown(r: dict) -> str:
             f"({r['machine']['platform']}), load average at the end {r['load_average'][0]:.2f}.\n",
             f"- Model: `{r['case']}` (benchmarks/trees.py), batched path in {r['encoding']}, N = {p['poly_degree']}, "
             f"primes {p['coeff_bits']}, {r['batches']} batches.",
-            f"- Table: {r['rows']:,} generated rows; data owner: one process and two encryption processes; server: a "
+            f"- Table: {r['rows']:,} generated rows; data owner: one process, encrypting in two threads; server: a "
             f"Dask `LocalCluster` of {r['dask_workers']} worker processes (whole batches each).",
             f"- **Wall clock {r['seconds']:.0f} s, {r['rows_per_s']:,.0f} rows/s** end to end (key generation, "
             "encryption, the cluster's evaluation, decryption).",

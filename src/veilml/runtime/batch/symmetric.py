@@ -45,22 +45,22 @@ def _keystream(key: bytes, counter: bytes, size: int) -> bytes:
 
 
 @_jit
-def _reject(words: np.ndarray, mask: np.uint64, p: np.uint64, out: np.ndarray, column: int) -> int:
-    """Fill ``out[:, column]`` with the words' low bits that are below p, in order; returns how many were filled."""
+def _reject(words: np.ndarray, mask: np.uint64, p: np.uint64, out: np.ndarray) -> int:
+    """Fill ``out`` with the words' low bits that are below p, in order; returns how many were filled."""
     count = 0
     for i in range(words.size):
         v = words[i] & mask
         if v < p:
-            out[count, column] = v
+            out[count] = v
             count += 1
-            if count == out.shape[0]:
+            if count == out.size:
                 break
     return count
 
 
 def uniform_ntt(seeds: list[bytes], n: int, primes: tuple[int, ...]) -> np.ndarray:
     """The uniform polynomials A of ``seeds`` in SEAL's NTT form: (primes, n, seeds) uint64."""
-    out = np.empty((len(primes), n, len(seeds)), np.uint64)
+    rows = np.empty((len(seeds), len(primes), n), np.uint64)
     for column, seed in enumerate(seeds):
         if len(seed) != SEED_BYTES:
             raise ValueError(f"a seed of {SEED_BYTES} bytes expected, got {len(seed)}")
@@ -68,10 +68,10 @@ def uniform_ntt(seeds: list[bytes], n: int, primes: tuple[int, ...]) -> np.ndarr
             words, mask = n + _SLACK_WORDS, np.uint64((1 << int(p).bit_length()) - 1)
             while True:  # the same stream read further: both sides read the same values
                 stream = np.frombuffer(_keystream(seed, struct.pack(">I", i) + bytes(12), 8 * words), dtype="<u8")
-                if _reject(stream, mask, np.uint64(p), out[i], column) == n:
+                if _reject(stream, mask, np.uint64(p), rows[column, i]) == n:
                     break
                 words *= 2  # pragma: no cover - more than 64 rejections in N + 64 words
-    return out
+    return np.ascontiguousarray(rows.transpose(1, 2, 0))
 
 
 def _inverse(a: np.ndarray, primes: tuple[int, ...]) -> None:
@@ -165,16 +165,16 @@ def _cbd(words: np.ndarray, out: np.ndarray) -> None:
 def _finish(
     a: np.ndarray, p: np.uint64, noise: np.ndarray, m: np.ndarray, d: np.uint64, d_shoup: np.uint64, out: np.ndarray
 ) -> None:
-    """``out[k, :] = -a[:, k] + e_k + d m_k mod p`` for each column k (a = INTT(A S); ``noise`` holds e plus the
+    """``out = -a + e + d m mod p``, row by row (rows: ciphertexts; a = INTT(A S); ``noise`` holds e plus the
     rounding of q m / t, below 2**20 in size)."""
-    for j in range(a.shape[0]):
-        x, e_j, m_j = a[j], noise[j], m[j]
-        for k in range(a.shape[1]):
-            e = e_j[k]
-            v = (p - x[k]) + (np.uint64(e) if e >= 0 else p - np.uint64(-e)) + ntt._mul_shoup(m_j[k], d, d_shoup, p)
+    for k in range(a.shape[0]):
+        x, e_k, m_k, o = a[k], noise[k], m[k], out[k]
+        for j in range(a.shape[1]):
+            e = e_k[j]
+            v = (p - x[j]) + (np.uint64(e) if e >= 0 else p - np.uint64(-e)) + ntt._mul_shoup(m_k[j], d, d_shoup, p)
             v = v - p if v >= p else v
             v = v - p if v >= p else v
-            out[k, j] = v - p if v >= p else v
+            o[j] = v - p if v >= p else v
 
 
 def encrypt_rows(key: SecretKey, values: np.ndarray) -> list[tuple[bytes, np.ndarray]]:
@@ -200,7 +200,8 @@ def _encrypt_columns(key: SecretKey, values: np.ndarray) -> list[tuple[bytes, np
     # round(q m / t) = floor(q / t) m + floor(((q mod t) m + floor(t / 2)) / t): the second term joins the noise
     t = key.plain_modulus
     noise += ((np.uint64(key.rest) * m + np.uint64(t // 2)) // np.uint64(t)).astype(np.int64)
+    noise, m = np.ascontiguousarray(noise.T), np.ascontiguousarray(m.T)  # rows: ciphertexts
     c0 = np.empty((count, len(primes), n), np.uint64)
     for i, p in enumerate(primes):
-        _finish(a[i], np.uint64(p), noise, m, key.delta[i], key.delta_shoup[i], c0[:, i])
+        _finish(np.ascontiguousarray(a[i].T), np.uint64(p), noise, m, key.delta[i], key.delta_shoup[i], c0[:, i])
     return list(zip(seeds, c0))
