@@ -37,7 +37,7 @@ __all__ = [
 
 DESCRIPTION_FORMAT = "veilml-batch/1"
 #: ``fhe="execute"`` takes the batched path from this many rows on (``fhe_path="auto"``: estimators, ``RemoteModel``):
-#: above the largest crossover measured in ``benchmarks/results/trees_batch.md`` (11 to 71 rows, by model), the
+#: above the largest crossover measured in ``benchmarks/results/trees_batch.md`` (6 to 28 rows, by model), the
 #: number of rows from which one batch takes less time than scoring them one by one on the TFHE path
 BATCH_MIN_ROWS = 128
 #: the paths ``fhe="execute"`` can take (``fhe_path=``): chosen by the number of rows, or forced
