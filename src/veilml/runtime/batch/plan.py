@@ -45,13 +45,17 @@ FHE_PATHS = ("auto", "tfhe", "batch")
 #: bounds on what a description may claim (far above real tree models): outputs, products, a combine entry
 _MAX_OUTPUTS, _MAX_PRODUCTS, _MAX_COMBINE = 4096, 10**8, 2**20
 #: per polynomial degree, measured costs on one core of this project's 2-core machine (seconds per ciphertext and
-#: data prime): the client's encryption of one input (encoding, SEAL's seeded encryption and save, packing: 16.6
-#: ms at 16384 and 5 primes, 6.8 ms at 8192 and 3), the server's relinearized product at the first level (59 ms
-#: at 16384 and 5 primes, 16 ms at 8192 and 3); 32768 extrapolated. The cost model of ``"auto"`` and the split.
-_ENCRYPT_S = {8192: 0.0023, 16384: 0.0033, 32768: 0.007}
+#: data prime): the client's encryption of one input (veilml's own seeded encryption, :mod:`.symmetric`, and
+#: packing: 4.1-4.5 ms at 16384 and 5 primes, about 1.2 ms at 8192 and 3; SEAL's own took 16.6 and 6.8), the
+#: server's relinearized product at the first level (59 ms at 16384 and 5 primes, 16 ms at 8192 and 3; deeper
+#: products run on fewer primes, :func:`~veilml.runtime.batch.evaluation.level_schedule`); 32768 extrapolated.
+#: The cost model of ``"auto"`` and the split.
+_ENCRYPT_S = {8192: 0.0004, 16384: 0.0009, 32768: 0.002}
 _PRODUCT_S = {8192: 0.0054, 16384: 0.012, 32768: 0.025}
-#: the link the cost model assumes between client and server (bytes per second: 1 Gbit/s)
-LINK_BYTES_PER_S = 125e6
+#: the link the cost model assumes between client and server (bytes per second: 100 Mbit/s, a wide-area link;
+#: with it the model keeps the smaller uploads of the split digits for large tables, as measured choices should
+#: be on a real network: the full thermometer sends 3.6 times the bytes)
+LINK_BYTES_PER_S = 12.5e6
 
 
 #: what the batched path imports beyond veilml's core (the ``bfv`` extra: ``pip install 'veilml[bfv]'``)
