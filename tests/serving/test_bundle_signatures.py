@@ -149,7 +149,7 @@ def test_the_sign_command(compiled_cancer_tree, tmp_path, capsys):
     capsys.readouterr()
     assert main(["sign", str(bundle), "--key", str(key)]) == 0
     err = capsys.readouterr().err
-    assert f"client bundle fingerprint {client_bundle_fingerprint(bundle)}" in err and err.count("signed ") == 2
+    assert f"client bundle fingerprint {client_bundle_fingerprint(bundle)}" in err and err.count("signed ") == 3
     assert ModelServer(bundle, trusted_key=tmp_path / "keys" / "maker.key.pub").n_features == 30
     assert main(["sign", "--new-key", str(key)]) == 1  # an existing key is never replaced
     assert "never replaced" in capsys.readouterr().err

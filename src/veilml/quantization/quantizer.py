@@ -7,15 +7,29 @@ per channel, per row), calibrated from data (min/max) or from a known range.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import warnings
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
 
 import numpy as np
 
 from veilml.errors import VeilmlError
 
-__all__ = ["MAX_N_BITS", "QuantizationRangeWarning", "UniformQuantizer", "dynamic_quantize"]
+__all__ = [
+    "MAX_N_BITS",
+    "QuantizationRangeWarning",
+    "UniformQuantizer",
+    "dynamic_quantize",
+    "one_range_warning",
+    "RangeWarningScope",
+]
 
 
 #: the widest integer codes a quantizer read back may have (its codes are int64; a document may come
@@ -26,8 +40,85 @@ MAX_N_BITS = 62
 class QuantizationRangeWarning(VeilmlError, UserWarning):
     """Values fell outside the calibrated range and were clipped.
 
-    Also a ``UserWarning``: ``warnings`` filters on this class or on ``UserWarning`` apply to it.
+    Also a ``UserWarning``: ``warnings`` filters on this class or on ``UserWarning`` apply to it. Its
+    text is the same whatever was clipped, so that the ``"default"`` and ``"once"`` filters collapse
+    repeats; ``count`` holds the number of clipped values. One public call of an estimator warns once
+    (see :class:`RangeWarningScope`), at the line that made the call.
     """
+
+    MESSAGE = (
+        "values were outside the calibrated range and were clipped to it; calibrate on data that covers "
+        "the values you predict on to avoid it (the number clipped is this warning's 'count')"
+    )
+
+    def __init__(self, message: str = MESSAGE, count: int = 0) -> None:
+        super().__init__(message)
+        self.count = int(count)
+
+
+_SCOPE: ContextVar[RangeWarningScope | None] = ContextVar("veilml_range_warning_scope", default=None)
+_VEILML_DIR = os.path.join(str(Path(__file__).resolve().parents[1]), "")
+#: packages whose frames stand between a user's line and an estimator call (``cross_val_score``, ``Pipeline``)
+_CALLER_PACKAGES = ("sklearn", "joblib")
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by this function's caller point at the first frame
+    outside veilml (and outside scikit-learn and joblib, which call estimators for the user)."""
+    skipped = [_VEILML_DIR]
+    for name in _CALLER_PACKAGES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            skipped.append(os.path.join(str(Path(module.__file__).resolve().parent), ""))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(tuple(skipped)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_clipped(count: int) -> None:
+    warnings.warn(QuantizationRangeWarning(count=count), stacklevel=_user_stacklevel())
+
+
+class RangeWarningScope:
+    """``with RangeWarningScope():``: one :class:`QuantizationRangeWarning` for everything clipped inside.
+
+    Quantizers add their clipped values to the innermost scope instead of warning; the outermost scope
+    warns once when it closes (not when the block raises), at the user's line. A scope opened inside
+    another joins it; ``silent=True`` opens one that drops what is clipped inside it, for calls a user
+    did not make (the fits and predictions of a cross-validation inside ``n_bits="auto"``).
+    """
+
+    def __init__(self, *, silent: bool = False) -> None:
+        self.silent, self.count = silent, 0
+        self._owner = False
+
+    def __enter__(self) -> RangeWarningScope:
+        self._owner = self.silent or _SCOPE.get() is None
+        if self._owner:
+            self._token = _SCOPE.set(self)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        if not self._owner:
+            return
+        _SCOPE.reset(self._token)
+        if kind is None and self.count and not self.silent:
+            _warn_clipped(self.count)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def one_range_warning(method: _F) -> _F:
+    """Decorate a public method so that one call warns at most once (:class:`RangeWarningScope`)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with RangeWarningScope():
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _integer_range(n_bits: int, signed: bool, symmetric: bool) -> tuple[int, int]:
@@ -149,19 +240,19 @@ class UniformQuantizer:
         return values.reshape(shape)
 
     def quantize(self, x: Any, *, warn: bool = True) -> np.ndarray:
-        """Integer codes of ``x`` (int64), clipped to the grid; warns when anything was clipped."""
+        """Integer codes of ``x`` (int64), clipped to the grid; warns when anything was clipped (inside a
+        :class:`RangeWarningScope`, the scope warns once for all its calls)."""
         x = np.asarray(x, dtype=np.float64)
         scale = self._broadcast(self.scale, x.ndim)
         zero_point = self._broadcast(self.zero_point, x.ndim)
         q = np.round(x / scale + zero_point)
         clipped = np.count_nonzero((q < self.qmin) | (q > self.qmax))
         if clipped and warn:
-            warnings.warn(
-                f"{clipped} value(s) were outside the calibrated range and were clipped to it; "
-                "calibrate on data that covers the values you predict on to avoid it",
-                QuantizationRangeWarning,
-                stacklevel=2,
-            )
+            scope = _SCOPE.get()
+            if scope is None:
+                _warn_clipped(int(clipped))
+            else:  # the scope's owner warns once, at its end
+                scope.count += int(clipped)
         return np.clip(q, self.qmin, self.qmax).astype(np.int64)
 
     def dequantize(self, q: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ leaves it is ciphertexts and evaluation keys, both as bytes. Its key files are p
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from veilml.runtime.envelope import (
     unpack_envelope,
 )
 from veilml.runtime.private_files import read_private_file, write_private_file
+from veilml.runtime.progress import timed_step
 from veilml.runtime.security import encrypted_gates
 from veilml.runtime.seeded_inputs import SeededEncryptor, input_secret_key, seeded_input_spec
 
@@ -31,6 +33,8 @@ __all__ = ["RESULT_OVERHEAD_BYTES", "FHEClient", "ResultError", "read_private_fi
 #: bytes a result envelope may hold beyond its ciphertext words: the envelope's header (at most 1 KiB
 #: plus 12) and concrete's serialization (about 450 bytes measured for a 3-ciphertext output)
 RESULT_OVERHEAD_BYTES = 4096
+
+logger = logging.getLogger("veilml.runtime")
 
 
 class ResultError(VeilmlError, ValueError):
@@ -83,9 +87,12 @@ class FHEClient:
         self._encryptor: SeededEncryptor | None = None
 
     # ----------------------------------------------------------------------------------- keys
-    def keygen(self, *, seed: int | None = None, force: bool = False) -> None:
-        """Generate the secret and evaluation keys (once; ``force`` makes new ones)."""
-        self._client.keygen(force=force, secret_seed=seed)
+    def keygen(self, *, seed: int | None = None, force: bool = False, progress: bool | None = None) -> None:
+        """Generate the secret and evaluation keys (once; ``force`` makes new ones); ``progress``: a bar while it
+        runs (None: on a terminal or in a notebook), and an INFO line with its time on the ``veilml.runtime`` logger."""
+        if force or not self.has_keys:  # concrete keeps keys it has unless forced
+            with timed_step("FHE keygen", logger, progress):
+                self._client.keygen(force=force, secret_seed=seed)
         self._forget_evaluation_keys()
 
     def _forget_evaluation_keys(self) -> None:

@@ -7,6 +7,7 @@ integers.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,11 +19,14 @@ from veilml.errors import VeilmlError
 from veilml.quantization import UniformQuantizer
 from veilml.runtime.client import FHEClient
 from veilml.runtime.codec import ClientCodec
+from veilml.runtime.progress import progress_bar
 from veilml.runtime.server import FHEServer
 
 __all__ = ["FHE_MODES", "FHEModel", "NotCompiledError"]
 
 FHE_MODES = ("disable", "simulate", "execute")
+
+logger = logging.getLogger("veilml.runtime")
 
 
 class NotCompiledError(VeilmlError, ValueError, AttributeError):
@@ -122,21 +126,20 @@ class FHEModel:
         return self._execute(encoded, progress)
 
     def _execute(self, encoded: np.ndarray, progress: bool | None) -> np.ndarray:
-        from tqdm import tqdm
-
         client, server = self.client(), self.server()
         if not client.has_keys:
-            client.keygen()
+            client.keygen(progress=progress)
         keys = client.evaluation_keys()
         compiled = self._require_compiled("execute")
         outputs, self.last_latencies = [], []
-        show = None if progress is None else not progress  # None: shown on a terminal only
         unit = "row" if compiled.batch_size == 1 else f"batch of {compiled.batch_size}"
-        for call in tqdm(compiled.calls(encoded), desc="FHE execute", unit=unit, disable=show):
+        # None: a bar on a terminal or in a notebook (runtime.progress); an INFO line with the time either way
+        for call in progress_bar(compiled.calls(encoded), progress=progress, desc="FHE execute", unit=unit):
             start = time.perf_counter()
             result = server.run(client.encrypt_encoded(call), keys)
             outputs.append(client.decrypt_integers(result))
             self.last_latencies.append(time.perf_counter() - start)  # per call
+        logger.info("FHE execute: %d row(s) in %.2f s", len(encoded), sum(self.last_latencies))
         if not outputs:
             return np.zeros((0, self.graph.nodes[self.graph.outputs[0]].size), np.int64)
         return compiled.uncall(outputs, len(encoded))

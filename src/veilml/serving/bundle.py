@@ -3,8 +3,10 @@
 ``save_bundle(fhe_model, directory)`` writes::
 
     directory/
-      client/   manifest.json, codec.json (quantizer, encoding, output steps), client.specs.json
+      client/   manifest.json, codec.json (quantizer, encoding, output steps), client.specs.json,
+                preprocessing.json (a Pipeline's scalers and imputers, :mod:`veilml.runtime.preprocessing`)
       server/   manifest.json, server.zip (concrete's circuit), client.specs.json, layout.bin, batch.json (:mod:`.batch_bundle`)
+      model/    manifest.json, graph.zip, configuration.json: the model owner's, read back by :func:`veilml.load`
 
 The client side gets what encryption and decryption need and nothing of the model in between (no
 graph, no threshold, no leaf value); the server side gets the circuit and what checks its inputs,
@@ -24,7 +26,6 @@ runs a server bundle; :func:`loaded_server` keeps one loaded per process.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -38,7 +39,6 @@ from veilml.runtime.client import FHEClient, ResultError
 from veilml.runtime.codec import ClientCodec
 from veilml.runtime.envelope import DEFAULT_MAX_BYTES, batch_bytes, pack_batch, specs_fingerprint, unpack_batch
 from veilml.runtime.manifest import (
-    ArtifactError,
     check_manifest,
     checked_manifest,
     load_private_key,
@@ -46,9 +46,21 @@ from veilml.runtime.manifest import (
     sign_manifest,
     write_manifest,
 )
+from veilml.runtime.preprocessing import FeaturePreprocessing
 from veilml.runtime.private_files import check_private_dir
 from veilml.runtime.security import InsecureParametersError
 from veilml.runtime.server import FHEServer
+from veilml.serving.bundle_parts import (
+    CLIENT_FORMAT,
+    PREPROCESSING,
+    SERVER_FORMAT,
+    SPECS,
+    bundle_side,
+    client_bundle_fingerprint,
+    prepare_destination,
+    sign_bundle,
+    write_model_part,
+)
 from veilml.serving.client_checks import HOSTILE_BUNDLE, check_client_bundle, check_pinned
 
 __all__ = [
@@ -65,10 +77,7 @@ __all__ = [
     "sign_bundle",
 ]
 
-CLIENT_FORMAT = "veilml-bundle/client"
-SERVER_FORMAT = "veilml-bundle/server"
 DEFAULT_MAX_ROWS = 256  #: rows per encrypt() / run() call unless told otherwise
-_SPECS = "client.specs.json"
 #: the largest file a client bundle may hold (real ones: specs about 2 KiB, codec a few KiB; a
 #: thresholds codec of thousands of pairs some 100 KiB)
 MAX_CLIENT_FILE_BYTES = 4 * 2**20
@@ -76,15 +85,24 @@ MAX_CLIENT_FILE_BYTES = 4 * 2**20
 _PLANTED = "its owner, or whoever may write it, could plant keys whose secret they know and read your results"
 
 
-def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: Any = None, batch: str | None = None) -> Path:
-    """Write the client and server bundles of a compiled :class:`~veilml.runtime.FHEModel`; ``batch``: the batched
-    path's programs (:meth:`~veilml.runtime.batch.halves.BatchModelServer.to_json`), written as ``server/batch.json``.
+def save_bundle(
+    fhe_model: Any,
+    directory: str | os.PathLike,
+    *,
+    signing_key: Any = None,
+    batch: str | None = None,
+    preprocessing: FeaturePreprocessing | None = None,
+) -> Path:
+    """Write the client, server and model parts of a compiled :class:`~veilml.runtime.FHEModel`; ``batch``: the
+    batched path's programs (:meth:`~veilml.runtime.batch.halves.BatchModelServer.to_json`), written as
+    ``server/batch.json``; ``preprocessing``: what clients do to raw rows first, written as ``client/preprocessing.json``.
 
     The directory is written next to its final place and renamed into it, so a reader never sees
     half a bundle; an existing bundle there is replaced. ``signing_key`` (an Ed25519 private key, its
     PEM bytes, or the path of its PEM file, mode 0600: see ``veilml sign --new-key``) signs both
-    manifests. :func:`client_bundle_fingerprint` of the directory names the client bundle.
+    manifests (each part's). :func:`client_bundle_fingerprint` of the directory names the client bundle.
     """
+    directory = prepare_destination(directory)  # never deletes a directory that is not a bundle
     private_key = None if signing_key is None else load_private_key(signing_key)  # a bad key fails before any work
     compiled = fhe_model._require_compiled("save")
     if compiled.batch_size != 1:
@@ -93,8 +111,6 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
             "circuit (servers batch requests themselves): compile it again with batch_size=1 (the default) "
             "before save()"
         )
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         raw = compiled.circuit.client.specs.serialize()
@@ -106,7 +122,9 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
         client = staging / "client"
         client.mkdir()
         (client / "codec.json").write_text(codec.to_json())
-        (client / _SPECS).write_bytes(specs)
+        (client / SPECS).write_bytes(specs)
+        if preprocessing is not None:
+            (client / PREPROCESSING).write_text(preprocessing.to_json())
         write_manifest(client, CLIENT_FORMAT, **facts)
         if private_key is not None:
             sign_manifest(client, private_key)
@@ -114,7 +132,7 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
         server = staging / "server"
         server.mkdir()
         compiled.circuit.server.save(str(server / "server.zip"))
-        (server / _SPECS).write_bytes(specs)
+        (server / SPECS).write_bytes(specs)
         (server / "layout.bin").write_bytes(fhe_model.server().layout.to_bytes())
         if batch is not None:
             (server / "batch.json").write_text(batch)
@@ -122,6 +140,7 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
         write_manifest(server, SERVER_FORMAT, **facts, input_columns=columns)
         if private_key is not None:
             sign_manifest(server, private_key)
+        write_model_part(staging / "model", fhe_model, private_key, **facts)
 
         if directory.exists():
             shutil.rmtree(directory)
@@ -130,51 +149,6 @@ def save_bundle(fhe_model: Any, directory: str | os.PathLike, *, signing_key: An
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
-
-
-def bundle_side(directory: str | os.PathLike, side: str) -> Path:
-    """``directory/side`` when given a whole bundle, ``directory`` itself when given one side."""
-    directory = Path(directory)
-    return directory / side if (directory / side / "manifest.json").exists() else directory
-
-
-def sign_bundle(directory: str | os.PathLike, signing_key: Any) -> list[Path]:
-    """Sign each side of a bundle (or the one side given) as it is now; returns the signature files.
-
-    Each side's manifest is checked first: a corrupted bundle is not signed. ``signing_key``: see
-    :func:`save_bundle`.
-    """
-    private_key = load_private_key(signing_key)
-    directory = Path(directory)
-    sides = [directory / side for side in ("client", "server") if (directory / side / "manifest.json").exists()]
-    signed = []
-    for side in sides or [directory]:
-        check_manifest(side, _format_of(side))
-        signed.append(sign_manifest(side, private_key))
-    return signed
-
-
-def _format_of(side: Path) -> str:
-    """The bundle format a side's manifest claims (check_manifest checks it all next)."""
-    try:
-        claimed = json.loads(read_artifact_file(side / "manifest.json", 1 << 20, "manifest")).get("format")
-    except (OSError, ValueError, AttributeError) as error:
-        raise ArtifactError(f"{side} is not a veilml bundle ({error}); give a bundle directory") from None
-    if claimed not in (CLIENT_FORMAT, SERVER_FORMAT):
-        raise ArtifactError(f"{side} holds a {claimed!r} artifact, not a veilml bundle; give a bundle directory")
-    return claimed
-
-
-def client_bundle_fingerprint(directory: str | os.PathLike) -> str:
-    """The fingerprint of a client bundle (a whole bundle, or its ``client/``): the sha256 (hex) of its
-    ``manifest.json``, which holds the sha256 of every other file, so it names every byte of the bundle.
-
-    The bundle is checked first (every file against the manifest). A data owner who pins it
-    (``RemoteModel(..., expected_fingerprint=)``, ``ModelClient(..., expected_fingerprint=)``)
-    accepts that very bundle and no other. Not to be confused with a model's ``fingerprint`` (the
-    sha256 of its client specs alone).
-    """
-    return checked_manifest(bundle_side(directory, "client"), CLIENT_FORMAT)[1]
 
 
 def _read_client_file(directory: Path, name: str) -> bytes:
@@ -231,17 +205,33 @@ class ModelClient:
         self.manifest, self.bundle_fingerprint = checked_manifest(self.directory, CLIENT_FORMAT, trusted_key=trusted_key)
         if expected_fingerprint is not None:
             check_pinned(self.bundle_fingerprint, expected_fingerprint)
-        specs = _read_client_file(self.directory, _SPECS)
+        specs = _read_client_file(self.directory, SPECS)
         summary = check_client_specs(specs, min_security_bits)  # a hostile model owner cannot weaken our keys
         try:
             self.codec = ClientCodec.from_json(_read_client_file(self.directory, "codec.json"))
         except (ValueError, RecursionError) as error:
             raise InsecureParametersError(f"the client bundle's codec.json cannot be used: {error}; {HOSTILE_BUNDLE}") from None
         check_client_bundle(self.manifest, specs, summary, self.codec)
+        self.preprocessing = self._read_preprocessing()
         self.max_rows = max_rows
         self._fhe = FHEClient(fhe.ClientSpecs.deserialize(specs), self.codec)
         if self.key_dir is not None and self._key_file.exists():
             self._fhe.load_keys(self._key_file)
+
+    def _read_preprocessing(self) -> FeaturePreprocessing | None:
+        """The bundle's ``preprocessing.json`` (a Pipeline's scalers), checked as hostile data; None when absent."""
+        if PREPROCESSING not in self.manifest["files"]:
+            return None
+        try:
+            preprocessing = FeaturePreprocessing.from_json(_read_client_file(self.directory, PREPROCESSING))
+        except ValueError as error:
+            raise InsecureParametersError(f"the client bundle's {PREPROCESSING} is refused: {error}; {HOSTILE_BUNDLE}") from None
+        if preprocessing.n_features_out != self.codec.n_features:
+            raise InsecureParametersError(
+                f"the client bundle is inconsistent: its {PREPROCESSING} gives {preprocessing.n_features_out} features and "
+                f"its codec takes {self.codec.n_features}; {HOSTILE_BUNDLE}"
+            )
+        return preprocessing
 
     @property
     def _key_file(self) -> Path:
@@ -255,7 +245,15 @@ class ModelClient:
 
     @property
     def n_features(self) -> int:
-        return self.codec.n_features
+        """Columns of a raw row (before the bundle's preprocessing, if it has one)."""
+        return self.codec.n_features if self.preprocessing is None else self.preprocessing.n_features_in
+
+    def prepare(self, X: Any, who: str = "ModelClient") -> np.ndarray:
+        """The float rows the model quantizes, of raw rows ``X``: the bundle's preprocessing applied first, if it
+        has one; column names, shape and values checked (a frame's names against those it was fitted on)."""
+        if self.preprocessing is None:
+            return self.codec.check_rows(X, who)
+        return self.preprocessing.transform(X, who)
 
     def keygen(self, *, seed: int | None = None, force: bool = False) -> None:
         """Generate keys (once; ``force`` makes new ones) and write them to ``key_dir`` (0600) if set."""
@@ -277,8 +275,11 @@ class ModelClient:
         return self._fhe.evaluation_keys()
 
     def encrypt(self, X: Any) -> bytes:
-        """One batch of ciphertexts for the float rows of ``X`` (quantized and encoded first)."""
-        X = self.codec.check_rows(X, "ModelClient")
+        """One batch of ciphertexts for the raw rows of ``X`` (through :meth:`prepare`, quantized and encoded first)."""
+        return self.encrypt_rows(self.prepare(X))
+
+    def encrypt_rows(self, X: np.ndarray) -> bytes:
+        """One batch of ciphertexts for rows that :meth:`prepare` gave (quantized and encoded first)."""
         if len(X) > self.max_rows:
             raise ValueError(f"{len(X)} rows in one call, the limit is {self.max_rows} (max_rows); encrypt in chunks")
         self.keygen()
@@ -322,7 +323,7 @@ def bundle_fhe_server(directory: Path, manifest: dict[str, Any], server: Any = N
     circuit's specs and layout, its input columns; ``server`` is concrete's (None: checks only, nothing runs)."""
     return FHEServer(
         server,
-        (directory / _SPECS).read_bytes(),
+        (directory / SPECS).read_bytes(),
         layout=(directory / "layout.bin").read_bytes(),
         input_columns=manifest.get("input_columns"),
         row_size=int(manifest["input_size"]),

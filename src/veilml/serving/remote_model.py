@@ -7,6 +7,9 @@
     model = RemoteModel("http://127.0.0.1:8000", key_dir="~/.veilml/keys", expected_fingerprint="…")
     model.predict(X)            # encrypted here, computed there, decrypted here
 
+A bundle saved from a Pipeline (:func:`veilml.save_pipeline`) takes raw rows: its client side's
+``preprocessing.json`` (scalers and imputers as data) is applied here before quantization.
+
 A table of ``BATCH_MIN_ROWS`` (128) rows or more goes through the batched path when the server has it
 (:mod:`.remote_batch`: leveled BFV, thousands of rows per request); fewer rows, one request of up to ``max_rows``
 rows at a time on the TFHE path. ``predict(X, fhe_path="tfhe" | "batch")`` forces one.
@@ -42,11 +45,12 @@ from veilml.runtime.client import ResultError
 from veilml.runtime.envelope import EnvelopeError
 from veilml.runtime.private_files import CLOEXEC, NOFOLLOW, private_dir_problem
 from veilml.serving.bundle import MAX_CLIENT_FILE_BYTES, ModelClient
+from veilml.serving.bundle_parts import PREPROCESSING
 from veilml.serving.http_client import HOSTILE, MAX_JSON_BYTES, HTTPClient, RemoteError, RetryPolicy
 
 __all__ = ["MAX_BUNDLE_BYTES", "MAX_JSON_BYTES", "RemoteModel", "RemoteModelError"]
 
-_CLIENT_FILES = ("manifest.json", "manifest.sig", "codec.json", "client.specs.json")
+_CLIENT_FILES = ("manifest.json", "manifest.sig", "codec.json", "client.specs.json", PREPROCESSING)
 #: the largest client bundle (a zip) read from a server: real ones are a few KiB
 MAX_BUNDLE_BYTES = 4 * 2**20
 _MAX_SECRET_CHARS = 256
@@ -249,12 +253,11 @@ class RemoteModel:
 
     def _results(self, X: Any) -> list[tuple[bytes, int]]:
         """(result batch, rows sent) per request of at most ``max_rows`` rows."""
-        n = len(self.client.codec.check_rows(X, "RemoteModel"))  # names, shape and values, before anything is sent
-        rows = X.iloc if hasattr(X, "iloc") else np.asarray(X, dtype=np.float64)  # chunks of a frame keep its names
+        rows = self.client.prepare(X, "RemoteModel")  # preprocessed; names, shape and values checked before anything is sent
         out = []
-        for start in range(0, n, self.max_rows):
+        for start in range(0, len(rows), self.max_rows):
             chunk = rows[start : start + self.max_rows]
-            out.append((self._predict(self.client.encrypt(chunk), len(chunk)), len(chunk)))
+            out.append((self._predict(self.client.encrypt_rows(chunk), len(chunk)), len(chunk)))
         return out
 
     def _decrypt(self, how: str, X: Any, fhe_path: str = "tfhe") -> np.ndarray:
@@ -268,7 +271,7 @@ class RemoteModel:
             require_batch()
         if fhe_path == "batch" or (fhe_path == "auto" and large):
             codec = self.client.codec
-            rows = codec.check_rows(X, "RemoteModel")  # names, shape and values, before anything is made or sent
+            rows = self.client.prepare(X, "RemoteModel")  # preprocessed and checked before anything is made or sent
             raw = codec.scores(self._batched().scores(rows, self.progress))
             return codec.labels(raw) if how == "decrypt" else codec.finish(raw)
         decrypt = getattr(self.client, how)

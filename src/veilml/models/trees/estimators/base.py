@@ -7,6 +7,7 @@ signature; :mod:`.tasks` adds what classifiers and regressors do differently.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,16 +20,20 @@ from veilml.models.trees.convert.supported import to_ensemble
 from veilml.models.trees.estimators.params import PARAMETER_CONSTRAINTS, VEILML_PARAMS
 from veilml.models.trees.families import Family, library_class
 from veilml.models.trees.lowering.ensemble import LoweredEnsemble, lower_candidates
+from veilml.models.trees.persistence import PicklableFHE
 from veilml.models.trees.report import FHEReport, fhe_report
-from veilml.quantization import UniformQuantizer
+from veilml.quantization import UniformQuantizer, one_range_warning
 from veilml.runtime import FHEModel
 from veilml.runtime.codec import ClientCodec, OutputSpec
 from veilml.runtime.data_checks import check_sample_weight, check_X, check_y
+from veilml.runtime.progress import progress_bar, show_progress, timed_step
 
 __all__ = ["EncryptedEnsemble"]
 
+logger = logging.getLogger("veilml.trees")
 
-class EncryptedEnsemble(BaseEstimator):
+
+class EncryptedEnsemble(PicklableFHE, BaseEstimator):
     """What every family shares: fitting on codes, conversion, lowering, compilation, running."""
 
     _family: ClassVar[Family | None] = None
@@ -73,7 +78,8 @@ class EncryptedEnsemble(BaseEstimator):
         return library_class(self._family)(**self._library_params())
 
     # ----------------------------------------------------------------------------------- fitting
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> EncryptedEnsemble:
+    @one_range_warning
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, *, progress: bool | None = None) -> EncryptedEnsemble:
         """Quantize ``X`` per feature and train the library's model so that it reads the integer codes.
 
         ``train_on="codes"`` (default) trains the library's model on the codes themselves, as a
@@ -83,11 +89,13 @@ class EncryptedEnsemble(BaseEstimator):
         rounded, which tracks the float model's accuracy more closely at a given ``n_bits`` (a
         model trained on codes is another model, not the float one rounded).
 
-        With ``n_bits="auto"`` the smallest input and leaf precisions are chosen first, cross-
-        validated on ``X``: whose ``fhe="disable"`` metric stays within ``auto_bits.TOLERANCE`` of
-        the float model's (``train_on="codes"``), or whose predictions agree with the float
-        model's within ``auto_bits.AGREEMENT_TOLERANCE`` (``train_on="float"``). They are in
-        ``n_bits_`` and ``leaf_bits_``, the scores of every precision tried in ``auto_bits_report_``.
+        With ``n_bits="auto"`` the input and leaf precisions are chosen first, cross-validated on
+        ``X``: the cheapest circuit (concrete's complexity, estimated without compiling) among those
+        whose ``fhe="disable"`` metric stays within ``auto_bits.TOLERANCE`` of the best tried
+        (``train_on="codes"``), or whose agreement with the float model's predictions does within
+        ``auto_bits.AGREEMENT_TOLERANCE`` (``train_on="float"``). They are in ``n_bits_`` and
+        ``leaf_bits_``, the metric and cost of every candidate tried in ``auto_bits_report_``.
+        ``progress``: a bar over that search (None: on a terminal or in a notebook).
 
         A frame with string column names sets ``feature_names_in_``: every later call that takes
         ``X`` (and the client bundle) then refuses other, missing or reordered columns, as
@@ -106,7 +114,7 @@ class EncryptedEnsemble(BaseEstimator):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}: pass one target per row")
         sample_weight = check_sample_weight(sample_weight, len(X))
         if self.n_bits == "auto":
-            n_bits, leaf_bits, self.auto_bits_report_ = choose_bits(self, X, y, sample_weight)
+            n_bits, leaf_bits, self.auto_bits_report_ = choose_bits(self, X, y, sample_weight, progress)
         else:
             n_bits, leaf_bits = self.n_bits, self.leaf_bits
         quantizer = UniformQuantizer.calibrate(X, n_bits, axis=1)
@@ -254,19 +262,26 @@ class EncryptedEnsemble(BaseEstimator):
         self._check_column_names(X, reset=False)
         return check_X(X, self.n_features_in_, type(self).__name__)
 
-    def compile(self, X: Any, configuration: Configuration | None = None, **options: Any) -> EncryptedEnsemble:
+    @one_range_warning
+    def compile(
+        self, X: Any, configuration: Configuration | None = None, *, progress: bool | None = None, **options: Any
+    ) -> EncryptedEnsemble:
         """Compile the FHE circuit with an inputset made of the rows of ``X``.
 
         ``options`` override fields of ``configuration`` (for example ``p_error=...``,
         ``device="cuda"``). The circuit's cost figures are then in ``report_``. When the lowering
         left more than one leaf stage worth trying (``leaf_lookups="auto"``), each is compiled and
-        the one with the lowest complexity is kept (they compute the same scores).
+        the one with the lowest complexity is kept (they compute the same scores). ``progress``: a bar
+        over them (None: on a terminal or in a notebook); the time is logged (``veilml.trees``, INFO).
         """
         X = self._fitted_input(X)
         configuration = (configuration or Configuration()).fork(**options)
         candidates = getattr(self, "_candidates", [(self.fhe_model_, self.lowering_)])
-        reports = [model.compile(X, configuration).report for model, _ in candidates]
-        best = min(range(len(candidates)), key=lambda i: reports[i].complexity)
+        with timed_step("FHE compile", logger, False) as step:
+            bar = progress_bar(candidates, progress=progress, desc="FHE compile", unit="circuit", leave=False)
+            reports = [model.compile(X, configuration).report for model, _ in bar]
+            best = min(range(len(candidates)), key=lambda i: reports[i].complexity)
+            step["note"] = f"{len(candidates)} circuit(s), kept complexity {reports[best].complexity:.3g}"
         for i, (model, _) in enumerate(candidates):
             if i != best:
                 model.compiled = None  # free the circuit not kept
@@ -274,7 +289,10 @@ class EncryptedEnsemble(BaseEstimator):
         self.report_ = reports[best]
         return self
 
-    def decision_scores(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto") -> np.ndarray:
+    @one_range_warning
+    def decision_scores(
+        self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto", progress: bool | None = None
+    ) -> np.ndarray:
         """Raw model outputs after decryption, before any post-transform: (n_samples, n_outputs).
 
         Class probabilities for forests and single trees, margins (log-odds) for boosting, values
@@ -283,16 +301,22 @@ class EncryptedEnsemble(BaseEstimator):
         ``fhe_path`` (with ``fhe="execute"``): ``"auto"`` scores a table of ``BATCH_MIN_ROWS`` (128) rows or more on
         the batched path (leveled BFV, thousands of rows per ciphertext, no ``compile`` needed) and fewer rows on the
         TFHE path (compiled circuit, one row at a time); ``"batch"`` or ``"tfhe"`` force one. Both equal
-        ``fhe="disable"`` on every row.
+        ``fhe="disable"`` on every row. ``progress`` (``execute``): a bar over rows or batches, True, False or None
+        (on a terminal or in a notebook).
         """
         from veilml.models.trees.batch import use_batch
 
         X = self._fitted_input(X)  # before touching fhe_model_: NotFittedError comes first
         if use_batch(self, len(X), fhe, fhe_path):
-            return self.fhe_model_.codec.scores(self._batch_scorer().checked_integers(X))
-        return self.fhe_model_.run(X, fhe)
+            scorer = self._batch_scorer()
+            scorer.progress = show_progress(progress)
+            return self.fhe_model_.codec.scores(scorer.checked_integers(X))
+        return self.fhe_model_.run(X, fhe, progress=progress)
 
-    def predict_integers(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto") -> np.ndarray:
+    @one_range_warning
+    def predict_integers(
+        self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto", progress: bool | None = None
+    ) -> np.ndarray:
         """The raw integers the TFHE circuit returns: the exact oracle between FHE modes.
 
         The batched path has no circuit (it sums the scores themselves), so ``"auto"`` stays on the TFHE path here
@@ -306,7 +330,7 @@ class EncryptedEnsemble(BaseEstimator):
                 f"{fhe_path!r}; the batched path's scores are decision_scores(X, 'execute', fhe_path='batch')"
             )
         X = self._fitted_input(X)
-        return self.fhe_model_.run_integers(X, fhe)
+        return self.fhe_model_.run_integers(X, fhe, progress=progress)
 
     def _batch_scorer(self) -> Any:
         """The batched path's scorer of the fitted model, made once (again after ``fit`` or ``compile`` changes it)."""
@@ -330,7 +354,7 @@ class EncryptedEnsemble(BaseEstimator):
         check_is_fitted(self)
         return fhe_report(self.fhe_model_.graph, self.lowering_, getattr(self, "report_", None))
 
-    def save(self, directory: Any, signing_key: Any = None) -> Any:
+    def save(self, directory: Any, signing_key: Any = None, *, preprocessing: Any = None) -> Any:
         """Write the compiled model as a deployment bundle: ``client/`` for data owners
         (:class:`veilml.serving.ModelClient`), ``server/`` for the server
         (:class:`veilml.serving.ModelServer`, ``veilml serve``: the TFHE circuit, and the batched path's programs
@@ -338,6 +362,8 @@ class EncryptedEnsemble(BaseEstimator):
 
         ``signing_key`` (an Ed25519 private key, its PEM bytes or a 0600 PEM file, see ``veilml sign --new-key``)
         signs both manifests, so that servers and clients given the public key can check who made the bundle.
+        ``preprocessing``: a :class:`~veilml.runtime.preprocessing.FeaturePreprocessing` that clients apply to raw rows
+        first (:func:`veilml.save_pipeline` passes a Pipeline's scalers). :func:`veilml.load` reads the bundle back.
         """
         from veilml.models.trees.batch import batch_server
         from veilml.serving.bundle import save_bundle
@@ -347,4 +373,4 @@ class EncryptedEnsemble(BaseEstimator):
             batch = batch_server(self).to_json()  # the server side also answers whole tables (the batched path)
         except ValueError:  # leaves the batched path does not reproduce, or a program too deep for it
             batch = None
-        return save_bundle(self.fhe_model_, directory, signing_key=signing_key, batch=batch)
+        return save_bundle(self.fhe_model_, directory, signing_key=signing_key, batch=batch, preprocessing=preprocessing)

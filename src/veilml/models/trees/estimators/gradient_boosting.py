@@ -18,7 +18,8 @@ class GradientBoostingClassifier(EncryptedClassifier):
 
     Parameters:
         n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits, or ``"auto"``
-            to choose the smallest precision that keeps the float model's metric (see ``fit``).
+            to choose, by cross-validation, the cheapest precisions (estimated circuit complexity) whose
+            metric stays within a tolerance of the best one tried (``auto_bits_report_`` lists each).
         leaf_bits: precision of each tree's quantized leaf values. By default ``n_bits``, except for
             an ensemble for which a value leaf stage (pairs or subtrees) is compiled (see
             ``leaf_lookups``): its leaves then share the scale that makes the summed score an
@@ -95,7 +96,8 @@ class GradientBoostingRegressor(EncryptedRegressor):
 
     Parameters:
         n_bits: input precision: each feature is quantized to ``n_bits`` unsigned bits, or ``"auto"``
-            to choose the smallest precision that keeps the float model's metric (see ``fit``).
+            to choose, by cross-validation, the cheapest precisions (estimated circuit complexity) whose
+            metric stays within a tolerance of the best one tried (``auto_bits_report_`` lists each).
         leaf_bits: precision of each tree's quantized leaf values. By default ``n_bits``, except for
             an ensemble for which a value leaf stage (pairs or subtrees) is compiled (see
             ``leaf_lookups``): its leaves then share the scale that makes the summed score an

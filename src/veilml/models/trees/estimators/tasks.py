@@ -34,8 +34,8 @@ class EncryptedClassifier(ClassifierMixin, EncryptedEnsemble):
             return np.unique(y, return_inverse=True)[1]
         return y
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> EncryptedClassifier:
-        super().fit(X, y, sample_weight)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, *, progress: bool | None = None) -> EncryptedClassifier:
+        super().fit(X, y, sample_weight, progress=progress)
         if self._family is not None and self._family.labels_as_indices:
             self.classes_ = np.unique(check_y(y))
         return self
@@ -51,24 +51,24 @@ class EncryptedClassifier(ClassifierMixin, EncryptedEnsemble):
     def _output_spec(self, ensemble: Any) -> OutputSpec:
         return OutputSpec("classification", ensemble.post_transform, tuple(self.classes_.tolist()))
 
-    def predict_proba(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto") -> np.ndarray:
+    def predict_proba(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto", progress: bool | None = None) -> np.ndarray:
         """Class probabilities: the model's post-transform of the decrypted scores (renormalized
         leaf frequencies for forests and single trees), as the client bundle computes them.
-        ``fhe_path``: see ``decision_scores``."""
-        raw = self.decision_scores(X, fhe, fhe_path=fhe_path)
+        ``fhe_path``, ``progress``: see ``decision_scores``."""
+        raw = self.decision_scores(X, fhe, fhe_path=fhe_path, progress=progress)
         return self.fhe_model_.codec.finish(raw)
 
-    def predict(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto") -> np.ndarray:
-        """Class labels: the class with the highest encrypted score (``fhe_path``: see ``decision_scores``)."""
-        proba = self.predict_proba(X, fhe, fhe_path=fhe_path)  # NotFittedError before classes_ is read
+    def predict(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto", progress: bool | None = None) -> np.ndarray:
+        """Class labels: the class with the highest encrypted score (``fhe_path``, ``progress``: see ``decision_scores``)."""
+        proba = self.predict_proba(X, fhe, fhe_path=fhe_path, progress=progress)  # NotFittedError before classes_ is read
         return self.classes_[np.argmax(proba, axis=1)]
 
 
 class EncryptedRegressor(RegressorMixin, EncryptedEnsemble):
     """An encrypted regressor: values from the decrypted scores."""
 
-    def predict(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto") -> np.ndarray:
-        """Predicted values, (n_samples,) for one output (``fhe_path``: see ``decision_scores``)."""
-        raw = self.decision_scores(X, fhe, fhe_path=fhe_path)  # NotFittedError before ensemble_ is read
+    def predict(self, X: Any, fhe: str = "disable", *, fhe_path: str = "auto", progress: bool | None = None) -> np.ndarray:
+        """Predicted values, (n_samples,) for one output (``fhe_path``, ``progress``: see ``decision_scores``)."""
+        raw = self.decision_scores(X, fhe, fhe_path=fhe_path, progress=progress)  # NotFittedError before ensemble_ is read
         scores = self.fhe_model_.codec.finish(raw)
         return scores[:, 0] if scores.shape[1] == 1 else scores
