@@ -96,12 +96,12 @@ def stock_trainer(model, features, tmp_path, executor=None, **changes):
     )
 
 
-def peft_start(lora_seed: int = 0):
+def peft_start(lora_seed: int = 0, base_seed: int = 0):
     """The tiny base model with LoRA adapters initialised under ``lora_seed`` (as LoraTrainer seeds them)."""
     from peft import get_peft_model
 
     torch.manual_seed(lora_seed)
-    model = base_model()
+    model = base_model(base_seed)
     return get_peft_model(model, default_lora_config(model))
 
 
@@ -187,7 +187,10 @@ def test_resume_refuses_a_worker_serving_other_weights(features, tmp_path):
     checkpoint = tmp_path / "checkpoint-2"
     assert checkpoint.is_dir()
 
-    other = stock_trainer(peft_start(), features, tmp_path, clear_executor(seed=7), save_strategy="steps", save_steps=2)
+    # the client's base model and the worker's agree (else private_model refuses at once); the checkpoint's do not
+    other = stock_trainer(
+        peft_start(base_seed=7), features, tmp_path, clear_executor(seed=7), save_strategy="steps", save_steps=2
+    )
     with pytest.raises(RemoteLayersMismatchError, match="other remote layers") as error:
         other.train(resume_from_checkpoint=str(checkpoint))
     assert isinstance(error.value, VeilmlError)
@@ -200,7 +203,7 @@ def test_resume_refuses_a_worker_serving_other_weights(features, tmp_path):
     moved = tmp_path / "elsewhere" / "checkpoint-2"  # outside output_dir: checked through args.resume_from_checkpoint
     shutil.copytree(checkpoint, moved)
     other = stock_trainer(
-        peft_start(), features, tmp_path / "other-run", clear_executor(seed=7), resume_from_checkpoint=str(moved)
+        peft_start(base_seed=7), features, tmp_path / "other-run", clear_executor(seed=7), resume_from_checkpoint=str(moved)
     )
     with pytest.raises(RemoteLayersMismatchError):
         other.train(resume_from_checkpoint=other.args.resume_from_checkpoint)

@@ -25,7 +25,7 @@ from veilml.linear.base import (
     pack_frames,
     unpack_frames,
 )
-from veilml.linear.errors import InsecureBackendError, WorkerError
+from veilml.linear.errors import BaseWeightsMismatchError, InsecureBackendError, WorkerError
 from veilml.linear.executor import EncryptedLinearExecutor, Transport
 from veilml.linear.layers import ALL, DIRECTIONS, LayerInfo
 from veilml.linear.worker import LocalTransport, SessionGrant, Worker
@@ -34,6 +34,7 @@ __all__ = [
     "ALL",
     "BACKENDS",
     "DIRECTIONS",
+    "BaseWeightsMismatchError",
     "ClientSession",
     "EncryptedLinearExecutor",
     "InsecureBackendError",

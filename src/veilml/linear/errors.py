@@ -4,7 +4,8 @@
 service, and raised again on the client by the HTTP transport (as its subclass
 :class:`~veilml.linear.transport.RemoteWorkerError`, which is also the
 :class:`~veilml.serving.http_client.RemoteError` of every veilml HTTP client). :class:`InsecureBackendError` is the
-client's refusal of a worker that would see its data in plaintext.
+client's refusal of a worker that would see its data in plaintext; :class:`BaseWeightsMismatchError` its refusal of
+a worker that serves other base weights than the client's own model holds.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from veilml.errors import VeilmlError
 from veilml.serving.limits import ServiceError
 
-__all__ = ["InsecureBackendError", "WorkerError"]
+__all__ = ["BaseWeightsMismatchError", "InsecureBackendError", "WorkerError"]
 
 
 class WorkerError(ServiceError):
@@ -29,3 +30,7 @@ class WorkerError(ServiceError):
 
 class InsecureBackendError(VeilmlError, ValueError):
     """The worker offers a backend that does not encrypt, and the client did not ask for it."""
+
+
+class BaseWeightsMismatchError(VeilmlError, ValueError):
+    """The worker's fingerprint is not that of the client's own base weights: it serves another model (or other bits)."""

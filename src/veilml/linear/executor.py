@@ -4,19 +4,24 @@ The executor does per-row quantization, encryption, decryption, zero-point corre
 rescaling, and is the only holder of secret keys. It reaches workers through transports with the
 same calls in-process (:class:`~veilml.linear.worker.LocalTransport`) or over HTTP
 (:class:`~veilml.linear.transport.HTTPTransport`).
+
+A client that holds the base weights itself (a model before its projections are outsourced) checks each worker
+with :meth:`EncryptedLinearExecutor.check_base_weights` before it sends anything: the worker's published fingerprint
+must be the one of the client's own weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from veilml.linear.base import ClientSession, LinearBackend, get_backend
-from veilml.linear.errors import InsecureBackendError
-from veilml.linear.layers import ALL, LayerInfo
+from veilml.linear.errors import BaseWeightsMismatchError, InsecureBackendError
+from veilml.linear.layers import ALL, LayerInfo, layers_fingerprint
 from veilml.linear.limits import DEFAULT_MAX_ROWS
-from veilml.quantization import backward_input, backward_output, forward_output, quantize_rows
+from veilml.quantization import QuantizedWeight, backward_input, backward_output, forward_output, quantize_rows
 
 __all__ = ["EncryptedLinearExecutor", "Transport"]
 
@@ -111,6 +116,43 @@ class EncryptedLinearExecutor:
         limit = getattr(self.routes[name], "max_rows", None)  # transports written before max_rows: the default
         return DEFAULT_MAX_ROWS if limit is None else int(limit)
 
+    def fingerprint(self, transport: Transport) -> str:
+        """The fingerprint ``transport``'s worker publishes (``GET /health``), or, for a transport that does not
+        read one (in-process), that of the layers it publishes (:func:`~veilml.linear.layers.layers_fingerprint`)."""
+        published = getattr(transport, "fingerprint", None)
+        if published:
+            return str(published)
+        return layers_fingerprint(transport.backend, {n: i for n, i in self.infos.items() if self.routes[n] is transport})
+
+    def check_base_weights(
+        self, weights: Mapping[str, tuple[np.ndarray, np.ndarray | None]], unavailable: Collection[str] = ()
+    ) -> None:
+        """Refuse a worker that serves other base weights than ``weights``, before anything is sent to it.
+
+        ``weights`` are the client's own frozen weights, ``{name: (W (d_in, d_out), bias or None)}`` (as
+        :func:`~veilml.models.lora.weights.remote_linear_weights` returns them). For each worker the client
+        quantizes them with the worker's bits and computes the fingerprint the worker publishes; another
+        fingerprint, or a served layer missing from ``weights``, raises :class:`BaseWeightsMismatchError`. A worker
+        serving a layer named in ``unavailable`` (outsourced earlier: its weight is gone here) is left unchecked.
+        """
+        for transport in self.transports:
+            served = sorted(name for name, route in self.routes.items() if route is transport)
+            if any(name in unavailable for name in served):
+                continue
+            expected = {
+                name: LayerInfo.of(
+                    name,
+                    QuantizedWeight.from_float(weights[name][0], self.infos[name].weight_bits),
+                    self.infos[name].input_bits,
+                    weights[name][1],
+                )
+                for name in served
+                if name in weights
+            }
+            published, computed = self.fingerprint(transport), layers_fingerprint(transport.backend, expected)
+            if len(expected) < len(served) or computed != published:
+                raise BaseWeightsMismatchError(_mismatch(transport, published, computed, expected, self.infos, served))
+
     def _key(self, name: str, direction: str) -> str:
         return f"{name}/{direction}"
 
@@ -186,3 +228,33 @@ def _float_rows(name: str, values: np.ndarray, width: int, what: str) -> np.ndar
     if values.ndim != 2 or values.shape[1] != width:
         raise ValueError(f"layer {name!r} takes {what} of {width} features, got shape {values.shape}")
     return values
+
+
+def _mismatch(
+    transport: Transport,
+    published: str,
+    computed: str,
+    expected: dict[str, LayerInfo],
+    infos: dict[str, LayerInfo],
+    served: list[str],
+) -> str:
+    """The message of :class:`BaseWeightsMismatchError`: both fingerprints, the first layer that differs, the fix."""
+    absent = [name for name in served if name not in expected]
+    differ = [name for name in served if name in expected and expected[name].to_dict() != infos[name].to_dict()]
+    if absent:
+        detail = f"it serves {len(absent)} layers this model does not have, e.g. {absent[0]!r}"
+    elif differ:
+        mine, theirs = expected[differ[0]], infos[differ[0]]
+        shape = f"({mine.d_in} -> {mine.d_out}) here, ({theirs.d_in} -> {theirs.d_out}) there"
+        what = shape if (mine.d_in, mine.d_out) != (theirs.d_in, theirs.d_out) else "other weight values"
+        detail = f"{len(differ)} of its {len(served)} layers differ, e.g. {differ[0]!r}: {what}"
+    else:
+        detail = "its published fingerprint is not the hash of the layers it publishes"
+    url = getattr(transport, "url", None)
+    where = f"the worker at {url}" if url else f"the worker of {type(transport).__name__}"
+    return (
+        f"{where} serves other base weights than this model's: worker fingerprint {published}, "
+        f"this model's {computed} ({detail}). Nothing was sent to it. Start the worker with this model's weights "
+        "(save_remote_weights(model, 'base.safetensors'), then veilml worker --weights base.safetensors), "
+        "or load the base model the worker was started with"
+    )

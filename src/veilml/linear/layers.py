@@ -4,10 +4,16 @@ Each layer is served in two directions: ``forward`` multiplies by the quantized 
 ``backward`` by ``q.T``. :class:`LayerInfo` is the public description a client needs to quantize,
 correct and rescale (``GET /layers`` sends one per layer). :func:`check_setup_shape` is the client's check that
 a backend's setup for a matrix describes the matrix the client expects.
+
+:func:`layers_fingerprint` is the one hash of a worker's published layers: the worker publishes it (``GET /health``,
+``GET /layers``), and a client that holds the base weights itself computes it from them
+(:meth:`LayerInfo.of` on its own quantized weights) to refuse a worker serving another model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from veilml.linear.base import MatrixSpec
+from veilml.quantization import QuantizedWeight
 
-__all__ = ["ALL", "DIRECTIONS", "LayerInfo", "check_setup_shape"]
+__all__ = ["ALL", "DIRECTIONS", "LayerInfo", "check_setup_shape", "layers_fingerprint"]
 
 DIRECTIONS = ("forward", "backward")
 ALL = "*"  # layer and direction of evaluation keys that serve every matrix of a worker
@@ -49,6 +56,21 @@ class LayerInfo:
     row_sums: np.ndarray
     bias: np.ndarray | None = None
 
+    @classmethod
+    def of(cls, name: str, quantized: QuantizedWeight, input_bits: int, bias: np.ndarray | None = None) -> LayerInfo:
+        """What a worker publishes about ``quantized`` (its weight, quantized) served with ``input_bits``-bit inputs."""
+        return cls(
+            name,
+            quantized.q.shape[0],
+            quantized.q.shape[1],
+            input_bits,
+            quantized.n_bits,
+            quantized.scale,
+            quantized.col_sums,
+            quantized.row_sums,
+            None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1),
+        )
+
     def spec(self, direction: str) -> MatrixSpec:
         if direction == "forward":
             return MatrixSpec(self.d_in, self.d_out, self.input_bits)
@@ -80,3 +102,14 @@ class LayerInfo:
             np.asarray(d["row_sums"], dtype=np.int64),
             None if d.get("bias") is None else np.asarray(d["bias"], dtype=np.float64),
         )
+
+
+def layers_fingerprint(backend: str, layers: Mapping[str, LayerInfo]) -> str:
+    """The fingerprint of ``layers`` served on ``backend``: 32 hex characters of a SHA-256 of their public description.
+
+    The same weights, bits and backend give the same fingerprint, so a worker restarted with the same weights keeps
+    it, and a client holding the base weights computes it without asking the worker.
+    """
+    described = {name: info.to_dict() for name, info in layers.items()}
+    text = json.dumps([str(backend), described], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -39,7 +39,6 @@ session id replaced by ``{session}``, and uvicorn's own access log is off (``ser
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -53,7 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from veilml.linear.base import Work, WorkTimeout, run_work
 from veilml.linear.errors import WorkerError
 from veilml.linear.http import SECRET_HEADER, SESSION_ID, redact_path
-from veilml.linear.layers import ALL
+from veilml.linear.layers import ALL, layers_fingerprint
 from veilml.linear.limits import WORKER_LIMITS
 from veilml.linear.worker import Worker
 from veilml.serving.app import AccessTokens, Route, Service, access_tokens, client_of, service_limits
@@ -87,9 +86,7 @@ def _check_session(session: str) -> None:
 
 def _layers_document(worker: Worker, limits: dict[str, Any]) -> tuple[bytes, str]:
     layers = {name: info.to_dict() for name, info in worker.layers().items()}
-    fingerprint = hashlib.sha256(
-        json.dumps([str(worker.backend), layers], sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()[:32]
+    fingerprint = layers_fingerprint(str(worker.backend), worker.layers())
     document = {
         "backend": str(worker.backend),
         "input_bits": worker.input_bits,

@@ -91,18 +91,7 @@ class Worker:
         )
         for name, weight in self.weights.items():
             quantized = QuantizedWeight.from_float(np.asarray(weight, dtype=np.float64), self.weight_bits)
-            bias = self.biases.get(name)
-            self.infos[name] = LayerInfo(
-                name,
-                quantized.q.shape[0],
-                quantized.q.shape[1],
-                self.input_bits,
-                self.weight_bits,
-                quantized.scale,
-                quantized.col_sums,
-                quantized.row_sums,
-                None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1),
-            )
+            self.infos[name] = LayerInfo.of(name, quantized, self.input_bits, self.biases.get(name))
             self.servers[(name, "forward")] = self._backend.server(quantized.q, self.input_bits)
             self.servers[(name, "backward")] = self._backend.server(np.ascontiguousarray(quantized.q.T), self.input_bits)
 

@@ -12,6 +12,11 @@ and ``g @ W.T`` (backward) on encrypted per-row-quantized rows (see
     trainer = LoraTrainer(model, executor=executor, max_steps=200)  # or options=LoraTrainingOptions(max_steps=200)
     trainer.train(batches)
 
+Against a ``veilml worker`` process: ``save_remote_weights(model, "base.safetensors")`` writes its weights,
+``veilml worker --weights base.safetensors`` serves them, and ``EncryptedLinearExecutor(HTTPTransport(url))``
+is the executor (``docs/lora_quickstart.md`` runs it step by step). A worker serving another base model is refused
+before anything is sent; a ``LoraTrainer`` with an ``output_dir`` continues from its latest checkpoint.
+
 With transformers' own ``Trainer`` (what ``LoraTrainer`` runs underneath), an existing PEFT script
 changes by two lines::
 

@@ -96,7 +96,9 @@ def private_model(
     ``patterns`` computed by ``executor``'s workers (see :func:`~veilml.models.lora.remote.outsource_linear_layers`).
 
     Returns the ``PeftModel``, changed in place: pass it to ``transformers.Trainer`` as any PEFT model. Its
-    ``save_pretrained`` writes the adapters only (the base weights are on the workers).
+    ``save_pretrained`` writes the adapters only (the base weights are on the workers). A worker serving other base
+    weights than ``model``'s is refused first, before anything is sent to it
+    (:class:`~veilml.linear.errors.BaseWeightsMismatchError`, naming both fingerprints).
     """
     peft_model = with_adapters(model, lora_config)
     outsource_linear_layers(peft_model, executor, patterns, max_rows=max_rows)

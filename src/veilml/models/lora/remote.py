@@ -2,10 +2,16 @@
 
 :func:`outsource_linear_layers` does the replacing, :func:`remote_layer_names` finds the replaced
 layers again. The layer itself is :mod:`.remote_linear`; which layers match is :mod:`.weights`.
+
+Before it replaces anything, :func:`outsource_linear_layers` has the executor compare each worker's published
+fingerprint with the fingerprint of the model's own weights
+(:meth:`~veilml.linear.executor.EncryptedLinearExecutor.check_base_weights`): a worker started with another model
+is refused before a single activation leaves the client.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,9 +19,11 @@ import torch
 from torch import nn
 
 from veilml.models.lora.remote_linear import RemoteLinear
-from veilml.models.lora.weights import DEFAULT_REMOTE_PATTERNS, find_remote_layers
+from veilml.models.lora.weights import DEFAULT_REMOTE_PATTERNS, find_remote_layers, layer_weights
 
-__all__ = ["RemoteLinear", "outsource_linear_layers", "remote_layer_names"]
+__all__ = ["RemoteLinear", "check_base_weights", "outsource_linear_layers", "remote_layer_names"]
+
+logger = logging.getLogger("veilml.lora")
 
 
 def _shape(module: nn.Module) -> tuple[int, int]:
@@ -27,6 +35,25 @@ def _shape(module: nn.Module) -> tuple[int, int]:
 def remote_layer_names(model: nn.Module) -> list[str]:
     """Names of the layers of ``model`` already computed remotely."""
     return [site.name for site in find_remote_layers(model, ["*"]) if isinstance(site.module, RemoteLinear)]
+
+
+def check_base_weights(model: nn.Module, executor: Any) -> None:
+    """Raise :class:`~veilml.linear.errors.BaseWeightsMismatchError` unless every worker of ``executor`` serves the
+    weights ``model`` holds (same fingerprint); sends nothing to the workers. A stand-in executor without the check,
+    or weights not loaded (meta device), are let through: there is nothing to compare."""
+    check = getattr(executor, "check_base_weights", None)
+    if check is None:
+        return
+    sites = [site for site in find_remote_layers(model, ["*"]) if site.name in executor.infos]
+    local = [site for site in sites if not isinstance(site.module, RemoteLinear)]
+    if any(site.module.weight.is_meta for site in local):
+        logger.warning("the base weights are not loaded (meta device): the workers' weights are not checked")
+        return
+    merged = [site.name for site in local if getattr(site.holder, "merged", False)]
+    if merged:  # the base weight then holds the adapters too: no worker serves that
+        raise ValueError(f"adapters are merged into the base weights of {merged}; call model.unmerge_adapter() first")
+    weights = {site.name: layer_weights(site.module) for site in local}
+    check(weights, unavailable=[site.name for site in sites if isinstance(site.module, RemoteLinear)])
 
 
 def outsource_linear_layers(
@@ -44,7 +71,8 @@ def outsource_linear_layers(
     recognise a :class:`RemoteLinear` as a target. Layers already remote are left as they are.
 
     Returns the names of the layers outsourced by this call. Raises before changing anything when
-    no layer matches or when the executor does not serve a matched layer.
+    no layer matches, when the executor does not serve a matched layer, or when a worker serves other base
+    weights than the model's (:func:`check_base_weights`).
     """
     sites = [site for site in find_remote_layers(model, patterns) if not isinstance(site.module, RemoteLinear)]
     if not sites and not remote_layer_names(model):
@@ -55,6 +83,7 @@ def outsource_linear_layers(
             f"the workers do not serve {missing}; they serve {sorted(executor.infos)}. "
             "Build the workers from remote_linear_weights(model, patterns) with the same patterns"
         )
+    check_base_weights(model, executor)
     replacements = [(site, RemoteLinear(site.name, executor, *_shape(site.module), max_rows=max_rows)) for site in sites]
     for site, remote in replacements:
         setattr(site.holder, site.attr, remote)

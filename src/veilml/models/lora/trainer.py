@@ -7,6 +7,10 @@ checkpoints (``output_dir/checkpoint-STEP`` with the adapters in PEFT's format, 
 ``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``) and ``resume_from_checkpoint``. How it trains is
 one frozen :class:`~.options.LoraTrainingOptions` with ``TrainingArguments``' names.
 
+A run with an ``output_dir`` resumes by itself: ``train`` continues from the latest checkpoint there (and says so
+in the log), so a script run again picks up where it stopped and never overwrites the checkpoints of an earlier
+run; ``train(resume_from_checkpoint=False)`` insists on a fresh start and refuses a folder that holds checkpoints.
+
 It gives the same numbers as the hand-written loop it replaces, bit for bit: micro-batch ``i`` of a run is
 a pure function of ``(seed, i)``, each micro-batch's mean loss is divided by the accumulation steps, and the
 optimizer is torch's (non-fused) AdamW; see :mod:`.trainer_parts`. Resuming is exact: k steps, a crash and
@@ -15,6 +19,7 @@ a resume end on the same adapters, optimizer state and log history as one uninte
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,6 +60,11 @@ __all__ = ["LoraTrainer", "TrainOutput", "TrainerState", "default_lora_config"]
 
 Batch = Mapping[str, torch.Tensor]
 
+logger = logging.getLogger("veilml.lora")
+
+#: learning-rate schedules that do not depend on ``max_steps``: a run of them may continue to more steps
+_SCHEDULES_WITHOUT_END = frozenset({"constant", "constant_with_warmup", "inverse_sqrt"})
+
 
 def _rng_states() -> tuple[Any, Any, Any]:
     return torch.get_rng_state(), random.getstate(), np.random.get_state()
@@ -64,6 +74,12 @@ def _set_rng_states(states: tuple[Any, Any, Any]) -> None:
     torch.set_rng_state(states[0])
     random.setstate(states[1])
     np.random.set_state(states[2])
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The step of a ``checkpoint-STEP`` folder, -1 for another name."""
+    step = path.name.removeprefix("checkpoint-")
+    return int(step) if path.name.startswith("checkpoint-") and step.isdigit() else -1
 
 
 class LoraTrainer:
@@ -160,8 +176,17 @@ class LoraTrainer:
         *,
         resume_from_checkpoint: bool | str | Path | None = None,
     ) -> TrainOutput:
-        """Run optimizer steps until ``max_steps``, from where the trainer is; ``resume_from_checkpoint=True``
-        resumes from the latest checkpoint in ``output_dir`` (a path resumes from that checkpoint).
+        """Run optimizer steps until ``max_steps``, from where the run is.
+
+        Where that is, by ``resume_from_checkpoint``:
+
+        - ``None`` (the default): after earlier steps of this trainer, from them; else from the latest
+          ``checkpoint-STEP`` in ``output_dir`` when there is one (logged), so that running a script again
+          continues its run (with a larger ``max_steps``: trains the steps added); else from step 0;
+        - ``True``: from the latest checkpoint in ``output_dir`` (FileNotFoundError without one);
+        - a path: from that checkpoint;
+        - ``False``: from step 0. Refused when ``output_dir`` holds checkpoints, which the new run would overwrite
+          or mix with its own: to start over, give a new ``output_dir`` (or remove its checkpoints).
 
         Returns the Trainer's ``TrainOutput``; its ``training_loss`` is the mean loss of the steps this call ran.
         """
@@ -176,7 +201,7 @@ class LoraTrainer:
                 if saved["n_train_batches"] not in (0, len(train_data)):
                     raise ValueError(
                         f"the checkpoint was trained on {saved['n_train_batches']} batches per epoch, got {len(train_data)}; "
-                        "resume with the same training data"
+                        "resume with the same training data (or start over in a new output_dir)"
                     )
                 hf.unlogged_losses = [float(v) for v in saved["unlogged_losses"]]
             accumulation = self.options.gradient_accumulation_steps
@@ -193,28 +218,57 @@ class LoraTrainer:
         return TrainOutput(output.global_step, float(np.mean(losses)) if losses else float("nan"), output.metrics)
 
     def _start_point(self, resume: bool | str | Path | None, scratch: Path) -> Path | None:
-        """The checkpoint to start from: the one asked for, checked; else, after earlier steps of this
-        trainer, a snapshot of them in ``scratch`` (the Trainer continues only from a checkpoint)."""
-        if resume:
-            path = self.last_checkpoint() if resume is True else Path(resume)
-            if path is None:
-                raise FileNotFoundError(f"no checkpoint-* folder in {self.options.output_dir} to resume from")
-            saved = (
-                TrainerState.load_from_json(str(path / "trainer_state.json")) if (path / "trainer_state.json").is_file() else None
-            )
-            if saved is None:
-                raise FileNotFoundError(f"{path} is not a checkpoint (no trainer_state.json)")
-            if saved.max_steps != self.options.max_steps:
+        """The checkpoint to start from (see :meth:`train`), checked; after earlier steps of this trainer, a
+        snapshot of them in ``scratch`` (the Trainer continues only from a checkpoint); None: step 0."""
+        if resume is False:
+            if self.state.global_step > 0:
                 raise ValueError(
-                    f"the checkpoint belongs to a run of max_steps={saved.max_steps}, this trainer has "
-                    f"{self.options.max_steps}; the learning-rate schedule would differ"
+                    f"this trainer has run {self.state.global_step} steps already; make a new LoraTrainer to start over"
                 )
-            if self.executor is not None:
-                check_remote_layers(path, self.model, self.executor)
-            return path
-        if self.state.global_step > 0:
+            found = self.last_checkpoint()
+            if found is not None:
+                raise FileExistsError(
+                    f"{self.options.output_dir} holds checkpoints of an earlier run (the latest {found.name}), which a new "
+                    "run would overwrite: give a new output_dir (or remove them) to start over, or leave "
+                    "resume_from_checkpoint unset to continue that run"
+                )
+            return None
+        if resume is None and self.state.global_step > 0:
             return self.save_checkpoint(scratch / f"checkpoint-{self.state.global_step}")
-        return None
+        path = Path(resume) if isinstance(resume, (str, Path)) else self.last_checkpoint()
+        if path is None:
+            if resume is True:
+                raise FileNotFoundError(f"no checkpoint-* folder in {self.options.output_dir} to resume from")
+            return None
+        self._check_checkpoint(path)
+        if resume is None:
+            logger.warning(
+                "resuming from %s (step %d of %d), the latest checkpoint in output_dir; to start over, give a new output_dir",
+                path,
+                _checkpoint_step(path),
+                self.options.max_steps,
+            )
+        return path
+
+    def _check_checkpoint(self, path: Path) -> None:
+        """Refuse a checkpoint this trainer cannot continue: none, past ``max_steps``, another schedule, other workers."""
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint (no trainer_state.json)")
+        saved = TrainerState.load_from_json(str(path / "trainer_state.json"))
+        if saved.global_step > self.options.max_steps:
+            raise ValueError(
+                f"{path} is at step {saved.global_step}, past this trainer's max_steps={self.options.max_steps}: raise "
+                "max_steps to continue that run, or give a new output_dir to start over"
+            )
+        schedule = self.options.lr_scheduler_type
+        if saved.max_steps != self.options.max_steps and schedule not in _SCHEDULES_WITHOUT_END:
+            raise ValueError(
+                f"the checkpoint belongs to a run of max_steps={saved.max_steps}, this trainer has "
+                f"{self.options.max_steps}; the {schedule!r} learning-rate schedule would differ (only "
+                f"{sorted(_SCHEDULES_WITHOUT_END)} continue to more steps)"
+            )
+        if self.executor is not None:
+            check_remote_layers(path, self.model, self.executor)
 
     def evaluate(self, eval_data: Iterable[Batch]) -> dict[str, float]:
         """Token-weighted mean causal-LM loss over ``eval_data`` (labels -100 skipped) and its perplexity."""
@@ -246,7 +300,7 @@ class LoraTrainer:
         directory = self.options.output_dir
         if directory is None or not directory.is_dir():
             return None
-        found = [(int(p.name.split("-", 1)[1]), p) for p in directory.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+        found = [(_checkpoint_step(p), p) for p in directory.glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) >= 0]
         return max(found)[1] if found else None
 
     def save_checkpoint(self, directory: str | Path) -> Path:

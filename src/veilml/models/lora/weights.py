@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_REMOTE_PATTERNS",
     "RemoteWeights",
     "find_remote_layers",
+    "layer_weights",
     "load_remote_weights",
     "remote_linear_weights",
     "save_remote_weights",
@@ -138,6 +139,14 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to(device="cpu", dtype=torch.float32).numpy())
 
 
+def layer_weights(module: nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
+    """A linear layer's weight ``(d_in, d_out)`` and bias (or None) as float32 arrays (``nn.Linear`` transposed)."""
+    weight = _as_numpy(module.weight)
+    if isinstance(module, nn.Linear):  # stored (d_out, d_in)
+        weight = np.ascontiguousarray(weight.T)
+    return weight, None if module.bias is None else _as_numpy(module.bias)
+
+
 def remote_linear_weights(model: nn.Module, patterns: Sequence[str] = DEFAULT_REMOTE_PATTERNS) -> RemoteWeights:
     """The frozen weights of the layers to outsource: ``{name: (W (d_in, d_out), bias or None)}``.
 
@@ -154,25 +163,28 @@ def remote_linear_weights(model: nn.Module, patterns: Sequence[str] = DEFAULT_RE
     merged = [site.name for site in sites if getattr(site.holder, "merged", False)]
     if merged:  # the base weight then contains the adapters, which must not reach a worker
         raise ValueError(f"adapters are merged into the base weights of {merged}; call model.unmerge_adapter() first")
-    weights: RemoteWeights = {}
-    for site in sites:
-        module = site.module
-        weight = _as_numpy(module.weight)
-        if isinstance(module, nn.Linear):  # stored (d_out, d_in)
-            weight = np.ascontiguousarray(weight.T)
-        weights[site.name] = (weight, None if module.bias is None else _as_numpy(module.bias))
+    weights: RemoteWeights = {site.name: layer_weights(site.module) for site in sites}
     if not weights:
         raise ValueError(f"no linear layer of {type(model).__name__} matches the patterns {list(patterns)}")
     return weights
 
 
-def save_remote_weights(weights: RemoteWeights, path: str | Path) -> Path:
-    """Write :func:`remote_linear_weights` output to a ``.safetensors`` file (keys ``NAME.weight``/``NAME.bias``)."""
+def save_remote_weights(
+    weights: RemoteWeights | nn.Module, path: str | Path, patterns: Sequence[str] = DEFAULT_REMOTE_PATTERNS
+) -> Path:
+    """Write the worker's weights to a ``.safetensors`` file for ``veilml worker --weights PATH``.
+
+    ``weights`` is a model (plain transformers or PEFT: its layers matching ``patterns`` are written, as
+    :func:`remote_linear_weights` reads them) or that function's output. Keys are ``NAME.weight``/``NAME.bias``;
+    only the frozen projections are written (no embeddings, norms, LM head or adapters). Returns ``path``.
+    """
     from safetensors.numpy import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"remote weights are written as .safetensors, got {path.name!r}")
+    if isinstance(weights, nn.Module):
+        weights = remote_linear_weights(weights, patterns)
     tensors: dict[str, np.ndarray] = {}
     for name, (weight, bias) in weights.items():
         weight = np.asarray(weight)
