@@ -1,18 +1,70 @@
-"""What the ``veilml`` commands share: their user error, reading access tokens, and serving an app over HTTP."""
+"""What the ``veilml`` commands share: their user error, reading access tokens, the state directory, and
+serving an app over HTTP."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from veilml.errors import VeilmlError
 
-__all__ = ["LOOPBACK", "CommandError", "read_tokens", "run_app", "service_modules", "url_of"]
+__all__ = [
+    "LOOPBACK",
+    "CommandError",
+    "default_state_dir",
+    "one_line",
+    "private_state_dir",
+    "read_tokens",
+    "run_app",
+    "service_modules",
+    "url_of",
+]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class CommandError(VeilmlError):
     """A command that cannot go on; printed as ``veilml <command>: error: ...`` with exit status 1."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error's message on one line (libraries' messages may span several: scikit-learn's list of columns,
+    a C++ library's backtrace after its first line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    if lines[0].startswith("[") and "Stack trace" in str(error):  # XGBoost: "[time] file:line: message\nStack trace:"
+        return lines[0].split(": ", 1)[-1]
+    return " ".join(line for line in lines if not line.startswith("Stack trace")).rstrip(":")
+
+
+def default_state_dir() -> Path:
+    """Where ``veilml serve`` keeps its state unless told: the per-user state directory (platformdirs' where
+    it is installed, else ``$XDG_STATE_HOME`` or ``~/.local/state``) / ``veilml/serve``."""
+    try:
+        from platformdirs import user_state_dir
+    except ImportError:
+        base = os.environ.get("XDG_STATE_HOME", "")
+        root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"  # the XDG spec: relative is invalid
+        return root / "veilml" / "serve"
+    return Path(user_state_dir("veilml", appauthor=False)) / "serve"
+
+
+def private_state_dir(path: Path) -> Path:
+    """``path``, made (mode 0700, with a missing ``veilml`` parent too) if missing; refused, with the fix, where it
+    is not a directory of this user's that no one else can write."""
+    from veilml.runtime.private_files import check_private_dir
+
+    risk = "whoever can write there can plant or swap the evaluation keys the server loads"
+    try:
+        check_private_dir(path, "--state", risk)
+        if path.parent.name == "veilml" and not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot use --state {path}: {one_line(error)}") from None
+    return path
 
 
 def read_tokens(path: str) -> Any:

@@ -2,8 +2,13 @@
 
 Commands:
     worker   serve a model's base linear layers to private LoRA clients, on encrypted activations
+    (and the tree model commands of :mod:`veilml.cli.model` and :mod:`veilml.cli.predict`)
 
-Imports stay inside the commands so that ``veilml --help`` answers at once.
+``veilml --help``, ``--version`` and argument errors answer at once: the parser gives arguments only to
+the command being run (the others appear by name), and imports stay inside the commands.
+
+A user error ends in one line, ``veilml COMMAND: error: ...``, and exit status 1 (argument errors: argparse's,
+status 2); ``VEILML_TRACEBACK=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,10 +19,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from veilml.cli.common import CommandError, read_tokens, run_app, service_modules
+from veilml.cli.common import CommandError, one_line, read_tokens, run_app, service_modules
+from veilml.errors import VeilmlError
 from veilml.serving.limits import positive
 
-__all__ = ["build_parser", "main", "serve"]
+__all__ = ["build_parser", "main", "serve", "version_text"]
+
+#: the packages ``--version`` names beside veilml: the cryptography underneath (read from their metadata)
+CRYPTO_PACKAGES = {
+    "concrete-python": "TFHE: the tree models' circuits, the 'concrete' linear backend",
+    "tenseal": "Microsoft SEAL: the batched tree path, the 'bfv-seal' linear backend",
+    "concrete-ml-extensions": "the 'glwe' linear backend",
+}
 
 
 _positive_int = positive(int)
@@ -47,9 +60,37 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``veilml`` parser: ``veilml worker`` here, the tree model commands from :mod:`veilml.cli.model`."""
+def version_text() -> str:
+    """``veilml --version``: veilml's version, Python's, and the installed crypto libraries' (from their package
+    metadata: nothing is imported)."""
+    from importlib import metadata
+
     from veilml import __version__
+
+    lines = [f"veilml {__version__} (Python {sys.version.split()[0]})"]
+    for package, role in CRYPTO_PACKAGES.items():
+        try:
+            lines.append(f"  {package} {metadata.version(package)}  ({role})")
+        except metadata.PackageNotFoundError:
+            lines.append(f"  {package} not installed  ({role})")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``veilml`` parser: ``veilml worker`` here, the tree model commands from :mod:`veilml.cli.model` and
+    :mod:`veilml.cli.predict`. ``command`` (what :func:`main` runs): only that command gets its arguments, so
+    that building the parser loads nothing the command does not need; None gives every command its own."""
     from veilml.cli.model import add_model_commands
     from veilml.cli.predict import add_predict_command
 
@@ -57,23 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
         prog="veilml",
         description="veilml: machine learning on encrypted data (TFHE with concrete-python).",
     )
-    parser.add_argument("--version", action="version", version=f"veilml {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show veilml's version and its crypto libraries' (concrete-python, SEAL) and exit",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    worker = _add_worker_command(commands)
-    _add_worker_service_options(worker)
-    add_model_commands(commands, _HelpFormatter)
-    add_predict_command(commands, _HelpFormatter)
+    wanted = None if command is None else {command}
+    worker = _add_worker_command(commands, full=wanted is None or "worker" in wanted)
+    if worker is not None:
+        _add_worker_service_options(worker)
+    add_model_commands(commands, _HelpFormatter, wanted)
+    add_predict_command(commands, _HelpFormatter, wanted)
     return parser
 
 
-def _add_worker_command(commands: Any) -> argparse.ArgumentParser:
-    """``veilml worker`` and what it serves: weights, layers, backend, precision."""
+def _add_worker_command(commands: Any, full: bool = True) -> argparse.ArgumentParser | None:
+    """``veilml worker`` and what it serves: weights, layers, backend, precision (``full=False``: its name only,
+    without the imports its arguments need; None is returned)."""
+    help_text = "serve a model's base linear layers on encrypted activations (private LoRA fine-tuning)"
+    if not full:
+        commands.add_parser("worker", help=help_text).set_defaults(handler=_worker_command)
+        return None
     from veilml.linear import limits
     from veilml.linear.base import BACKENDS
 
     worker = commands.add_parser(
         "worker",
-        help="serve a model's base linear layers on encrypted activations (private LoRA fine-tuning)",
+        help=help_text,
         description=(
             "Serve the frozen base-model linear layers of a model over HTTP. Clients "
             "(veilml.linear.transport.HTTPTransport + EncryptedLinearExecutor) send evaluation keys and "
@@ -267,20 +319,29 @@ def _worker_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (``veilml`` itself takes no option
+    with a value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``veilml`` command line; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv) or "")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     try:
         return args.handler(args)
-    except CommandError as error:
-        print(f"veilml {args.command}: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (VeilmlError, ValueError, OSError) as error:  # CommandError, and the library's words on bad input
+        if os.environ.get("VEILML_TRACEBACK", "").strip().lower() in ("1", "true", "yes"):
+            raise
+        print(f"veilml {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """``veilml compile | sign | keygen | encrypt | run | decrypt | serve``: a deployed model from the shell.
 
+``compile`` reads a model file by its suffix (:data:`veilml.cli.sources.FORMATS`: ONNX, XGBoost ``.json`` /
+``.ubj``, LightGBM ``.txt``, scikit-learn ``.skops``). Every user error is one line and exit status 1; what a
+command can check without loading a library (paths, suffixes, key directories) it checks first.
+
 Each step reads and writes files (``-`` is stdin / stdout for the binary ones), so they chain::
 
     veilml sign --new-key maker.key                  # once: maker.key (0600) and maker.key.pub
-    veilml compile model.onnx --data train.csv --out bundle --signing-key maker.key
+    veilml compile model.json --data train.csv --out bundle --n-bits auto --signing-key maker.key
     veilml keygen bundle --key-dir keys --out eval.keys --trusted-key maker.key.pub
     veilml encrypt bundle --key-dir keys --input rows.csv --out - \\
       | veilml run bundle --keys eval.keys --input - --out - \\
@@ -17,29 +21,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from veilml.cli.common import CommandError, read_tokens, run_app, service_modules
+from veilml.cli import arguments
+from veilml.cli.common import CommandError, default_state_dir, private_state_dir, read_tokens, run_app, service_modules
+from veilml.cli.sources import check_model_file
+from veilml.cli.tables import align_columns, checked_names, read_table
 
 __all__ = ["add_model_commands"]
 
 
-def _read_rows(path: str) -> np.ndarray:
-    """Float rows from a .npy file or a CSV (comma-separated, no header; ``-`` is stdin)."""
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    source: Any = sys.stdin if path == "-" else path
+def _read_bytes(path: str, what: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
     try:
-        rows = np.loadtxt(source, delimiter=",", dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as error:
-        raise CommandError(
-            f"cannot read rows from {path}: {error}; give a .npy file or a CSV of numbers without header"
-        ) from None
-    return rows
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CommandError(f"{what} {path} does not exist; check the path (or give '-' for stdin)") from None
+    except IsADirectoryError:
+        raise CommandError(f"{what} {path} is a directory; give a file") from None
 
 
-def _read_bytes(path: str) -> bytes:
-    return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+def _check_output(path: str, what: str) -> None:
+    """Refuse an output file that cannot be written, before the work that makes its bytes."""
+    if path == "-":
+        return
+    if Path(path).is_dir():
+        raise CommandError(f"{what} {path} is a directory; give a file name")
+    if not Path(path).parent.is_dir():
+        raise CommandError(f"{what} {path}: the directory {Path(path).parent} does not exist; make it or give another path")
 
 
 def _write_bytes(path: str, data: bytes) -> None:
@@ -50,26 +58,58 @@ def _write_bytes(path: str, data: bytes) -> None:
         Path(path).write_bytes(data)
 
 
+def _check_bundle(path: str, side: str) -> None:
+    """Refuse a missing bundle before any library loads (the bundle's own checks come after)."""
+    if not Path(path).is_dir():
+        raise CommandError(
+            f"bundle {path} {'is not a directory' if Path(path).exists() else 'does not exist'}; give the directory "
+            f"'veilml compile --out' wrote (or its {side} directory)"
+        )
+
+
+def _check_out(out: str) -> None:
+    """Refuse a --out that is not a place for a bundle: a bundle written there replaces the whole directory."""
+    path = Path(out)
+    if path.is_dir():
+        others = sorted(entry.name for entry in path.iterdir() if entry.name not in ("client", "server", "model"))
+        if others:
+            raise CommandError(
+                f"--out {out} exists and is not a veilml bundle (it holds {', '.join(others[:5])}); the bundle replaces "
+                "the whole directory: give a new path, or the directory of an earlier bundle"
+            )
+        return
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise CommandError(f"--out {out}: {existing} is a file, not a directory; give a new directory for the bundle")
+
+
 def _compile(args: argparse.Namespace) -> int:
-    import veilml
+    check_model_file(args.model)  # the cheap refusals first: no library is loaded yet
+    _check_out(args.out)
+    table = read_table(args.data, "--data", header=args.header)
+    private_key = _signing_key(args.signing_key) if args.signing_key else None
+    from veilml.cli.sources import choose_bits, open_model
     from veilml.compiler import Configuration
 
-    if not args.model.endswith(".onnx"):
-        raise CommandError(
-            f"{args.model}: give an ONNX file (TreeEnsembleClassifier / TreeEnsembleRegressor), e.g. written by skl2onnx"
+    source = open_model(args.model)
+    X = align_columns(table, source.feature_names, source.ensemble.n_features, args.data, "compile")
+    with checked_names():
+        if args.n_bits == "auto":
+            n_bits, leaf_bits, found = choose_bits(source, X)
+            print(f"veilml compile: --n-bits auto: {found}", file=sys.stderr)
+        else:
+            n_bits, leaf_bits = args.n_bits, None
+        model = source.estimator(X, n_bits, leaf_bits)
+        print(
+            f"veilml compile: {type(model).__name__}, {X.shape[1]} features, {n_bits} bits: compiling…",
+            file=sys.stderr,
+            flush=True,
         )
-    X = _read_rows(args.data)
-    model = veilml.from_onnx(args.model, X=X, n_bits=args.n_bits)
-    print(
-        f"veilml compile: {type(model).__name__}, {X.shape[1]} features, {args.n_bits} bits: compiling…",
-        file=sys.stderr,
-        flush=True,
-    )
-    model.compile(X, Configuration(show_progress=False))
-    model.save(args.out)
+        model.compile(X, Configuration(show_progress=False))
+    model.save(args.out, signing_key=private_key)
     print(f"veilml compile: {model.report_}; bundle written to {args.out}", file=sys.stderr)
-    if args.signing_key:
-        _sign_bundle(args.out, args.signing_key, "compile")
+    if private_key is not None:
+        _print_signed(args.out, private_key, "compile")
     _print_fingerprint(args.out, "compile")
     return 0
 
@@ -84,13 +124,19 @@ def _print_fingerprint(bundle: str, command: str) -> None:
     )
 
 
-def _sign_bundle(bundle: str, key: str, command: str) -> None:
-    from veilml.runtime.manifest import load_private_key, public_key_id
-    from veilml.serving.bundle import sign_bundle
+def _signing_key(path: str) -> Any:
+    """The private key of ``--signing-key`` / ``--key``, read before any work is done."""
+    from veilml.runtime.manifest import load_private_key
 
-    private = load_private_key(key)
-    for path in sign_bundle(bundle, private):
-        print(f"veilml {command}: signed {path.parent} (key {public_key_id(private.public_key())[:16]}…)", file=sys.stderr)
+    if not Path(path).is_file():
+        raise CommandError(f"signing key {path} does not exist; make a key pair with 'veilml sign --new-key {path}'")
+    return load_private_key(path)
+
+
+def _print_signed(bundle: str, private: Any, command: str) -> None:
+    from veilml.runtime.manifest import public_key_id
+
+    print(f"veilml {command}: signed {bundle} (key {public_key_id(private.public_key())[:16]}…)", file=sys.stderr)
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -105,19 +151,55 @@ def _sign(args: argparse.Namespace) -> int:
         return 0
     if not (args.bundle and args.key):
         raise CommandError("give a bundle and --key PRIVATE_KEY_FILE, or --new-key PATH to make a key pair")
-    _sign_bundle(args.bundle, args.key, "sign")
+    _check_bundle(args.bundle, "client or server")
+    private = _signing_key(args.key)
+    from veilml.serving.bundle import sign_bundle
+
+    for path in sign_bundle(args.bundle, private):
+        _print_signed(str(path.parent), private, "sign")
     _print_fingerprint(args.bundle, "sign")
     return 0
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _check_key_dir(args: argparse.Namespace, *, made_here: bool) -> None:
+    """Refuse a --key-dir that cannot be this client's, saying the fix, before any library loads."""
+    import os
+
+    from veilml.runtime.private_files import check_private_dir
+
+    path = Path(args.key_dir).expanduser()
+    keygen = f"veilml keygen {args.bundle} --key-dir {args.key_dir} --out eval.keys"
+    if not path.exists():
+        if made_here:
+            return
+        raise CommandError(f"--key-dir {args.key_dir} does not exist; run '{keygen}' first, or give the directory keygen used")
+    if not path.is_dir():
+        raise CommandError(f"--key-dir {args.key_dir} is not a directory; give a directory for this client's keys")
+    try:
+        check_private_dir(path, "--key-dir", "others could read or plant secret keys")
+    except OSError as error:  # another user's, or writable by others: its message says what to do
+        raise CommandError(str(error)) from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise CommandError(f"--key-dir {args.key_dir} cannot be read and written by you; chmod 700 {args.key_dir}")
+
+
+def _client(args: argparse.Namespace, *, made_here: bool = False) -> Any:
+    _check_bundle(args.bundle, "client")
+    _check_key_dir(args, made_here=made_here)
     from veilml.serving.bundle import ModelClient
 
-    return ModelClient(args.bundle, key_dir=args.key_dir, trusted_key=args.trusted_key)
+    client = ModelClient(args.bundle, key_dir=Path(args.key_dir).expanduser(), trusted_key=args.trusted_key)
+    if not made_here and not client._fhe.has_keys:
+        raise CommandError(
+            f"no keys for this model in {args.key_dir}; run 'veilml keygen {args.bundle} --key-dir {args.key_dir} "
+            "--out eval.keys' first (keys are per model: a key directory may hold those of several)"
+        )
+    return client
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    client = _client(args)
+    _check_output(args.out, "--out")
+    client = _client(args, made_here=True)
     client.keygen(force=args.force)
     _write_bytes(args.out, client.evaluation_keys())
     print(f"veilml keygen: key id {client.key_id}; keys in {args.key_dir} (0600), evaluation keys in {args.out}", file=sys.stderr)
@@ -125,28 +207,34 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _encrypt(args: argparse.Namespace) -> int:
+    table = read_table(args.input, "--input", header=args.header)
+    _check_output(args.out, "--out")
     client = _client(args)
-    if not client._fhe.has_keys:
-        raise CommandError(
-            f"no keys for this model in {args.key_dir}; run 'veilml keygen {args.bundle} --key-dir {args.key_dir}' first"
-        )
-    _write_bytes(args.out, client.encrypt(_read_rows(args.input)))
+    rows = align_columns(table, client.codec.feature_names, client.n_features, args.input, "encrypt")
+    with checked_names():
+        _write_bytes(args.out, client.encrypt(rows))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    _check_bundle(args.bundle, "server")
+    keys, batch = _read_bytes(args.keys, "--keys"), _read_bytes(args.input, "--input")
+    _check_output(args.out, "--out")
     from veilml.serving.bundle import ModelServer
 
     server = ModelServer(args.bundle, trusted_key=args.trusted_key)
-    key_id = server.register(_read_bytes(args.keys))
-    _write_bytes(args.out, server.run(_read_bytes(args.input), key_id))
+    key_id = server.register(keys)
+    _write_bytes(args.out, server.run(batch, key_id))
     return 0
 
 
 def _decrypt(args: argparse.Namespace) -> int:
+    results = _read_bytes(args.input, "--input")
+    _check_output(args.out, "--out")
     client = _client(args)
-    results = _read_bytes(args.input)
     values = client.decrypt_proba(results) if args.proba else client.decrypt(results)
+    import numpy as np
+
     values = np.asarray(values).reshape(len(values), -1)
     out = sys.stdout if args.out == "-" else open(args.out, "w")
     try:
@@ -159,16 +247,18 @@ def _decrypt(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    service_modules("serving")
+    _check_bundle(args.bundle, "server")
     from veilml.serving.limits import limits_from_args
-    from veilml.serving.model_service import create_model_app
 
     tokens = read_tokens(args.access_token_file) if args.access_token_file else None
     try:
         limits = limits_from_args(args)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    state = Path(args.state).expanduser()
+    state = private_state_dir(Path(args.state).expanduser() if args.state else default_state_dir())
+    service_modules("serving")
+    from veilml.serving.model_service import create_model_app
+
     app = create_model_app(args.bundle, state, limits=limits, access_token=tokens, trusted_key=args.trusted_key)
     print(
         f"veilml serve: model {app.state.fingerprint[:12]}…, {app.state.n_features} features, "
@@ -194,100 +284,35 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(handler: Any) -> Any:
-    """Turn library errors on user input into one-line command errors."""
+def add_model_commands(commands: Any, formatter_class: Any, wanted: Any = None) -> None:
+    """Register the deployment commands on the ``veilml`` sub-command parser: those in ``wanted`` (None: all) with
+    their arguments, the others by name and help only (enough for ``veilml --help``)."""
 
-    def run(args: argparse.Namespace) -> int:
-        from veilml.runtime.envelope import EnvelopeError
-        from veilml.runtime.manifest import ArtifactError
-        from veilml.runtime.security import InsecureParametersError
-
-        refused = (ArtifactError, EnvelopeError, InsecureParametersError, FileNotFoundError, FileExistsError, PermissionError)
-        try:
-            return handler(args)
-        except (*refused, NotADirectoryError, CommandError) as error:
-            print(f"veilml {args.command}: error: {error}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-def add_model_commands(commands: Any, formatter_class: Any) -> None:
-    """Register the deployment commands on the ``veilml`` sub-command parser."""
-
-    def command(name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, handler: Any, add_arguments: Any) -> None:
         parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=formatter_class)
-        parser.set_defaults(handler=_guarded(handler))
-        return parser
+        parser.set_defaults(handler=handler)
+        if wanted is None or name in wanted:
+            add_arguments(parser)
 
-    p = command("compile", "compile an ONNX tree model into a deployment bundle (client/ and server/)", _compile)
-    p.add_argument("model", help="an ONNX file with a TreeEnsembleClassifier / TreeEnsembleRegressor")
-    p.add_argument(
-        "--data", required=True, help="representative rows (.npy, or CSV without header): the input grid and the compile inputset"
+    command(
+        "compile", "compile a tree model file into a deployment bundle (client/ and server/)", _compile, arguments.compile_args
     )
-    p.add_argument("--out", required=True, help="the bundle directory to write")
-    p.add_argument("--n-bits", type=int, default=6, help="input and leaf precision")
-    p.add_argument("--signing-key", help="sign the bundle with this Ed25519 private key (from 'veilml sign --new-key')")
-
-    p = command(
+    command(
         "sign",
         "sign a bundle with an Ed25519 key (a server bundle is code: loaders given your public key accept only "
         "bundles you signed), or make a key pair",
         _sign,
+        arguments.sign_args,
     )
-    p.add_argument("bundle", nargs="?", help="the bundle directory (or one of its sides) to sign")
-    p.add_argument("--key", help="the private key file (PEM, mode 0600)")
-    p.add_argument("--new-key", metavar="PATH", help="make a key pair: PATH (private, 0600) and PATH.pub (public)")
-
-    def trusted_key_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--trusted-key", help="the bundle maker's public key (PEM, from 'veilml sign --new-key'): require their signature"
-        )
-
-    def client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("bundle", help="the bundle directory (or its client/)")
-        p.add_argument("--key-dir", required=True, help="where this client's keys are kept (secret keys 0600)")
-        trusted_key_arg(p)
-
-    p = command("keygen", "make this client's keys (or reuse them) and write its public evaluation keys", _keygen)
-    client_args(p)
-    p.add_argument("--out", required=True, help="file for the evaluation keys ('-': stdout)")
-    p.add_argument("--force", action="store_true", help="make new keys even if key-dir has some")
-
-    p = command("encrypt", "encrypt rows into one ciphertext batch", _encrypt)
-    client_args(p)
-    p.add_argument("--input", required=True, help="rows (.npy, or CSV without header; '-': stdin)")
-    p.add_argument("--out", required=True, help="file for the ciphertext batch ('-': stdout)")
-
-    p = command("run", "run the encrypted model on a ciphertext batch (server side: no secret key)", _run)
-    p.add_argument("bundle", help="the bundle directory (or its server/)")
-    p.add_argument("--keys", required=True, help="the client's evaluation keys (from veilml keygen)")
-    p.add_argument("--input", required=True, help="the ciphertext batch ('-': stdin)")
-    p.add_argument("--out", required=True, help="file for the result batch ('-': stdout)")
-    trusted_key_arg(p)
-
-    p = command("decrypt", "decrypt a result batch into predictions (CSV)", _decrypt)
-    client_args(p)
-    p.add_argument("--input", required=True, help="the result batch ('-': stdin)")
-    p.add_argument("--out", default="-", help="CSV file for the predictions ('-': stdout)")
-    p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
-
-    from veilml.serving.limits import SERVE_LIMITS, add_limit_arguments
-
-    p = command("serve", "serve a bundle over HTTP: TFHE rows (POST /predict) and whole tables (POST /batch/predict)", _serve)
-    p.add_argument("bundle", help="the bundle directory")
-    p.add_argument(
-        "--state",
-        default="~/.local/state/veilml/serve",
-        help="directory for registered evaluation keys (kept across restarts, mode 0700)",
+    command(
+        "keygen", "make this client's keys (or reuse them) and write its public evaluation keys", _keygen, arguments.keygen_args
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--access-token-file",
-        help="a file (mode 0600) of access tokens, one per line as 'NAME TOKEN' (or just 'TOKEN'); every request but "
-        "/health must present one, and quotas and fair shares are per token",
+    command("encrypt", "encrypt rows into one ciphertext batch", _encrypt, arguments.encrypt_args)
+    command("run", "run the encrypted model on a ciphertext batch (server side: no secret key)", _run, arguments.run_args)
+    command("decrypt", "decrypt a result batch into predictions (CSV)", _decrypt, arguments.decrypt_args)
+    command(
+        "serve",
+        "serve a bundle over HTTP: TFHE rows (POST /predict) and whole tables (POST /batch/predict)",
+        _serve,
+        arguments.serve_args,
     )
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    trusted_key_arg(p)
-    add_limit_arguments(p, SERVE_LIMITS, aliases={"--max-key-mb": "--max-key-store-mb"})

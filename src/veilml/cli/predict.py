@@ -13,19 +13,32 @@ import argparse
 import sys
 from typing import Any
 
-import numpy as np
-
-from veilml.cli.common import CommandError
+from veilml.cli.common import CommandError, one_line
+from veilml.cli.tables import align_columns, checked_names, read_table
 
 __all__ = ["add_predict_command"]
 
 
+def _check_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as error:
+        raise CommandError(f"{url!r} is not a URL ({error}); give the server's base URL, e.g. http://127.0.0.1:8000") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CommandError(f"{url!r} is not an http(s) URL; give the server's base URL, e.g. http://127.0.0.1:8000")
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from veilml.cli.model import _read_rows
+    _check_url(args.url)
+    token = _read_token(args.access_token_file) if args.access_token_file else None
+    table = read_table(args.input, "--input", header=args.header)
+    import numpy as np
+
     from veilml.serving.remote_model import RemoteModel, RemoteModelError
 
-    token = _read_token(args.access_token_file) if args.access_token_file else None
-    rows = _read_rows(args.input)
     try:
         with RemoteModel(
             args.url,
@@ -35,9 +48,15 @@ def _predict(args: argparse.Namespace) -> int:
             trusted_key=args.trusted_key,
             progress=None if args.progress == "auto" else args.progress == "on",
         ) as model:
-            out = model.predict_proba(rows, fhe_path=args.fhe_path) if args.proba else model.predict(rows, fhe_path=args.fhe_path)
+            rows = align_columns(table, model.client.codec.feature_names, model.client.n_features, args.input, "predict")
+            with checked_names():
+                out = (
+                    model.predict_proba(rows, fhe_path=args.fhe_path)
+                    if args.proba
+                    else model.predict(rows, fhe_path=args.fhe_path)
+                )
     except (RemoteModelError, ValueError) as error:
-        raise CommandError(str(error)) from None
+        raise CommandError(one_line(error)) from None
     out = np.asarray(out)
     target: Any = sys.stdout if args.out == "-" else args.out
     np.savetxt(target, out.reshape(len(out), -1), delimiter=",", fmt="%.10g")
@@ -65,15 +84,19 @@ def _read_token(path: str) -> str:
     return tokens[0]
 
 
-def add_predict_command(commands: Any, formatter_class: Any) -> None:
-    """Register ``veilml predict`` on the ``veilml`` sub-command parser."""
-    from veilml.cli.model import _guarded
+def add_predict_command(commands: Any, formatter_class: Any, wanted: Any = None) -> None:
+    """Register ``veilml predict`` on the ``veilml`` sub-command parser (its arguments where ``wanted`` names it or
+    is None)."""
+    from veilml.cli.arguments import ROWS_HELP, header_arg, trusted_key_arg
 
     help_text = "score rows against a served model (veilml serve), encrypted end to end"
     p = commands.add_parser("predict", help=help_text, description=help_text, formatter_class=formatter_class)
-    p.set_defaults(handler=_guarded(_predict))
+    p.set_defaults(handler=_predict)
+    if wanted is not None and "predict" not in wanted:
+        return
     p.add_argument("url", help="the server's base URL")
-    p.add_argument("--input", required=True, help="rows (.npy, or CSV without header; '-': stdin)")
+    p.add_argument("--input", required=True, help=f"{ROWS_HELP} ('-': a CSV on stdin)")
+    header_arg(p)
     p.add_argument("--out", default="-", help="CSV of labels / values (or probabilities with --proba); '-': stdout")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
     p.add_argument(
@@ -83,7 +106,7 @@ def add_predict_command(commands: Any, formatter_class: Any) -> None:
         help="auto: the batched path for 128 rows or more when the server has it, else the TFHE path",
     )
     p.add_argument("--fingerprint", help="the client bundle fingerprint veilml serve printed: any other is refused")
-    p.add_argument("--trusted-key", help="the bundle maker's public key (PEM): require their signature")
+    trusted_key_arg(p)
     p.add_argument("--key-dir", help="where to keep this client's keys (default: in memory, made for this run)")
     p.add_argument("--access-token-file", help="a 0600 file with the server's access token")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="a progress bar over batches")
