@@ -309,7 +309,7 @@ ROWS = [
 ]
 BYTES = {"evaluation_key_serialized_bytes": 2**20, "bytes_up_per_row": 2**10, "bytes_down_per_row": 2**10}
 RATIOS = [(label, key, kind) for label, key, _, kind in ROWS if kind]
-#: the README's acceptance lines (Concrete-ML / veilml at least this much)
+#: the acceptance lines of docs/benchmarks.md (Concrete-ML / veilml at least this much)
 ACCEPTANCE = {"execute_latency_median_s": 10.0, "complexity": 15.0}
 
 
@@ -471,7 +471,7 @@ def case_section(name: str, entry: dict) -> list[str]:
     return parts
 
 
-#: the README's tables (first header cell, ratios shown, columns): tests/test_readme.py reads them back
+#: the tables of docs/benchmarks.md (first header cell, ratios shown, columns): tests/test_readme.py reads them back
 README_TABLES = [
     (
         "case",
@@ -511,7 +511,7 @@ README_TABLES = [
 
 
 def readme_tables(cases: dict[str, dict]) -> str:
-    """The README's copies of the ratios (one decimal), ready to paste."""
+    """The copies of the ratios in docs/benchmarks.md (one decimal), ready to paste."""
     out = []
     for first, ratios_key, columns in README_TABLES:
         lines = [f"| {first} | " + " | ".join(label for label, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -562,7 +562,7 @@ def write(record: dict, args: argparse.Namespace) -> str:
     ]
     for name, entry in cases.items():
         parts += case_section(name, entry)
-    parts += ["## The README's tables (ratios, one decimal)\n", readme_tables(cases) + "\n"]
+    parts += ["## The tables of docs/benchmarks.md (ratios, one decimal)\n", readme_tables(cases) + "\n"]
     text = "\n".join(parts)
     (RESULTS / f"{args.output}.md").write_text(text)
     return text

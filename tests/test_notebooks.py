@@ -104,3 +104,22 @@ def test_notebook_is_stored_executed(path: Path) -> None:
         f"{path.name}: code cells {sorted(set(stderr))} are stored with stderr output (a warning, a progress bar); "
         "silence it, or capture and print what the reader should see"
     )
+
+
+#: notebooks whose encrypted runs show veilml's progress bar (a tqdm.auto widget), and the call that draws it
+BARS = {"01_encrypted_decision_tree.ipynb": 'fhe="execute"', "05_whole_tables.ipynb": 'fhe="execute"'}
+
+
+@pytest.mark.parametrize("name", sorted(BARS))
+def test_long_steps_show_a_progress_bar_in_the_stored_notebook(name: str) -> None:
+    """A reader of the executed notebook sees a bar where encryption runs (progress=None: on in a notebook)."""
+    notebook = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code" and BARS[name] in cell.source]
+    assert cells, f"{name} no longer calls {BARS[name]}"
+    bars = [
+        output
+        for cell in cells
+        for output in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+    ]
+    assert bars, f"{name}: no progress bar where {BARS[name]} runs; re-execute it with `python scripts/run_notebooks.py`"

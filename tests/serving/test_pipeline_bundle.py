@@ -57,6 +57,23 @@ def test_a_served_pipeline_bundle_predicts_as_the_pipeline(pipe, bundle, data, n
     np.testing.assert_array_equal(client.decrypt(server.run(client.encrypt(X), key_id)), pipe.predict(X, fhe="simulate"))
 
 
+@pytest.mark.execute
+def test_remote_model_through_veilml_serve_takes_raw_rows_as_the_pipeline_does(pipe, bundle, data, tmp_path, no_clip_warning):
+    from worker_helpers import CLIWorker
+
+    from veilml.serving.remote_model import RemoteModel
+
+    server = CLIWorker(tmp_path, str(bundle), "--state", str(tmp_path / "state"), name="serve", command="serve")
+    try:
+        server.wait_ready()
+        X = data[2][:3]  # raw rows: the client bundle's preprocessing.json scales them before quantizing
+        with RemoteModel(server.url, key_dir=tmp_path / "keys", bundle_dir=tmp_path / "client") as model:
+            np.testing.assert_array_equal(model.predict(X), pipe.predict(X, fhe="simulate"))
+            np.testing.assert_array_equal(model.predict(X), pipe.predict(X))  # simulate == disable on these rows
+    finally:
+        server.kill()
+
+
 def test_column_transformers_and_imputers_compute_what_scikit_learn_computes(data, no_clip_warning):
     X, y, X_test = data
     X = X.copy()

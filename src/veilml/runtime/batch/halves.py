@@ -220,10 +220,11 @@ class BatchModelClient:
 
         ``transport`` takes an iterator of :class:`BatchRequest` (one per batch of up to N rows, encrypted as it
         asks for them, under one fresh key) and yields each batch's outputs in order: packed bytes (checked and
-        unpacked here) or a list of ciphertexts. ``progress``: a bar over batches (None: on a terminal only).
+        unpacked here) or a list of ciphertexts. ``progress``: a bar over batches (None: on a terminal or in a
+        notebook, :func:`veilml.runtime.progress.show_progress`).
         ``workers``: threads of this process that encrypt (None: as many as it has cores, up to 2).
         """
-        from tqdm import tqdm
+        from veilml.runtime.progress import progress_bar
 
         codes = self.codec.input_quantizer.quantize(np.asarray(X, dtype=np.float64), warn=self.codec.warn_on_clip)
         shape = self.plan(len(codes), encoding, max_request_bytes)
@@ -235,12 +236,13 @@ class BatchModelClient:
         batches = [codes[start : start + slots] for start in range(0, len(codes), slots)]
         if workers is None:
             workers = min(2, os.cpu_count() or 1)
-        show = None if progress is None else not progress
         session.workers = workers
         answers = iter(transport(session.request(batch) for batch in batches))
         found = [
             session.scores(next(answers, None), len(batch))
-            for batch in tqdm(batches, desc=f"batched FHE ({shape.encoding})", unit=f"batch of {slots}", disable=show)
+            for batch in progress_bar(
+                batches, progress=progress, desc=f"batched FHE ({shape.encoding})", unit=f"batch of {slots}"
+            )
         ]
         if next(answers, None) is not None:
             raise ValueError("the server answered more batches than were sent")
