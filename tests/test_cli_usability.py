@@ -166,6 +166,12 @@ def test_a_wrong_key_dir_is_one_line_naming_the_fix(tmp_path, capsys) -> None:
     shared.chmod(0o777)
     assert main(["keygen", str(bundle), "--key-dir", str(shared), "--out", str(tmp_path / "k")]) == 1
     assert "writable by other users" in (line := _error_line(capsys)) and "chmod 700" in line
+    # predict checks its key directory before it connects: no server listens here, and the error is the key dir's
+    predict = ["predict", "http://127.0.0.1:9", "--input", str(rows), "--key-dir"]
+    assert main([*predict, str(shared)]) == 1
+    assert "writable by other users" in (line := _error_line(capsys)) and "chmod 700" in line
+    assert main([*predict, str(tmp_path / "file")]) == 1
+    assert "is not a directory" in _error_line(capsys)
     # the same from a shell: the exit status, and nothing but the line
     done = subprocess.run(
         [sys.executable, "-m", "veilml", *encrypt, str(tmp_path / "missing")], capture_output=True, text=True, timeout=120

@@ -111,6 +111,19 @@ def test_fits_on_codes_and_keeps_the_float_metric(name, cancer, diabetes):
     assert scores.shape == (4, model.ensemble_.n_outputs)
 
 
+@pytest.mark.parametrize("n_bits, n_trees", [(3, 20), (6, 100)])
+def test_many_trees_at_few_bits_keep_every_tree(n_bits, n_trees, cancer):
+    """More trees than a shared (n_bits + 1)-bit score has steps: each tree keeps its own n_bits. With the
+    shared score most boosted trees rounded to one value (XGBoost 20 x 4 at 3 bits predicted one class)."""
+    X_train, X_test, y_train, y_test = cancer
+    params = {"n_estimators": n_trees, "max_depth": 3, "n_jobs": 1, "random_state": 0}
+    model = veilml.XGBClassifier(n_bits=n_bits, **params).fit(X_train, y_train)
+    reference = float_model("XGBClassifier", **params).fit(X_train, y_train).score(X_test, y_test)
+    assert model.leaf_bits_ == n_bits
+    assert set(model.predict(X_test)) == {0, 1}
+    assert model.score(X_test, y_test) >= reference - 0.03
+
+
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_multiclass_probabilities(name, wine):
     X_train, X_test, y_train, y_test = wine

@@ -39,6 +39,26 @@ def one_line(error: BaseException | str) -> str:
     return " ".join(line for line in lines if not line.startswith("Stack trace")).rstrip(":")
 
 
+def check_key_dir(key_dir: str, *, missing: str | None) -> None:
+    """Refuse a ``--key-dir`` that cannot be this client's, saying the fix, before any library loads or any byte is
+    sent. ``missing``: the fix to name when it does not exist (None: it is made, 0700, where it is missing)."""
+    from veilml.runtime.private_files import check_private_dir
+
+    path = Path(key_dir).expanduser()
+    if not path.exists():
+        if missing is None:
+            return
+        raise CommandError(f"--key-dir {key_dir} does not exist; {missing}")
+    if not path.is_dir():
+        raise CommandError(f"--key-dir {key_dir} is not a directory; give a directory for this client's keys")
+    try:
+        check_private_dir(path, "--key-dir", "others could read or plant secret keys")
+    except OSError as error:  # another user's, or writable by others: its message says what to do
+        raise CommandError(str(error)) from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise CommandError(f"--key-dir {key_dir} cannot be read and written by you; chmod 700 {key_dir}")
+
+
 def default_state_dir() -> Path:
     """Where ``veilml serve`` keeps its state unless told: the per-user state directory (platformdirs' where
     it is installed, else ``$XDG_STATE_HOME`` or ``~/.local/state``) / ``veilml/serve``."""

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from veilml.cli import arguments
-from veilml.cli.common import CommandError, default_state_dir, private_state_dir, read_tokens, run_app, service_modules
+from veilml.cli.common import (
+    CommandError,
+    check_key_dir,
+    default_state_dir,
+    private_state_dir,
+    read_tokens,
+    run_app,
+    service_modules,
+)
 from veilml.cli.sources import check_model_file
 from veilml.cli.tables import align_columns, checked_names, read_table
 
@@ -161,31 +169,10 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_key_dir(args: argparse.Namespace, *, made_here: bool) -> None:
-    """Refuse a --key-dir that cannot be this client's, saying the fix, before any library loads."""
-    import os
-
-    from veilml.runtime.private_files import check_private_dir
-
-    path = Path(args.key_dir).expanduser()
-    keygen = f"veilml keygen {args.bundle} --key-dir {args.key_dir} --out eval.keys"
-    if not path.exists():
-        if made_here:
-            return
-        raise CommandError(f"--key-dir {args.key_dir} does not exist; run '{keygen}' first, or give the directory keygen used")
-    if not path.is_dir():
-        raise CommandError(f"--key-dir {args.key_dir} is not a directory; give a directory for this client's keys")
-    try:
-        check_private_dir(path, "--key-dir", "others could read or plant secret keys")
-    except OSError as error:  # another user's, or writable by others: its message says what to do
-        raise CommandError(str(error)) from None
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise CommandError(f"--key-dir {args.key_dir} cannot be read and written by you; chmod 700 {args.key_dir}")
-
-
 def _client(args: argparse.Namespace, *, made_here: bool = False) -> Any:
     _check_bundle(args.bundle, "client")
-    _check_key_dir(args, made_here=made_here)
+    keygen = f"veilml keygen {args.bundle} --key-dir {args.key_dir} --out eval.keys"
+    check_key_dir(args.key_dir, missing=None if made_here else f"run '{keygen}' first, or give the directory keygen used")
     from veilml.serving.bundle import ModelClient
 
     client = ModelClient(args.bundle, key_dir=Path(args.key_dir).expanduser(), trusted_key=args.trusted_key)

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from veilml.cli.common import CommandError, one_line
+from veilml.cli.common import CommandError, check_key_dir, one_line
 from veilml.cli.tables import align_columns, checked_names, read_table
 
 __all__ = ["add_predict_command"]
@@ -33,6 +33,8 @@ def _check_url(url: str) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     _check_url(args.url)
+    if args.key_dir:
+        check_key_dir(args.key_dir, missing=None)
     token = _read_token(args.access_token_file) if args.access_token_file else None
     table = read_table(args.input, "--input", header=args.header)
     import numpy as np

@@ -19,6 +19,7 @@ __all__ = [
     "leaf_tests",
     "quantize_leaves",
     "right_code",
+    "score_rule_trees",
     "with_complement",
 ]
 
@@ -39,6 +40,12 @@ def right_code(threshold: np.ndarray, split: str | np.ndarray) -> np.ndarray:
     return np.where(strict, np.ceil(threshold), np.floor(threshold) + 1).astype(np.int64)
 
 
+def score_rule_trees(n_bits: int) -> int:
+    """The most trees whose leaves can share an ``(n_bits + 1)``-bit score with a step per tree on average
+    (the half step of rounding each tree adds is kept free, see :func:`quantize_leaves`)."""
+    return (2 ** (n_bits + 2) - 2) // 3  # n_trees <= (2**(n_bits + 1) - 1) - n_trees / 2
+
+
 def quantize_leaves(
     ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, outputs: list[int], score_rule: bool = False
 ) -> tuple[list[np.ndarray], UniformQuantizer, np.ndarray]:
@@ -55,13 +62,16 @@ def quantize_leaves(
     ``(n_bits + 1)``-bit integer (one tree never gets more than ``n_bits``). With paired lookups
     the score's width sets concrete's parameters for every lookup: on the 20-tree forests and
     boosters of ``benchmarks/trees.py`` (6 bits), 6-bit leaves summed to 11 bits cost 1.4-1.5x the
-    complexity of this 7-bit score, at the same test accuracy.
+    complexity of this 7-bit score, at the same test accuracy. The rule needs at least one step per tree
+    on average (:func:`score_rule_trees`): with more trees than that, most trees' leaves rounded to one
+    value and the model collapsed (XGBoost 20 x 4 at 3 bits predicted one class on four folds of five),
+    so each tree keeps ``n_bits`` and the score widens instead.
     """
     trees = [(tree, tree.value[:, outputs]) for tree in ensemble.trees]
     lows = [value[tree.is_leaf].min(axis=0) for tree, value in trees]
     shifted = [value - low for (_, value), low in zip(trees, lows)]
     n_trees = len(ensemble.trees)
-    if score_rule and leaf_bits is None and n_trees > 1:
+    if score_rule and leaf_bits is None and 1 < n_trees <= score_rule_trees(n_bits):
         spreads = np.array([value[tree.is_leaf].max(axis=0) for value, (tree, _) in zip(shifted, trees)])
         target = 2 ** (n_bits + 1) - 1
         # rounding adds at most half a step per tree: keep room for it (or half the range, with very many trees)
