@@ -207,6 +207,18 @@ def _diabetes():
     return load_diabetes(return_X_y=True)
 
 
+def _wine():
+    from sklearn.datasets import load_wine
+
+    return load_wine(return_X_y=True)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
 #: data set name -> (the call that makes it, loader)
 DATASETS: dict[str, tuple[str, Callable[[], Any]]] = {
     "breast_cancer": ("sklearn.datasets.load_breast_cancer()", _breast_cancer),
@@ -215,6 +227,8 @@ DATASETS: dict[str, tuple[str, Callable[[], Any]]] = {
         _classification_60,
     ),
     "diabetes": ("sklearn.datasets.load_diabetes()", _diabetes),
+    "wine": ("sklearn.datasets.load_wine()", _wine),
+    "digits": ("sklearn.datasets.load_digits()", _digits),
 }
 
 

@@ -7,7 +7,9 @@ Cases (``CASES``): a decision tree of depth 5, a random forest of 20 trees of de
 XGBoost classifier of 20 trees of depth 4 on breast cancer at 6 bits; the same three on
 ``make_classification(n_samples=600, n_features=60, n_informative=12, n_redundant=8,
 random_state=0)`` (``classification_60`` of ``benchmarks/tree_families.py``); the decision tree on
-breast cancer at 8 bits; a decision-tree regressor of depth 5 on ``load_diabetes`` at 6 bits (R²).
+breast cancer at 8 bits; a decision-tree regressor of depth 5 on ``load_diabetes`` at 6 bits (R²); and the
+multi-class cases: the tree, the forest and XGBoost (20 rounds, one tree per class each) on ``load_wine`` (3
+classes) and ``load_digits`` (10 classes, 64 features) at 6 bits.
 25 % test split with seed 0, ``random_state=0`` everywhere, every other hyper-parameter at its
 library's default, the same data, hyper-parameters and n_bits on both sides.
 
@@ -89,14 +91,30 @@ CASES: dict[str, Case] = {
     "dtr_diabetes": Case("decision-tree regressor, depth 5, diabetes, 6 bits (R²)", "decision_tree_regressor", "diabetes", 6),
     "xgb_wide": Case("XGBoost, 20 trees × depth 4, 60 features, 6 bits", "xgboost", "classification_60", 6),
     "rf_wide": Case("random forest, 20 trees × depth 4, 60 features, 6 bits", "random_forest", "classification_60", 6),
+    "dt_wine": Case("decision tree, depth 5, wine (3 classes), 6 bits", "decision_tree", "wine", 6),
+    "rf_wine": Case("random forest, 20 trees × depth 4, wine (3 classes), 6 bits", "random_forest", "wine", 6),
+    "xgb_wine": Case("XGBoost, 20 rounds × depth 4, wine (3 classes), 6 bits", "xgboost", "wine", 6),
+    "dt_digits": Case("decision tree, depth 5, digits (10 classes), 6 bits", "decision_tree", "digits", 6),
+    "rf_digits": Case("random forest, 20 trees × depth 4, digits (10 classes), 6 bits", "random_forest", "digits", 6),
+    "xgb_digits": Case("XGBoost, 20 rounds × depth 4, digits (10 classes), 6 bits", "xgboost", "digits", 6),
 }
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
+#: data sets of this benchmark beyond benchmarks/tree_families.py's DATASETS
+EXTRA_DATASETS = {"digits": _digits}
 
 
 def load_case_data(case: Case) -> tuple[np.ndarray, ...]:
     from sklearn.model_selection import train_test_split
     from tree_families import DATASETS
 
-    X, y = DATASETS[case.task][case.dataset][1]()
+    X, y = (EXTRA_DATASETS.get(case.dataset) or DATASETS[case.task][case.dataset][1])()
     return tuple(train_test_split(X, y, test_size=0.25, random_state=0))
 
 

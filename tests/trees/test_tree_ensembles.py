@@ -188,6 +188,30 @@ def test_reference_forest_costs_no_more_than_today(cancer, test_config):
     assert np.mean(model.predict(X_test) == y_test) >= 0.965  # the float forest's accuracy, 0.9650
 
 
+def test_multiclass_forest_costs_no_more_than_today(test_config):
+    """The 3-class forest of benchmarks/trees.py (wine, 20 trees of depth 4, 6 bits): class 0 is derived by the
+    client (the probabilities add up to 1), so two classes are computed and more leaves are worth 0 in both;
+    under a tight error budget the leaf values' digits are one bit wide. Pinned to the figures of 2026-12-08
+    (before: 159 lookups, 9 integers out; complexity 1.04e10 at p_error 1e-5 and 1.6e10 at 1e-10)."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_wine(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
+    model = veilml.RandomForestClassifier(n_estimators=20, max_depth=4, n_bits=6, random_state=0).fit(X_train, y_train)
+    assert model.decision_scores(X_test[:2]).shape == (2, 3)
+    model.compile(X_train, test_config)
+    report = model.report_
+    print(report)
+    assert report.pbs_count <= 125 and max(report.pbs_by_precision) <= 3
+    assert report.complexity <= 8.09e9 * 1.01
+    assert model.fhe_model_.output_combine.shape == (6, 3)  # 2 computed classes x 3 digits, 3 scores
+    assert report.output_bytes <= 6 * 16392  # was 9 ciphertexts, 147,528 bytes
+    assert np.mean(model.predict(X_test) == y_test) >= 0.95
+    model.compile(X_train, test_config.fork(global_p_error=1e-10))
+    assert model.report_.complexity <= 8.6e9 * 1.01 and "of 1 bit" in model.lowering_["scores"]
+    assert model.report_.pbs_count <= 125
+
+
 def _sum_range(model) -> int:
     """The largest value an encrypted output digit-sum can take (the graph's declared bound)."""
     from veilml.compiler import Ops

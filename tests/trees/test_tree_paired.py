@@ -213,7 +213,9 @@ def test_auto_compiles_each_candidate_and_keeps_the_cheapest(cancer, test_config
 
     auto = forest()
     kinds = ("indicators", "paired", "subtrees")
-    assert len(auto._candidates) == 3  # pairs save more than a fifth of the lookups, subtrees over two fifths of the rest
+    assert len(auto._candidates) == 4  # pairs save more than a fifth of the lookups, subtrees over two fifths of the rest
+    # and the indicators with one-bit digits, compiled only under a tight error budget (not this one)
+    assert auto._low_error_only == [False, False, False, True]
     # the candidates share the (n_bits + 1)-bit score: the same decision scores
     first = auto._candidates[0][0].run(X_test, "disable")
     assert all(np.allclose(model.run(X_test, "disable"), first) for model, _ in auto._candidates[1:])

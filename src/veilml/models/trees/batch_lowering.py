@@ -9,8 +9,8 @@ bits of each digit). In digits, a comparison ``[q >= B a + b]`` is
 Whatever the encoding, every bit is encrypted, so the client learns nothing of which comparisons the model
 makes. Each tree is then a multiplexer, bottom up: a node's value is ``g_left + c (g_right - g_left)`` with
 ``c = [q_f >= k]`` (its test sends a row right), a leaf's is its quantized value, so a node whose children are
-both leaves costs no product; with more than two outputs, each tree's leaves get indicators top down
-instead (``ind_right = ind c``, ``ind_left = ind - ind_right``: one product per internal node below the root,
+both leaves costs no product; with more than one output (a forest's K - 1 class scores), each tree's leaves get
+indicators top down instead (``ind_right = ind c``, ``ind_left = ind - ind_right``: one product per internal node below the root,
 whatever the number of outputs) and the scores are clear combinations of them. With ``split = k`` a tree's top
 ``k`` levels are path indicators (balanced products of their conditions) above multiplexers, one level shallower
 for a depth-5 tree in digits; :func:`best_tree_program` picks ``k`` by the cost model. The trees' scores are summed
@@ -115,7 +115,7 @@ def tree_program(
         values = np.asarray(values, dtype=np.int64)
         scores = (
             _split_multiplexer(tree, codes, values, compare, builder, split)
-            if n_outputs <= 2
+            if n_outputs == 1
             else _indicators(tree, codes, values, compare, builder)
         )
         totals = [total + score for total, score in zip(totals, scores)]
@@ -129,7 +129,7 @@ def best_tree_program(
     a split that saves a level saves a prime, and so encryption, upload and product time, for a few more products."""
     n_outputs = leaf_values[0].shape[1] if leaf_values else 1
     best, error = None, None
-    for split in range(4 if n_outputs <= 2 else 1):  # 3+ outputs: leaf indicators, no split
+    for split in range(4 if n_outputs == 1 else 1):  # 2+ outputs: leaf indicators, no split
         tp = tree_program(ensemble, leaf_values, n_bits, encoding, split)
         try:
             seconds = batch_seconds(tp, 2 * 16384)  # whole batches at either degree

@@ -19,7 +19,7 @@ from veilml.models.trees.auto_bits import choose_bits
 from veilml.models.trees.convert.supported import to_ensemble
 from veilml.models.trees.estimators.params import PARAMETER_CONSTRAINTS, VEILML_PARAMS
 from veilml.models.trees.families import Family, library_class
-from veilml.models.trees.lowering.ensemble import LoweredEnsemble, lower_candidates
+from veilml.models.trees.lowering.ensemble import LoweredEnsemble, lower_candidates, worth_compiling
 from veilml.models.trees.persistence import PicklableFHE
 from veilml.models.trees.report import FHEReport, fhe_report
 from veilml.quantization import UniformQuantizer, one_range_warning
@@ -218,6 +218,7 @@ class EncryptedEnsemble(PicklableFHE, BaseEstimator):
         names = None if names is None else tuple(str(name) for name in names)
         # every candidate computes the same scores; compile() keeps the one concrete finds cheapest
         self._candidates = [(self._fhe_model(low, quantizer, output, warn_on_clip, names), low.stages) for low in candidates]
+        self._low_error_only = [low.low_error_only for low in candidates]
         self.fhe_model_, self.lowering_ = self._candidates[0]
 
     @staticmethod
@@ -271,17 +272,20 @@ class EncryptedEnsemble(PicklableFHE, BaseEstimator):
         ``options`` override fields of ``configuration`` (for example ``p_error=...``,
         ``device="cuda"``). The circuit's cost figures are then in ``report_``. When the lowering
         left more than one leaf stage worth trying (``leaf_lookups="auto"``), each is compiled and
-        the one with the lowest complexity is kept (they compute the same scores). ``progress``: a bar
+        the one with the lowest complexity is kept (they compute the same scores); those worth trying only under
+        a tight error budget (:data:`~veilml.models.trees.lowering.ensemble.LOW_ERROR`) only then. ``progress``: a bar
         over them (None: on a terminal or in a notebook); the time is logged (``veilml.trees``, INFO).
         """
         X = self._fitted_input(X)
         configuration = (configuration or Configuration()).fork(**options)
         candidates = getattr(self, "_candidates", [(self.fhe_model_, self.lowering_)])
+        low_error_only = getattr(self, "_low_error_only", [False] * len(candidates))
+        tried = [i for i in range(len(candidates)) if worth_compiling(low_error_only[i], configuration)] or [0]
         with timed_step("FHE compile", logger, False) as step:
-            bar = progress_bar(candidates, progress=progress, desc="FHE compile", unit="circuit", leave=False)
-            reports = [model.compile(X, configuration).report for model, _ in bar]
-            best = min(range(len(candidates)), key=lambda i: reports[i].complexity)
-            step["note"] = f"{len(candidates)} circuit(s), kept complexity {reports[best].complexity:.3g}"
+            bar = progress_bar(tried, progress=progress, desc="FHE compile", unit="circuit", leave=False)
+            reports = {i: candidates[i][0].compile(X, configuration).report for i in bar}
+            best = min(tried, key=lambda i: reports[i].complexity)
+            step["note"] = f"{len(tried)} circuit(s), kept complexity {reports[best].complexity:.3g}"
         for i, (model, _) in enumerate(candidates):
             if i != best:
                 model.compiled = None  # free the circuit not kept

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,17 @@ from veilml.models.trees.lowering.tables import LeafTables
 from veilml.models.trees.lowering.values import ValueTables, pair_tables, subtree_tables
 from veilml.quantization import UniformQuantizer
 
-__all__ = ["VALUE_STAGES", "LoweredEnsemble", "ValueStage", "build", "leaf_stage_tables", "lower_candidates", "lower_ensemble"]
+__all__ = [
+    "LOW_ERROR",
+    "VALUE_STAGES",
+    "LoweredEnsemble",
+    "ValueStage",
+    "build",
+    "leaf_stage_tables",
+    "lower_candidates",
+    "lower_ensemble",
+    "worth_compiling",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,19 @@ class LoweredEnsemble:
     n_leaves: int
     stages: dict[str, str]  # the strategy of each stage, in words (``fhe_report``)
     leaf_bits: int  # bits of the largest quantized leaf value of any tree
+    low_error_only: bool = False  # worth compiling only under an error budget below LOW_ERROR (worth_compiling)
+
+
+#: error budgets below this make the noise of the summed outputs, not the lookups, set concrete's parameters of
+#: a many-tree ensemble's indicators: their one-bit-digit variant is compiled too (see indicator_tables)
+LOW_ERROR = 1e-7
+
+
+def worth_compiling(low_error_only: bool, configuration: Any) -> bool:
+    """Whether a lowering marked ``low_error_only`` (or not) is worth compiling under ``configuration``
+    (a :class:`~veilml.compiler.Configuration`): its ``global_p_error``, else its per-lookup ``p_error``, is the budget."""
+    budget = configuration.global_p_error if configuration.global_p_error is not None else configuration.p_error
+    return not low_error_only or (budget is not None and budget < LOW_ERROR)
 
 
 def lower_ensemble(
@@ -149,8 +173,20 @@ def leaf_stage_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None
         if tables is not None and (stage is value_stage.stage or tables.n_lookups <= value_stage.worth_trying * fewest):
             value_stages.append(tables)
     if not value_stages:  # indicators alone: each tree's leaves keep n_bits (digits keep every encrypted value narrow)
-        return [indicator_tables(ensemble, n_bits, leaf_bits) if score_rule else indicators]
-    return ([indicators] if stage is LeafStage.AUTO else []) + value_stages
+        indicators = indicator_tables(ensemble, n_bits, leaf_bits) if score_rule else indicators
+        return [indicators, *_fine_digits(ensemble, n_bits, leaf_bits, indicators, score_rule=False)]
+    if stage is not LeafStage.AUTO:
+        return value_stages
+    return [indicators, *value_stages, *_fine_digits(ensemble, n_bits, leaf_bits, indicators, score_rule)]
+
+
+def _fine_digits(
+    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, indicators: LeafTables, score_rule: bool
+) -> list[LeafTables]:
+    """The indicators with one-bit digits, where more than one tree sums into wider digits (``low_error_only``)."""
+    if len(ensemble.trees) < 2 or indicators.input_bits <= 2:
+        return []
+    return [indicator_tables(ensemble, n_bits, leaf_bits, score_rule, digit_bits=1)]
 
 
 def _cheapest(
@@ -181,4 +217,5 @@ def build(tables: LeafTables, enc: InputEncoding) -> LoweredEnsemble:
         tables.n_leaves,
         stages,
         tables.leaf_bits,
+        getattr(tables, "low_error_only", False),
     )

@@ -47,7 +47,12 @@ def score_rule_trees(n_bits: int) -> int:
 
 
 def quantize_leaves(
-    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, outputs: list[int], score_rule: bool = False
+    ensemble: TreeEnsemble,
+    n_bits: int,
+    leaf_bits: int | None,
+    outputs: list[int],
+    score_rule: bool = False,
+    shared_scale: bool = False,
 ) -> tuple[list[np.ndarray], UniformQuantizer, np.ndarray]:
     """Per-tree non-negative integer leaf values of ``outputs`` and the quantizer that maps their sum back.
 
@@ -65,7 +70,9 @@ def quantize_leaves(
     complexity of this 7-bit score, at the same test accuracy. The rule needs at least one step per tree
     on average (:func:`score_rule_trees`): with more trees than that, most trees' leaves rounded to one
     value and the model collapsed (XGBoost 20 x 4 at 3 bits predicted one class on four folds of five),
-    so each tree keeps ``n_bits`` and the score widens instead.
+    so each tree keeps ``n_bits`` and the score widens instead. ``shared_scale``: one step for every output
+    (the widest output's), so that an output the client derives from the others is an integer sum of theirs
+    (see :func:`with_complement`).
     """
     trees = [(tree, tree.value[:, outputs]) for tree in ensemble.trees]
     lows = [value[tree.is_leaf].min(axis=0) for tree, value in trees]
@@ -77,6 +84,8 @@ def quantize_leaves(
         # rounding adds at most half a step per tree: keep room for it (or half the range, with very many trees)
         scale = np.maximum(spreads.sum(axis=0) / max(target - n_trees / 2, target / 2), spreads.max(axis=0) / (2**n_bits - 1))
         scale = np.where(scale > 0, scale, 1.0)
+        if shared_scale:
+            scale = np.full_like(scale, scale.max())
         per_tree = [
             np.where(tree.is_leaf[:, None], np.round(value / scale), 0).astype(np.int64)
             for value, (tree, _) in zip(shifted, trees)
@@ -87,7 +96,11 @@ def quantize_leaves(
         return per_tree, output, ensemble.bias[outputs] + np.sum(lows, axis=0)
     leaf_bits = n_bits if leaf_bits is None else leaf_bits
     values = np.concatenate([v[t.is_leaf] for v, (t, _) in zip(shifted, trees)])
-    quantizer = UniformQuantizer.calibrate(values, leaf_bits, axis=1)
+    if shared_scale:
+        low, high = np.full(len(outputs), values.min()), np.full(len(outputs), values.max())
+        quantizer = UniformQuantizer.from_range(low, high, leaf_bits, axis=1)
+    else:
+        quantizer = UniformQuantizer.calibrate(values, leaf_bits, axis=1)
     per_tree, offsets = [], np.zeros(len(outputs), dtype=np.int64)
     for (tree, _), value in zip(trees, shifted):
         codes = quantizer.quantize(value, warn=False)
@@ -106,12 +119,13 @@ def quantize_leaves(
 
 
 def complementary(ensemble: TreeEnsemble) -> bool:
-    """Two outputs whose leaf values add up to the same constant in every leaf of each tree.
+    """Outputs whose leaf values add up to the same constant in every leaf of each tree.
 
-    A forest's class probabilities do (``p0 = 1 - p1``): then only the second output is
-    computed encrypted, and the client derives the first as a public constant minus it.
+    A forest's class probabilities do (``p0 = 1 - p1 - ...``): then only outputs ``1..K-1`` are computed
+    encrypted, and the client derives output 0 as a public constant minus their sum (on wine's 3 classes, a
+    20 x 4 forest's leaf lookups fell from 159 to 125: more leaves are worth 0 in every computed output).
     """
-    if ensemble.n_outputs != 2:
+    if ensemble.n_outputs < 2:
         return False
     for tree in ensemble.trees:
         sums = tree.value[tree.is_leaf].sum(axis=1)
@@ -123,21 +137,29 @@ def complementary(ensemble: TreeEnsemble) -> bool:
 def with_complement(
     ensemble: TreeEnsemble, quantizer: UniformQuantizer, bias: np.ndarray, combine: np.ndarray
 ) -> tuple[UniformQuantizer, np.ndarray, np.ndarray]:
-    """Output steps for both outputs when only the second one is computed (see ``complementary``).
+    """Output steps for every output when outputs ``1..K-1`` are computed (see ``complementary``).
 
-    With ``K`` the constant sum of both raw scores, ``score0 = K - score1``: the client negates
-    the integers of output 1 (``q0 = -q1``, ``zero_point0 = -zero_point1``, same scale), and the
-    bias of output 0 is ``K`` minus that of output 1.
+    With ``T`` the constant sum of all raw scores, ``score0 = T - sum_k score_k``; the outputs share one
+    scale, so the client's integer for output 0 is minus the sum of the others' (``q0 = -sum_k q_k``,
+    ``zero_point0 = -sum_k zero_point_k``), and its bias is ``T`` minus theirs.
     """
     total = sum(float(tree.value[tree.is_leaf][0].sum()) for tree in ensemble.trees) + float(ensemble.bias.sum())
-    both = UniformQuantizer(
+    n_computed = combine.shape[1]  # (encrypted integers, computed outputs)
+    scale = np.broadcast_to(np.asarray(quantizer.scale, dtype=np.float64), (n_computed,))
+    zero_point = np.broadcast_to(np.asarray(quantizer.zero_point, dtype=np.int64), (n_computed,))
+    if n_computed > 1 and np.ptp(scale) > 1e-12 * float(scale.max()):
+        raise ValueError(
+            "the computed outputs of a complementary ensemble must share one scale (quantize_leaves(shared_scale=True))"
+        )
+    every = UniformQuantizer(
         n_bits=quantizer.n_bits,
         signed=False,
-        scale=np.repeat(quantizer.scale, 2),
-        zero_point=np.concatenate([-quantizer.zero_point, quantizer.zero_point]).astype(np.int64),
+        scale=np.concatenate([scale[:1], scale]),
+        zero_point=np.concatenate([[-zero_point.sum()], zero_point]).astype(np.int64),
         axis=1,
     )
-    return both, np.array([total - bias[0], bias[0]]), np.concatenate([-combine, combine], axis=1)
+    first = -combine.sum(axis=1, keepdims=True)
+    return every, np.concatenate([[total - bias.sum()], bias]), np.concatenate([first, combine], axis=1)
 
 
 def leaf_tests(

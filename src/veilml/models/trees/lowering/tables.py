@@ -23,7 +23,7 @@ class QuantizedLeaves:
     """Every tree's non-negative integer leaf values for the outputs computed encrypted, and the
     quantizer and bias that map their sum back (see :func:`~.leaf_values.quantize_leaves`)."""
 
-    outputs: list[int]  # [1] when output 0 is derived by the client (see ``complementary``)
+    outputs: list[int]  # 1..K-1 when output 0 is derived by the client (see ``complementary``)
     values: list[np.ndarray]  # per tree: (nodes, outputs)
     output_quantizer: UniformQuantizer
     bias: np.ndarray
@@ -32,8 +32,8 @@ class QuantizedLeaves:
     @classmethod
     def of(cls, ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, score_rule: bool) -> QuantizedLeaves:
         complement = complementary(ensemble)
-        outputs = [1] if complement else list(range(ensemble.n_outputs))
-        values, quantizer, bias = quantize_leaves(ensemble, n_bits, leaf_bits, outputs, score_rule)
+        outputs = list(range(1 if complement else 0, ensemble.n_outputs))
+        values, quantizer, bias = quantize_leaves(ensemble, n_bits, leaf_bits, outputs, score_rule, shared_scale=complement)
         return cls(outputs, values, quantizer, bias, complement)
 
     @property
@@ -42,7 +42,7 @@ class QuantizedLeaves:
         return code_bits(self.values)
 
     def output_steps(self, ensemble: TreeEnsemble, combine: np.ndarray) -> tuple[UniformQuantizer, np.ndarray, np.ndarray]:
-        """The client's output quantizer, bias and combine matrix (both outputs with a complement)."""
+        """The client's output quantizer, bias and combine matrix (every output, with a complement)."""
         quantizer, bias = self.output_quantizer, self.bias
         if self.complement:
             quantizer, bias, combine = with_complement(ensemble, quantizer, bias, combine)
