@@ -213,9 +213,9 @@ def test_auto_compiles_each_candidate_and_keeps_the_cheapest(cancer, test_config
 
     auto = forest()
     kinds = ("indicators", "paired", "subtrees")
-    assert len(auto._candidates) == 4  # pairs save more than a fifth of the lookups, subtrees over two fifths of the rest
-    # and the indicators with one-bit digits, compiled only under a tight error budget (not this one)
-    assert auto._low_error_only == [False, False, False, True]
+    # pairs save more than a fifth of the lookups, subtrees over two fifths of the rest; then the indicators with
+    # one-bit digits and the prefixes (2-bit lookups), compiled only under a tight error budget (not this one)
+    assert auto._low_error_only == [False, False, False, True, True]
     # the candidates share the (n_bits + 1)-bit score: the same decision scores
     first = auto._candidates[0][0].run(X_test, "disable")
     assert all(np.allclose(model.run(X_test, "disable"), first) for model, _ in auto._candidates[1:])
@@ -230,7 +230,8 @@ def test_auto_compiles_each_candidate_and_keeps_the_cheapest(cancer, test_config
     # a single depth-5 tree has no pair whose lookup fits in 3 bits; its 5-bit subtrees are tried
     # and cost more than its 3-bit leaf indicators
     tree = veilml.DecisionTreeClassifier(max_depth=5, n_bits=5, random_state=0).fit(X_train, y_train)
-    assert [stages["leaf selection"].split(" ")[1] for _, stages in tree._candidates] == ["leaf", "value"]
+    assert [stages["leaf selection"].split(" ")[1] for _, stages in tree._candidates] == ["leaf", "value", "leaf"]
+    assert tree._low_error_only == [False, False, True] and "on 2 bits" in tree._candidates[2][1]["leaf selection"]
     tree.compile(X_train, test_config)
     assert "failed tests == 0" in tree.lowering_["leaf selection"]
 
@@ -240,7 +241,8 @@ def test_auto_keeps_the_subtrees_of_a_deep_regressor(diabetes, test_config):
     indicators of 3 bits, and ``auto`` keeps them."""
     X_train, X_test, y_train, _ = diabetes
     auto = veilml.DecisionTreeRegressor(max_depth=5, n_bits=6, random_state=0).fit(X_train, y_train)
-    assert len(auto._candidates) == 2  # the indicators and the subtrees (the pairs save too little)
+    # the indicators and the subtrees (the pairs save too little); the prefixes only under a tight error budget
+    assert auto._low_error_only == [False, False, True]
     before = auto.predict(X_test)
     auto.compile(X_train, test_config)
     indicators = veilml.DecisionTreeRegressor(max_depth=5, n_bits=6, leaf_lookups="indicators", random_state=0)

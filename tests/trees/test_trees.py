@@ -167,3 +167,44 @@ def test_multiclass(test_config):
     assert proba.shape == (150, 3) and np.allclose(proba.sum(axis=1), 1)
     model.compile(X, test_config)
     assert np.array_equal(model.predict(X, "simulate"), model.predict(X))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_prefixes_read_two_bits_and_equal_the_tree_on_the_integer_grid(task):
+    """Depth-5 leaves read an ancestor's indicator: every lookup's input is at most 3, and the scores are the
+    quantized leaf values of the leaf the tree reaches (as the indicators')."""
+    from veilml.compiler.ranges import infer_ranges
+
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 16, size=(400, 5)).astype(float)
+    y = (X[:, 0] + 2 * X[:, 1] > 20).astype(int) + (X[:, 2] > 7) if task == "classification" else X @ [1.0, -2.0, 0.5, 3.0, 1.0]
+    tree = (FloatTreeClassifier if task == "classification" else FloatTreeRegressor)(max_depth=5, random_state=0).fit(X, y)
+    ensemble = to_ensemble(tree)
+    lowered = lower_ensemble(ensemble, n_bits=4, leaf_bits=8, leaf_lookups="prefixes")
+    graph = lowered.graph
+    ranges = infer_ranges(graph)
+    luts = [node for node in graph.nodes if node.op is Ops.LUT]
+    assert len(luts) == 2  # the ancestors', then the leaves'
+    assert all(int(ranges[node.src[0]].high.max()) <= 3 and int(ranges[node.src[0]].low.min()) >= 0 for node in luts)
+    digits = evaluate(graph, [lowered.encoding.encode(X.astype(np.int64))])[0]
+    scores = lowered.output_quantizer.dequantize(digits @ lowered.output_combine) + lowered.output_bias
+    step = lowered.output_quantizer.scale.max()
+    reference = lower_ensemble(ensemble, n_bits=4, leaf_bits=8)  # the indicators: the same quantized leaves
+    expected = evaluate(reference.graph, [reference.encoding.encode(X.astype(np.int64))])[0] @ reference.output_combine
+    np.testing.assert_array_equal(digits @ lowered.output_combine, expected)
+    assert np.allclose(scores, ensemble.predict(X), atol=step * max(1, ensemble.n_outputs - 1) / 2 + 1e-12)
+
+
+def test_prefixes_are_compiled_under_a_tight_error_budget_only(cancer, test_config):
+    """benchmarks/trees.py's depth-5 tree on breast cancer: at Concrete-ML's global p_error (7.9e-11) its 8 leaf
+    lookups on 3 bits (complexity 5.45e8) give way to 12 on 2 bits (4.94e8, 2026-12-08); at 1e-5 the prefixes are
+    not compiled (the 3-bit indicators cost 3.55e8)."""
+    X_train, X_test, y_train, _ = cancer
+    model = DecisionTreeClassifier(max_depth=5, n_bits=6, random_state=0).fit(X_train, y_train)
+    model.compile(X_train, test_config)
+    assert "leaf lookups [failed tests == 0] on 3 bits" in model.lowering_["leaf selection"]
+    assert [m.compiled is not None for m, _ in model._candidates].count(True) == 1
+    model.compile(X_train, test_config.fork(global_p_error=7.9e-11))
+    report = model.report_
+    assert report.pbs_by_precision == {2: 12} and report.complexity <= 4.94e8 * 1.01, report
+    assert np.array_equal(model.predict_integers(X_test, "simulate"), model.predict_integers(X_test, "disable"))

@@ -28,7 +28,7 @@ VEILML_PARAM_TYPES: dict[str, str] = {
     "n_bits": 'int | Literal["auto"]',
     "leaf_bits": "int | None",
     "encoding": 'Literal["thermometer", "identity", "chunked", "auto", "thresholds"]',
-    "leaf_lookups": 'Literal["indicators", "paired", "subtrees", "auto"]',
+    "leaf_lookups": 'Literal["indicators", "paired", "subtrees", "prefixes", "auto"]',
     "train_on": 'Literal["codes", "float"]',
 }
 
@@ -38,7 +38,7 @@ PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
     "n_bits": [Interval(Integral, 2, 12, closed="both"), StrOptions({"auto"})],
     "leaf_bits": [Interval(Integral, 1, 16, closed="both"), None],
     "encoding": [StrOptions({"thermometer", "identity", "chunked", "auto", "thresholds"})],
-    "leaf_lookups": [StrOptions({"indicators", "paired", "subtrees", "auto"})],
+    "leaf_lookups": [StrOptions({"indicators", "paired", "subtrees", "prefixes", "auto"})],
     "train_on": [StrOptions({"codes", "float"})],
 }
 
@@ -69,8 +69,11 @@ Parameters:
         applied afterwards by a clear matrix), ``"paired"`` (one lookup per pair of sibling leaves
         that returns the leaf value itself: fewer lookups, costlier parameters), ``"subtrees"``
         (one lookup of up to 5 bits per subtree of several tests: fewer still, each costlier),
-        or ``"auto"`` (default): ``compile`` compiles the indicators and each value stage that
-        saves enough lookups (pairs: a fifth; subtrees: two fifths), and keeps the one with the
+        ``"prefixes"`` (every lookup on 2 bits: a leaf of more than 3 tests reads an ancestor's
+        indicator; more lookups, each cheaper under a tight error budget), or ``"auto"``
+        (default): ``compile`` compiles the indicators and each value stage that saves enough
+        lookups (pairs: a fifth; subtrees: two fifths), and, under a global p_error below 1e-7,
+        the indicators with one-bit digits and the prefixes too; it keeps the one with the
         lowest complexity. Every choice computes the same scores.
     train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
         features, then round each threshold to a code boundary; closer to the float model's

@@ -41,8 +41,11 @@ class XGBClassifier(EncryptedClassifier):
             applied afterwards by a clear matrix), ``"paired"`` (one lookup per pair of sibling leaves
             that returns the leaf value itself: fewer lookups, costlier parameters), ``"subtrees"``
             (one lookup of up to 5 bits per subtree of several tests: fewer still, each costlier),
-            or ``"auto"`` (default): ``compile`` compiles the indicators and each value stage that
-            saves enough lookups (pairs: a fifth; subtrees: two fifths), and keeps the one with the
+            ``"prefixes"`` (every lookup on 2 bits: a leaf of more than 3 tests reads an ancestor's
+            indicator; more lookups, each cheaper under a tight error budget), or ``"auto"``
+            (default): ``compile`` compiles the indicators and each value stage that saves enough
+            lookups (pairs: a fifth; subtrees: two fifths), and, under a global p_error below 1e-7,
+            the indicators with one-bit digits and the prefixes too; it keeps the one with the
             lowest complexity. Every choice computes the same scores.
         train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
             features, then round each threshold to a code boundary; closer to the float model's
@@ -58,7 +61,7 @@ class XGBClassifier(EncryptedClassifier):
         n_bits: int | Literal["auto"] = 6,
         leaf_bits: int | None = None,
         encoding: Literal["thermometer", "identity", "chunked", "auto", "thresholds"] = "thermometer",
-        leaf_lookups: Literal["indicators", "paired", "subtrees", "auto"] = "auto",
+        leaf_lookups: Literal["indicators", "paired", "subtrees", "prefixes", "auto"] = "auto",
         train_on: Literal["codes", "float"] = "codes",
         objective="binary:logistic",
         base_score=None,
@@ -150,8 +153,11 @@ class XGBRegressor(EncryptedRegressor):
             applied afterwards by a clear matrix), ``"paired"`` (one lookup per pair of sibling leaves
             that returns the leaf value itself: fewer lookups, costlier parameters), ``"subtrees"``
             (one lookup of up to 5 bits per subtree of several tests: fewer still, each costlier),
-            or ``"auto"`` (default): ``compile`` compiles the indicators and each value stage that
-            saves enough lookups (pairs: a fifth; subtrees: two fifths), and keeps the one with the
+            ``"prefixes"`` (every lookup on 2 bits: a leaf of more than 3 tests reads an ancestor's
+            indicator; more lookups, each cheaper under a tight error budget), or ``"auto"``
+            (default): ``compile`` compiles the indicators and each value stage that saves enough
+            lookups (pairs: a fifth; subtrees: two fifths), and, under a global p_error below 1e-7,
+            the indicators with one-bit digits and the prefixes too; it keeps the one with the
             lowest complexity. Every choice computes the same scores.
         train_on: ``"codes"`` (train on the quantized features) or ``"float"`` (train on the float
             features, then round each threshold to a code boundary; closer to the float model's
@@ -167,7 +173,7 @@ class XGBRegressor(EncryptedRegressor):
         n_bits: int | Literal["auto"] = 6,
         leaf_bits: int | None = None,
         encoding: Literal["thermometer", "identity", "chunked", "auto", "thresholds"] = "thermometer",
-        leaf_lookups: Literal["indicators", "paired", "subtrees", "auto"] = "auto",
+        leaf_lookups: Literal["indicators", "paired", "subtrees", "prefixes", "auto"] = "auto",
         train_on: Literal["codes", "float"] = "codes",
         objective="reg:squarederror",
         base_score=None,

@@ -33,7 +33,7 @@ into the graph for one input encoding, whose comparison stage :data:`.stages.COM
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from veilml.compiler.cost import CostModel, graph_cost
 from veilml.models.trees.ensemble import TreeEnsemble
 from veilml.models.trees.lowering.indicators import indicator_tables
 from veilml.models.trees.lowering.options import EncodingChoice, LeafStage, candidate_encodings
+from veilml.models.trees.lowering.prefixes import prefix_tables
 from veilml.models.trees.lowering.stages import COMPARISONS, describe_comparisons
 from veilml.models.trees.lowering.tables import LeafTables
 from veilml.models.trees.lowering.values import ValueTables, pair_tables, subtree_tables
@@ -159,6 +160,14 @@ VALUE_STAGES = (
 def leaf_stage_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, stage: LeafStage) -> list[LeafTables]:
     """The tables of each leaf stage worth compiling for ``stage`` (see :func:`lower_candidates`)."""
     score_rule = leaf_bits is None  # with a value stage, the (n_bits + 1)-bit score (see leaf_values.quantize_leaves)
+    if stage is LeafStage.PREFIXES:
+        tables = prefix_tables(ensemble, n_bits, leaf_bits)
+        if tables is None:
+            raise ValueError(
+                "leaf_lookups='prefixes' cannot lower this ensemble (no leaf has more than 3 tests, or one has too many "
+                "past any ancestor); use 'indicators'"
+            )
+        return [replace(tables, low_error_only=False)]
     indicators = indicator_tables(ensemble, n_bits, leaf_bits, score_rule)
     value_stages: list[LeafTables] = []
     for value_stage in VALUE_STAGES:
@@ -172,21 +181,26 @@ def leaf_stage_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None
         fewest = min([indicators.n_lookups] + [v.n_lookups for v in value_stages])
         if tables is not None and (stage is value_stage.stage or tables.n_lookups <= value_stage.worth_trying * fewest):
             value_stages.append(tables)
-    if not value_stages:  # indicators alone: each tree's leaves keep n_bits (digits keep every encrypted value narrow)
-        indicators = indicator_tables(ensemble, n_bits, leaf_bits) if score_rule else indicators
-        return [indicators, *_fine_digits(ensemble, n_bits, leaf_bits, indicators, score_rule=False)]
-    if stage is not LeafStage.AUTO:
+    if stage is not LeafStage.AUTO and value_stages:
         return value_stages
-    return [indicators, *value_stages, *_fine_digits(ensemble, n_bits, leaf_bits, indicators, score_rule)]
+    if value_stages:
+        return [indicators, *value_stages, *_low_error_stages(ensemble, n_bits, leaf_bits, indicators, score_rule, stage)]
+    # indicators alone: each tree's leaves keep n_bits (digits keep every encrypted value narrow)
+    indicators = indicator_tables(ensemble, n_bits, leaf_bits) if score_rule else indicators
+    return [indicators, *_low_error_stages(ensemble, n_bits, leaf_bits, indicators, False, stage)]
 
 
-def _fine_digits(
-    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, indicators: LeafTables, score_rule: bool
+def _low_error_stages(
+    ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, indicators: LeafTables, score_rule: bool, stage: LeafStage
 ) -> list[LeafTables]:
-    """The indicators with one-bit digits, where more than one tree sums into wider digits (``low_error_only``)."""
-    if len(ensemble.trees) < 2 or indicators.input_bits <= 2:
+    """The stages worth compiling only under a tight error budget (``low_error_only``): the indicators with one-bit
+    digits where more than one tree sums into wider digits, and (``"auto"``) the prefixes where a leaf has more than
+    3 tests."""
+    if indicators.input_bits <= 2:
         return []
-    return [indicator_tables(ensemble, n_bits, leaf_bits, score_rule, digit_bits=1)]
+    fine = [indicator_tables(ensemble, n_bits, leaf_bits, score_rule, digit_bits=1)] if len(ensemble.trees) > 1 else []
+    prefixes = prefix_tables(ensemble, n_bits, leaf_bits, score_rule) if stage is LeafStage.AUTO else None
+    return fine + ([] if prefixes is None else [prefixes])
 
 
 def _cheapest(

@@ -34,6 +34,7 @@ class LeafStage(StrEnum):
     INDICATORS = "indicators"
     PAIRED = "paired"
     SUBTREES = "subtrees"
+    PREFIXES = "prefixes"
     AUTO = "auto"
 
     @classmethod
