@@ -96,7 +96,9 @@ def graph_complexity(graph: Graph) -> float:
 def circuit_cost(estimator: Any) -> float:
     """The estimated complexity of the circuit a fitted estimator's ``compile`` keeps: the cheapest of its leaf stages."""
     candidates = getattr(estimator, "_candidates", None) or [(estimator.fhe_model_, None)]
-    return min(graph_complexity(model.graph) for model, _ in candidates)
+    low_error_only = getattr(estimator, "_low_error_only", None) or [False] * len(candidates)
+    # the stages compiled only under a tight error budget are not the default's: the estimate is for the default
+    return min(graph_complexity(model.graph) for (model, _), low in zip(candidates, low_error_only) if not low)
 
 
 def _folds(y: np.ndarray, classifier: bool) -> list[tuple[np.ndarray, np.ndarray]]:

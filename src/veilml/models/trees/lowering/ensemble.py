@@ -25,6 +25,10 @@ offers those worth trying; the estimators compile each and keep the cheapest). T
 ensemble's leaves are quantized on one scale chosen so that the summed score is an
 ``(n_bits + 1)``-bit integer (:func:`.leaf_values.quantize_leaves`).
 
+Under a tight error budget (a global p_error below :data:`LOW_ERROR`) wide lookups and the noise of many
+lookups summed into one output cost more, and two more candidates are compiled (:func:`worth_compiling`): the
+indicators with one-bit digits, and the prefixes (:mod:`.prefixes`: every lookup on two bits).
+
 Every leaf stage's tables come from one walk over the trees' paths (:mod:`.walk`): the indicators'
 (:mod:`.indicators`), the pairs' and the subtrees' (:mod:`.values`); :func:`build` turns any of them
 into the graph for one input encoding, whose comparison stage :data:`.stages.COMPARISONS` names.
@@ -231,5 +235,5 @@ def build(tables: LeafTables, enc: InputEncoding) -> LoweredEnsemble:
         tables.n_leaves,
         stages,
         tables.leaf_bits,
-        getattr(tables, "low_error_only", False),
+        tables.low_error_only,
     )

@@ -72,6 +72,11 @@ class LeafTables(ABC):
     leaf_bits: int  # bits of the largest quantized leaf value of any tree
 
     @property
+    def low_error_only(self) -> bool:
+        """Worth compiling only under a tight error budget (see :func:`~.ensemble.worth_compiling`)."""
+        return False
+
+    @property
     def input_bits(self) -> int:
         """Bits of the lookups' input."""
         return lookup_bits(self.A0, self.A1)
