@@ -130,7 +130,7 @@ def test_a_worker_serving_layers_the_model_lacks_is_refused():
 # -- a run with an output_dir resumes by itself ---------------------------------------------------------------------
 
 
-def trainer(output_dir: Path, max_steps: int) -> LoraTrainer:
+def trainer(output_dir: Path | None, max_steps: int) -> LoraTrainer:
     return LoraTrainer(
         small_model(),
         executor=local_executor(remote_linear_weights(small_model()), "clear"),
@@ -181,6 +181,16 @@ def test_running_again_with_more_steps_continues_the_run(tmp_path, caplog):
     with pytest.raises(ValueError, match="past this trainer's max_steps=2"):
         trainer(tmp_path / "run", max_steps=2).train(batches)
     assert digests(tmp_path / "run") == done
+
+
+def test_a_run_without_output_dir_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """transformers makes ./trainer_output when TrainingArguments has no output_dir: the trainer gives it a
+    temporary one instead (found as stray folders in the repository after notebook and test runs)."""
+    monkeypatch.chdir(tmp_path)
+    run = trainer(None, max_steps=1)
+    batches = make_batches(load_corpus("train")[:2000], seq_len=8, batch_size=2)
+    assert run.train(batches).global_step == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- the quickstart, as written -------------------------------------------------------------------------------------

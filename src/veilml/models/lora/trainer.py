@@ -142,7 +142,7 @@ class LoraTrainer:
         callbacks = [self._schedule] + ([RemoteLayersCallback(self.executor)] if self.executor is not None else [])
         trainer = LoraHFTrainer(
             model=self.model,
-            args=training_arguments(self.options),
+            args=training_arguments(self.options, scratch=self._scratch_dir()),
             data_collator=first_item,
             optimizers=(optimizer, None),
             callbacks=callbacks,
@@ -154,6 +154,14 @@ class LoraTrainer:
         trainer.create_optimizer_and_scheduler(num_training_steps=self.options.max_steps)
         trainer.state.max_steps = self.options.max_steps
         return trainer
+
+    def _scratch_dir(self) -> Path | None:
+        """A temporary directory for the Trainer when no ``output_dir`` is given (removed with this trainer)."""
+        if self.options.output_dir is not None:
+            return None
+        if getattr(self, "_scratch", None) is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="veilml-lora-")
+        return Path(self._scratch.name)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

@@ -71,11 +71,13 @@ def first_item(features: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return features[0]
 
 
-def training_arguments(options: LoraTrainingOptions) -> TrainingArguments:
-    """The ``TrainingArguments`` of ``options`` (same names), with AdamW in its plain torch form."""
+def training_arguments(options: LoraTrainingOptions, scratch: Path | None = None) -> TrainingArguments:
+    """The ``TrainingArguments`` of ``options`` (same names), with AdamW in its plain torch form. ``scratch``: the
+    Trainer's directory when nothing is saved (without one, transformers makes ``./trainer_output`` in the user's
+    working directory)."""
     saving = options.output_dir is not None
     return TrainingArguments(
-        output_dir=str(options.output_dir) if saving else None,
+        output_dir=str(options.output_dir) if saving else (None if scratch is None else str(scratch)),
         per_device_train_batch_size=1,  # one MicroBatches item = one ready batch
         gradient_accumulation_steps=options.gradient_accumulation_steps,
         learning_rate=options.learning_rate,
