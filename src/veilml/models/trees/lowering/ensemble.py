@@ -38,11 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
-from veilml.compiler import Graph, GraphBuilder, InputEncoding
+from veilml.compiler import Configuration, Graph, GraphBuilder, InputEncoding
 from veilml.compiler.cost import CostModel, graph_cost
 from veilml.models.trees.ensemble import TreeEnsemble
 from veilml.models.trees.lowering.indicators import indicator_tables
@@ -82,12 +81,12 @@ class LoweredEnsemble:
     low_error_only: bool = False  # worth compiling only under an error budget below LOW_ERROR (worth_compiling)
 
 
-#: error budgets below this make the noise of the summed outputs, not the lookups, set concrete's parameters of
-#: a many-tree ensemble's indicators: their one-bit-digit variant is compiled too (see indicator_tables)
+#: under error budgets below this, wide lookups and the noise of many lookups summed into one output cost more:
+#: the indicators with one-bit digits and the prefixes (2-bit lookups) are compiled too (see leaf_stage_tables)
 LOW_ERROR = 1e-7
 
 
-def worth_compiling(low_error_only: bool, configuration: Any) -> bool:
+def worth_compiling(low_error_only: bool, configuration: Configuration) -> bool:
     """Whether a lowering marked ``low_error_only`` (or not) is worth compiling under ``configuration``
     (a :class:`~veilml.compiler.Configuration`): its ``global_p_error``, else its per-lookup ``p_error``, is the budget."""
     budget = configuration.global_p_error if configuration.global_p_error is not None else configuration.p_error

@@ -9,7 +9,7 @@ import numpy as np
 
 from veilml.compiler import GraphBuilder
 from veilml.models.trees.ensemble import TreeEnsemble
-from veilml.models.trees.lowering.leaf_values import digits
+from veilml.models.trees.lowering.leaf_values import digit_values
 from veilml.models.trees.lowering.stages import Parts, leaf_selection, scores
 from veilml.models.trees.lowering.tables import LeafTables, QuantizedLeaves
 from veilml.models.trees.lowering.walk import lookup_bits, tree_maxima, walk_ensemble
@@ -58,8 +58,7 @@ def indicator_tables(
     low_error_only = digit_bits is not None and digit_bits < max(1, input_bits - 1)
     digit_bits = max(1, input_bits - 1) if digit_bits is None else digit_bits
     n_digits = -(-leaves.bits // digit_bits)
-    V = digits(np.asarray(values, dtype=np.int64).reshape(n_leaves, n_outputs), digit_bits, n_digits)
-    combine = np.kron((1 << (digit_bits * np.arange(n_digits)))[:, None], np.eye(n_outputs, dtype=np.int64))
+    V, combine = digit_values(values, n_outputs, digit_bits, n_digits)
     output_quantizer, bias, combine = leaves.output_steps(ensemble, combine)
     stages = {
         "leaf selection": f"{n_leaves} leaf lookups [failed tests == 0] on {input_bits} bits",

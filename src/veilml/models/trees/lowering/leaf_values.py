@@ -14,6 +14,7 @@ from veilml.quantization import UniformQuantizer
 __all__ = [
     "code_bits",
     "complementary",
+    "digit_values",
     "digits",
     "interval_comparisons",
     "leaf_tests",
@@ -192,6 +193,14 @@ def interval_comparisons(
 def code_bits(leaf_values: list[np.ndarray]) -> int:
     """Bits of the largest quantized leaf value of any tree."""
     return bit_width(0, max(1, max(int(v.max(initial=0)) for v in leaf_values)))
+
+
+def digit_values(values: list[np.ndarray], n_outputs: int, digit_bits: int, n_digits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The leaves' values (one row of ``n_outputs`` per leaf) cut into digits, and the clear matrix with which the
+    client recombines the decrypted digit sums into one integer per output: ``(V, combine)``."""
+    V = digits(np.asarray(values, dtype=np.int64).reshape(len(values), n_outputs), digit_bits, n_digits)
+    combine = np.kron((1 << (digit_bits * np.arange(n_digits)))[:, None], np.eye(n_outputs, dtype=np.int64))
+    return V, combine
 
 
 def digits(values: np.ndarray, digit_bits: int, n_digits: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from veilml.compiler import GraphBuilder
 from veilml.models.trees.ensemble import Tree, TreeEnsemble
-from veilml.models.trees.lowering.leaf_values import digits, interval_comparisons, leaf_tests, right_code
+from veilml.models.trees.lowering.leaf_values import digit_values, interval_comparisons, leaf_tests, right_code
 from veilml.models.trees.lowering.stages import Parts, failed_tests, scores
 from veilml.models.trees.lowering.tables import LeafTables, QuantizedLeaves
 from veilml.models.trees.lowering.walk import tree_maxima
@@ -108,8 +108,7 @@ def prefix_tables(ensemble: TreeEnsemble, n_bits: int, leaf_bits: int | None, sc
             G[ancestor, i] = 1
     n_outputs = len(leaves.outputs)
     n_digits = leaves.bits
-    V = digits(np.asarray(values, dtype=np.int64).reshape(len(values), n_outputs), 1, n_digits)
-    combine = np.kron((1 << np.arange(n_digits))[:, None], np.eye(n_outputs, dtype=np.int64))
+    V, combine = digit_values(values, n_outputs, 1, n_digits)
     output_quantizer, bias, combine = leaves.output_steps(ensemble, combine)
     stages = {
         "leaf selection": f"{len(leaf_rows)} leaf lookups on 2 bits, {int(G.sum())} of them (leaves of more than "
